@@ -1,0 +1,40 @@
+"""Who is calling: the TCP peer, or the first untrusted hop of X-Forwarded-For.
+
+Only a peer in `trusted_proxies` is believed about X-Forwarded-For. Its header lines are
+joined in order and walked from the right, skipping trusted proxies; the first untrusted
+address is the client. The left-most value is whatever the original sender wrote and is
+never believed on its own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from .addresses import AddressSet, IPAddress, parse_ip
+from .errors import Forbidden
+
+
+class ClientAddressResolver:
+    def __init__(self, trusted_proxies: AddressSet) -> None:
+        self._trusted = trusted_proxies
+
+    def resolve(self, peer: str | None, forwarded_for: Sequence[str]) -> IPAddress:
+        """The client address of one request. Unparseable addresses raise Forbidden."""
+        if not peer:
+            raise Forbidden("ip", "no peer address on the connection")
+        try:
+            address = parse_ip(peer)
+        except ValueError:
+            raise Forbidden("ip", f"unparseable peer address {peer!r}") from None
+        if address not in self._trusted or not forwarded_for:
+            return address
+        hops = ",".join(forwarded_for).split(",")
+        for hop in reversed(hops):
+            text = hop.strip()
+            try:
+                address = parse_ip(text)
+            except ValueError:
+                raise Forbidden("ip", f"unparseable X-Forwarded-For hop {text[:64]!r}") from None
+            if address not in self._trusted:
+                return address
+        return address  # every hop is a trusted proxy: the farthest one is the caller

@@ -1,0 +1,46 @@
+"""The one place that turns a request's fate into its answer, its log line and its header."""
+
+from __future__ import annotations
+
+import logging
+import re
+import uuid
+
+from aiohttp import web
+from aiohttp.typedefs import Handler
+
+from .errors import GatewayError, Outcome
+from .observe import RequestRecord, log_request
+from .pipeline import RECORD
+
+log = logging.getLogger("gateway.outcome")
+
+_SAFE_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
+
+
+def request_id_of(request: web.Request) -> str:
+    """The caller's X-Request-ID when it is a sane token (for correlation), else a new one."""
+    given = request.headers.get("X-Request-ID", "")
+    return given if _SAFE_REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
+
+
+@web.middleware
+async def answer(request: web.Request, handler: Handler) -> web.StreamResponse:
+    record = RequestRecord(request_id_of(request))
+    request[RECORD] = record
+    try:
+        response = await handler(request)
+    except GatewayError as error:
+        record.outcome = error.outcome
+        record.reason = error.reason
+        record.detail = error.detail or None
+        response = web.json_response(error.body(), status=error.status)
+    except Exception:
+        # A bug, not a verdict: answer 500 so the sender retries, and say so loudly.
+        log.exception("unexpected error", extra={"request_id": record.request_id})
+        record.outcome, record.reason = Outcome.UPSTREAM_ERROR, "internal_error"
+        response = web.json_response({"outcome": record.outcome, "error": "internal"}, status=500)
+    response.headers["X-Gateway-Outcome"] = record.outcome or Outcome.UPSTREAM_ERROR
+    response.headers["X-Request-ID"] = record.request_id
+    log_request(record, response.status)
+    return response

@@ -1,0 +1,156 @@
+"""Shared fixtures: real HTTP servers on loopback for the gateway and for the apps behind it."""
+
+from __future__ import annotations
+
+import asyncio
+import textwrap
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+from multidict import MultiDict
+
+from gateway.app import create_app
+from gateway.config import GatewayConfig, parse_config
+from gateway.dedup import DedupMemory
+
+SECRET = "s3cret-key-0123456789"
+
+
+@dataclass
+class Received:
+    """One request as the upstream saw it."""
+
+    path: str
+    query: MultiDict[str]
+    query_string: str
+    headers: dict[str, str]
+
+
+# What the upstream does with one request: an HTTP status, ("sleep", seconds) then 200,
+# or "drop" to close the connection without answering.
+Behaviour = int | tuple[str, float] | str
+
+
+@dataclass
+class RecordingUpstream:
+    """A real HTTP server on 127.0.0.1 that records every request and follows a script."""
+
+    url: str = ""
+    received: list[Received] = field(default_factory=list)
+    script: list[Behaviour] = field(default_factory=list)
+    default: Behaviour = 200
+    body: str = "OK"
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        self.received.append(
+            Received(
+                request.path, MultiDict(request.query), request.query_string, dict(request.headers)
+            )
+        )
+        behaviour = self.script.pop(0) if self.script else self.default
+        if behaviour == "drop":
+            assert request.transport is not None
+            request.transport.close()
+            return web.Response()
+        if isinstance(behaviour, tuple):
+            await asyncio.sleep(behaviour[1])
+            return web.Response(text=self.body)
+        assert isinstance(behaviour, int)
+        return web.Response(status=behaviour, text=self.body if behaviour < 300 else "nope")
+
+
+UpstreamFactory = Callable[..., Awaitable[RecordingUpstream]]
+
+
+@pytest.fixture
+async def start_upstream() -> AsyncIterator[UpstreamFactory]:
+    runners: list[web.AppRunner] = []
+
+    async def start(**settings: Any) -> RecordingUpstream:
+        upstream = RecordingUpstream(**settings)
+        app = web.Application()
+        app.router.add_route("*", "/{path:.*}", upstream.handle)
+        runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        runners.append(runner)
+        port = runner.addresses[0][1]
+        upstream.url = f"http://127.0.0.1:{port}"
+        return upstream
+
+    yield start
+    for runner in runners:
+        await runner.cleanup()
+
+
+@dataclass
+class RunningGateway:
+    url: str
+    config: GatewayConfig
+    app: web.Application
+
+    def postback_url(self, path: str = "/postback/tapper") -> str:
+        return self.url + path
+
+
+GatewayFactory = Callable[..., Awaitable[RunningGateway]]
+
+
+@pytest.fixture
+async def start_gateway() -> AsyncIterator[GatewayFactory]:
+    """Start the real gateway app from YAML text on a loopback socket."""
+    runners: list[web.AppRunner] = []
+
+    async def start(
+        yaml_text: str,
+        env: dict[str, str] | None = None,
+        host: str = "127.0.0.1",
+        dedup_memories: dict[str, DedupMemory] | None = None,
+    ) -> RunningGateway:
+        config = parse_config(textwrap.dedent(yaml_text), {"MONETAG_SECRET": SECRET, **(env or {})})
+        app = create_app(config, dedup_memories)
+        runner = web.AppRunner(app, access_log=None, shutdown_timeout=1)
+        await runner.setup()
+        await web.TCPSite(runner, host, 0).start()
+        runners.append(runner)
+        port = runner.addresses[0][1]
+        shown_host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+        if ":" in shown_host:
+            shown_host = f"[{shown_host}]"
+        return RunningGateway(f"http://{shown_host}:{port}", config, app)
+
+    yield start
+    for runner in runners:
+        await runner.cleanup()
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as session:
+        yield session
+
+
+def route_yaml(upstream_urls: list[str], extra: str = "", server: str = "") -> str:
+    """A config with one route `tapper` at /postback/tapper; `extra` adds route keys."""
+    upstreams = "\n".join(
+        f"      - url: {url}\n        timeout: 1s\n        retries: 2" for url in upstream_urls
+    )
+    return (
+        f"server:\n  listen: 127.0.0.1:0\n  admin_listen: 127.0.0.1:0\n{server}"
+        "routes:\n"
+        "  tapper:\n"
+        "    path: /postback/tapper\n"
+        "    allow_ips: [127.0.0.1, '::1']\n"
+        "    secret:\n"
+        "      query_param: token\n"
+        "      keys: ['${MONETAG_SECRET}']\n"
+        "    aliases: {event: event_type, uid: ymid, zone: zone_id}\n"
+        f"{extra}"
+        "    upstreams:\n"
+        f"{upstreams}\n"
+    )
