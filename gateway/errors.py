@@ -31,6 +31,7 @@ class GatewayError(Exception):
         super().__init__(reason if not detail else f"{reason}: {detail}")
         self.reason = reason  # short, stable, goes to logs (and later metric labels)
         self.detail = detail  # human explanation for the log line; never a secret
+        self.headers: dict[str, str] = {}
 
     def body(self) -> dict[str, Any]:
         return {"outcome": self.outcome, "error": self.reason}
@@ -52,6 +53,7 @@ class MethodNotAllowed(GatewayError):
 
     def __init__(self, method: str) -> None:
         super().__init__("method", f"{method} is not GET")
+        self.headers["Allow"] = "GET"
 
 
 class Forbidden(GatewayError):
@@ -100,6 +102,9 @@ class DuplicatePostback(GatewayError):
 
     def __init__(self) -> None:
         super().__init__("duplicate")
+
+    def body(self) -> dict[str, Any]:
+        return {"outcome": self.outcome}
 
 
 class UpstreamUnavailable(GatewayError):

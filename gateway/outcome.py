@@ -34,7 +34,7 @@ async def answer(request: web.Request, handler: Handler) -> web.StreamResponse:
         record.outcome = error.outcome
         record.reason = error.reason
         record.detail = error.detail or None
-        response = web.json_response(error.body(), status=error.status)
+        response = web.json_response(error.body(), status=error.status, headers=error.headers)
     except Exception:
         # A bug, not a verdict: answer 500 so the sender retries, and say so loudly.
         log.exception("unexpected error", extra={"request_id": record.request_id})

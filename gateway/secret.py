@@ -6,6 +6,7 @@ registered with Monetag, then drop the old one.
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 from dataclasses import dataclass
 
@@ -17,10 +18,11 @@ from .errors import Forbidden
 class Secret:
     """A secret value that never shows itself in a repr, a log line or an exception."""
 
-    __slots__ = ("_value",)
+    __slots__ = ("_value", "digest")
 
     def __init__(self, value: str) -> None:
         self._value = value.encode()
+        self.digest = hashlib.sha256(self._value).digest()
 
     def reveal(self) -> bytes:
         return self._value
@@ -69,8 +71,10 @@ class SecretCheck:
         try:
             candidate = presented.encode("ascii")
         except UnicodeEncodeError:
-            candidate = b""  # compare_digest refuses non-ASCII str; such a key is simply wrong
+            return False  # compare_digest refuses non-ASCII str; such a key is simply wrong
+        # Digests of equal length, so not even the key's length leaks through timing.
+        presented_digest = hashlib.sha256(candidate).digest()
         matched = False
         for key in self.keys:  # no early exit: the time taken does not tell which key matched
-            matched |= hmac.compare_digest(candidate, key.reveal())
+            matched |= hmac.compare_digest(presented_digest, key.digest)
         return matched and bool(candidate)

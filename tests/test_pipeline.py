@@ -56,6 +56,7 @@ async def test_methods_other_than_get_are_405_and_never_forwarded(
     async with http.request(method, gateway.postback_url(), params=CLICK) as response:
         assert response.status == 405
         assert response.headers["X-Gateway-Outcome"] == "rejected"
+        assert response.headers["Allow"] == "GET"
     assert upstream.received == []
 
 

@@ -1,0 +1,80 @@
+"""Upstream URLs and the retry loop of the forwarder, against real upstream servers."""
+
+from __future__ import annotations
+
+from types import MappingProxyType
+
+import aiohttp
+import pytest
+from yarl import URL
+
+from gateway.config import UpstreamConfig
+from gateway.errors import UpstreamUnavailable
+from gateway.forward import Forwarder, Upstream
+from gateway.postback import Postback
+
+POSTBACK = Postback({"ymid": "u 1&x", "event_type": "click"}, (("source", "a"), ("source", "b")))
+
+
+def upstream(url: str, **settings: object) -> Upstream:
+    return Upstream(UpstreamConfig(URL(url), **settings))  # type: ignore[arg-type]
+
+
+def test_url_keeps_own_query_then_renamed_fields_then_extras():
+    target = upstream(
+        "http://app:3000/cb?key=app-key", rename=MappingProxyType({"event_type": "event"})
+    )
+    url = target.url_for(POSTBACK)
+    assert url.path == "/cb"
+    assert list(url.query.items()) == [
+        ("key", "app-key"),
+        ("ymid", "u 1&x"),
+        ("event", "click"),
+        ("source", "a"),
+        ("source", "b"),
+    ]
+
+
+def test_label_hides_userinfo_and_query():
+    target = upstream("https://user:pw@app.example/cb?key=app-key")
+    assert target.label == "https://app.example/cb"
+
+
+async def test_backoff_stays_within_cap(start_upstream):
+    app = await start_upstream(script=[503, 503, 503, 200])
+    async with aiohttp.ClientSession() as session:
+        forwarder = Forwarder(session, backoff_base=0.01, backoff_cap=0.02)
+        delays = [forwarder._backoff(attempt) for attempt in range(1, 50)]
+        assert all(0 <= delay <= 0.02 for delay in delays)
+        assert len(set(delays)) > 1  # jitter
+        reply = await forwarder.send(upstream(app.url, retries=3), POSTBACK, {})
+    assert reply.status == 200
+    assert len(app.received) == 4
+
+
+@pytest.mark.parametrize(
+    ("script", "reason", "timed_out"),
+    [
+        pytest.param([503, 503], "upstream_unavailable", False, id="status"),
+        pytest.param([("sleep", 1.0)] * 2, "upstream_timeout", True, id="timeout"),
+        pytest.param([("sleep", 1.0), 503], "upstream_unavailable", False, id="last-failure-wins"),
+    ],
+)
+async def test_spent_retries_raise_with_reason(start_upstream, script, reason, timed_out):
+    app = await start_upstream(script=list(script))
+    async with aiohttp.ClientSession() as session:
+        forwarder = Forwarder(session, backoff_base=0.01)
+        with pytest.raises(UpstreamUnavailable) as raised:
+            await forwarder.send(upstream(app.url, retries=1, timeout=0.2), POSTBACK, {})
+    assert raised.value.reason == reason
+    assert raised.value.status == (504 if timed_out else 502)
+    assert "2 attempt(s)" in raised.value.detail
+
+
+async def test_user_agent_and_given_headers_are_sent(start_upstream):
+    app = await start_upstream()
+    async with aiohttp.ClientSession() as session:
+        await Forwarder(session).send(upstream(app.url), POSTBACK, {"X-Request-ID": "r1"})
+    headers = app.received[0].headers
+    assert headers["User-Agent"] == "monetag-gateway"
+    assert headers["X-Request-ID"] == "r1"
