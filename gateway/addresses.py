@@ -31,31 +31,42 @@ def parse_ip(text: str) -> IPAddress:
 def _range_of_entry(entry: str) -> tuple[int, int, int]:
     """(version, first, last) of one allowlist entry: an IP, a CIDR or "first-last"."""
     if "-" in entry:
-        first_text, _, last_text = entry.partition("-")
-        first, last = parse_ip(first_text.strip()), parse_ip(last_text.strip())
-        if first.version != last.version:
-            raise ValueError(f"range {entry!r} mixes IPv4 and IPv6")
-        if int(first) > int(last):
-            raise ValueError(f"range {entry!r} ends before it starts")
-        return first.version, int(first), int(last)
+        return _range_of_first_last(entry)
     if "/" in entry:
-        try:
-            network = ipaddress.ip_network(entry, strict=True)
-        except ValueError as error:
-            try:
-                widened = ipaddress.ip_network(entry, strict=False)
-            except ValueError:
-                raise error from None
-            raise ValueError(
-                f"{entry!r} has host bits set; write {widened} if that whole network is meant"
-            ) from None
-        first_address = network.network_address
-        if isinstance(first_address, ipaddress.IPv6Address) and first_address.ipv4_mapped:
-            v4 = ipaddress.ip_network(f"{first_address.ipv4_mapped}/{network.prefixlen - 96}")
-            return 4, int(v4.network_address), int(v4.broadcast_address)
-        return network.version, int(first_address), int(network.broadcast_address)
+        return _range_of_network(entry)
     address = parse_ip(entry)
     return address.version, int(address), int(address)
+
+
+def _range_of_first_last(entry: str) -> tuple[int, int, int]:
+    try:
+        first_text, _, last_text = entry.partition("-")
+        first, last = parse_ip(first_text.strip()), parse_ip(last_text.strip())
+    except ValueError:
+        raise ValueError(f"{entry!r} is not an IP, a CIDR or a first-last range") from None
+    if first.version != last.version:
+        raise ValueError(f"range {entry!r} mixes IPv4 and IPv6")
+    if int(first) > int(last):
+        raise ValueError(f"range {entry!r} ends before it starts")
+    return first.version, int(first), int(last)
+
+
+def _range_of_network(entry: str) -> tuple[int, int, int]:
+    try:
+        network = ipaddress.ip_network(entry, strict=True)
+    except ValueError as error:
+        try:
+            widened = ipaddress.ip_network(entry, strict=False)
+        except ValueError:
+            raise error from None
+        raise ValueError(
+            f"{entry!r} has host bits set; write {widened} if that whole network is meant"
+        ) from None
+    first_address = network.network_address
+    if isinstance(first_address, ipaddress.IPv6Address) and first_address.ipv4_mapped:
+        v4 = ipaddress.ip_network(f"{first_address.ipv4_mapped}/{network.prefixlen - 96}")
+        return 4, int(v4.network_address), int(v4.broadcast_address)
+    return network.version, int(first_address), int(network.broadcast_address)
 
 
 @dataclass(frozen=True)

@@ -113,7 +113,9 @@ def parse_config(text: str, environ: Mapping[str, str]) -> GatewayConfig:
     try:
         document = yaml.load(text, Loader=_StrictLoader)  # a SafeLoader subclass
     except yaml.YAMLError as error:
-        raise ConfigError([f"config is not valid YAML: {error}"]) from None
+        raise ConfigError([f"config is not valid YAML: {_describe_yaml_error(error)}"]) from None
+    if document is None:
+        raise ConfigError(["config is empty"])
     reader = _Reader(environ)
     config = reader.gateway(document)
     if reader.problems or config is None:
@@ -130,6 +132,8 @@ def _construct_mapping_without_duplicates(
 ) -> dict[Any, Any]:
     seen: set[Any] = set()
     for key_node, _ in node.value:
+        if key_node.tag == "tag:yaml.org,2002:merge":
+            continue  # `<<: *anchor` merges are resolved by construct_mapping below
         key = loader.construct_object(key_node, deep=deep)
         if key in seen:
             raise yaml.constructor.ConstructorError(
@@ -144,11 +148,27 @@ _StrictLoader.add_constructor(
 )
 
 
+def _describe_yaml_error(error: yaml.YAMLError) -> str:
+    """Where and what, never the offending source text: that line may hold a secret."""
+    if isinstance(error, yaml.MarkedYAMLError) and error.problem_mark is not None:
+        mark = error.problem_mark
+        return f"{error.problem} (line {mark.line + 1}, column {mark.column + 1})"
+    return type(error).__name__
+
+
 class _FromEnvironment(str):
     """A string that came from ${VAR}: may stand for a number, as environment values do."""
 
 
 T = TypeVar("T")
+
+
+def _overlap(first: ListenAddress, second: ListenAddress) -> bool:
+    """Would the two listeners fight over one port? (Port 0 means any free port.)"""
+    wildcards = {"0.0.0.0", "::", ""}
+    return first.port == second.port != 0 and (
+        first.host == second.host or bool({first.host, second.host} & wildcards)
+    )
 
 
 def _key(parent: str, key: object) -> str:
@@ -190,8 +210,8 @@ class _Reader:
         proxies = self.optional(
             section, "trusted_proxies", path, self.address_set, defaults.trusted_proxies
         )
-        if listen and admin and listen == admin and listen.port != 0:
-            self.problem(_key(path, "admin_listen"), "must differ from server.listen")
+        if listen and admin and _overlap(listen, admin):
+            self.problem(_key(path, "admin_listen"), "must not share server.listen's port")
         if listen is None or admin is None or proxies is None:
             return None
         return ServerConfig(listen, admin, proxies)
@@ -315,7 +335,7 @@ class _Reader:
             self.problem(path, "at least one key is required")
         keys = []
         for index, item in enumerate(items):
-            text = self.string(item, f"{path}[{index}]")
+            text = self.string(item, f"{path}[{index}]", secret=True)
             if text is None:
                 continue
             if not text:
@@ -387,7 +407,9 @@ class _Reader:
             entry = _key(path, canonical)
             source = self.canonical_name(canonical, entry)
             target = self.param_name(outgoing, entry)
-            if source is not None and target is not None:
+            if target in rename.values():
+                self.problem(entry, f"{target!r} is already the name of another field")
+            elif source is not None and target is not None:
                 rename[source] = target
         return rename
 
@@ -490,8 +512,8 @@ class _Reader:
             elif text is not None:
                 self.problem(path, f"{text!r} is not a duration like 500ms, 5s, 10m, 24h")
                 return None
-        if seconds is not None and seconds <= 0:
-            self.problem(path, "must be longer than zero")
+        if seconds is not None and not 0 < seconds < float("inf"):
+            self.problem(path, "must be longer than zero and finite")
             return None
         return seconds
 
@@ -512,6 +534,8 @@ class _Reader:
     def integer(self, value: Any, path: str) -> int | None:
         if isinstance(value, str):
             text = self.substitute(value, path)
+            if text is None:
+                return None  # the unset variable is already reported
             if isinstance(text, _FromEnvironment) and text.strip().isdigit():
                 return int(text)
         if isinstance(value, bool) or not isinstance(value, int):
@@ -525,9 +549,10 @@ class _Reader:
             return None
         return value
 
-    def string(self, value: Any, path: str) -> str | None:
+    def string(self, value: Any, path: str, *, secret: bool = False) -> str | None:
         if not isinstance(value, str):
-            self.problem(path, f"expected a string, got {type(value).__name__} {value!r}")
+            shown = "" if secret else f" {value!r}"  # a key written as a number stays unsaid
+            self.problem(path, f"expected a string, got {type(value).__name__}{shown}")
             return None
         return self.substitute(value, path)
 

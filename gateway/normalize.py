@@ -28,7 +28,7 @@ class Normalizer:
     def normalize(self, pairs: Iterable[tuple[str, str]]) -> Postback:
         fields: dict[str, str] = {}
         extras: list[tuple[str, str]] = []
-        problems: list[Problem] = []
+        ambiguous: dict[str, None] = {}  # an ordered set: each field reported once
         for name, value in pairs:
             if name == self._secret_param:
                 continue
@@ -40,9 +40,9 @@ class Normalizer:
                 continue
             if canonical in LOWERCASED_FIELDS:
                 value = value.lower()
-            earlier = fields.setdefault(canonical, value)
-            if earlier != value:
-                problems.append(Problem(canonical, "given more than once with different values"))
-        if problems:
-            raise InvalidPostback(problems)
+            if fields.setdefault(canonical, value) != value:
+                ambiguous[canonical] = None
+        if ambiguous:
+            problem = "given more than once with different values"
+            raise InvalidPostback([Problem(name, problem) for name in ambiguous])
         return Postback(fields, tuple(extras))

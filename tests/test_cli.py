@@ -1,0 +1,321 @@
+"""`python -m gateway run | check | health`, run as the real command in a subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+COMMAND_TIMEOUT = 30.0
+FILE_SECRET = "topsecret-value-123"
+ENV_SECRET = "envsecret-value-456"
+UPSTREAM_PASSWORD = "hunter2-password"
+
+
+def gateway(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run `python -m gateway ARGS` from the repository and wait for it to finish."""
+    return subprocess.run(
+        [sys.executable, "-m", "gateway", *args],
+        cwd=REPO,
+        env=command_env() if env is None else env,
+        capture_output=True,
+        text=True,
+        timeout=COMMAND_TIMEOUT,
+    )
+
+
+def command_env(**extra: str) -> dict[str, str]:
+    """This process's environment without the gateway's own variables, plus `extra`."""
+    env = {
+        name: value
+        for name, value in os.environ.items()
+        if name not in ("GATEWAY_CONFIG", "GATEWAY_LOG_LEVEL", "MONETAG_SECRET")
+    }
+    return {**env, "MONETAG_SECRET": ENV_SECRET, **extra}
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def config_text(listen: str = "127.0.0.1:8080", admin: str = "127.0.0.1:9090") -> str:
+    """Two routes: `tapper` (allowlist, query secret, two upstreams), `spinner` (header only)."""
+    return (
+        "server:\n"
+        f"  listen: {listen}\n"
+        f"  admin_listen: {admin}\n"
+        "routes:\n"
+        "  tapper:\n"
+        "    path: /postback/tapper\n"
+        "    allow_ips: [127.0.0.1, '::1', 203.0.113.0/24]\n"
+        "    secret:\n"
+        "      query_param: token\n"
+        f"      keys: ['${{MONETAG_SECRET}}', {FILE_SECRET}]\n"
+        "    aliases: {event: event_type, uid: ymid}\n"
+        "    dedup: {key: [ymid, event_type]}\n"
+        "    upstreams:\n"
+        "      - url: http://127.0.0.1:3000/postback\n"
+        "        timeout: 2s\n"
+        "        retries: 1\n"
+        f"      - url: http://svc:{UPSTREAM_PASSWORD}@127.0.0.1:3001/copy\n"
+        "        rename: {event_type: event}\n"
+        "  spinner:\n"
+        "    path: /postback/spinner\n"
+        "    secret:\n"
+        "      header: X-Postback-Key\n"
+        "      keys: ['${MONETAG_SECRET}']\n"
+        "    upstreams:\n"
+        "      - url: https://app.example/spin\n"
+    )
+
+
+def write(tmp_path: Path, text: str, name: str = "config.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def route_sections(summary: str) -> dict[str, str]:
+    """`check` output split into one text block per `route NAME` line."""
+    sections: dict[str, str] = {}
+    name = None
+    for line in summary.splitlines():
+        match = re.fullmatch(r"route (\S+)", line.strip())
+        if match:
+            name = match.group(1)
+            sections[name] = ""
+        elif name is not None:
+            sections[name] += line + "\n"
+    return sections
+
+
+def assert_no_secret(*outputs: str) -> None:
+    for output in outputs:
+        for secret in (FILE_SECRET, ENV_SECRET, UPSTREAM_PASSWORD):
+            assert secret not in output, output
+
+
+# -- check ------------------------------------------------------------------------------------
+
+
+def test_check_summarizes_each_route_without_secrets(tmp_path: Path) -> None:
+    result = gateway("check", "--config", str(write(tmp_path, config_text())))
+
+    assert result.returncode == 0, result.stderr
+    sections = route_sections(result.stdout)
+    assert set(sections) == {"tapper", "spinner"}, result.stdout
+    tapper, spinner = sections["tapper"], sections["spinner"]
+    assert "/postback/tapper" in tapper
+    assert re.search(r"allow_ips\D*\b3\b", tapper), tapper
+    assert "query" in tapper and "'token'" in tapper
+    assert re.search(r"'event': 'event_type'", tapper) and re.search(r"'uid': 'ymid'", tapper)
+    assert re.search(r"dedup.*\bymid, event_type\b", tapper), tapper
+    assert "http://127.0.0.1:3000/postback" in tapper
+    assert "127.0.0.1:3001/copy" in tapper
+    assert "/postback/spinner" in spinner
+    assert "header" in spinner and "X-Postback-Key" in spinner
+    assert "https://app.example/spin" in spinner
+    assert "ymid, event_type, zone_id" in spinner  # the default dedup key
+    assert_no_secret(result.stdout, result.stderr)
+
+
+def test_check_reports_config_warnings(tmp_path: Path) -> None:
+    result = gateway("check", "--config", str(write(tmp_path, config_text())))
+
+    assert result.returncode == 0, result.stderr
+    assert re.search(r"warning.*routes\.spinner.*allow_ips", result.stdout + result.stderr)
+
+
+@pytest.mark.parametrize(
+    "old, new, key_path, phrase",
+    [
+        pytest.param("203.0.113.0/24]", "203.0.113.7/24]", "routes.tapper.allow_ips[2]",
+                     "host bits", id="cidr-with-host-bits"),
+        pytest.param("        retries: 1\n", "        retries: two\n",
+                     "routes.tapper.upstreams[0].retries", "whole number", id="retries-is-a-word"),
+        pytest.param("'${MONETAG_SECRET}', ", "'${UNSET_GATEWAY_KEY}', ",
+                     "routes.tapper.secret.keys[0]", "UNSET_GATEWAY_KEY", id="unset-variable"),
+        pytest.param("    aliases:", "    alow_ips: []\n    aliases:", "routes.tapper.alow_ips",
+                     "unknown key", id="misspelt-key"),
+    ],
+)  # fmt: skip
+@pytest.mark.parametrize("command", ["check", "run", "health"])
+def test_bad_config_exits_2_naming_key_path_and_problem(
+    tmp_path: Path, command: str, old: str, new: str, key_path: str, phrase: str
+) -> None:
+    good = config_text(f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}")
+    assert old in good
+    path = write(tmp_path, good.replace(old, new, 1))
+
+    result = gateway(command, "--config", str(path))
+
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    problem_lines = [line for line in result.stderr.splitlines() if key_path in line]
+    assert any(phrase in line for line in problem_lines), result.stderr
+    assert "listening" not in result.stdout
+    assert_no_secret(result.stdout, result.stderr)
+
+
+def test_check_of_a_missing_file_exits_2_naming_the_path(tmp_path: Path) -> None:
+    missing = tmp_path / "absent.yaml"
+    result = gateway("check", "--config", str(missing))
+    assert result.returncode == 2
+    assert str(missing) in result.stderr
+
+
+# -- where the config path comes from ---------------------------------------------------------
+
+
+def test_config_path_comes_from_gateway_config_when_no_flag(tmp_path: Path) -> None:
+    path = write(tmp_path, config_text())
+
+    result = gateway("check", env=command_env(GATEWAY_CONFIG=str(path)))
+
+    assert result.returncode == 0, result.stderr
+    assert str(path) in result.stdout
+    assert "/postback/tapper" in result.stdout
+
+
+def test_config_flag_wins_over_gateway_config(tmp_path: Path) -> None:
+    good = write(tmp_path, config_text(), "good.yaml")
+    bad = write(tmp_path, "routes: {}\n", "bad.yaml")
+
+    result = gateway("check", "--config", str(good), env=command_env(GATEWAY_CONFIG=str(bad)))
+
+    assert result.returncode == 0, result.stderr
+    assert str(good) in result.stdout
+
+
+def test_gateway_config_pointing_at_a_bad_config_fails(tmp_path: Path) -> None:
+    bad = write(tmp_path, "routes: {}\n")
+    result = gateway("check", env=command_env(GATEWAY_CONFIG=str(bad)))
+    assert result.returncode == 2
+    assert "routes" in result.stderr and "at least one route" in result.stderr
+
+
+@pytest.mark.parametrize("command", ["run", "check", "health"])
+def test_no_config_anywhere_says_how_to_pass_one(command: str) -> None:
+    result = gateway(command)
+
+    assert result.returncode != 0
+    assert "--config" in result.stderr
+    assert "GATEWAY_CONFIG" in result.stderr
+    assert "listening" not in result.stdout
+
+
+# -- run and health ---------------------------------------------------------------------------
+
+
+@dataclass
+class RunningGateway:
+    process: subprocess.Popen[bytes]
+    config: Path
+    public_port: int
+    admin_port: int
+    stdout: Path
+    stderr: Path
+
+    def stop(self) -> int:
+        """SIGTERM, then the exit status; fails the test unless it exits within a few seconds."""
+        self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout=5)
+
+    def log_lines(self) -> list[dict[str, Any]]:
+        text = self.stdout.read_text(encoding="utf-8")
+        return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def wait_until_healthy(running: RunningGateway, seconds: float = 10.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if running.process.poll() is not None:
+            return False
+        if gateway("health", "--config", str(running.config)).returncode == 0:
+            return True
+        time.sleep(0.2)
+    return False
+
+
+@pytest.fixture
+def running(tmp_path: Path) -> Iterator[RunningGateway]:
+    """`run` on free loopback ports, already answering `health`; killed if a test leaves it."""
+    public_port, admin_port = free_port(), free_port()
+    config = write(tmp_path, config_text(f"127.0.0.1:{public_port}", f"127.0.0.1:{admin_port}"))
+    stdout, stderr = tmp_path / "stdout.log", tmp_path / "stderr.log"
+    with stdout.open("wb") as out, stderr.open("wb") as err:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "gateway", "run", "--config", str(config)],
+            cwd=REPO,
+            env=command_env(),
+            stdout=out,
+            stderr=err,
+        )
+    gateway_process = RunningGateway(process, config, public_port, admin_port, stdout, stderr)
+    try:
+        if not wait_until_healthy(gateway_process):
+            pytest.fail(
+                "gateway never became healthy; stderr:\n" + stderr.read_text(encoding="utf-8")
+            )
+        yield gateway_process
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(timeout=COMMAND_TIMEOUT)
+
+
+def test_running_gateway_is_healthy_and_ready(running: RunningGateway) -> None:
+    health = gateway("health", "--config", str(running.config))
+    assert health.returncode == 0, health.stderr
+
+    url = f"http://127.0.0.1:{running.admin_port}/readyz"
+    with urllib.request.urlopen(url, timeout=5) as response:
+        assert response.status == 200
+        assert json.loads(response.read()) == {"status": "ready"}
+
+
+def test_running_gateway_listens_on_the_public_port_without_admin_endpoints(
+    running: RunningGateway,
+) -> None:
+    url = f"http://127.0.0.1:{running.public_port}/readyz"
+    with pytest.raises(urllib.error.HTTPError) as caught:
+        urllib.request.urlopen(url, timeout=5)
+    assert caught.value.code == 404
+
+
+def test_sigterm_stops_the_gateway_with_exit_0(running: RunningGateway) -> None:
+    assert running.stop() == 0
+
+    after = gateway("health", "--config", str(running.config))
+    assert after.returncode != 0
+    assert f"127.0.0.1:{running.admin_port}" in after.stderr
+
+
+def test_run_logs_json_lines_with_listening_and_config_warnings(running: RunningGateway) -> None:
+    assert running.stop() == 0
+
+    lines = running.log_lines()
+    listening = [line for line in lines if line.get("message") == "listening"]
+    assert len(listening) == 1, lines
+    assert f":{running.public_port}" in json.dumps(listening[0])
+    assert f":{running.admin_port}" in json.dumps(listening[0])
+    warnings = [line for line in lines if line.get("level") == "warning"]
+    assert any("routes.spinner" in json.dumps(line) for line in warnings), lines
+    log_text = running.stdout.read_text(encoding="utf-8")
+    assert_no_secret(log_text, running.stderr.read_text(encoding="utf-8"))

@@ -1,0 +1,606 @@
+"""config.yaml -> GatewayConfig: the operators' contract, every rejection with its key path."""
+
+from __future__ import annotations
+
+import copy
+import ipaddress
+import math
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from gateway.config import ConfigError, GatewayConfig, load_config, parse_config
+
+REPO = Path(__file__).resolve().parents[1]
+CONTRACT = Path(__file__).resolve().parents[2] / "shared/design/config-contract.yaml"
+SHIPPED = REPO / "config.yaml"
+SECRET = "s3cret-key-from-env"
+ENV = {"MONETAG_SECRET": SECRET}
+
+# A valid config every table case starts from; a case changes a few keys of it.
+BASE: dict[str, Any] = {
+    "server": {
+        "listen": "127.0.0.1:8080",
+        "admin_listen": "127.0.0.1:9090",
+        "trusted_proxies": [],
+    },
+    "routes": {
+        "tapper": {
+            "path": "/postback/tapper",
+            "allow_ips": ["203.0.113.0/24"],
+            "secret": {"query_param": "token", "keys": ["${MONETAG_SECRET}"]},
+            "aliases": {"event": "event_type", "uid": "ymid"},
+            "upstreams": [{"url": "http://127.0.0.1:3000/postback", "timeout": "5s", "retries": 2}],
+        }
+    },
+}
+DROP = object()  # a change that removes the key
+
+
+def config_with(changes: Mapping[str, Any]) -> str:
+    """BASE as YAML, with each dotted key ("routes.tapper.upstreams.0.retries") set or DROPped."""
+    document = copy.deepcopy(BASE)
+    for dotted, value in changes.items():
+        *parents, last = dotted.split(".")
+        node: Any = document
+        for part in parents:
+            node = node[int(part)] if isinstance(node, list) else node.setdefault(part, {})
+        key: Any = int(last) if isinstance(node, list) else last
+        if value is DROP:
+            del node[key]
+        else:
+            node[key] = value
+    return yaml.safe_dump(document, sort_keys=False)
+
+
+def parse_with(changes: Mapping[str, Any], environ: Mapping[str, str] = ENV) -> GatewayConfig:
+    return parse_config(config_with(changes), environ)
+
+
+def problems_of(text: str, environ: Mapping[str, str] = ENV) -> list[str]:
+    with pytest.raises(ConfigError) as caught:
+        parse_config(text, environ)
+    return caught.value.problems
+
+
+def assert_problem_at(problems: list[str], key_path: str, phrase: str) -> None:
+    at_path = [problem for problem in problems if problem.startswith(f"{key_path}: ")]
+    assert at_path, f"no problem names {key_path!r}: {problems}"
+    assert any(phrase in problem for problem in at_path), f"{phrase!r} not in {at_path}"
+
+
+# -- configs operators write -----------------------------------------------------------------
+
+
+def test_contract_page_parses_to_the_documented_values() -> None:
+    config = load_config(CONTRACT, ENV)
+
+    assert str(config.server.listen) == "0.0.0.0:8080"
+    assert str(config.server.admin_listen) == "127.0.0.1:9090"
+    assert len(config.server.trusted_proxies) == 0
+    assert [route.name for route in config.routes] == ["tapper"]
+    (route,) = config.routes
+    assert route.path == "/postback/tapper"
+    assert route.allow_ips is not None and len(route.allow_ips) == 3
+    assert route.secret is not None
+    assert route.secret.query_param == "token"
+    assert route.secret.header is None
+    assert [key.reveal() for key in route.secret.keys] == [SECRET.encode()]
+    assert dict(route.aliases) == {"event": "event_type", "uid": "ymid", "source": "request_var"}
+    assert route.required == ("ymid", "event_type")
+    assert route.dedup.key == ("ymid", "event_type", "zone_id")
+    assert route.dedup.ttl == 86400.0
+    assert route.dedup.max_entries == 1_000_000
+    (upstream,) = route.upstreams
+    assert str(upstream.url) == "http://127.0.0.1:3000/postback"
+    assert upstream.timeout == 5.0
+    assert upstream.retries == 2
+    assert dict(upstream.rename) == {"event_type": "event"}
+    assert route.insecure is False
+    assert config.warnings == ()
+
+
+@pytest.mark.parametrize(
+    "address, allowed",
+    [
+        pytest.param("203.0.113.77", True, id="inside-cidr"),
+        pytest.param("198.51.100.10", True, id="first-of-range"),
+        pytest.param("198.51.100.20", True, id="last-of-range"),
+        pytest.param("198.51.100.21", False, id="just-after-range"),
+        pytest.param("2001:db8:0:1::5", True, id="inside-ipv6-cidr"),
+        pytest.param("2001:db9::1", False, id="outside-ipv6-cidr"),
+        pytest.param("192.0.2.1", False, id="unlisted-ipv4"),
+    ],
+)
+def test_contract_allowlist_accepts_cidrs_ranges_and_ipv6(address: str, allowed: bool) -> None:
+    (route,) = load_config(CONTRACT, ENV).routes
+    assert route.allow_ips is not None
+    assert (ipaddress.ip_address(address) in route.allow_ips) is allowed
+
+
+def test_contract_header_variant_of_the_secret_parses() -> None:
+    text = CONTRACT.read_text(encoding="utf-8")
+    text = text.replace("      query_param: token", "      # query_param: token")
+    text = text.replace("      # header: X-Postback-Key", "      header: X-Postback-Key")
+    assert "\n      header: X-Postback-Key" in text, "the contract page no longer shows a header"
+
+    (route,) = parse_config(text, ENV).routes
+
+    assert route.secret is not None
+    assert route.secret.header == "X-Postback-Key"
+    assert route.secret.query_param is None
+
+
+def test_shipped_example_config_parses() -> None:
+    config = load_config(SHIPPED, ENV)
+
+    (route,) = config.routes
+    assert route.name == "tapper"
+    assert route.path == "/postback/tapper"
+    assert route.allow_ips is not None and len(route.allow_ips) == 2
+    assert route.secret is not None and route.secret.query_param == "token"
+    assert dict(route.aliases)["uid"] == "ymid"
+    assert config.warnings == ()
+
+
+def test_shipped_example_config_needs_the_secret_variable() -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_config(SHIPPED, {})
+    assert_problem_at(caught.value.problems, "routes.tapper.secret.keys[0]", "MONETAG_SECRET")
+
+
+def test_load_config_of_a_missing_file_names_the_path(tmp_path: Path) -> None:
+    missing = tmp_path / "nowhere" / "config.yaml"
+    with pytest.raises(ConfigError) as caught:
+        load_config(missing, ENV)
+    assert str(missing) in str(caught.value)
+
+
+def test_load_config_reads_the_file_it_is_given(tmp_path: Path) -> None:
+    path = tmp_path / "config.yaml"
+    path.write_text(config_with({"routes.tapper.path": "/from/file"}), encoding="utf-8")
+    assert load_config(path, ENV).routes[0].path == "/from/file"
+
+
+# -- rejections: each names its key path ------------------------------------------------------
+
+OTHER_ROUTE = {"path": "/postback/other", "insecure": True, "upstreams": [{"url": "http://a/"}]}
+
+
+@pytest.mark.parametrize(
+    "changes, environ, key_path, phrase",
+    [
+        pytest.param({"logging": {"level": "debug"}}, ENV, "logging", "unknown key",
+                     id="unknown-top-level-key"),
+        pytest.param({"server.listne": "127.0.0.1:1"}, ENV, "server.listne", "unknown key",
+                     id="unknown-server-key"),
+        pytest.param({"routes.tapper.alow_ips": ["1.2.3.4"]}, ENV, "routes.tapper.alow_ips",
+                     "unknown key", id="misspelt-route-key"),
+        pytest.param({"routes.tapper.upstreams.0.timout": "1s"}, ENV,
+                     "routes.tapper.upstreams[0].timout", "unknown key",
+                     id="misspelt-upstream-key"),
+        pytest.param({"routes.tapper.upstreams.0.retries": "two"}, ENV,
+                     "routes.tapper.upstreams[0].retries", "whole number", id="retries-is-a-word"),
+        pytest.param({"routes.tapper.upstreams.0.retries": "3"}, ENV,
+                     "routes.tapper.upstreams[0].retries", "whole number",
+                     id="retries-is-a-quoted-number-in-the-file"),
+        pytest.param({"routes.tapper.upstreams.0.retries": True}, ENV,
+                     "routes.tapper.upstreams[0].retries", "whole number", id="retries-is-a-bool"),
+        pytest.param({"routes.tapper.upstreams.0.timeout": [1]}, ENV,
+                     "routes.tapper.upstreams[0].timeout", "duration", id="timeout-is-a-list"),
+        pytest.param({"routes.tapper.insecure": "yes"}, ENV, "routes.tapper.insecure",
+                     "true or false", id="insecure-is-a-string"),
+        pytest.param({"routes.tapper.allow_ips": "203.0.113.0/24"}, ENV, "routes.tapper.allow_ips",
+                     "expected a list", id="allow-ips-is-not-a-list"),
+        pytest.param({"routes.tapper.allow_ips": ["203.0.113.0/24", "::1", "10.0.0.0/33"]}, ENV,
+                     "routes.tapper.allow_ips[2]", "10.0.0.0/33", id="bad-cidr-at-index-2"),
+        pytest.param({"routes.tapper.allow_ips": ["1.2.3.4/24"]}, ENV, "routes.tapper.allow_ips[0]",
+                     "'1.2.3.4/24' has host bits", id="cidr-with-host-bits"),
+        pytest.param({"routes.tapper.allow_ips": ["1.2.3.4:80"]}, ENV,
+                     "routes.tapper.allow_ips[0]", "1.2.3.4:80", id="address-with-port"),
+        pytest.param({"routes.tapper.allow_ips": ["10.0.0.9-10.0.0.1"]}, ENV,
+                     "routes.tapper.allow_ips[0]", "ends before it starts", id="backwards-range"),
+        pytest.param({"routes.tapper.allow_ips": []}, ENV, "routes.tapper.allow_ips",
+                     "allows nobody", id="empty-allowlist"),
+        pytest.param({"server.trusted_proxies": ["lb.internal"]}, ENV, "server.trusted_proxies[0]",
+                     "lb.internal", id="bad-trusted-proxy"),
+        pytest.param({"routes.tapper.upstreams.0.timeout": "5 parsecs"}, ENV,
+                     "routes.tapper.upstreams[0].timeout", "not a duration", id="unknown-unit"),
+        pytest.param({"routes.tapper.dedup": {"ttl": "0s"}}, ENV, "routes.tapper.dedup.ttl",
+                     "longer than zero", id="zero-duration"),
+        pytest.param({"routes.tapper.dedup": {"ttl": 0}}, ENV, "routes.tapper.dedup.ttl",
+                     "longer than zero", id="zero-bare-number"),
+        pytest.param({"routes.tapper.upstreams.0.timeout": "-1s"}, ENV,
+                     "routes.tapper.upstreams[0].timeout", "not a duration",
+                     id="negative-duration"),
+        pytest.param({"routes.tapper.upstreams.0.timeout": -1}, ENV,
+                     "routes.tapper.upstreams[0].timeout", "longer than zero",
+                     id="negative-bare-number"),
+        pytest.param({"routes.tapper.secret.keys": ["${NOT_SET_ANYWHERE}"]}, ENV,
+                     "routes.tapper.secret.keys[0]", "NOT_SET_ANYWHERE",
+                     id="unset-variable-without-default"),
+        pytest.param({"routes.tapper.path": "${ROUTE_PATH}"}, {}, "routes.tapper.path",
+                     "environment variable ROUTE_PATH is not set", id="unset-variable-in-path"),
+        pytest.param({"routes.tapper.secret.keys": ["${EMPTY_KEY:-}"]}, ENV,
+                     "routes.tapper.secret.keys[0]", "empty", id="secret-from-empty-default"),
+        pytest.param({"routes.tapper.path": "postback"}, ENV, "routes.tapper.path",
+                     "absolute path", id="relative-path"),
+        pytest.param({"routes.tapper.path": DROP}, ENV, "routes.tapper.path", "is required",
+                     id="missing-path"),
+        pytest.param({"routes.other": {**OTHER_ROUTE, "path": "/postback/tapper"}}, ENV,
+                     "routes.other.path", "already the path of route 'tapper'",
+                     id="duplicate-path-across-routes"),
+        pytest.param({"routes.tapper.allow_ips": DROP, "routes.tapper.secret": DROP}, ENV,
+                     "routes.tapper", "neither allow_ips nor secret", id="unprotected-route"),
+        pytest.param({"routes.tapper.secret.header": "X-Postback-Key"}, ENV,
+                     "routes.tapper.secret", "exactly one of query_param or header",
+                     id="secret-in-query-and-header"),
+        pytest.param({"routes.tapper.secret.query_param": DROP}, ENV, "routes.tapper.secret",
+                     "exactly one of query_param or header", id="secret-with-no-location"),
+        pytest.param({"routes.tapper.secret.keys": []}, ENV, "routes.tapper.secret.keys",
+                     "at least one key", id="secret-without-keys"),
+        pytest.param({"routes.tapper.secret.keys": DROP}, ENV, "routes.tapper.secret.keys",
+                     "is required", id="secret-keys-missing"),
+        pytest.param({"routes.tapper.secret.header": "X Key", "routes.tapper.secret.query_param":
+                      DROP}, ENV, "routes.tapper.secret.header", "header name",
+                     id="header-name-with-space"),
+        pytest.param({"routes.tapper.aliases": {"event": "evt_type"}}, ENV,
+                     "routes.tapper.aliases.event", "not a canonical field",
+                     id="alias-to-unknown-field"),
+        pytest.param({"routes.tapper.required": ["ymid", "user"]}, ENV, "routes.tapper.required[1]",
+                     "not a canonical field", id="required-unknown-field"),
+        pytest.param({"routes.tapper.dedup": {"key": ["uid"]}}, ENV, "routes.tapper.dedup.key[0]",
+                     "not a canonical field", id="dedup-key-unknown-field"),
+        pytest.param({"routes.tapper.dedup": {"key": []}}, ENV, "routes.tapper.dedup.key",
+                     "at least one field", id="dedup-key-empty"),
+        pytest.param({"routes.tapper.dedup": {"max_entries": 0}}, ENV,
+                     "routes.tapper.dedup.max_entries", "at least 1", id="dedup-max-entries-zero"),
+        pytest.param({"routes.tapper.aliases": {"zone_id": "sub_zone_id"},
+                      "routes.tapper.dedup": {"key": ["ymid", "zone_id"]}}, ENV,
+                     "routes.tapper.dedup.key[1]", "can never be present",
+                     id="dedup-key-renamed-away-by-alias"),
+        pytest.param({"routes.tapper.aliases": {"event_type": "reward_event_type"},
+                      "routes.tapper.dedup": {"key": ["ymid"]}}, ENV,
+                     "routes.tapper.required[1]", "can never be present",
+                     id="required-field-renamed-away-by-alias"),
+        pytest.param({"routes.tapper.secret.query_param": "ymid"}, ENV,
+                     "routes.tapper.secret.query_param", "postback field name",
+                     id="secret-param-is-a-canonical-field"),
+        pytest.param({"routes.tapper.secret.query_param": "uid"}, ENV,
+                     "routes.tapper.secret.query_param", "postback field name",
+                     id="secret-param-is-an-alias-source"),
+        pytest.param({"routes.tapper.upstreams.0.url": "ftp://files.example/postback"}, ENV,
+                     "routes.tapper.upstreams[0].url", "http:// or https://",
+                     id="upstream-not-http"),
+        pytest.param({"routes.tapper.upstreams.0.url": "127.0.0.1:3000/postback"}, ENV,
+                     "routes.tapper.upstreams[0].url", "http:// or https://",
+                     id="upstream-without-scheme"),
+        pytest.param({"routes.tapper.upstreams.0.url": DROP}, ENV,
+                     "routes.tapper.upstreams[0].url", "is required", id="upstream-without-url"),
+        pytest.param({"routes.tapper.upstreams": []}, ENV, "routes.tapper.upstreams",
+                     "at least one upstream", id="no-upstreams"),
+        pytest.param({"routes.tapper.upstreams.0.retries": 11}, ENV,
+                     "routes.tapper.upstreams[0].retries", "between 0 and 10",
+                     id="retries-above-range"),
+        pytest.param({"routes.tapper.upstreams.0.retries": -1}, ENV,
+                     "routes.tapper.upstreams[0].retries", "between 0 and 10",
+                     id="retries-below-range"),
+        pytest.param({"routes.tapper.upstreams.0.rename": {"event": "evt"}}, ENV,
+                     "routes.tapper.upstreams[0].rename.event", "not a canonical field",
+                     id="rename-of-unknown-field"),
+        pytest.param({"server.listen": "8080"}, ENV, "server.listen", "not host:port",
+                     id="listen-port-only"),
+        pytest.param({"server.listen": "localhost"}, ENV, "server.listen", "not host:port",
+                     id="listen-host-only"),
+        pytest.param({"server.listen": "127.0.0.1:70000"}, ENV, "server.listen", "not host:port",
+                     id="listen-port-too-large"),
+        pytest.param({"server.admin_listen": "127.0.0.1:8080"}, ENV, "server.admin_listen",
+                     "must not share server.listen's port", id="admin-listen-equals-listen"),
+        pytest.param({"routes": DROP}, ENV, "routes", "at least one route", id="missing-routes"),
+        pytest.param({"routes": {}}, ENV, "routes", "at least one route", id="empty-routes"),
+        pytest.param({"routes": ["tapper"]}, ENV, "routes", "expected a mapping",
+                     id="routes-is-a-list"),
+        pytest.param({"routes.bad name": OTHER_ROUTE}, ENV, "routes.bad name", "route name",
+                     id="route-name-with-space"),
+    ],
+)  # fmt: skip
+def test_bad_config_is_rejected_naming_its_key_path(
+    changes: dict[str, Any], environ: dict[str, str], key_path: str, phrase: str
+) -> None:
+    assert_problem_at(problems_of(config_with(changes), environ), key_path, phrase)
+
+
+@pytest.mark.parametrize(
+    "changes, key_path",
+    [
+        pytest.param({"routes.tapper.dedup": {"ttl": math.nan}}, "routes.tapper.dedup.ttl",
+                     id="nan-ttl"),
+        pytest.param({"routes.tapper.upstreams.0.timeout": math.nan},
+                     "routes.tapper.upstreams[0].timeout", id="nan-timeout"),
+        # On Linux 127.0.0.1:8080 cannot be bound while 0.0.0.0:8080 listens, and the admin port
+        # would be the public port on loopback: `check` passes, `run` dies on bind.
+        pytest.param({"server.listen": "0.0.0.0:8080", "server.admin_listen": "127.0.0.1:8080"},
+                     "server.admin_listen", id="admin-on-the-wildcard-public-port"),
+    ],
+)  # fmt: skip
+def test_config_that_cannot_work_at_run_time_is_rejected_at_load(
+    changes: dict[str, Any], key_path: str
+) -> None:
+    problems = problems_of(config_with(changes))
+    assert any(problem.startswith(f"{key_path}: ") for problem in problems), problems
+
+
+@pytest.mark.parametrize(
+    "text, phrases",
+    [
+        pytest.param("", ["config is empty"], id="empty-file"),
+        pytest.param("# only a comment\n", ["config is empty"],
+                     id="comments-only"),
+        pytest.param("- tapper\n", ["the config file: expected a mapping, got list"],
+                     id="top-level-list"),
+        pytest.param("routes: [unclosed\n", ["not valid YAML"], id="invalid-yaml"),
+        pytest.param("routes:\n\ttapper: {}\n", ["not valid YAML"], id="tab-indentation"),
+        pytest.param("!!python/object/apply:os.system ['true']\n", ["not valid YAML"],
+                     id="python-tag-is-not-executed"),
+        pytest.param(
+            "routes:\n"
+            "  tapper:\n"
+            "    path: /postback/a\n    insecure: true\n    upstreams: [{url: 'http://a/'}]\n"
+            "  tapper:\n"
+            "    path: /postback/b\n    insecure: true\n    upstreams: [{url: 'http://b/'}]\n",
+            ["'tapper'", "twice"],
+            id="two-routes-with-the-same-name",
+        ),
+        pytest.param(
+            "routes:\n"
+            "  tapper:\n"
+            "    path: /postback/a\n    insecure: true\n    upstreams: [{url: 'http://a/'}]\n"
+            "    path: /postback/b\n",
+            ["'path'", "twice"],
+            id="same-key-twice-in-one-route",
+        ),
+    ],
+)  # fmt: skip
+def test_unusable_document_is_rejected(text: str, phrases: list[str]) -> None:
+    problems = problems_of(text)
+    assert any(all(phrase in problem for phrase in phrases) for problem in problems), problems
+
+
+def test_yaml_anchors_and_merge_keys_are_still_plain_yaml() -> None:
+    text = config_with({"routes.tapper.upstreams": DROP}) + (
+        "    upstreams:\n"
+        "      - &first {url: 'http://127.0.0.1:3000/a', timeout: 2s, retries: 1}\n"
+        "      - <<: *first\n"
+        "        url: http://127.0.0.1:3000/b\n"
+    )
+
+    (route,) = parse_config(text, ENV).routes
+
+    assert [str(upstream.url) for upstream in route.upstreams] == [
+        "http://127.0.0.1:3000/a",
+        "http://127.0.0.1:3000/b",
+    ]
+    assert [upstream.timeout for upstream in route.upstreams] == [2.0, 2.0]
+    assert [upstream.retries for upstream in route.upstreams] == [1, 1]
+
+
+def test_every_problem_in_a_file_is_reported_not_only_the_first() -> None:
+    text = config_with(
+        {
+            "logging": "debug",
+            "server.listen": "nope",
+            "server.trusted_proxies": ["bogus"],
+            "routes.tapper.allow_ips": ["203.0.113.0/24", "1.2.3.4/24"],
+            "routes.tapper.upstreams.0.retries": 99,
+            "routes.tapper.upstreams.0.timeout": "5 parsecs",
+            "routes.other": {**OTHER_ROUTE, "upstreams": [{"url": "ftp://x/"}]},
+        }
+    )
+    paths = {problem.split(": ", 1)[0] for problem in problems_of(text)}
+    assert paths >= {
+        "logging",
+        "server.listen",
+        "server.trusted_proxies[0]",
+        "routes.tapper.allow_ips[1]",
+        "routes.tapper.upstreams[0].retries",
+        "routes.tapper.upstreams[0].timeout",
+        "routes.other.upstreams[0].url",
+    }
+
+
+def test_config_error_message_lists_every_problem_on_its_own_line() -> None:
+    text = config_with({"server.listen": "nope", "routes.tapper.upstreams.0.retries": 99})
+    with pytest.raises(ConfigError) as caught:
+        parse_config(text, ENV)
+    assert str(caught.value).splitlines() == caught.value.problems
+    assert len(caught.value.problems) == 2
+
+
+# -- what valid values mean -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "written, seconds",
+    [
+        pytest.param("500ms", 0.5, id="milliseconds"),
+        pytest.param("5s", 5.0, id="seconds"),
+        pytest.param("1.5s", 1.5, id="fractional-seconds"),
+        pytest.param("10m", 600.0, id="minutes"),
+        pytest.param("24h", 86400.0, id="hours"),
+        pytest.param(3, 3.0, id="bare-integer-is-seconds"),
+        pytest.param(0.25, 0.25, id="bare-float-is-seconds"),
+        pytest.param("7", 7.0, id="unitless-string-is-seconds"),
+    ],
+)
+def test_duration_is_read_as_seconds(written: str | float, seconds: float) -> None:
+    config = parse_with(
+        {"routes.tapper.upstreams.0.timeout": written, "routes.tapper.dedup": {"ttl": written}}
+    )
+    (route,) = config.routes
+    assert route.upstreams[0].timeout == seconds
+    assert route.dedup.ttl == seconds
+
+
+@pytest.mark.parametrize(
+    "written, environ, expected",
+    [
+        pytest.param("${ROUTE_PATH}", {"ROUTE_PATH": "/from/env"}, "/from/env", id="set-variable"),
+        pytest.param("${ROUTE_PATH:-/by/default}", {}, "/by/default", id="default-when-unset"),
+        pytest.param("${ROUTE_PATH:-/by/default}", {"ROUTE_PATH": "/from/env"}, "/from/env",
+                     id="set-variable-beats-default"),
+        pytest.param("/postback/${ROUTE_NAME}", {"ROUTE_NAME": "tapper"}, "/postback/tapper",
+                     id="variable-inside-a-string"),
+        pytest.param("/${A}/${B:-b}", {"A": "a"}, "/a/b", id="two-variables-in-one-string"),
+        pytest.param("/plain", {"PLAIN": "x"}, "/plain", id="no-reference-is-left-alone"),
+    ],
+)  # fmt: skip
+def test_environment_references_are_substituted(
+    written: str, environ: dict[str, str], expected: str
+) -> None:
+    config = parse_with({"routes.tapper.path": written}, {**ENV, **environ})
+    assert config.routes[0].path == expected
+
+
+def test_secret_key_comes_from_the_environment() -> None:
+    (route,) = parse_with({}).routes
+    assert route.secret is not None
+    assert [key.reveal() for key in route.secret.keys] == [SECRET.encode()]
+
+
+def test_numbers_from_the_environment_are_accepted() -> None:
+    config = parse_with(
+        {
+            "routes.tapper.upstreams.0.retries": "${RETRIES}",
+            "routes.tapper.upstreams.0.timeout": "${TIMEOUT:-750ms}",
+            "routes.tapper.dedup": {"max_entries": "${DEDUP_MAX}", "ttl": "${DEDUP_TTL}"},
+        },
+        {**ENV, "RETRIES": "3", "DEDUP_MAX": "5000", "DEDUP_TTL": "2h"},
+    )
+    (route,) = config.routes
+    assert route.upstreams[0].retries == 3
+    assert route.upstreams[0].timeout == 0.75
+    assert route.dedup.max_entries == 5000
+    assert route.dedup.ttl == 7200.0
+
+
+def test_non_number_from_the_environment_is_rejected_for_retries() -> None:
+    problems = problems_of(
+        config_with({"routes.tapper.upstreams.0.retries": "${RETRIES}"}), {**ENV, "RETRIES": "x"}
+    )
+    assert_problem_at(problems, "routes.tapper.upstreams[0].retries", "whole number")
+
+
+@pytest.mark.parametrize(
+    "written, host, port",
+    [
+        pytest.param("0.0.0.0:8080", "0.0.0.0", 8080, id="ipv4-wildcard"),
+        pytest.param("127.0.0.1:0", "127.0.0.1", 0, id="any-free-port"),
+        pytest.param("[::]:8080", "::", 8080, id="ipv6-in-brackets"),
+        pytest.param("localhost:9000", "localhost", 9000, id="host-name"),
+    ],
+)
+def test_listen_address_is_host_and_port(written: str, host: str, port: int) -> None:
+    listen = parse_with({"server.listen": written}).server.listen
+    assert (listen.host, listen.port) == (host, port)
+
+
+def test_both_ports_may_be_zero_to_pick_free_ones() -> None:
+    config = parse_with({"server.listen": "127.0.0.1:0", "server.admin_listen": "127.0.0.1:0"})
+    assert config.server.listen.port == config.server.admin_listen.port == 0
+
+
+def test_defaults_fill_what_a_minimal_route_leaves_out() -> None:
+    text = "routes:\n  tapper:\n    path: /p\n    insecure: true\n    upstreams: [{url: 'http://a/'}]\n"
+    config = parse_config(text, {})
+    (route,) = config.routes
+    assert str(config.server.listen) == "0.0.0.0:8080"
+    assert str(config.server.admin_listen) == "127.0.0.1:9090"
+    assert route.required == ("ymid", "event_type")
+    assert route.dedup.key == ("ymid", "event_type", "zone_id")
+    assert route.dedup.ttl == 86400.0
+    assert route.upstreams[0].timeout == 5.0
+    assert route.upstreams[0].retries == 2
+    assert dict(route.aliases) == {}
+
+
+# -- warnings ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "changes, phrases",
+    [
+        pytest.param({"routes.tapper.secret": DROP}, ["routes.tapper", "no secret"],
+                     id="allowlist-only"),
+        pytest.param({"routes.tapper.allow_ips": DROP}, ["routes.tapper", "no allow_ips"],
+                     id="secret-only"),
+        pytest.param({"routes.tapper.allow_ips": DROP, "routes.tapper.secret": DROP,
+                      "routes.tapper.insecure": True}, ["routes.tapper", "insecure"],
+                     id="neither-but-insecure"),
+    ],
+)  # fmt: skip
+def test_route_with_one_check_parses_with_a_warning(
+    changes: dict[str, Any], phrases: list[str]
+) -> None:
+    warnings = parse_with(changes).warnings
+    assert len(warnings) == 1, warnings
+    assert all(phrase in warnings[0] for phrase in phrases), warnings
+
+
+def test_route_with_both_checks_has_no_warning() -> None:
+    assert parse_with({}).warnings == ()
+
+
+# -- secrets stay secret ----------------------------------------------------------------------
+
+LITERAL_SECRET = "topsecret-value-123"
+
+
+@pytest.mark.parametrize(
+    "changes, environ",
+    [
+        pytest.param({"routes.tapper.secret.keys": [LITERAL_SECRET]}, {}, id="key-in-the-file"),
+        pytest.param({}, {"MONETAG_SECRET": LITERAL_SECRET}, id="key-from-the-environment"),
+        pytest.param({"routes.tapper.secret": {"header": "X-Postback-Key",
+                                               "keys": ["old-key-0", LITERAL_SECRET]}},
+                     ENV, id="second-key-in-a-header-secret"),
+    ],
+)  # fmt: skip
+def test_secret_never_appears_in_the_config_repr(
+    changes: dict[str, Any], environ: dict[str, str]
+) -> None:
+    config = parse_with(changes, environ)
+    assert LITERAL_SECRET not in repr(config)
+    assert LITERAL_SECRET not in str(config)
+    assert all(LITERAL_SECRET not in warning for warning in config.warnings)
+
+
+@pytest.mark.parametrize(
+    "text, environ",
+    [
+        pytest.param(config_with({"routes.tapper.secret.keys": [LITERAL_SECRET],
+                                  "routes.tapper.upstreams.0.retries": 99}), {},
+                     id="other-problem-in-a-file-with-a-key"),
+        pytest.param(config_with({"routes.tapper.secret.keys": [LITERAL_SECRET + " x"]}), {},
+                     id="key-with-a-space"),
+        pytest.param(config_with({"routes.tapper.secret.keys": [LITERAL_SECRET + "\u00e9"]}), {},
+                     id="non-ascii-key"),
+        pytest.param(config_with({"routes.tapper.secret.keys": "${MONETAG_SECRET}"}),
+                     {"MONETAG_SECRET": LITERAL_SECRET}, id="keys-not-a-list"),
+        pytest.param(config_with({"routes.tapper.secret.keys": ["${MONETAG_SECRET}"],
+                                  "routes.tapper.secret.query_param": "uid"}),
+                     {"MONETAG_SECRET": LITERAL_SECRET}, id="key-from-env-route-rejected"),
+        pytest.param(config_with({"routes.tapper.secret.keys": [9_123_456_789]}), {},
+                     id="key-written-as-a-number"),
+        pytest.param(config_with({}).replace("- ${MONETAG_SECRET}", f"- [{LITERAL_SECRET}"), {},
+                     id="yaml-syntax-error-on-the-key-line"),
+    ],
+)  # fmt: skip
+def test_secret_never_appears_in_a_config_error(text: str, environ: dict[str, str]) -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_config(text, environ)
+    shown = str(caught.value)
+    for secret in (LITERAL_SECRET, "9123456789"):
+        assert secret not in shown, shown

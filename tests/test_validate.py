@@ -1,0 +1,190 @@
+"""Tests for gateway.validate: field rules, each failure naming the parameter and the problem."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from gateway.errors import InvalidPostback, Problem
+from gateway.postback import Postback
+from gateway.validate import Validator
+
+REQUIRED = "is required"
+EMPTY = "must not be empty"
+EVENT_TYPES = "must be one of ['click', 'impression']"
+REWARD_EVENT_TYPES = "must be one of ['not_valued', 'valued']"
+WHOLE = "must be a whole number"
+DECIMAL = "must be a non-negative decimal number"
+
+
+def _problems(required: list[str], fields: dict[str, str]) -> list[Problem]:
+    """The problems Validator(required) reports for `fields`; [] when it accepts them."""
+    try:
+        Validator(required).validate(Postback(fields))
+    except InvalidPostback as error:
+        return error.problems
+    return []
+
+
+@pytest.mark.parametrize(
+    ("required", "fields", "problems"),
+    [
+        pytest.param([], {}, [], id="nothing-required-nothing-given"),
+        pytest.param(["ymid"], {"ymid": "u1"}, [], id="required-present"),
+        pytest.param(["ymid"], {}, [Problem("ymid", REQUIRED)], id="required-missing"),
+        pytest.param(["ymid"], {"ymid": ""}, [Problem("ymid", EMPTY)], id="required-empty"),
+        pytest.param(
+            ["ymid", "event_type"],
+            {"ymid": ""},
+            [Problem("ymid", EMPTY), Problem("event_type", REQUIRED)],
+            id="empty-and-missing-distinct",
+        ),
+        pytest.param(
+            ["zone_id"],
+            {"zone_id": "x"},
+            [Problem("zone_id", WHOLE)],
+            id="required-present-but-bad-reports-only-the-value",
+        ),
+        pytest.param([], {"ymid": ""}, [], id="optional-empty-is-fine"),
+        pytest.param([], {"ymid": " "}, [], id="ymid-is-free-text"),
+    ],
+)
+def test_required_fields(
+    required: list[str], fields: dict[str, str], problems: list[Problem]
+) -> None:
+    assert _problems(required, fields) == problems
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "problem"),
+    [
+        pytest.param("event_type", "impression", None, id="event-impression"),
+        pytest.param("event_type", "click", None, id="event-click"),
+        pytest.param("event_type", "", None, id="event-empty-optional"),
+        pytest.param("event_type", "Click", EVENT_TYPES, id="event-not-lower-cased"),
+        pytest.param("event_type", "view", EVENT_TYPES, id="event-unknown"),
+        pytest.param("event_type", "click ", EVENT_TYPES, id="event-trailing-space"),
+        pytest.param("event_type", "valued", EVENT_TYPES, id="event-reward-value"),
+        pytest.param("reward_event_type", "valued", None, id="reward-valued"),
+        pytest.param("reward_event_type", "not_valued", None, id="reward-not-valued"),
+        pytest.param("reward_event_type", "", None, id="reward-empty-optional"),
+        pytest.param("reward_event_type", "not-valued", REWARD_EVENT_TYPES, id="reward-dash"),
+        pytest.param("reward_event_type", "click", REWARD_EVENT_TYPES, id="reward-event-value"),
+        pytest.param("reward_event_type", "true", REWARD_EVENT_TYPES, id="reward-boolean"),
+        pytest.param("zone_id", "0", None, id="zone-zero"),
+        pytest.param("zone_id", "1234567", None, id="zone-digits"),
+        pytest.param("zone_id", "007", None, id="zone-leading-zeros"),
+        pytest.param("zone_id", "", None, id="zone-empty-optional"),
+        pytest.param("zone_id", "-1", WHOLE, id="zone-negative"),
+        pytest.param("zone_id", "+1", WHOLE, id="zone-plus-sign"),
+        pytest.param("zone_id", "1.0", WHOLE, id="zone-decimal"),
+        pytest.param("zone_id", "1e3", WHOLE, id="zone-exponent"),
+        pytest.param("zone_id", " 1", WHOLE, id="zone-leading-space"),
+        pytest.param("zone_id", "1 ", WHOLE, id="zone-trailing-space"),
+        pytest.param("zone_id", "1\n", WHOLE, id="zone-trailing-newline"),
+        pytest.param("zone_id", "1_000", WHOLE, id="zone-underscore"),
+        pytest.param("zone_id", "0x1f", WHOLE, id="zone-hex"),
+        pytest.param("zone_id", "\u0661\u0662", WHOLE, id="zone-non-ascii-digits"),
+        pytest.param("zone_id", "{zone_id}", WHOLE, id="zone-literal-macro"),
+        pytest.param("sub_zone_id", "42", None, id="sub-zone-digits"),
+        pytest.param("sub_zone_id", "", None, id="sub-zone-empty-optional"),
+        pytest.param("sub_zone_id", "-1", WHOLE, id="sub-zone-negative"),
+        pytest.param("sub_zone_id", "abc", WHOLE, id="sub-zone-word"),
+        pytest.param("telegram_id", "5000000000", None, id="telegram-large"),
+        pytest.param("telegram_id", "", None, id="telegram-empty-optional"),
+        pytest.param("telegram_id", "-1", WHOLE, id="telegram-negative"),
+        pytest.param("telegram_id", "1.0", WHOLE, id="telegram-decimal"),
+        pytest.param("telegram_id", "1e3", WHOLE, id="telegram-exponent"),
+        pytest.param("telegram_id", " 1", WHOLE, id="telegram-leading-space"),
+        pytest.param("estimated_price", "0.0023", None, id="price-small"),
+        pytest.param("estimated_price", "1", None, id="price-whole"),
+        pytest.param("estimated_price", "0", None, id="price-zero"),
+        pytest.param("estimated_price", "1.", None, id="price-trailing-dot"),
+        pytest.param("estimated_price", ".5", None, id="price-leading-dot"),
+        pytest.param("estimated_price", "12.50", None, id="price-trailing-zero"),
+        pytest.param("estimated_price", "", None, id="price-empty-optional"),
+        pytest.param("estimated_price", "-0.1", DECIMAL, id="price-negative"),
+        pytest.param("estimated_price", "-0", DECIMAL, id="price-negative-zero"),
+        pytest.param("estimated_price", "+1", DECIMAL, id="price-plus-sign"),
+        pytest.param("estimated_price", "1e-3", DECIMAL, id="price-exponent"),
+        pytest.param("estimated_price", "NaN", DECIMAL, id="price-nan"),
+        pytest.param("estimated_price", "inf", DECIMAL, id="price-inf"),
+        pytest.param("estimated_price", "abc", DECIMAL, id="price-word"),
+        pytest.param("estimated_price", ".", DECIMAL, id="price-only-dot"),
+        pytest.param("estimated_price", "1.2.3", DECIMAL, id="price-two-dots"),
+        pytest.param("estimated_price", "1,5", DECIMAL, id="price-decimal-comma"),
+        pytest.param("estimated_price", " 1", DECIMAL, id="price-leading-space"),
+        pytest.param("estimated_price", "1\n", DECIMAL, id="price-trailing-newline"),
+        pytest.param("estimated_price", "\u0661.5", DECIMAL, id="price-non-ascii-digit"),
+        pytest.param("ymid", "anything goes {}", None, id="ymid-free-text"),
+        pytest.param("request_var", "-1.5e3", None, id="request-var-free-text"),
+    ],
+)
+def test_optional_field_values(name: str, value: str, problem: str | None) -> None:
+    expected = [] if problem is None else [Problem(name, problem)]
+
+    assert _problems([], {name: value}) == expected
+
+
+@pytest.mark.parametrize(
+    ("name", "problem"),
+    [
+        pytest.param("event_type", EMPTY, id="event-type"),
+        pytest.param("telegram_id", EMPTY, id="telegram-id"),
+        pytest.param("estimated_price", EMPTY, id="estimated-price"),
+    ],
+)
+def test_empty_value_of_required_field_is_reported_once(name: str, problem: str) -> None:
+    assert _problems([name], {name: ""}) == [Problem(name, problem)]
+
+
+def test_several_problems_are_reported_together() -> None:
+    fields = {
+        "ymid": "",
+        "event_type": "view",
+        "zone_id": "-1",
+        "estimated_price": "NaN",
+        "telegram_id": "",
+    }
+
+    problems = _problems(["ymid", "reward_event_type", "event_type"], fields)
+
+    assert problems == [
+        Problem("ymid", EMPTY),
+        Problem("reward_event_type", REQUIRED),
+        Problem("event_type", EVENT_TYPES),
+        Problem("zone_id", WHOLE),
+        Problem("estimated_price", DECIMAL),
+    ]
+
+
+def test_extras_are_not_validated() -> None:
+    postback = Postback({"ymid": "u1"}, (("zone_id", "not-a-number"), ("event_type", "x")))
+
+    Validator(["ymid"]).validate(postback)  # no exception: extras are passed through as-is
+
+
+def test_invalid_postback_body_names_the_first_problem_and_lists_all() -> None:
+    with pytest.raises(InvalidPostback) as caught:
+        Validator(["ymid"]).validate(Postback({"zone_id": "x", "estimated_price": "-1"}))
+
+    body = caught.value.body()
+
+    assert body == {
+        "outcome": "invalid",
+        "error": "invalid postback",
+        "parameter": "ymid",
+        "problem": REQUIRED,
+        "problems": [
+            {"parameter": "ymid", "problem": REQUIRED},
+            {"parameter": "zone_id", "problem": WHOLE},
+            {"parameter": "estimated_price", "problem": DECIMAL},
+        ],
+    }
+    assert json.loads(json.dumps(body)) == body
+    assert caught.value.status == 400
+    assert caught.value.reason == "invalid"
+    assert caught.value.detail == (
+        f"ymid: {REQUIRED}; zone_id: {WHOLE}; estimated_price: {DECIMAL}"
+    )
