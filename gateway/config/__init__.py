@@ -1,0 +1,58 @@
+"""config.yaml -> validated, frozen config objects.
+
+Everything is checked before the server listens, and every error names its key path
+(`routes.tapper.allow_ips[2]`). `${NAME}` and `${NAME:-default}` in string values are replaced
+from the environment so secrets stay out of the file. The key names follow the contract in
+`shared/design/config-contract.yaml`.
+"""
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+from .model import (
+    ConfigError,
+    DedupConfig,
+    GatewayConfig,
+    ListenAddress,
+    RouteConfig,
+    ServerConfig,
+    UpstreamConfig,
+)
+from .reader import DocumentReader
+from .yamlfile import read_yaml
+
+__all__ = [
+    "ConfigError",
+    "DedupConfig",
+    "GatewayConfig",
+    "ListenAddress",
+    "RouteConfig",
+    "ServerConfig",
+    "UpstreamConfig",
+    "load_config",
+    "parse_config",
+]
+
+
+def load_config(
+    path: str | os.PathLike[str], environ: Mapping[str, str] | None = None
+) -> GatewayConfig:
+    """Read, substitute and validate a config file; raise ConfigError listing every problem."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as error:
+        message = f"cannot read config file {os.fspath(path)!r}: {error.strerror}"
+        raise ConfigError([message]) from None
+    return parse_config(text, os.environ if environ is None else environ)
+
+
+def parse_config(text: str, environ: Mapping[str, str]) -> GatewayConfig:
+    document = read_yaml(text)
+    if document is None:
+        raise ConfigError(["config is empty"])
+    reader = DocumentReader(environ)
+    config = reader.gateway(document)
+    if reader.problems or config is None:
+        raise ConfigError(reader.problems or ["config is empty"])
+    return config

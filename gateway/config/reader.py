@@ -1,0 +1,269 @@
+"""The config document, section by section: server, routes and their parts."""
+
+from __future__ import annotations
+
+import re
+from types import MappingProxyType
+from typing import Any
+
+from ..addresses import AddressSet
+from ..postback import CANONICAL_FIELDS
+from ..secret import Secret, SecretCheck
+from .model import (
+    DEFAULT_REQUIRED,
+    DEFAULT_UPSTREAM_RETRIES,
+    DEFAULT_UPSTREAM_TIMEOUT,
+    DedupConfig,
+    GatewayConfig,
+    ListenAddress,
+    RouteConfig,
+    ServerConfig,
+    UpstreamConfig,
+)
+from .values import ValueReader, key_path
+
+_ROUTE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
+
+
+def _overlap(first: ListenAddress, second: ListenAddress) -> bool:
+    """Would the two listeners fight over one port? (Port 0 means any free port.)"""
+    wildcards = {"0.0.0.0", "::", ""}
+    return first.port == second.port != 0 and (
+        first.host == second.host or bool({first.host, second.host} & wildcards)
+    )
+
+
+class DocumentReader(ValueReader):
+    # -- the document ---------------------------------------------------------------------
+
+    def gateway(self, document: Any) -> GatewayConfig | None:
+        top = self.mapping(document, "", {"server", "routes"}, what="the config file")
+        if top is None:
+            return None
+        server = self.server(top.get("server", {}), "server")
+        routes = self.routes(top.get("routes"), "routes")
+        if server is None or routes is None:
+            return None
+        return GatewayConfig(server, routes, tuple(self.warnings))
+
+    def server(self, value: Any, path: str) -> ServerConfig | None:
+        section = self.mapping(value, path, {"listen", "admin_listen", "trusted_proxies"})
+        if section is None:
+            return None
+        defaults = ServerConfig()
+        listen = self.optional(section, "listen", path, self.listen_address, defaults.listen)
+        admin = self.optional(
+            section, "admin_listen", path, self.listen_address, defaults.admin_listen
+        )
+        proxies = self.optional(
+            section, "trusted_proxies", path, self.address_set, defaults.trusted_proxies
+        )
+        if listen and admin and _overlap(listen, admin):
+            self.problem(key_path(path, "admin_listen"), "must not share server.listen's port")
+        if listen is None or admin is None or proxies is None:
+            return None
+        return ServerConfig(listen, admin, proxies)
+
+    def routes(self, value: Any, path: str) -> tuple[RouteConfig, ...] | None:
+        if value is None:
+            self.problem(path, "at least one route is required")
+            return None
+        section = self.mapping(value, path, None)
+        if section is None:
+            return None
+        if not section:
+            self.problem(path, "at least one route is required")
+        routes: list[RouteConfig] = []
+        owner_of_path: dict[str, str] = {}
+        for name, body in section.items():
+            route_path = key_path(path, name)
+            if not isinstance(name, str) or not _ROUTE_NAME.fullmatch(name):
+                self.problem(route_path, "a route name is letters, digits, '_', '.' or '-'")
+                continue
+            route = self.route(name, body, route_path)
+            if route is None:
+                continue
+            if route.path in owner_of_path:
+                self.problem(
+                    key_path(route_path, "path"),
+                    f"{route.path!r} is already the path of route {owner_of_path[route.path]!r}",
+                )
+            owner_of_path.setdefault(route.path, name)
+            routes.append(route)
+        return tuple(routes)
+
+    def route(self, name: str, value: Any, path: str) -> RouteConfig | None:
+        keys = {
+            "path", "allow_ips", "secret", "aliases", "required", "dedup", "upstreams", "insecure",
+        }  # fmt: skip
+        section = self.mapping(value, path, keys)
+        if section is None:
+            return None
+        problems_before = len(self.problems)
+        url_path = self.required_key(section, "path", path, self.url_path)
+        allow_ips = self.optional(section, "allow_ips", path, self.allowlist, None)
+        secret = self.optional(section, "secret", path, self.secret, None)
+        aliases = self.optional(section, "aliases", path, self.aliases, dict[str, str]())
+        required = self.optional(section, "required", path, self.field_list, DEFAULT_REQUIRED)
+        dedup = self.optional(section, "dedup", path, self.dedup, DedupConfig())
+        upstreams = self.required_key(section, "upstreams", path, self.upstreams)
+        insecure = self.optional(section, "insecure", path, self.boolean, False)
+        if len(self.problems) > problems_before:
+            return None
+        assert url_path is not None and upstreams is not None and aliases is not None
+        assert required is not None and dedup is not None
+        route = RouteConfig(
+            name=name,
+            path=url_path,
+            upstreams=upstreams,
+            allow_ips=allow_ips,
+            secret=secret,
+            aliases=MappingProxyType(aliases),
+            required=required,
+            dedup=dedup,
+            insecure=bool(insecure),
+        )
+        self.check_route_consistency(route, path)
+        return route
+
+    def check_route_consistency(self, route: RouteConfig, path: str) -> None:
+        """Combinations that are each valid alone but can never work together."""
+        if route.allow_ips is None and route.secret is None and not route.insecure:
+            self.problem(
+                path,
+                "has neither allow_ips nor secret: anyone could grant rewards; "
+                "add one, or write `insecure: true` if that is really meant",
+            )
+        elif route.allow_ips is None and not route.insecure:
+            self.warnings.append(f"{path}: no allow_ips, so any address may call (secret only)")
+        elif route.secret is None and not route.insecure:
+            self.warnings.append(f"{path}: no secret, so the IP allowlist is the only check")
+        elif route.insecure:
+            self.warnings.append(f"{path}: insecure: true")
+        secret_param = route.secret.query_param if route.secret else None
+        incoming_names = {name for name in CANONICAL_FIELDS if name not in route.aliases} | set(
+            route.aliases
+        )
+        if secret_param is not None and secret_param in incoming_names:
+            self.problem(
+                key_path(path, "secret.query_param"),
+                f"{secret_param!r} is also a postback field name; the secret must have its own",
+            )
+        reachable = {name for name in CANONICAL_FIELDS if name not in route.aliases}
+        reachable |= set(route.aliases.values())
+        for list_name, names in (("required", route.required), ("dedup.key", route.dedup.key)):
+            for index, name in enumerate(names):
+                if name not in reachable:
+                    self.problem(
+                        f"{path}.{list_name}[{index}]",
+                        f"{name!r} can never be present: aliases rename incoming {name!r} "
+                        f"to {route.aliases[name]!r}",
+                    )
+
+    # -- route parts ----------------------------------------------------------------------
+
+    def secret(self, value: Any, path: str) -> SecretCheck | None:
+        section = self.mapping(value, path, {"query_param", "header", "keys"})
+        if section is None:
+            return None
+        query_param = self.optional(section, "query_param", path, self.param_name, None)
+        header = self.optional(section, "header", path, self.header_name, None)
+        if ("query_param" in section) == ("header" in section):
+            self.problem(path, "give exactly one of query_param or header")
+        keys = self.required_key(section, "keys", path, self.secret_keys)
+        if keys is None or (query_param is None and header is None):
+            return None
+        return SecretCheck(keys, query_param=query_param, header=header)
+
+    def secret_keys(self, value: Any, path: str) -> tuple[Secret, ...] | None:
+        items = self.sequence(value, path)
+        if items is None:
+            return None
+        if not items:
+            self.problem(path, "at least one key is required")
+        keys = []
+        for index, item in enumerate(items):
+            text = self.string(item, f"{path}[{index}]", secret=True)
+            if text is None:
+                continue
+            if not text:
+                self.problem(f"{path}[{index}]", "is empty (an unset variable's empty default?)")
+            elif not text.isascii() or not text.isprintable() or " " in text:
+                self.problem(f"{path}[{index}]", "must be printable ASCII without spaces")
+            else:
+                keys.append(Secret(text))
+        return tuple(keys) if len(keys) == len(items) else None
+
+    def aliases(self, value: Any, path: str) -> dict[str, str] | None:
+        section = self.mapping(value, path, None)
+        if section is None:
+            return None
+        aliases: dict[str, str] = {}
+        for incoming, canonical in section.items():
+            entry = key_path(path, incoming)
+            name = self.param_name(incoming, entry)
+            target = self.canonical_name(canonical, entry)
+            if name is not None and target is not None and name != target:
+                aliases[name] = target
+        return aliases
+
+    def dedup(self, value: Any, path: str) -> DedupConfig | None:
+        section = self.mapping(value, path, {"key", "ttl", "max_entries"})
+        if section is None:
+            return None
+        defaults = DedupConfig()
+        key = self.optional(section, "key", path, self.field_list, defaults.key)
+        ttl = self.optional(section, "ttl", path, self.duration, defaults.ttl)
+        max_entries = self.optional(
+            section, "max_entries", path, self.positive_int, defaults.max_entries
+        )
+        if key is not None and not key:
+            self.problem(key_path(path, "key"), "needs at least one field")
+        if key is None or ttl is None or max_entries is None:
+            return None
+        return DedupConfig(key, ttl, max_entries)
+
+    def upstreams(self, value: Any, path: str) -> tuple[UpstreamConfig, ...] | None:
+        items = self.sequence(value, path)
+        if items is None:
+            return None
+        if not items:
+            self.problem(path, "at least one upstream is required")
+        upstreams = [self.upstream(item, f"{path}[{index}]") for index, item in enumerate(items)]
+        if any(upstream is None for upstream in upstreams):
+            return None
+        return tuple(upstream for upstream in upstreams if upstream is not None)
+
+    def upstream(self, value: Any, path: str) -> UpstreamConfig | None:
+        section = self.mapping(value, path, {"url", "timeout", "retries", "rename"})
+        if section is None:
+            return None
+        url = self.required_key(section, "url", path, self.upstream_url)
+        timeout = self.optional(section, "timeout", path, self.duration, DEFAULT_UPSTREAM_TIMEOUT)
+        retries = self.optional(section, "retries", path, self.retries, DEFAULT_UPSTREAM_RETRIES)
+        rename = self.optional(section, "rename", path, self.rename, dict[str, str]())
+        if url is None or timeout is None or retries is None or rename is None:
+            return None
+        return UpstreamConfig(url, timeout, retries, MappingProxyType(rename))
+
+    def rename(self, value: Any, path: str) -> dict[str, str] | None:
+        section = self.mapping(value, path, None)
+        if section is None:
+            return None
+        rename: dict[str, str] = {}
+        for canonical, outgoing in section.items():
+            entry = key_path(path, canonical)
+            source = self.canonical_name(canonical, entry)
+            target = self.param_name(outgoing, entry)
+            if target in rename.values():
+                self.problem(entry, f"{target!r} is already the name of another field")
+            elif source is not None and target is not None:
+                rename[source] = target
+        return rename
+
+    def allowlist(self, value: Any, path: str) -> AddressSet | None:
+        addresses = self.address_set(value, path)
+        if addresses is not None and not addresses:
+            self.problem(path, "an empty list allows nobody; omit allow_ips to allow any address")
+            return None
+        return addresses

@@ -1,0 +1,239 @@
+"""Reading typed values out of the YAML document, each problem recorded with its key path."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
+
+from yarl import URL
+
+from ..addresses import AddressSet, IndexedValueError
+from ..postback import CANONICAL_FIELDS
+from .model import MAX_UPSTREAM_RETRIES, ListenAddress
+
+_PARAM_NAME = re.compile(r"[A-Za-z0-9_.\-\[\]]{1,128}")
+_HEADER_NAME = re.compile(r"[A-Za-z0-9-]{1,128}")
+_ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+_DURATION = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)?")
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+
+T = TypeVar("T")
+
+
+class _FromEnvironment(str):
+    """A string that came from ${VAR}: may stand for a number, as environment values do."""
+
+
+def key_path(parent: str, key: object) -> str:
+    return f"{parent}.{key}" if parent else str(key)
+
+
+class ValueReader:
+    """Typed readers for scalars and structure; collects every problem instead of stopping."""
+
+    def __init__(self, environ: Mapping[str, str]) -> None:
+        self.environ = environ
+        self.problems: list[str] = []
+        self.warnings: list[str] = []
+
+    def problem(self, path: str, message: str) -> None:
+        self.problems.append(f"{path}: {message}")
+
+    # -- scalar kinds ---------------------------------------------------------------------
+
+    def address_set(self, value: Any, path: str) -> AddressSet | None:
+        items = self.sequence(value, path)
+        if items is None:
+            return None
+        texts = [self.string(item, f"{path}[{index}]") for index, item in enumerate(items)]
+        if any(text is None for text in texts):
+            return None
+        try:
+            return AddressSet.compile(text.strip() for text in texts if text is not None)
+        except IndexedValueError as error:
+            self.problem(f"{path}[{error.index}]", str(error))
+            return None
+
+    def listen_address(self, value: Any, path: str) -> ListenAddress | None:
+        text = self.string(value, path)
+        if text is None:
+            return None
+        match = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\]:([0-9]{1,5})|([^:\[\]]+):([0-9]{1,5})", text)
+        port = int(match.group(2) or match.group(4)) if match else -1
+        if match is None or port > 65535:
+            self.problem(path, f"{text!r} is not host:port (use [::]:8080 for IPv6)")
+            return None
+        return ListenAddress(match.group(1) or match.group(3), port)
+
+    def url_path(self, value: Any, path: str) -> str | None:
+        text = self.string(value, path)
+        if text is not None and (not text.startswith("/") or "?" in text or " " in text):
+            self.problem(path, f"{text!r} must be an absolute path like /postback, without query")
+            return None
+        return text
+
+    def upstream_url(self, value: Any, path: str) -> URL | None:
+        text = self.string(value, path)
+        if text is None:
+            return None
+        try:
+            url = URL(text)
+        except ValueError as error:
+            self.problem(path, f"{text!r} is not a URL: {error}")
+            return None
+        if url.scheme not in ("http", "https") or not url.host:
+            self.problem(path, f"{text!r} must be an http:// or https:// URL with a host")
+            return None
+        return url
+
+    def field_list(self, value: Any, path: str) -> tuple[str, ...] | None:
+        items = self.sequence(value, path)
+        if items is None:
+            return None
+        names = [self.canonical_name(item, f"{path}[{index}]") for index, item in enumerate(items)]
+        if any(name is None for name in names):
+            return None
+        return tuple(name for name in names if name is not None)
+
+    def canonical_name(self, value: Any, path: str) -> str | None:
+        text = self.string(value, path)
+        if text is not None and text not in CANONICAL_FIELDS:
+            self.problem(path, f"{text!r} is not a canonical field ({', '.join(CANONICAL_FIELDS)})")
+            return None
+        return text
+
+    def param_name(self, value: Any, path: str) -> str | None:
+        text = self.string(value, path)
+        if text is not None and not _PARAM_NAME.fullmatch(text):
+            self.problem(path, f"{text!r} is not a usable query parameter name")
+            return None
+        return text
+
+    def header_name(self, value: Any, path: str) -> str | None:
+        text = self.string(value, path)
+        if text is not None and not _HEADER_NAME.fullmatch(text):
+            self.problem(path, f"{text!r} is not a usable header name")
+            return None
+        return text
+
+    def duration(self, value: Any, path: str) -> float | None:
+        if isinstance(value, bool) or not isinstance(value, int | float | str):
+            self.problem(path, f"expected a duration like 500ms, 5s, 10m, 24h; got {value!r}")
+            return None
+        seconds: float | None = None
+        if isinstance(value, int | float):
+            seconds = float(value)
+        else:
+            text = self.substitute(value, path)
+            match = _DURATION.fullmatch(text.strip()) if text is not None else None
+            if match is not None:
+                seconds = float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+            elif text is not None:
+                self.problem(path, f"{text!r} is not a duration like 500ms, 5s, 10m, 24h")
+                return None
+        if seconds is not None and not 0 < seconds < float("inf"):
+            self.problem(path, "must be longer than zero and finite")
+            return None
+        return seconds
+
+    def retries(self, value: Any, path: str) -> int | None:
+        number = self.integer(value, path)
+        if number is not None and not 0 <= number <= MAX_UPSTREAM_RETRIES:
+            self.problem(path, f"must be between 0 and {MAX_UPSTREAM_RETRIES}")
+            return None
+        return number
+
+    def positive_int(self, value: Any, path: str) -> int | None:
+        number = self.integer(value, path)
+        if number is not None and number < 1:
+            self.problem(path, "must be at least 1")
+            return None
+        return number
+
+    def integer(self, value: Any, path: str) -> int | None:
+        if isinstance(value, str):
+            text = self.substitute(value, path)
+            if text is None:
+                return None  # the unset variable is already reported
+            if isinstance(text, _FromEnvironment) and text.strip().isdigit():
+                return int(text)
+        if isinstance(value, bool) or not isinstance(value, int):
+            self.problem(path, f"expected a whole number, got {value!r}")
+            return None
+        return value
+
+    def boolean(self, value: Any, path: str) -> bool | None:
+        if not isinstance(value, bool):
+            self.problem(path, f"expected true or false, got {value!r}")
+            return None
+        return value
+
+    def string(self, value: Any, path: str, *, secret: bool = False) -> str | None:
+        if not isinstance(value, str):
+            shown = "" if secret else f" {value!r}"  # a key written as a number stays unsaid
+            self.problem(path, f"expected a string, got {type(value).__name__}{shown}")
+            return None
+        return self.substitute(value, path)
+
+    def substitute(self, text: str, path: str) -> str | None:
+        """Replace ${NAME} and ${NAME:-default}; an unset NAME without default is a problem."""
+        if "${" not in text:
+            return text
+        missing: list[str] = []
+
+        def value_of(match: re.Match[str]) -> str:
+            name, default = match.group(1), match.group(2)
+            if name in self.environ:
+                return self.environ[name]
+            if default is not None:
+                return default
+            missing.append(name)
+            return ""
+
+        result = _ENV_REFERENCE.sub(value_of, text)
+        for name in missing:
+            self.problem(path, f"environment variable {name} is not set")
+        return None if missing else _FromEnvironment(result)
+
+    # -- structure ------------------------------------------------------------------------
+
+    def mapping(
+        self, value: Any, path: str, allowed: set[str] | None, what: str = ""
+    ) -> dict[Any, Any] | None:
+        if not isinstance(value, dict):
+            where = path or what
+            self.problem(where, f"expected a mapping, got {type(value).__name__}")
+            return None
+        for key in value:
+            if allowed is not None and key not in allowed:
+                self.problem(
+                    key_path(path, key), f"unknown key (expected one of {sorted(allowed)})"
+                )
+        return value
+
+    def sequence(self, value: Any, path: str) -> list[Any] | None:
+        if not isinstance(value, list):
+            self.problem(path, f"expected a list, got {type(value).__name__}")
+            return None
+        return value
+
+    def optional(
+        self,
+        section: dict[Any, Any],
+        key: str,
+        path: str,
+        read: Callable[[Any, str], T | None],
+        default: T,
+    ) -> T | None:
+        if key not in section:
+            return default
+        return read(section[key], key_path(path, key))
+
+    def required_key(
+        self, section: dict[Any, Any], key: str, path: str, read: Callable[[Any, str], T | None]
+    ) -> T | None:
+        if key not in section:
+            self.problem(key_path(path, key), "is required")
+            return None
+        return read(section[key], key_path(path, key))
