@@ -67,6 +67,9 @@ class SecretCheck:
         if not self._matches(presented[0]):
             raise Forbidden("secret", f"wrong key in {self.location}")
 
+    def accepts(self, presented: str) -> bool:
+        return self._matches(presented)
+
     def _matches(self, presented: str) -> bool:
         try:
             candidate = presented.encode("ascii")

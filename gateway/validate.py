@@ -20,7 +20,7 @@ _DIGITS = re.compile(r"[0-9]{1,20}")
 _NON_NEGATIVE_DECIMAL = re.compile(r"(?:[0-9]{1,30}(?:\.[0-9]{0,30})?|\.[0-9]{1,30})")
 
 
-def _value_problem(name: str, value: str) -> str | None:
+def value_problem(name: str, value: str) -> str | None:
     """What is wrong with a non-empty value of a canonical field, if anything."""
     if name == EVENT_TYPE and value not in EVENT_TYPES:
         return f"must be one of {sorted(EVENT_TYPES)}"
@@ -45,7 +45,7 @@ class Validator:
             if not postback.get(name)
         ]
         for name, value in postback.fields.items():
-            problem = _value_problem(name, value) if value else None
+            problem = value_problem(name, value) if value else None
             if problem is not None:
                 problems.append(Problem(name, problem))
         if problems:

@@ -173,7 +173,7 @@ OTHER_ROUTE = {"path": "/postback/other", "insecure": True, "upstreams": [{"url"
 @pytest.mark.parametrize(
     "changes, environ, key_path, phrase",
     [
-        pytest.param({"logging": {"level": "debug"}}, ENV, "logging", "unknown key",
+        pytest.param({"metrics": {"port": 9100}}, ENV, "metrics", "unknown key",
                      id="unknown-top-level-key"),
         pytest.param({"server.listne": "127.0.0.1:1"}, ENV, "server.listne", "unknown key",
                      id="unknown-server-key"),

@@ -9,7 +9,7 @@ from types import MappingProxyType
 from yarl import URL
 
 from ..addresses import AddressSet
-from ..postback import EVENT_TYPE, YMID, ZONE_ID
+from ..postback import CANONICAL_FIELDS, EVENT_TYPE, YMID, ZONE_ID
 from ..secret import SecretCheck
 
 DEFAULT_REQUIRED: tuple[str, ...] = (YMID, EVENT_TYPE)
@@ -19,6 +19,8 @@ DEFAULT_DEDUP_MAX_ENTRIES = 1_000_000
 DEFAULT_UPSTREAM_TIMEOUT = 5.0
 DEFAULT_UPSTREAM_RETRIES = 2
 MAX_UPSTREAM_RETRIES = 10
+ENFORCE = "enforce"
+LOG_ONLY = "log_only"
 
 
 class ConfigError(Exception):
@@ -43,6 +45,18 @@ class ServerConfig:
     listen: ListenAddress = ListenAddress("0.0.0.0", 8080)
     admin_listen: ListenAddress = ListenAddress("127.0.0.1", 9090)
     trusted_proxies: AddressSet = field(default_factory=AddressSet)
+    max_in_flight: int = 1000  # beyond this, 503 with Retry-After rather than a queue
+    shutdown_grace: float = 30.0  # how long requests in flight may take after SIGTERM
+    drain_delay: float = 0.0  # keep serving, unready, this long after SIGTERM (for LBs)
+    client_timeout: float = 10.0  # a client must send its request headers within this
+    max_query_length: int = 4096  # longer query strings are answered 414
+    reload_interval: float = 2.0  # how often the config file is checked; 0 = only SIGHUP
+
+
+@dataclass(frozen=True)
+class LoggingConfig:
+    format: str = "json"  # json | text
+    level: str = "INFO"
 
 
 @dataclass(frozen=True)
@@ -58,6 +72,35 @@ class UpstreamConfig:
     timeout: float = DEFAULT_UPSTREAM_TIMEOUT
     retries: int = DEFAULT_UPSTREAM_RETRIES
     rename: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    static_params: StaticParams = field(default_factory=lambda: StaticParams(()))
+
+
+class StaticParams:
+    """Fixed parameters added to every forwarded request (often the app's own key).
+
+    Values never show in a repr, a log line or `check`: only the names do.
+    """
+
+    __slots__ = ("pairs",)
+
+    def __init__(self, pairs: tuple[tuple[str, str], ...]) -> None:
+        self.pairs = pairs
+
+    @property
+    def names(self) -> list[str]:
+        return [name for name, _ in self.pairs]
+
+    def __repr__(self) -> str:
+        return f"StaticParams(names={self.names})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, StaticParams) and self.pairs == other.pairs
+
+    def __hash__(self) -> int:
+        return hash(self.pairs)
+
+    def __bool__(self) -> bool:
+        return bool(self.pairs)
 
 
 @dataclass(frozen=True)
@@ -71,6 +114,12 @@ class RouteConfig:
     required: tuple[str, ...] = DEFAULT_REQUIRED
     dedup: DedupConfig = field(default_factory=DedupConfig)
     insecure: bool = False
+    allow_ips_mode: str = ENFORCE  # log_only: log and count who would be rejected, let them in
+    match: Mapping[str, frozenset[str]] = field(default_factory=lambda: MappingProxyType({}))
+    drop_unknown: bool = False  # forward canonical fields only
+    from_template: bool = False  # aliases were derived from `template:`
+    # canonical fields Monetag can deliver on this route (from the template or the aliases)
+    delivers: frozenset[str] = frozenset(CANONICAL_FIELDS)
 
 
 @dataclass(frozen=True)
@@ -78,3 +127,5 @@ class GatewayConfig:
     server: ServerConfig
     routes: tuple[RouteConfig, ...]
     warnings: tuple[str, ...] = ()
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    checksum: str = ""  # of the config text, so a deploy can confirm which config is live

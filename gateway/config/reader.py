@@ -7,19 +7,25 @@ from types import MappingProxyType
 from typing import Any
 
 from ..addresses import AddressSet
-from ..postback import CANONICAL_FIELDS
+from ..postback import CANONICAL_FIELDS, LOWERCASED_FIELDS
 from ..secret import Secret, SecretCheck
+from ..validate import value_problem
 from .model import (
     DEFAULT_REQUIRED,
     DEFAULT_UPSTREAM_RETRIES,
     DEFAULT_UPSTREAM_TIMEOUT,
+    ENFORCE,
+    LOG_ONLY,
     DedupConfig,
     GatewayConfig,
     ListenAddress,
+    LoggingConfig,
     RouteConfig,
     ServerConfig,
+    StaticParams,
     UpstreamConfig,
 )
+from .template import PostbackTemplate, parse_template
 from .values import ValueReader, key_path
 
 _ROUTE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
@@ -37,19 +43,42 @@ class DocumentReader(ValueReader):
     # -- the document ---------------------------------------------------------------------
 
     def gateway(self, document: Any) -> GatewayConfig | None:
-        top = self.mapping(document, "", {"server", "routes"}, what="the config file")
+        top = self.mapping(document, "", {"server", "routes", "logging"}, what="the config file")
         if top is None:
             return None
         server = self.server(top.get("server", {}), "server")
         routes = self.routes(top.get("routes"), "routes")
-        if server is None or routes is None:
+        logging = self.logging(top.get("logging", {}), "logging")
+        if server is None or routes is None or logging is None:
             return None
-        return GatewayConfig(server, routes, tuple(self.warnings))
+        return GatewayConfig(server, routes, tuple(self.warnings), logging)
 
-    def server(self, value: Any, path: str) -> ServerConfig | None:
-        section = self.mapping(value, path, {"listen", "admin_listen", "trusted_proxies"})
+    def logging(self, value: Any, path: str) -> LoggingConfig | None:
+        section = self.mapping(value, path, {"format", "level"})
         if section is None:
             return None
+        defaults = LoggingConfig()
+        formats = ("json", "text")
+        log_format = self.optional(
+            section, "format", path, lambda v, p: self.choice(v, p, formats), defaults.format
+        )
+        levels = ("DEBUG", "INFO", "WARNING", "ERROR")
+        level = self.optional(
+            section, "level", path, lambda v, p: self.choice(str(v).upper(), p, levels), "INFO"
+        )
+        if log_format is None or level is None:
+            return None
+        return LoggingConfig(log_format, level)
+
+    def server(self, value: Any, path: str) -> ServerConfig | None:
+        keys = {
+            "listen", "admin_listen", "trusted_proxies", "max_in_flight", "shutdown_grace",
+            "drain_delay", "client_timeout", "max_query_length", "reload_interval",
+        }  # fmt: skip
+        section = self.mapping(value, path, keys)
+        if section is None:
+            return None
+        problems_before = len(self.problems)
         defaults = ServerConfig()
         listen = self.optional(section, "listen", path, self.listen_address, defaults.listen)
         admin = self.optional(
@@ -60,9 +89,30 @@ class DocumentReader(ValueReader):
         )
         if listen and admin and _overlap(listen, admin):
             self.problem(key_path(path, "admin_listen"), "must not share server.listen's port")
-        if listen is None or admin is None or proxies is None:
+        limits = {
+            "max_in_flight": self.optional(
+                section, "max_in_flight", path, self.positive_int, defaults.max_in_flight
+            ),
+            "shutdown_grace": self.optional(
+                section, "shutdown_grace", path, self.duration_or_zero, defaults.shutdown_grace
+            ),
+            "drain_delay": self.optional(
+                section, "drain_delay", path, self.duration_or_zero, defaults.drain_delay
+            ),
+            "client_timeout": self.optional(
+                section, "client_timeout", path, self.duration, defaults.client_timeout
+            ),
+            "max_query_length": self.optional(
+                section, "max_query_length", path, self.positive_int, defaults.max_query_length
+            ),
+            "reload_interval": self.optional(
+                section, "reload_interval", path, self.duration_or_zero, defaults.reload_interval
+            ),
+        }
+        if len(self.problems) > problems_before:
             return None
-        return ServerConfig(listen, admin, proxies)
+        assert listen is not None and admin is not None and proxies is not None
+        return ServerConfig(listen, admin, proxies, **limits)  # type: ignore[arg-type]
 
     def routes(self, value: Any, path: str) -> tuple[RouteConfig, ...] | None:
         if value is None:
@@ -95,6 +145,7 @@ class DocumentReader(ValueReader):
     def route(self, name: str, value: Any, path: str) -> RouteConfig | None:
         keys = {
             "path", "allow_ips", "secret", "aliases", "required", "dedup", "upstreams", "insecure",
+            "allow_ips_mode", "match", "drop_unknown", "template",
         }  # fmt: skip
         section = self.mapping(value, path, keys)
         if section is None:
@@ -108,10 +159,27 @@ class DocumentReader(ValueReader):
         dedup = self.optional(section, "dedup", path, self.dedup, DedupConfig())
         upstreams = self.required_key(section, "upstreams", path, self.upstreams)
         insecure = self.optional(section, "insecure", path, self.boolean, False)
+        modes = (ENFORCE, LOG_ONLY)
+        allow_ips_mode = self.optional(
+            section, "allow_ips_mode", path, lambda v, p: self.choice(v, p, modes), ENFORCE
+        )
+        match = self.optional(section, "match", path, self.match, dict[str, frozenset[str]]())
+        drop_unknown = self.optional(section, "drop_unknown", path, self.boolean, False)
+        template = self.optional(section, "template", path, self.template, None)
         if len(self.problems) > problems_before:
             return None
         assert url_path is not None and upstreams is not None and aliases is not None
-        assert required is not None and dedup is not None
+        assert required is not None and dedup is not None and match is not None
+        assert allow_ips_mode is not None
+        if template is not None:
+            if "aliases" in section:
+                self.problem(key_path(path, "aliases"), "give aliases or template, not both")
+            aliases = template.aliases
+            delivers = template.delivers
+        else:
+            delivers = frozenset(
+                {name for name in CANONICAL_FIELDS if name not in aliases} | set(aliases.values())
+            )
         route = RouteConfig(
             name=name,
             path=url_path,
@@ -122,8 +190,15 @@ class DocumentReader(ValueReader):
             required=required,
             dedup=dedup,
             insecure=bool(insecure),
+            allow_ips_mode=allow_ips_mode,
+            match=MappingProxyType(match),
+            drop_unknown=bool(drop_unknown),
+            from_template=template is not None,
+            delivers=delivers,
         )
         self.check_route_consistency(route, path)
+        if template is not None:
+            self.check_template(route, template, key_path(path, "template"))
         return route
 
     def check_route_consistency(self, route: RouteConfig, path: str) -> None:
@@ -149,16 +224,70 @@ class DocumentReader(ValueReader):
                 key_path(path, "secret.query_param"),
                 f"{secret_param!r} is also a postback field name; the secret must have its own",
             )
-        reachable = {name for name in CANONICAL_FIELDS if name not in route.aliases}
-        reachable |= set(route.aliases.values())
-        for list_name, names in (("required", route.required), ("dedup.key", route.dedup.key)):
-            for index, name in enumerate(names):
-                if name not in reachable:
-                    self.problem(
-                        f"{path}.{list_name}[{index}]",
-                        f"{name!r} can never be present: aliases rename incoming {name!r} "
-                        f"to {route.aliases[name]!r}",
-                    )
+        needed = [
+            *((f"required[{index}]", name) for index, name in enumerate(route.required)),
+            *((f"dedup.key[{index}]", name) for index, name in enumerate(route.dedup.key)),
+            *((f"match.{name}", name) for name in route.match),
+        ]
+        for where, name in needed:
+            if name in route.delivers:
+                continue
+            if route.from_template:
+                why = "the template does not carry it"
+            else:
+                why = f"aliases rename incoming {name!r} to {route.aliases[name]!r}"
+            self.problem(f"{path}.{where}", f"{name!r} can never be present: {why}")
+
+    def check_template(self, route: RouteConfig, template: PostbackTemplate, path: str) -> None:
+        """The registered URL must reach this route and carry a key this route accepts."""
+        if template.path != route.path:
+            self.problem(path, f"its path {template.path!r} is not the route's path {route.path!r}")
+        secret_param = route.secret.query_param if route.secret else None
+        if secret_param is None:
+            return
+        if secret_param not in template.fixed:
+            self.problem(path, f"does not carry the secret parameter {secret_param!r}")
+            return
+        assert route.secret is not None
+        if not route.secret.accepts(template.fixed[secret_param]):
+            self.problem(path, f"its {secret_param!r} value is not one of secret.keys")
+
+    def template(self, value: Any, path: str) -> PostbackTemplate | None:
+        text = self.string(value, path)
+        if text is None:
+            return None
+        try:
+            return parse_template(text)
+        except ValueError as error:
+            self.problem(path, str(error))
+            return None
+
+    def match(self, value: Any, path: str) -> dict[str, frozenset[str]] | None:
+        section = self.mapping(value, path, None)
+        if section is None:
+            return None
+        match: dict[str, frozenset[str]] = {}
+        for name, accepted in section.items():
+            entry = key_path(path, name)
+            field_name = self.canonical_name(name, entry)
+            items = accepted if isinstance(accepted, list) else [accepted]
+            values = set()
+            for item in items:
+                text = str(item) if isinstance(item, int) and not isinstance(item, bool) else item
+                text = self.string(text, entry)
+                if text is None or field_name is None:
+                    continue
+                if field_name in LOWERCASED_FIELDS:
+                    text = text.lower()
+                problem = value_problem(field_name, text)
+                if problem is not None:
+                    self.problem(entry, f"{text!r} can never match: {field_name} {problem}")
+                values.add(text)
+            if field_name is not None and not items:
+                self.problem(entry, "an empty list matches nothing")
+            if field_name is not None:
+                match[field_name] = frozenset(values)
+        return match
 
     # -- route parts ----------------------------------------------------------------------
 
@@ -235,16 +364,38 @@ class DocumentReader(ValueReader):
         return tuple(upstream for upstream in upstreams if upstream is not None)
 
     def upstream(self, value: Any, path: str) -> UpstreamConfig | None:
-        section = self.mapping(value, path, {"url", "timeout", "retries", "rename"})
+        keys = {"url", "timeout", "retries", "rename", "static_params"}
+        section = self.mapping(value, path, keys)
         if section is None:
             return None
+        no_params: tuple[tuple[str, str], ...] = ()
+        static_params = self.optional(section, "static_params", path, self.static_params, no_params)
         url = self.required_key(section, "url", path, self.upstream_url)
         timeout = self.optional(section, "timeout", path, self.duration, DEFAULT_UPSTREAM_TIMEOUT)
         retries = self.optional(section, "retries", path, self.retries, DEFAULT_UPSTREAM_RETRIES)
         rename = self.optional(section, "rename", path, self.rename, dict[str, str]())
         if url is None or timeout is None or retries is None or rename is None:
             return None
-        return UpstreamConfig(url, timeout, retries, MappingProxyType(rename))
+        if static_params is None:
+            return None
+        return UpstreamConfig(
+            url, timeout, retries, MappingProxyType(rename), StaticParams(static_params)
+        )
+
+    def static_params(self, value: Any, path: str) -> tuple[tuple[str, str], ...] | None:
+        section = self.mapping(value, path, None)
+        if section is None:
+            return None
+        pairs = []
+        for name, param_value in section.items():
+            entry = key_path(path, name)
+            param = self.param_name(name, entry)
+            if isinstance(param_value, int | float) and not isinstance(param_value, bool):
+                param_value = str(param_value)
+            text = self.string(param_value, entry, secret=True)
+            if param is not None and text is not None:
+                pairs.append((param, text))
+        return tuple(pairs) if len(pairs) == len(section) else None
 
     def rename(self, value: Any, path: str) -> dict[str, str] | None:
         section = self.mapping(value, path, None)

@@ -117,6 +117,11 @@ class ValueReader:
             return None
         return text
 
+    def duration_or_zero(self, value: Any, path: str) -> float | None:
+        if value == 0 and not isinstance(value, bool):
+            return 0.0
+        return self.duration(value, path)
+
     def duration(self, value: Any, path: str) -> float | None:
         if isinstance(value, bool) or not isinstance(value, int | float | str):
             self.problem(path, f"expected a duration like 500ms, 5s, 10m, 24h; got {value!r}")
@@ -150,6 +155,13 @@ class ValueReader:
             self.problem(path, "must be at least 1")
             return None
         return number
+
+    def choice(self, value: Any, path: str, choices: tuple[str, ...]) -> str | None:
+        text = self.string(value, path)
+        if text is not None and text not in choices:
+            self.problem(path, f"{text!r} is not one of {', '.join(choices)}")
+            return None
+        return text
 
     def integer(self, value: Any, path: str) -> int | None:
         if isinstance(value, str):
