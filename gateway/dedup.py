@@ -45,17 +45,51 @@ class Reservation:
         self.committed = True
 
 
+class _DeliveredKeys(TTLCache[DedupKey, bool]):
+    """A TTL cache that reports when it must drop a live key because it is full."""
+
+    def __init__(
+        self, max_entries: int, ttl: float, clock: Callable[[], float], on_evict: Callable[[], None]
+    ) -> None:
+        super().__init__(max_entries, ttl, timer=clock)
+        self.clock = clock
+        self.on_evict = on_evict
+
+    def popitem(self) -> tuple[DedupKey, bool]:
+        # TTLCache expires dead keys itself; popitem runs only to make room among live ones.
+        item = super().popitem()
+        self.on_evict()
+        return item
+
+
 class DedupMemory:
     """In-process dedup for one route: a TTL cache of delivered keys plus in-flight reservations."""
 
     def __init__(
-        self, ttl: float, max_entries: int, clock: Callable[[], float] = time.monotonic
+        self,
+        ttl: float,
+        max_entries: int,
+        clock: Callable[[], float] = time.monotonic,
+        on_evict: Callable[[], None] = lambda: None,
     ) -> None:
-        self._delivered: TTLCache[DedupKey, bool] = TTLCache(max_entries, ttl, timer=clock)
+        self._delivered = _DeliveredKeys(max_entries, ttl, clock, on_evict)
         self._in_flight: dict[DedupKey, asyncio.Future[bool]] = {}
 
     def __len__(self) -> int:
         return len(self._delivered)
+
+    def reconfigure(self, ttl: float, max_entries: int) -> None:
+        """Apply a reloaded ttl/max_entries, keeping what is remembered and what is in flight.
+
+        Remembered keys start a fresh TTL: remembering an event a little longer is the safe
+        side. Done in place so reservations taken before the reload commit into the new cache.
+        """
+        old = self._delivered
+        if (old.ttl, old.maxsize) == (ttl, max_entries):
+            return
+        self._delivered = _DeliveredKeys(max_entries, ttl, old.clock, old.on_evict)
+        for key in list(old.keys()):
+            self._delivered[key] = True
 
     @asynccontextmanager
     async def reserve(self, key: DedupKey) -> AsyncIterator[Reservation]:

@@ -19,6 +19,8 @@ class Outcome:
     INVALID = "invalid"
     UPSTREAM_ERROR = "upstream_error"
     NOT_FOUND = "not_found"
+    FILTERED = "filtered"
+    OVERLOADED = "overloaded"
 
 
 class GatewayError(Exception):
@@ -115,3 +117,35 @@ class UpstreamUnavailable(GatewayError):
     def __init__(self, reason: str, detail: str, *, timed_out: bool) -> None:
         super().__init__(reason, detail)
         self.status = 504 if timed_out else 502
+
+
+class Filtered(GatewayError):
+    """Verified and valid, but the route's `match` does not want it: 200, not forwarded."""
+
+    status = 200
+    outcome = Outcome.FILTERED
+
+    def __init__(self, detail: str) -> None:
+        super().__init__("filtered", detail)
+
+    def body(self) -> dict[str, Any]:
+        return {"outcome": self.outcome}
+
+
+class QueryTooLong(GatewayError):
+    status = 414
+    outcome = Outcome.INVALID
+
+    def __init__(self, length: int, limit: int) -> None:
+        super().__init__("query_too_long", f"{length} bytes, limit {limit}")
+
+
+class Overloaded(GatewayError):
+    """Too many requests in flight: the sender should come back rather than wait in a queue."""
+
+    status = 503
+    outcome = Outcome.OVERLOADED
+
+    def __init__(self, limit: int) -> None:
+        super().__init__("overloaded", f"{limit} requests already in flight")
+        self.headers["Retry-After"] = "1"

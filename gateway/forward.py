@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -19,6 +20,7 @@ from yarl import URL
 
 from .config import UpstreamConfig
 from .errors import UpstreamUnavailable
+from .metrics import Metrics, status_class
 from .postback import Postback
 
 RETRYABLE_STATUSES = frozenset({502, 503, 504})
@@ -44,29 +46,38 @@ class UpstreamReply:
 class Upstream:
     """One configured upstream with its URL parts and rename map prepared at config load."""
 
-    def __init__(self, config: UpstreamConfig) -> None:
+    def __init__(self, config: UpstreamConfig, route: str = "") -> None:
+        self.route = route
         self.timeout = aiohttp.ClientTimeout(total=config.timeout)
         self.retries = config.retries
         self._rename = dict(config.rename)
         self._base = config.url.with_query(None).with_fragment(None)
-        self._own_query = tuple(config.url.query.items())  # parameters the app's URL already has
-        # for logs: never the URL's query or userinfo, which may hold the app's own key
+        # the app's own parameters: those in its URL, then static_params (often its API key)
+        self._own_query = (*config.url.query.items(), *config.static_params.pairs)
+        self._own_names = frozenset(name for name, _ in self._own_query)
+        # for logs and metric labels: never the URL's query or userinfo, which may hold a key
         self.label = str(self._base.with_user(None))
 
     def url_for(self, postback: Postback) -> URL:
-        """Canonical fields under this upstream's names, then the unknown extras, unchanged."""
+        """The app's own parameters, canonical fields under this upstream's names, then extras.
+
+        An incoming extra never overrides one of the app's own parameters.
+        """
         renamed = [(self._rename.get(name, name), value) for name, value in postback.fields.items()]
-        return self._base.with_query([*self._own_query, *renamed, *postback.extras])
+        extras = [pair for pair in postback.extras if pair[0] not in self._own_names]
+        return self._base.with_query([*self._own_query, *renamed, *extras])
 
 
 class Forwarder:
     def __init__(
         self,
         session: aiohttp.ClientSession,
+        metrics: Metrics | None = None,
         backoff_base: float = BACKOFF_BASE,
         backoff_cap: float = BACKOFF_CAP,
     ) -> None:
         self._session = session
+        self._metrics = metrics or Metrics()
         self._backoff_base = backoff_base
         self._backoff_cap = backoff_cap
 
@@ -82,19 +93,24 @@ class Forwarder:
         for attempt in range(upstream.retries + 1):
             if attempt:
                 await asyncio.sleep(self._backoff(attempt))
+            started = time.perf_counter()
             try:
                 reply = await self._attempt(upstream, url, request_headers)
             except TimeoutError:
+                self._observe(upstream, "timeout", started)
                 failure, timed_out = "timeout", True
             except aiohttp.ClientConnectionError as error:
+                self._observe(upstream, "connection_error", started)
                 failure, timed_out = f"connection error: {type(error).__name__}", False
             except aiohttp.ClientError as error:
+                self._observe(upstream, "connection_error", started)
                 raise UpstreamUnavailable(
                     "upstream_bad_response",
                     f"{upstream.label}: {type(error).__name__}",
                     timed_out=False,
                 ) from None
             else:
+                self._observe(upstream, status_class(reply.status), started)
                 if reply.status not in RETRYABLE_STATUSES:
                     return reply
                 failure, timed_out = f"status {reply.status}", False
@@ -116,6 +132,10 @@ class Forwarder:
         ) as response:
             body = await response.content.read(MAX_REPLY_BYTES)
             return UpstreamReply(response.status, body, response.headers.get("Content-Type"))
+
+    def _observe(self, upstream: Upstream, result: str, started: float) -> None:
+        seconds = time.perf_counter() - started
+        self._metrics.upstream_attempt(upstream.route, upstream.label, result, seconds)
 
     def _backoff(self, attempt: int) -> float:
         """Full jitter: uniform in [0, min(cap, base * 2^attempt)]."""

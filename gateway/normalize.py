@@ -18,12 +18,15 @@ _UNEXPANDED_MACRO = re.compile(r"\{[A-Za-z_]+\}")
 
 
 class Normalizer:
-    def __init__(self, aliases: Mapping[str, str], secret_param: str | None) -> None:
+    def __init__(
+        self, aliases: Mapping[str, str], secret_param: str | None, drop_unknown: bool = False
+    ) -> None:
         # Every incoming name that denotes a canonical field, decided once at config load.
         names = {name: name for name in CANONICAL_FIELDS if name not in aliases}
         names.update(aliases)
         self._canonical_name_of = names
         self._secret_param = secret_param
+        self._drop_unknown = drop_unknown
 
     def normalize(self, pairs: Iterable[tuple[str, str]]) -> Postback:
         fields: dict[str, str] = {}
@@ -34,7 +37,8 @@ class Normalizer:
                 continue
             canonical = self._canonical_name_of.get(name)
             if canonical is None:
-                extras.append((name, value))
+                if not self._drop_unknown:
+                    extras.append((name, value))
                 continue
             if _UNEXPANDED_MACRO.fullmatch(value):
                 continue

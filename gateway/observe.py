@@ -50,6 +50,7 @@ class RequestRecord:
             "ymid": fields.get("ymid"),
             "event_type": fields.get("event_type"),
             "zone_id": fields.get("zone_id"),
+            "fields": self.fields,
             "upstream_status": self.upstream_status,
             "latency_ms": round((time.perf_counter() - self.started) * 1000, 2),
             "query": self.query,
@@ -60,7 +61,15 @@ def log_request(record: RequestRecord, status: int) -> None:
     ACCESS_LOG.info("postback", extra=record.log_fields(status))
 
 
+def _extras(record: logging.LogRecord) -> dict[str, Any]:
+    return {k: v for k, v in record.__dict__.items() if k not in _STANDARD_ATTRIBUTES}
+
+
 class JsonFormatter(logging.Formatter):
+    """One JSON object per line, for log shippers."""
+
+    converter = staticmethod(time.gmtime)
+
     def format(self, record: logging.LogRecord) -> str:
         line: dict[str, Any] = {
             "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S") + f".{int(record.msecs):03d}Z",
@@ -68,21 +77,34 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
-        line.update(
-            (key, value)
-            for key, value in record.__dict__.items()
-            if key not in _STANDARD_ATTRIBUTES
-        )
+        line.update(_extras(record))
         if record.exc_info:
             line["exception"] = self.formatException(record.exc_info)
         return json.dumps(line, default=str, ensure_ascii=False)
 
 
-def configure_logging(level: str = "INFO") -> None:
+class TextFormatter(logging.Formatter):
+    """`time level message key=value ...` for a person at a terminal."""
+
+    converter = staticmethod(time.gmtime)
+
+    def format(self, record: logging.LogRecord) -> str:
+        stamp = self.formatTime(record, "%H:%M:%S") + f".{int(record.msecs):03d}"
+        pairs = " ".join(
+            f"{key}={json.dumps(value, default=str, ensure_ascii=False)}"
+            for key, value in _extras(record).items()
+            if value is not None
+        )
+        line = f"{stamp} {record.levelname:<7} {record.getMessage()} {pairs}".rstrip()
+        if record.exc_info:
+            line += "\n" + self.formatException(record.exc_info)
+        return line
+
+
+def configure_logging(log_format: str = "json", level: str = "INFO") -> None:
+    """Log to stdout in `json` or `text`; safe to call again on reload."""
     handler = logging.StreamHandler(sys.stdout)
-    formatter = JsonFormatter()
-    formatter.converter = time.gmtime
-    handler.setFormatter(formatter)
+    handler.setFormatter(TextFormatter() if log_format == "text" else JsonFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

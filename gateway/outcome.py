@@ -1,20 +1,23 @@
-"""The one place that turns a request's fate into its answer, its log line and its header."""
+"""The one place that turns a request's fate into its answer, its log line and its metrics."""
 
 from __future__ import annotations
 
 import logging
 import re
+import time
 import uuid
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from .errors import GatewayError, Outcome
+from .errors import GatewayError, Outcome, Overloaded
 from .observe import RequestRecord, log_request
 from .pipeline import RECORD
+from .runtime import Runtime
 
 log = logging.getLogger("gateway.outcome")
 
+RUNTIME = web.AppKey("runtime", Runtime)
 _SAFE_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
 
 
@@ -26,21 +29,32 @@ def request_id_of(request: web.Request) -> str:
 
 @web.middleware
 async def answer(request: web.Request, handler: Handler) -> web.StreamResponse:
+    runtime = request.app[RUNTIME]
     record = RequestRecord(request_id_of(request))
     request[RECORD] = record
+    runtime.in_flight += 1
+    runtime.metrics.in_flight.inc()
     try:
+        if runtime.in_flight > runtime.config.server.max_in_flight:
+            raise Overloaded(runtime.config.server.max_in_flight)
         response = await handler(request)
     except GatewayError as error:
         record.outcome = error.outcome
         record.reason = error.reason
-        record.detail = error.detail or None
+        record.detail = error.detail or record.detail
         response = web.json_response(error.body(), status=error.status, headers=error.headers)
     except Exception:
         # A bug, not a verdict: answer 500 so the sender retries, and say so loudly.
         log.exception("unexpected error", extra={"request_id": record.request_id})
         record.outcome, record.reason = Outcome.UPSTREAM_ERROR, "internal_error"
         response = web.json_response({"outcome": record.outcome, "error": "internal"}, status=500)
-    response.headers["X-Gateway-Outcome"] = record.outcome or Outcome.UPSTREAM_ERROR
+    finally:
+        runtime.in_flight -= 1
+        runtime.metrics.in_flight.dec()
+    outcome = record.outcome or Outcome.UPSTREAM_ERROR
+    response.headers["X-Gateway-Outcome"] = outcome
     response.headers["X-Request-ID"] = record.request_id
     log_request(record, response.status)
+    seconds = time.perf_counter() - record.started
+    runtime.metrics.request_done(record.route, outcome, record.reason, seconds)
     return response

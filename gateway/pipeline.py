@@ -1,7 +1,8 @@
 """The postback handler: the steps of the product description, in order.
 
-route -> client address -> allowlist -> secret -> normalize -> validate -> dedup -> forward.
-Each step either passes the request on or raises a GatewayError that `outcome.py` answers.
+route -> client address -> allowlist -> secret -> normalize -> validate -> match -> dedup
+-> forward. Each step either passes the request on or raises a GatewayError that
+`outcome.py` answers, logs and counts.
 """
 
 from __future__ import annotations
@@ -9,15 +10,25 @@ from __future__ import annotations
 import asyncio
 import logging
 
+import aiohttp
 from aiohttp import web
 
+from .addresses import IPAddress
 from .clientip import ClientAddressResolver
 from .config import GatewayConfig
 from .dedup import DedupMemory
-from .errors import MethodNotAllowed, Outcome, RouteNotFound, UpstreamUnavailable
+from .errors import (
+    Forbidden,
+    MethodNotAllowed,
+    Outcome,
+    QueryTooLong,
+    RouteNotFound,
+    UpstreamUnavailable,
+)
 from .forward import Forwarder, Upstream, UpstreamReply
+from .metrics import Metrics
 from .observe import RequestRecord
-from .postback import Postback
+from .postback import ESTIMATED_PRICE, REWARD_EVENT_TYPE, ZONE_ID, Postback
 from .route import CompiledRoute
 
 log = logging.getLogger("gateway.pipeline")
@@ -26,27 +37,44 @@ RECORD = web.RequestKey("record", RequestRecord)
 
 
 class Gateway:
-    """The running gateway: compiled routes, the client-address rule and the forwarder."""
+    """One loaded config, running: compiled routes, the client-address rule, one upstream pool.
+
+    A reload builds a new Gateway (sharing the dedup memories) and retires the old one once
+    the requests it accepted have finished.
+    """
 
     def __init__(
         self,
         config: GatewayConfig,
-        forwarder: Forwarder,
-        dedup_memories: dict[str, DedupMemory] | None = None,
+        session: aiohttp.ClientSession,
+        metrics: Metrics,
+        dedup_memories: dict[str, DedupMemory],
     ) -> None:
         self.config = config
-        self._forwarder = forwarder
+        self._session = session
+        self._metrics = metrics
+        self._forwarder = Forwarder(session, metrics)
         self._client_addresses = ClientAddressResolver(config.server.trusted_proxies)
-        memories = dedup_memories if dedup_memories is not None else {}
-        for route in config.routes:
-            if route.name not in memories:
-                memories[route.name] = DedupMemory(route.dedup.ttl, route.dedup.max_entries)
+        self._max_query_length = config.server.max_query_length
         self.routes = {
-            route.path: CompiledRoute(route, memories[route.name]) for route in config.routes
+            route.path: CompiledRoute(route, dedup_memories[route.name]) for route in config.routes
         }
+        self._active = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
         self._copies: set[asyncio.Task[None]] = set()
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
+        self._active += 1
+        self._idle.clear()
+        try:
+            return await self._handle(request)
+        finally:
+            self._active -= 1
+            if not self._active:
+                self._idle.set()
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
         record = request[RECORD]
         route = self._route_for(request)
         record.route = route.name
@@ -56,18 +84,20 @@ class Gateway:
             request.remote, request.headers.getall("X-Forwarded-For", [])
         )
         record.client = str(client)
-        route.check_allowed(client)
+        self._check_allowlist(route, client, record)
         route.check_secret(request.query, request.headers)
 
         postback = route.normalizer.normalize(request.query.items())
         record.fields = postback.fields
         route.validator.validate(postback)
+        route.check_match(postback)
 
         async with route.dedup.reserve(route.dedup_key(postback)) as reservation:
             headers = {"X-Forwarded-For": record.client, "X-Request-ID": record.request_id}
             reply = await self._deliver(route.upstreams[0], postback, headers, record)
             if reply.delivered:
                 reservation.commit()
+                self._delivered(route, postback)
                 self._send_copies(route.upstreams[1:], postback, headers)
         record.outcome = Outcome.FORWARDED
         return web.Response(
@@ -82,7 +112,19 @@ class Gateway:
             raise RouteNotFound()
         if request.method != "GET":
             raise MethodNotAllowed(request.method)
+        if len(request.query_string) > self._max_query_length:
+            raise QueryTooLong(len(request.query_string), self._max_query_length)
         return route
+
+    def _check_allowlist(
+        self, route: CompiledRoute, client: IPAddress, record: RequestRecord
+    ) -> None:
+        if route.admits(client):
+            return
+        if not route.allowlist_log_only:
+            raise Forbidden("ip", f"{client} is not in allow_ips")
+        record.detail = f"{client} is not in allow_ips (allow_ips_mode: log_only, let in)"
+        self._metrics.log_only.labels(route.name).inc()
 
     async def _deliver(
         self, upstream: Upstream, postback: Postback, headers: dict[str, str], record: RequestRecord
@@ -97,6 +139,12 @@ class Gateway:
         if not reply.delivered:
             record.reason = "upstream_refused"
         return reply
+
+    def _delivered(self, route: CompiledRoute, postback: Postback) -> None:
+        if postback.get(REWARD_EVENT_TYPE) == "valued":
+            self._metrics.valued_event_delivered(
+                route.name, postback.get(ZONE_ID), postback.get(ESTIMATED_PRICE)
+            )
 
     def _send_copies(
         self, upstreams: tuple[Upstream, ...], postback: Postback, headers: dict[str, str]
@@ -119,10 +167,15 @@ class Gateway:
             detail = f"answered {reply.status}"
             log.warning("copy not delivered", extra=_copy_log(headers, upstream, detail))
 
-    async def finish_copies(self, timeout: float) -> None:
-        """Wait for background copies (at shutdown) so none is cut off mid-request."""
+    async def retire(self, grace: float) -> None:
+        """Let accepted requests and copies finish (up to `grace`), then close the pool."""
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout=grace)
+        except TimeoutError:
+            log.warning("retiring with requests still in flight", extra={"count": self._active})
         if self._copies:
-            await asyncio.wait(set(self._copies), timeout=timeout)
+            await asyncio.wait(set(self._copies), timeout=grace)
+        await self._session.close()
 
 
 def _copy_log(headers: dict[str, str], upstream: Upstream, detail: str) -> dict[str, str]:

@@ -6,8 +6,9 @@ from multidict import CIMultiDictProxy, MultiMapping
 
 from .addresses import IPAddress
 from .config import RouteConfig
+from .config.model import LOG_ONLY
 from .dedup import DedupKey, DedupMemory, dedup_key
-from .errors import Forbidden
+from .errors import Filtered
 from .forward import Upstream
 from .normalize import Normalizer
 from .postback import Postback
@@ -20,21 +21,29 @@ class CompiledRoute:
         self.path = config.path
         self.config = config
         self._allow_ips = config.allow_ips
+        self.allowlist_log_only = config.allow_ips_mode == LOG_ONLY
         self._secret = config.secret
         self.secret_param = config.secret.query_param if config.secret else None
-        self.normalizer = Normalizer(config.aliases, self.secret_param)
+        self.normalizer = Normalizer(config.aliases, self.secret_param, config.drop_unknown)
         self.validator = Validator(config.required)
+        self._match = tuple(config.match.items())
         self.dedup = dedup
         self._dedup_fields = config.dedup.key
-        self.upstreams = tuple(Upstream(upstream) for upstream in config.upstreams)
+        self.upstreams = tuple(Upstream(upstream, config.name) for upstream in config.upstreams)
 
-    def check_allowed(self, client: IPAddress) -> None:
-        if self._allow_ips is not None and client not in self._allow_ips:
-            raise Forbidden("ip", f"{client} is not in allow_ips")
+    def admits(self, client: IPAddress) -> bool:
+        return self._allow_ips is None or client in self._allow_ips
 
     def check_secret(self, query: MultiMapping[str], headers: CIMultiDictProxy[str]) -> None:
         if self._secret is not None:
             self._secret.verify(query, headers)
+
+    def check_match(self, postback: Postback) -> None:
+        """Raise Filtered when the postback is not one this route forwards (`match:`)."""
+        for name, accepted in self._match:
+            value = postback.get(name)
+            if value not in accepted:
+                raise Filtered(f"{name}={value!r} is not in match.{name}")
 
     def dedup_key(self, postback: Postback) -> DedupKey:
         return dedup_key(self.name, self._dedup_fields, postback)

@@ -15,7 +15,7 @@ from multidict import MultiDict
 
 from gateway.app import create_app
 from gateway.config import GatewayConfig, parse_config
-from gateway.dedup import DedupMemory
+from gateway.runtime import Runtime
 
 SECRET = "s3cret-key-0123456789"
 
@@ -93,6 +93,7 @@ class RunningGateway:
     url: str
     config: GatewayConfig
     app: web.Application
+    runtime: Runtime
 
     def postback_url(self, path: str = "/postback/tapper") -> str:
         return self.url + path
@@ -110,10 +111,10 @@ async def start_gateway() -> AsyncIterator[GatewayFactory]:
         yaml_text: str,
         env: dict[str, str] | None = None,
         host: str = "127.0.0.1",
-        dedup_memories: dict[str, DedupMemory] | None = None,
     ) -> RunningGateway:
         config = parse_config(textwrap.dedent(yaml_text), {"MONETAG_SECRET": SECRET, **(env or {})})
-        app = create_app(config, dedup_memories)
+        runtime = Runtime(config)
+        app = create_app(runtime, shutdown_grace=1)
         runner = web.AppRunner(app, access_log=None, shutdown_timeout=1)
         await runner.setup()
         await web.TCPSite(runner, host, 0).start()
@@ -122,7 +123,7 @@ async def start_gateway() -> AsyncIterator[GatewayFactory]:
         shown_host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
         if ":" in shown_host:
             shown_host = f"[{shown_host}]"
-        return RunningGateway(f"http://{shown_host}:{port}", config, app)
+        return RunningGateway(f"http://{shown_host}:{port}", config, app, runtime)
 
     yield start
     for runner in runners:

@@ -284,10 +284,17 @@ def test_running_gateway_is_healthy_and_ready(running: RunningGateway) -> None:
     health = gateway("health", "--config", str(running.config))
     assert health.returncode == 0, health.stderr
 
+    check = gateway("check", "--config", str(running.config))
+    checksum = re.search(r"checksum ([0-9a-f]{16})", check.stdout)
+    assert checksum, check.stdout
+
     url = f"http://127.0.0.1:{running.admin_port}/readyz"
     with urllib.request.urlopen(url, timeout=5) as response:
         assert response.status == 200
-        assert json.loads(response.read()) == {"status": "ready"}
+        assert json.loads(response.read()) == {
+            "status": "ready",
+            "config_checksum": checksum.group(1),
+        }
 
 
 def test_running_gateway_listens_on_the_public_port_without_admin_endpoints(

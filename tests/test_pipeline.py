@@ -16,6 +16,7 @@ from gateway.app import create_app
 from gateway.config import parse_config
 from gateway.demo_app import GRANTED, create_demo_app
 from gateway.observe import JsonFormatter
+from gateway.runtime import Runtime
 from tests.conftest import SECRET, route_yaml
 
 CLICK = {"uid": "user-1", "event": "click", "zone": "42", "token": SECRET}
@@ -137,7 +138,7 @@ async def dual_stack_gateway(start_upstream) -> AsyncIterator[str]:
     """A gateway on a dual-stack [::] socket: IPv4 callers appear as ::ffff:a.b.c.d."""
     upstream = await start_upstream()
     yaml_text = route_yaml([upstream.url]).replace("[127.0.0.1, '::1']", "[127.0.0.0/8]")
-    app = create_app(parse_config(yaml_text, {"MONETAG_SECRET": SECRET}))
+    app = create_app(Runtime(parse_config(yaml_text, {"MONETAG_SECRET": SECRET})))
     sock = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
     sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
     sock.bind(("::", 0))

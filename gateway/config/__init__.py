@@ -6,8 +6,10 @@ from the environment so secrets stay out of the file. The key names follow the c
 `shared/design/config-contract.yaml`.
 """
 
+import hashlib
 import os
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 
 from .model import (
@@ -55,4 +57,4 @@ def parse_config(text: str, environ: Mapping[str, str]) -> GatewayConfig:
     config = reader.gateway(document)
     if reader.problems or config is None:
         raise ConfigError(reader.problems or ["config is empty"])
-    return config
+    return replace(config, checksum=hashlib.sha256(text.encode()).hexdigest()[:16])

@@ -1,0 +1,129 @@
+"""Prometheus metrics, one registry per running gateway, served on the admin port.
+
+Label values come only from config (route and upstream names) or from closed sets (outcome,
+reason, status class); zone_id is a validated integer. Never a secret, never a raw query.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from decimal import Decimal, InvalidOperation
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from . import __version__
+
+UNKNOWN_ROUTE = "unknown"
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+REJECTION_REASONS = frozenset({"ip", "secret", "invalid", "filtered", "method"})
+
+
+def status_class(status: int) -> str:
+    return f"{status // 100}xx"
+
+
+class _DedupEntries(Collector):
+    """Reads the size of each route's dedup memory at scrape time."""
+
+    def __init__(self, sizes: Callable[[], dict[str, int]]) -> None:
+        self._sizes = sizes
+
+    def collect(self) -> Iterator[Metric]:
+        family = GaugeMetricFamily(
+            "gateway_dedup_entries", "Delivered events remembered for dedup.", labels=["route"]
+        )
+        for route, size in sorted(self._sizes().items()):
+            family.add_metric([route], size)
+        yield family
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "gateway_requests", "Postback requests by route and outcome.",
+            ["route", "outcome"], registry=r,
+        )  # fmt: skip
+        self.rejections = Counter(
+            "gateway_rejections", "Requests not forwarded, by reason.",
+            ["route", "reason"], registry=r,
+        )  # fmt: skip
+        self.upstream_attempts = Counter(
+            "gateway_upstream_attempts", "Attempts to reach an upstream, by status class.",
+            ["route", "upstream", "status_class"], registry=r,
+        )  # fmt: skip
+        self.upstream_latency = Histogram(
+            "gateway_upstream_attempt_duration_seconds", "Duration of one upstream attempt.",
+            ["route", "upstream"], buckets=LATENCY_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.request_latency = Histogram(
+            "gateway_request_duration_seconds", "End-to-end duration of a postback request.",
+            ["route"], buckets=LATENCY_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.dedup_evictions = Counter(
+            "gateway_dedup_evictions",
+            "Dedup entries evicted before their TTL because the cache was full (weakens dedup).",
+            ["route"], registry=r,
+        )  # fmt: skip
+        self.in_flight = Gauge(
+            "gateway_requests_in_flight", "Postback requests being handled now.", registry=r
+        )
+        self.reloads = Counter(
+            "gateway_config_reloads", "Config reloads by result.", ["result"], registry=r
+        )
+        self.last_reload = Gauge(
+            "gateway_config_last_reload_success_timestamp_seconds",
+            "Unix time of the last successful config load.", registry=r,
+        )  # fmt: skip
+        self.valued_price = Counter(
+            "gateway_valued_estimated_price_usd",
+            "Sum of estimated_price of delivered valued events (compare with Monetag revenue).",
+            ["route", "zone_id"], registry=r,
+        )  # fmt: skip
+        self.log_only = Counter(
+            "gateway_allowlist_log_only",
+            "Requests allow_ips would have rejected while the route is in log_only mode.",
+            ["route"], registry=r,
+        )  # fmt: skip
+        Gauge(
+            "gateway_build_info", "Build information.", ["version"], registry=r
+        ).labels(__version__).set(1)  # fmt: skip
+        for result in ("success", "failure"):
+            self.reloads.labels(result)
+
+    def watch_dedup(self, sizes: Callable[[], dict[str, int]]) -> None:
+        self.registry.register(_DedupEntries(sizes))
+
+    def config_loaded(self) -> None:
+        self.reloads.labels("success").inc()
+        self.last_reload.set(time.time())
+
+    def request_done(
+        self,
+        route: str | None,
+        outcome: str,
+        reason: str | None,
+        seconds: float,
+    ) -> None:
+        route = route or UNKNOWN_ROUTE
+        self.requests.labels(route, outcome).inc()
+        if outcome in ("invalid", "filtered"):
+            self.rejections.labels(route, outcome).inc()
+        elif outcome == "rejected" and reason in REJECTION_REASONS:
+            self.rejections.labels(route, reason).inc()
+        self.request_latency.labels(route).observe(seconds)
+
+    def valued_event_delivered(self, route: str, zone_id: str | None, price: str | None) -> None:
+        try:
+            amount = Decimal(price) if price else Decimal(0)
+        except InvalidOperation:
+            return  # validation already refused it; nothing to add
+        self.valued_price.labels(route, zone_id or "").inc(float(amount))
+
+    def upstream_attempt(self, route: str, upstream: str, result: str, seconds: float) -> None:
+        self.upstream_attempts.labels(route, upstream, result).inc()
+        self.upstream_latency.labels(route, upstream).observe(seconds)

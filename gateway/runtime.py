@@ -1,0 +1,92 @@
+"""The process's live state: the current Gateway, swapped on reload, and what outlives it.
+
+Dedup memories, metrics, the in-flight count and the draining flag belong to the process, not
+to one config: a reload replaces the Gateway (and its upstream pool) and keeps the rest.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import aiohttp
+
+from .config import GatewayConfig
+from .dedup import DedupMemory
+from .forward import BACKOFF_CAP
+from .metrics import Metrics
+from .observe import configure_logging
+from .pipeline import Gateway
+
+log = logging.getLogger("gateway.runtime")
+MAX_UPSTREAM_CONNECTIONS = 256
+
+
+def longest_delivery(config: GatewayConfig) -> float:
+    """The most time one postback's forwarding can take: every attempt and every backoff."""
+    return max(
+        (upstream.retries + 1) * upstream.timeout + upstream.retries * BACKOFF_CAP
+        for route in config.routes
+        for upstream in route.upstreams
+    )
+
+
+class Runtime:
+    def __init__(self, config: GatewayConfig, metrics: Metrics | None = None) -> None:
+        self.config = config
+        self.metrics = metrics or Metrics()
+        self.dedup_memories: dict[str, DedupMemory] = {}
+        self.draining = False
+        self.in_flight = 0
+        self._gateway: Gateway | None = None
+        self._retiring: set[asyncio.Task[None]] = set()
+        self.metrics.watch_dedup(
+            lambda: {name: len(memory) for name, memory in self.dedup_memories.items()}
+        )
+
+    @property
+    def gateway(self) -> Gateway:
+        assert self._gateway is not None, "Runtime.start() was not awaited"
+        return self._gateway
+
+    @property
+    def ready(self) -> bool:
+        return self._gateway is not None and not self.draining
+
+    async def start(self) -> None:
+        self._gateway = self._build(self.config)
+        self.metrics.config_loaded()
+
+    async def apply(self, config: GatewayConfig) -> None:
+        """Switch to a validated config. Requests already accepted finish on the old one."""
+        old = self._gateway
+        self._gateway = self._build(config)
+        self.config = config
+        configure_logging(config.logging.format, config.logging.level)
+        self.metrics.config_loaded()
+        if old is not None:
+            task = asyncio.create_task(old.retire(longest_delivery(old.config) + 1))
+            self._retiring.add(task)
+            task.add_done_callback(self._retiring.discard)
+
+    async def close(self, grace: float) -> None:
+        """At shutdown, after the listener stopped: finish copies, close upstream pools."""
+        if self._gateway is not None:
+            await self._gateway.retire(grace)
+        if self._retiring:
+            await asyncio.wait(set(self._retiring), timeout=grace)
+
+    def _build(self, config: GatewayConfig) -> Gateway:
+        for route in config.routes:
+            memory = self.dedup_memories.get(route.name)
+            if memory is None:
+                evicted = self.metrics.dedup_evictions.labels(route.name).inc
+                memory = DedupMemory(route.dedup.ttl, route.dedup.max_entries, on_evict=evicted)
+                self.dedup_memories[route.name] = memory
+            else:
+                memory.reconfigure(route.dedup.ttl, route.dedup.max_entries)
+        for name in set(self.dedup_memories) - {route.name for route in config.routes}:
+            del self.dedup_memories[name]
+        connector = aiohttp.TCPConnector(limit=MAX_UPSTREAM_CONNECTIONS, ttl_dns_cache=60)
+        session = aiohttp.ClientSession(connector=connector)
+        return Gateway(config, session, self.metrics, self.dedup_memories)

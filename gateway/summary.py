@@ -1,0 +1,57 @@
+"""What `monetag-gateway check` prints: each route as the gateway understood it."""
+
+from __future__ import annotations
+
+from .config import GatewayConfig, RouteConfig
+from .postback import CANONICAL_FIELDS
+
+
+def summarize(config: GatewayConfig, path: str) -> str:
+    server = config.server
+    lines = [
+        f"config {path}: OK, {len(config.routes)} route(s), checksum {config.checksum}",
+        f"  listen {server.listen}, admin {server.admin_listen}, "
+        f"trusted proxies: {len(server.trusted_proxies)} entr(ies)",
+        f"  max in flight {server.max_in_flight}, shutdown grace {server.shutdown_grace:g}s, "
+        f"reload check every {server.reload_interval:g}s, "
+        f"logs {config.logging.format}/{config.logging.level}",
+    ]
+    for route in config.routes:
+        lines += _route_lines(route)
+    lines += [f"warning: {warning}" for warning in config.warnings]
+    return "\n".join(lines)
+
+
+def _route_lines(route: RouteConfig) -> list[str]:
+    allow = f"{len(route.allow_ips)} entr(ies)" if route.allow_ips else "any address"
+    if route.allow_ips and route.allow_ips_mode != "enforce":
+        allow += f" ({route.allow_ips_mode}: not enforced)"
+    secret = route.secret
+    secret_at = f"{secret.location}, {len(secret.keys)} key(s)" if secret else "none"
+    source = "from template" if route.from_template else "from aliases"
+    never = [name for name in CANONICAL_FIELDS if name not in route.delivers]
+    match = {name: sorted(values) for name, values in route.match.items()}
+    lines = [
+        f"route {route.name}",
+        f"  path      {route.path}",
+        f"  allow_ips {allow}",
+        f"  secret    {secret_at}",
+        f"  aliases   {dict(route.aliases) or 'none'} ({source})",
+        f"  never delivered: {', '.join(never) or 'none'}",
+        f"  required  {', '.join(route.required)}",
+        f"  match     {match or 'everything'}",
+        f"  dedup     key [{', '.join(route.dedup.key)}], ttl {route.dedup.ttl:g}s, "
+        f"max {route.dedup.max_entries} entries",
+    ]
+    if route.drop_unknown:
+        lines.append("  forwards  canonical fields only (drop_unknown)")
+    for index, upstream in enumerate(route.upstreams):
+        role = "answers" if index == 0 else "copy"
+        rename = f", rename {dict(upstream.rename)}" if upstream.rename else ""
+        static = f", static params {upstream.static_params.names}" if upstream.static_params else ""
+        url = upstream.url.with_query(None).with_user(None)
+        lines.append(
+            f"  upstream  {url} ({role}; timeout {upstream.timeout:g}s, "
+            f"retries {upstream.retries}{rename}{static})"
+        )
+    return lines
