@@ -1,4 +1,4 @@
-"""`monetag-gateway run | check | health`: start the gateway, validate a config, probe health."""
+"""`monetag-gateway run | check | health | fire`: the operator's commands."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import urllib.request
 from collections.abc import Sequence
 
 from .config import ConfigError, ListenAddress, load_config
+from .fire import FireError, fire
 from .server import serve
 from .summary import summarize
 
@@ -25,6 +26,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ("run", "start the gateway"),
         ("check", "validate a config and summarize its routes"),
         ("health", "exit 0 if the gateway on this config's admin port is alive"),
+        ("fire", "send a postback like Monetag would and show each step's verdict"),
     ):
         command = commands.add_parser(name, help=summary, description=summary)
         command.add_argument(
@@ -32,6 +34,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             default=os.environ.get("GATEWAY_CONFIG"),
             help="path to config.yaml (default: $GATEWAY_CONFIG)",
         )
+        if name == "fire":
+            command.add_argument("--route", required=True, help="route name from the config")
+            command.add_argument("--url", help="gateway base URL (default: from server.listen)")
+            command.add_argument(
+                "fields", nargs="*", metavar="field=value", help="canonical field values"
+            )
     args = parser.parse_args(argv)
     if not args.config:
         parser.error("no config: pass --config PATH or set GATEWAY_CONFIG")
@@ -45,6 +53,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "check":
         print(summarize(config, args.config))
         return 0
+    if args.command == "fire":
+        try:
+            return fire(config, args.route, args.fields, args.url)
+        except FireError as error:
+            print(f"fire: {error}", file=sys.stderr)
+            return EXIT_CONFIG_ERROR
     if args.command == "health":
         return probe_health(config.server.admin_listen)
     asyncio.run(serve(config, args.config))

@@ -1,0 +1,64 @@
+"""`monetag-gateway fire` against a real gateway and a real app behind it."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from pathlib import Path
+
+from tests.conftest import SECRET, route_yaml
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+async def fire(config_file: Path, *arguments: str) -> tuple[int, str, str]:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "gateway", "fire", "--config", str(config_file), *arguments,
+        cwd=REPO, env={"MONETAG_SECRET": SECRET, "PATH": "/usr/bin:/bin"},
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    stdout, stderr = await asyncio.wait_for(process.communicate(), timeout=30)
+    assert process.returncode is not None
+    return process.returncode, stdout.decode(), stderr.decode()
+
+
+async def test_fire_sends_a_postback_the_way_monetag_would(start_upstream, start_gateway, tmp_path):
+    upstream = await start_upstream(body="granted")
+    yaml_text = route_yaml([upstream.url])
+    gateway = await start_gateway(yaml_text)
+    config_file = tmp_path / "config.yaml"
+    config_file.write_text(yaml_text)
+    code, out, _ = await fire(config_file, "--route", "tapper", "--url", gateway.url, "zone_id=77")
+    assert code == 0, out
+    assert "token=****" in out and SECRET not in out
+    assert "3 allowlist  ok" in out
+    assert "6 validate   ok" in out
+    assert "answer: 200, outcome forwarded" in out
+    assert "body:   granted" in out
+    received = upstream.received[0].query
+    assert received["zone_id"] == "77"
+    assert received["ymid"].startswith("fire-")
+    # the postback used the route's own names: uid, event, zone
+    sent_line = out.splitlines()[0]
+    assert "uid=fire-" in sent_line and "event=click" in sent_line and "zone=77" in sent_line
+
+
+async def test_fire_predicts_and_shows_a_rejection(start_upstream, start_gateway, tmp_path):
+    upstream = await start_upstream()
+    yaml_text = route_yaml([upstream.url]).replace("[127.0.0.1, '::1']", "[203.0.113.0/24]")
+    gateway = await start_gateway(yaml_text)
+    config_file = tmp_path / "config.yaml"
+    config_file.write_text(yaml_text)
+    code, out, _ = await fire(config_file, "--route", "tapper", "--url", gateway.url)
+    assert code == 1
+    assert "127.0.0.1 NOT allowed: expect 403" in out
+    assert "answer: 403, outcome rejected" in out
+    assert upstream.received == []
+
+
+async def test_fire_names_unknown_route(tmp_path):
+    config_file = tmp_path / "config.yaml"
+    config_file.write_text(route_yaml(["http://127.0.0.1:9/"]))
+    code, _, err = await fire(config_file, "--route", "nope")
+    assert code == 2
+    assert "no route 'nope'; routes: tapper" in err

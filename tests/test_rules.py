@@ -1,0 +1,151 @@
+"""Routing rules over real sockets: match, drop_unknown, static_params, template, log_only."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+
+from prometheus_client import generate_latest
+
+from gateway.observe import JsonFormatter
+from tests.conftest import SECRET, route_yaml
+from tests.test_pipeline import CLICK, get
+
+
+def sample(gateway, name: str, **labels: str) -> float:
+    """One sample's value from the gateway's metrics registry (0 if absent)."""
+    value = gateway.runtime.metrics.registry.get_sample_value(name, labels)
+    return 0.0 if value is None else value
+
+
+async def test_match_forwards_only_paid_events(start_upstream, start_gateway, http):
+    upstream = await start_upstream()
+    rules = "    match: {reward_event_type: valued, event_type: [click, impression]}\n"
+    gateway = await start_gateway(route_yaml([upstream.url], extra=rules))
+    paid = {**CLICK, "reward_event_type": "VALUED"}
+    unpaid = {**CLICK, "uid": "user-2", "reward_event_type": "not_valued"}
+    unsaid = {**CLICK, "uid": "user-3"}
+    assert (await get(http, gateway.postback_url(), paid))[:2] == (200, "forwarded")
+    assert await get(http, gateway.postback_url(), unpaid) == (
+        200, "filtered", '{"outcome": "filtered"}'
+    )  # fmt: skip
+    assert (await get(http, gateway.postback_url(), unsaid))[:2] == (200, "filtered")
+    assert [r.query["ymid"] for r in upstream.received] == ["user-1"]
+    counted = sample(gateway, "gateway_rejections_total", route="tapper", reason="filtered")
+    assert counted == 2
+
+
+async def test_filtered_event_is_not_remembered(start_upstream, start_gateway, http):
+    """A filtered postback is not delivered, so it must not make a later one a duplicate."""
+    upstream = await start_upstream()
+    rules = "    match: {zone_id: 42}\n    dedup: {key: [ymid, event_type]}\n"
+    gateway = await start_gateway(route_yaml([upstream.url], extra=rules))
+    assert (await get(http, gateway.postback_url(), {**CLICK, "zone": "7"}))[1] == "filtered"
+    assert (await get(http, gateway.postback_url(), CLICK))[1] == "forwarded"
+
+
+async def test_drop_unknown_forwards_canonical_fields_only(start_upstream, start_gateway, http):
+    upstream = await start_upstream()
+    gateway = await start_gateway(route_yaml([upstream.url], extra="    drop_unknown: true\n"))
+    params = {**CLICK, "utm": "x", "callback": "http://evil.example/"}
+    assert (await get(http, gateway.postback_url(), params))[:2] == (200, "forwarded")
+    assert list(upstream.received[0].query) == ["ymid", "event_type", "zone_id"]
+
+
+async def test_static_params_are_added_and_cannot_be_overridden(
+    start_upstream, start_gateway, http, caplog
+):
+    upstream = await start_upstream()
+    config = route_yaml([upstream.url + "/cb"]).replace(
+        f"      - url: {upstream.url}/cb\n",
+        f"      - url: {upstream.url}/cb\n        static_params: {{api_key: app-key-31337}}\n",
+    )
+    gateway = await start_gateway(config)
+    caplog.set_level(logging.INFO)
+    params = {**CLICK, "api_key": "attacker"}
+    assert (await get(http, gateway.postback_url(), params))[:2] == (200, "forwarded")
+    assert upstream.received[0].query.getall("api_key") == ["app-key-31337"]
+    logged = "\n".join(JsonFormatter().format(record) for record in caplog.records)
+    assert "app-key-31337" not in logged
+    assert "app-key-31337" not in generate_latest(gateway.runtime.metrics.registry).decode()
+
+
+async def test_template_derives_the_alias_map(start_upstream, start_gateway, http):
+    upstream = await start_upstream()
+    template = (
+        "    template: https://gw.example.com/postback/tapper?u={ymid}&e={event_type}"
+        "&z={zone_id}&token=${MONETAG_SECRET}\n"
+    )
+    config = route_yaml([upstream.url]).replace(
+        "    aliases: {event: event_type, uid: ymid, zone: zone_id}\n", template
+    )
+    gateway = await start_gateway(config)
+    params = {"u": "player-9", "e": "Impression", "z": "5", "token": SECRET}
+    assert (await get(http, gateway.postback_url(), params))[:2] == (200, "forwarded")
+    assert dict(upstream.received[0].query) == {
+        "ymid": "player-9", "event_type": "impression", "zone_id": "5"
+    }  # fmt: skip
+
+
+async def test_log_only_allowlist_lets_in_and_counts(start_upstream, start_gateway, http, caplog):
+    upstream = await start_upstream()
+    config = route_yaml([upstream.url], extra="    allow_ips_mode: log_only\n").replace(
+        "[127.0.0.1, '::1']", "[203.0.113.0/24]"
+    )
+    gateway = await start_gateway(config)
+    caplog.set_level(logging.INFO, logger="gateway.access")
+    assert (await get(http, gateway.postback_url(), CLICK))[:2] == (200, "forwarded")
+    assert sample(gateway, "gateway_allowlist_log_only_total", route="tapper") == 1
+    line = json.loads(JsonFormatter().format(caplog.records[-1]))
+    assert "log_only" in line["detail"]
+    # the secret is still enforced
+    wrong = {**CLICK, "uid": "user-2", "token": "nope"}
+    assert (await get(http, gateway.postback_url(), wrong))[:2] == (403, "rejected")
+
+
+async def test_valued_revenue_is_summed_per_zone_once_delivered(
+    start_upstream, start_gateway, http
+):
+    upstream = await start_upstream(script=[503, 503, 503])
+    gateway = await start_gateway(route_yaml([upstream.url]))
+    valued = {**CLICK, "reward_event_type": "valued", "estimated_price": "0.0125"}
+    assert (await get(http, gateway.postback_url(), valued))[1] == "upstream_error"
+    assert (
+        sample(gateway, "gateway_valued_estimated_price_usd_total", route="tapper", zone_id="42")
+        == 0
+    )
+    assert (await get(http, gateway.postback_url(), valued))[1] == "forwarded"
+    assert (await get(http, gateway.postback_url(), valued))[1] == "duplicate"
+    unpaid = {**valued, "uid": "user-2", "reward_event_type": "not_valued"}
+    assert (await get(http, gateway.postback_url(), unpaid))[1] == "forwarded"
+    total = sample(
+        gateway, "gateway_valued_estimated_price_usd_total", route="tapper", zone_id="42"
+    )
+    assert total == 0.0125
+
+
+async def test_dedup_evictions_before_ttl_are_counted(start_upstream, start_gateway, http):
+    upstream = await start_upstream()
+    gateway = await start_gateway(route_yaml([upstream.url], extra="    dedup: {max_entries: 2}\n"))
+    for number in range(5):
+        await get(http, gateway.postback_url(), {**CLICK, "uid": f"user-{number}"})
+    assert sample(gateway, "gateway_dedup_evictions_total", route="tapper") == 3
+    assert sample(gateway, "gateway_dedup_entries", route="tapper") == 2
+    # the evicted first event is no longer recognised: exactly what the metric warns about
+    assert (await get(http, gateway.postback_url(), {**CLICK, "uid": "user-0"}))[1] == "forwarded"
+
+
+async def test_overload_answers_503_with_retry_after(start_upstream, start_gateway, http):
+    upstream = await start_upstream(default=("sleep", 0.3))
+    gateway = await start_gateway(route_yaml([upstream.url], server="  max_in_flight: 2\n"))
+    answers = []
+
+    async def send(number: int) -> None:
+        params = {**CLICK, "uid": f"user-{number}"}
+        async with http.get(gateway.postback_url(), params=params) as response:
+            answers.append((response.status, response.headers.get("Retry-After")))
+
+    await asyncio.gather(*(send(number) for number in range(5)))
+    assert sorted(answers, key=str) == [(200, None)] * 2 + [(503, "1")] * 3
+    assert len(upstream.received) == 2
