@@ -36,6 +36,7 @@ async def answer(request: web.Request, handler: Handler) -> web.StreamResponse:
     runtime.metrics.in_flight.inc()
     try:
         if runtime.in_flight > runtime.config.server.max_in_flight:
+            record.route = runtime.gateway.route_name(request.path)  # for logs and metrics
             raise Overloaded(runtime.config.server.max_in_flight)
         response = await handler(request)
     except GatewayError as error:

@@ -106,6 +106,10 @@ class Gateway:
             headers={"Content-Type": reply.content_type} if reply.content_type else None,
         )
 
+    def route_name(self, path: str) -> str | None:
+        route = self.routes.get(path)
+        return route.name if route else None
+
     def _route_for(self, request: web.Request) -> CompiledRoute:
         route = self.routes.get(request.path)
         if route is None:

@@ -234,7 +234,7 @@ OTHER_ROUTE = {"path": "/postback/other", "insecure": True, "upstreams": [{"url"
                      "routes.other.path", "already the path of route 'tapper'",
                      id="duplicate-path-across-routes"),
         pytest.param({"routes.tapper.allow_ips": DROP, "routes.tapper.secret": DROP}, ENV,
-                     "routes.tapper", "neither allow_ips nor secret", id="unprotected-route"),
+                     "routes.tapper", "neither an enforced allow_ips", id="unprotected-route"),
         pytest.param({"routes.tapper.secret.header": "X-Postback-Key"}, ENV,
                      "routes.tapper.secret", "exactly one of query_param or header",
                      id="secret-in-query-and-header"),

@@ -42,7 +42,10 @@ def load_config(
 ) -> GatewayConfig:
     """Read, substitute and validate a config file; raise ConfigError listing every problem."""
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        # bytes, not text mode: the checksum must match `sha256sum` even for CRLF files
+        text = Path(path).read_bytes().decode("utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError([f"config file {os.fspath(path)!r} is not UTF-8 text"]) from None
     except OSError as error:
         message = f"cannot read config file {os.fspath(path)!r}: {error.strerror}"
         raise ConfigError([message]) from None

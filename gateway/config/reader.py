@@ -62,13 +62,15 @@ class DocumentReader(ValueReader):
         log_format = self.optional(
             section, "format", path, lambda v, p: self.choice(v, p, formats), defaults.format
         )
-        levels = ("DEBUG", "INFO", "WARNING", "ERROR")
-        level = self.optional(
-            section, "level", path, lambda v, p: self.choice(str(v).upper(), p, levels), "INFO"
-        )
+        level = self.optional(section, "level", path, self.log_level, defaults.level)
         if log_format is None or level is None:
             return None
         return LoggingConfig(log_format, level)
+
+    def log_level(self, value: Any, path: str) -> str | None:
+        text = self.string(value, path)
+        levels = ("DEBUG", "INFO", "WARNING", "ERROR")
+        return None if text is None else self.choice(text.upper(), path, levels)
 
     def server(self, value: Any, path: str) -> ServerConfig | None:
         keys = {
@@ -203,10 +205,11 @@ class DocumentReader(ValueReader):
 
     def check_route_consistency(self, route: RouteConfig, path: str) -> None:
         """Combinations that are each valid alone but can never work together."""
-        if route.allow_ips is None and route.secret is None and not route.insecure:
+        enforced_allowlist = route.allow_ips is not None and route.allow_ips_mode == ENFORCE
+        if not enforced_allowlist and route.secret is None and not route.insecure:
             self.problem(
                 path,
-                "has neither allow_ips nor secret: anyone could grant rewards; "
+                "has neither an enforced allow_ips nor a secret: anyone could grant rewards; "
                 "add one, or write `insecure: true` if that is really meant",
             )
         elif route.allow_ips is None and not route.insecure:

@@ -49,8 +49,9 @@ def parse_template(text: str) -> PostbackTemplate:
         if macro is None:
             fixed[name] = value
         elif macro.group(1) not in CANONICAL_FIELDS:
+            # the value is not echoed: it may be the secret, written in braces
             raise ValueError(
-                f"{{{macro.group(1)}}} is not a Monetag macro ({', '.join(CANONICAL_FIELDS)})"
+                f"parameter {name!r} does not hold a Monetag macro ({', '.join(CANONICAL_FIELDS)})"
             )
         elif macro.group(1) in aliases.values():
             raise ValueError(f"carries {{{macro.group(1)}}} twice")

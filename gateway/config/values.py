@@ -118,11 +118,9 @@ class ValueReader:
         return text
 
     def duration_or_zero(self, value: Any, path: str) -> float | None:
-        if value == 0 and not isinstance(value, bool):
-            return 0.0
-        return self.duration(value, path)
+        return self.duration(value, path, allow_zero=True)
 
-    def duration(self, value: Any, path: str) -> float | None:
+    def duration(self, value: Any, path: str, allow_zero: bool = False) -> float | None:
         if isinstance(value, bool) or not isinstance(value, int | float | str):
             self.problem(path, f"expected a duration like 500ms, 5s, 10m, 24h; got {value!r}")
             return None
@@ -137,8 +135,12 @@ class ValueReader:
             elif text is not None:
                 self.problem(path, f"{text!r} is not a duration like 500ms, 5s, 10m, 24h")
                 return None
-        if seconds is not None and not 0 < seconds < float("inf"):
-            self.problem(path, "must be longer than zero and finite")
+        if seconds is not None and not (
+            0 < seconds < float("inf") or (allow_zero and seconds == 0)
+        ):
+            self.problem(
+                path, "must be finite and " + ("not negative" if allow_zero else "longer than zero")
+            )
             return None
         return seconds
 
