@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,6 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from tests import processes
+from tests.processes import free_port, spawn_gateway
 
 REPO = Path(__file__).resolve().parents[1]
 COMMAND_TIMEOUT = 30.0
@@ -39,20 +40,7 @@ def gateway(*args: str, env: dict[str, str] | None = None) -> subprocess.Complet
 
 
 def command_env(**extra: str) -> dict[str, str]:
-    """This process's environment without the gateway's own variables, plus `extra`."""
-    env = {
-        name: value
-        for name, value in os.environ.items()
-        if name not in ("GATEWAY_CONFIG", "GATEWAY_LOG_LEVEL", "MONETAG_SECRET")
-    }
-    return {**env, "MONETAG_SECRET": ENV_SECRET, **extra}
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
+    return processes.command_env(ENV_SECRET, **extra)
 
 
 def config_text(listen: str = "127.0.0.1:8080", admin: str = "127.0.0.1:9090") -> str:
@@ -259,14 +247,7 @@ def running(tmp_path: Path) -> Iterator[RunningGateway]:
     public_port, admin_port = free_port(), free_port()
     config = write(tmp_path, config_text(f"127.0.0.1:{public_port}", f"127.0.0.1:{admin_port}"))
     stdout, stderr = tmp_path / "stdout.log", tmp_path / "stderr.log"
-    with stdout.open("wb") as out, stderr.open("wb") as err:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "gateway", "run", "--config", str(config)],
-            cwd=REPO,
-            env=command_env(),
-            stdout=out,
-            stderr=err,
-        )
+    process = spawn_gateway(config, command_env(), stdout, stderr)
     gateway_process = RunningGateway(process, config, public_port, admin_port, stdout, stderr)
     try:
         if not wait_until_healthy(gateway_process):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import ipaddress
 import math
 from collections.abc import Mapping
@@ -10,9 +9,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from gateway.config import ConfigError, GatewayConfig, load_config, parse_config
+from tests.configedit import DROP, assert_problem_at, edited
+from tests.configedit import problems_of as problems_in
 
 REPO = Path(__file__).resolve().parents[1]
 CONTRACT = Path(__file__).resolve().parents[2] / "shared/design/config-contract.yaml"
@@ -37,23 +37,10 @@ BASE: dict[str, Any] = {
         }
     },
 }
-DROP = object()  # a change that removes the key
 
 
 def config_with(changes: Mapping[str, Any]) -> str:
-    """BASE as YAML, with each dotted key ("routes.tapper.upstreams.0.retries") set or DROPped."""
-    document = copy.deepcopy(BASE)
-    for dotted, value in changes.items():
-        *parents, last = dotted.split(".")
-        node: Any = document
-        for part in parents:
-            node = node[int(part)] if isinstance(node, list) else node.setdefault(part, {})
-        key: Any = int(last) if isinstance(node, list) else last
-        if value is DROP:
-            del node[key]
-        else:
-            node[key] = value
-    return yaml.safe_dump(document, sort_keys=False)
+    return edited(BASE, changes)
 
 
 def parse_with(changes: Mapping[str, Any], environ: Mapping[str, str] = ENV) -> GatewayConfig:
@@ -61,15 +48,7 @@ def parse_with(changes: Mapping[str, Any], environ: Mapping[str, str] = ENV) -> 
 
 
 def problems_of(text: str, environ: Mapping[str, str] = ENV) -> list[str]:
-    with pytest.raises(ConfigError) as caught:
-        parse_config(text, environ)
-    return caught.value.problems
-
-
-def assert_problem_at(problems: list[str], key_path: str, phrase: str) -> None:
-    at_path = [problem for problem in problems if problem.startswith(f"{key_path}: ")]
-    assert at_path, f"no problem names {key_path!r}: {problems}"
-    assert any(phrase in problem for problem in at_path), f"{phrase!r} not in {at_path}"
+    return problems_in(text, environ)
 
 
 # -- configs operators write -----------------------------------------------------------------

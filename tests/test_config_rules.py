@@ -3,7 +3,6 @@ static_params and the checksum; every rejection names its key path and leaks no 
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import math
 import re
@@ -12,10 +11,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from gateway.config import ConfigError, GatewayConfig, load_config, parse_config
 from gateway.postback import CANONICAL_FIELDS
+from tests.configedit import DROP, assert_problem_at, edited
+from tests.configedit import problems_of as problems_in
 
 SECRET = "rules-secret-8c1f"  # the key, from the environment
 FILE_KEY = "file-key-77aa"  # a second key written in the file (rotation)
@@ -34,7 +34,6 @@ BASE: dict[str, Any] = {
         }
     },
 }
-DROP = object()  # a change that removes the key
 
 # The URL registered with Monetag for route tapper, carrying the default required and dedup
 # fields; TEMPLATE_FOR(value) puts `value` in its secret slot.
@@ -51,19 +50,7 @@ WITH_TEMPLATE: dict[str, Any] = {"routes.tapper.aliases": DROP, "routes.tapper.t
 
 
 def config_with(changes: Mapping[str, Any]) -> str:
-    """BASE as YAML, with each dotted key ("routes.tapper.upstreams.0.url") set or DROPped."""
-    document = copy.deepcopy(BASE)
-    for dotted, value in changes.items():
-        *parents, last = dotted.split(".")
-        node: Any = document
-        for part in parents:
-            node = node[int(part)] if isinstance(node, list) else node.setdefault(part, {})
-        key: Any = int(last) if isinstance(node, list) else last
-        if value is DROP:
-            del node[key]
-        else:
-            node[key] = value
-    return yaml.safe_dump(document, sort_keys=False)
+    return edited(BASE, changes)
 
 
 def parse_with(changes: Mapping[str, Any], environ: Mapping[str, str] = ENV) -> GatewayConfig:
@@ -71,15 +58,7 @@ def parse_with(changes: Mapping[str, Any], environ: Mapping[str, str] = ENV) -> 
 
 
 def problems_of(text: str, environ: Mapping[str, str] = ENV) -> list[str]:
-    with pytest.raises(ConfigError) as caught:
-        parse_config(text, environ)
-    return caught.value.problems
-
-
-def assert_problem_at(problems: list[str], key_path: str, phrase: str) -> None:
-    at_path = [problem for problem in problems if problem.startswith(f"{key_path}: ")]
-    assert at_path, f"no problem names {key_path!r}: {problems}"
-    assert any(phrase in problem for problem in at_path), f"{phrase!r} not in {at_path}"
+    return problems_in(text, environ)
 
 
 # -- defaults ---------------------------------------------------------------------------------

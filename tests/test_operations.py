@@ -29,6 +29,9 @@ from urllib.parse import urlencode
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests import processes
+from tests.processes import free_port, spawn_gateway
+
 REPO = Path(__file__).resolve().parents[1]
 DASHBOARD = REPO / "dashboards" / "monetag-gateway.json"
 SECRET = "ops-secret-value-789"
@@ -40,21 +43,8 @@ COMMAND_TIMEOUT = 30.0
 # -- helpers ----------------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
 def command_env() -> dict[str, str]:
-    """This environment without the gateway's own variables, plus the route secret."""
-    env = {
-        name: value
-        for name, value in os.environ.items()
-        if name not in ("GATEWAY_CONFIG", "GATEWAY_LOG_LEVEL", "MONETAG_SECRET")
-    }
-    return {**env, "MONETAG_SECRET": SECRET}
+    return processes.command_env(SECRET)
 
 
 def wait_until(predicate: Callable[[], Any], seconds: float, interval: float = 0.02) -> Any:
@@ -331,14 +321,7 @@ def launch(tmp_path: Path, upstream: Callable[..., Upstream]) -> Iterator[Launch
 
         config.write_text(builder(public_port, admin_port), encoding="utf-8")
         stdout, stderr = tmp_path / f"stdout{index}.log", tmp_path / f"stderr{index}.log"
-        with stdout.open("wb") as out, stderr.open("wb") as err:
-            process = subprocess.Popen(
-                [sys.executable, "-m", "gateway", "run", "--config", str(config)],
-                cwd=REPO,
-                env=command_env(),
-                stdout=out,
-                stderr=err,
-            )
+        process = spawn_gateway(config, command_env(), stdout, stderr)
         running = GatewayProcess(process, config, public_port, admin_port, stdout, stderr, builder)
         started.append(running)
         if not wait_until(running.is_ready, START_TIMEOUT, interval=0.05):

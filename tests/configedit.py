@@ -1,0 +1,42 @@
+"""Building test configs by editing a valid base, and asserting on the problems they cause."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+from typing import Any
+
+import pytest
+import yaml
+
+from gateway.config import ConfigError, parse_config
+
+DROP = object()  # a change that removes the key
+
+
+def edited(base: Mapping[str, Any], changes: Mapping[str, Any]) -> str:
+    """`base` as YAML, with each dotted key ("routes.tapper.upstreams.0.retries") set or DROPped."""
+    document = copy.deepcopy(dict(base))
+    for dotted, value in changes.items():
+        *parents, last = dotted.split(".")
+        node: Any = document
+        for part in parents:
+            node = node[int(part)] if isinstance(node, list) else node.setdefault(part, {})
+        key: Any = int(last) if isinstance(node, list) else last
+        if value is DROP:
+            del node[key]
+        else:
+            node[key] = value
+    return yaml.safe_dump(document, sort_keys=False)
+
+
+def problems_of(text: str, environ: Mapping[str, str]) -> list[str]:
+    with pytest.raises(ConfigError) as caught:
+        parse_config(text, environ)
+    return caught.value.problems
+
+
+def assert_problem_at(problems: list[str], key_path: str, phrase: str) -> None:
+    at_path = [problem for problem in problems if problem.startswith(f"{key_path}: ")]
+    assert at_path, f"no problem names {key_path!r}: {problems}"
+    assert any(phrase in problem for problem in at_path), f"{phrase!r} not in {at_path}"
