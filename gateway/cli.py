@@ -1,4 +1,4 @@
-"""`monetag-gateway run | check | health | fire`: the operator's commands."""
+"""`monetag-gateway run | check | health | fire | queue`: the operator's commands."""
 
 from __future__ import annotations
 
@@ -9,9 +9,11 @@ import sys
 import urllib.request
 from collections.abc import Sequence
 
+from . import queue_cli
 from .config import ConfigError, ListenAddress, load_config
 from .fire import FireError, fire
 from .server import serve
+from .store import StoreError
 from .summary import summarize
 
 EXIT_CONFIG_ERROR = 2
@@ -27,6 +29,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ("check", "validate a config and summarize its routes"),
         ("health", "exit 0 if the gateway on this config's admin port is alive"),
         ("fire", "send a postback like Monetag would and show each step's verdict"),
+        ("queue", "inspect the outbox of queued routes and re-drive dead letters"),
     ):
         command = commands.add_parser(name, help=summary, description=summary)
         command.add_argument(
@@ -34,6 +37,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             default=os.environ.get("GATEWAY_CONFIG"),
             help="path to config.yaml (default: $GATEWAY_CONFIG)",
         )
+        if name == "queue":
+            queue_cli.add_arguments(command)
         if name == "fire":
             command.add_argument("--route", required=True, help="route name from the config")
             command.add_argument("--url", help="gateway base URL (default: from server.listen)")
@@ -53,6 +58,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "check":
         print(summarize(config, args.config))
         return 0
+    if args.command == "queue":
+        return queue_cli.run(config, args)
     if args.command == "fire":
         try:
             return fire(config, args.route, args.fields, args.url)
@@ -61,7 +68,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             return EXIT_CONFIG_ERROR
     if args.command == "health":
         return probe_health(config.server.admin_listen)
-    asyncio.run(serve(config, args.config))
+    try:
+        asyncio.run(serve(config, args.config))
+    except StoreError as error:
+        print(f"cannot start: {error}", file=sys.stderr)
+        return 1
     return 0
 
 

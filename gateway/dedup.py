@@ -11,14 +11,19 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import logging
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
+from typing import Protocol
 
 from cachetools import TTLCache
 
-from .errors import DuplicatePostback
+from .errors import DuplicatePostback, StoreUnavailable
 from .postback import Postback
+from .store import StoreError
+
+log = logging.getLogger("gateway.dedup")
 
 DedupKey = bytes
 
@@ -33,16 +38,27 @@ def dedup_key(route: str, fields: Sequence[str], postback: Postback) -> DedupKey
     return hashlib.blake2b(encoded.encode(), digest_size=16).digest()
 
 
-class Reservation:
-    """The right to forward one event; `commit()` once the first upstream accepted it."""
+class DurableKeys(Protocol):
+    """Where delivered keys are also kept so a restart still knows them (the store)."""
 
-    __slots__ = ("committed",)
+    async def contains(self, key: DedupKey) -> bool: ...
+
+    async def remember(self, key: DedupKey, ttl: float) -> None: ...
+
+
+class Reservation:
+    """The right to forward one event; `commit()` once it was delivered or durably queued."""
+
+    __slots__ = ("committed", "stored")
 
     def __init__(self) -> None:
         self.committed = False
+        self.stored = False
 
-    def commit(self) -> None:
+    def commit(self, *, stored: bool = False) -> None:
+        """`stored`: the key was already written durably along with the event."""
         self.committed = True
+        self.stored = stored
 
 
 class _DeliveredKeys(TTLCache[DedupKey, bool]):
@@ -71,9 +87,11 @@ class DedupMemory:
         max_entries: int,
         clock: Callable[[], float] = time.monotonic,
         on_evict: Callable[[], None] = lambda: None,
+        durable: DurableKeys | None = None,
     ) -> None:
         self._delivered = _DeliveredKeys(max_entries, ttl, clock, on_evict)
         self._in_flight: dict[DedupKey, asyncio.Future[bool]] = {}
+        self._durable = durable
 
     def __len__(self) -> int:
         return len(self._delivered)
@@ -106,9 +124,33 @@ class DedupMemory:
         self._in_flight[key] = finished
         reservation = Reservation()
         try:
+            if await self._known_durably(key):
+                reservation.commit(stored=True)
+                raise DuplicatePostback()
             yield reservation
         finally:
-            del self._in_flight[key]
-            if reservation.committed:
-                self._delivered[key] = True
-            finished.set_result(reservation.committed)
+            try:
+                if reservation.committed:
+                    self._delivered[key] = True
+                    if self._durable is not None and not reservation.stored:
+                        await self._remember_durably(key)
+            finally:
+                del self._in_flight[key]
+                finished.set_result(reservation.committed)
+
+    async def _known_durably(self, key: DedupKey) -> bool:
+        """Delivered before a restart? Unknown (store failing) is not "no": fail closed."""
+        if self._durable is None:
+            return False
+        try:
+            return await self._durable.contains(key)
+        except StoreError as error:
+            raise StoreUnavailable(f"dedup lookup: {error}") from None
+
+    async def _remember_durably(self, key: DedupKey) -> None:
+        assert self._durable is not None
+        try:
+            await self._durable.remember(key, self._delivered.ttl)
+        except StoreError as error:
+            # Delivered already; only a restart within the TTL could now forward it again.
+            log.error("dedup key not stored", extra={"detail": str(error)})

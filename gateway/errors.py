@@ -21,6 +21,8 @@ class Outcome:
     NOT_FOUND = "not_found"
     FILTERED = "filtered"
     OVERLOADED = "overloaded"
+    QUEUED = "queued"
+    STORE_ERROR = "store_error"
 
 
 class GatewayError(Exception):
@@ -149,3 +151,14 @@ class Overloaded(GatewayError):
     def __init__(self, limit: int) -> None:
         super().__init__("overloaded", f"{limit} requests already in flight")
         self.headers["Retry-After"] = "1"
+
+
+class StoreUnavailable(GatewayError):
+    """The durable store failed: nothing is acknowledged that was not written; retry later."""
+
+    status = 503
+    outcome = Outcome.STORE_ERROR
+
+    def __init__(self, detail: str) -> None:
+        super().__init__("store_unavailable", detail)
+        self.headers["Retry-After"] = "5"

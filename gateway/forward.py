@@ -43,6 +43,21 @@ class UpstreamReply:
         return 200 <= self.status < 300
 
 
+@dataclass(frozen=True, slots=True)
+class AttemptFailure:
+    """An attempt that got no usable answer."""
+
+    detail: str
+    timed_out: bool
+    retryable: bool = True  # connect errors and timeouts; not a malformed response
+
+
+def _with_user_agent(headers: Mapping[str, str]) -> CIMultiDict[str]:
+    request_headers = CIMultiDict(headers)
+    request_headers["User-Agent"] = USER_AGENT
+    return request_headers
+
+
 class Upstream:
     """One configured upstream with its URL parts and rename map prepared at config load."""
 
@@ -86,43 +101,59 @@ class Forwarder:
     ) -> UpstreamReply:
         """The upstream's reply, or UpstreamUnavailable once retries are spent."""
         url = upstream.url_for(postback)
-        request_headers = CIMultiDict(headers)
-        request_headers["User-Agent"] = USER_AGENT
-        failure = ""
-        timed_out = False
+        request_headers = _with_user_agent(headers)
+        failure = AttemptFailure("", timed_out=False)
         for attempt in range(upstream.retries + 1):
             if attempt:
                 await asyncio.sleep(self._backoff(attempt))
-            started = time.perf_counter()
-            try:
-                reply = await self._attempt(upstream, url, request_headers)
-            except TimeoutError:
-                self._observe(upstream, "timeout", started)
-                failure, timed_out = "timeout", True
-            except aiohttp.ClientConnectionError as error:
-                self._observe(upstream, "connection_error", started)
-                failure, timed_out = f"connection error: {type(error).__name__}", False
-            except aiohttp.ClientError as error:
-                self._observe(upstream, "connection_error", started)
-                raise UpstreamUnavailable(
-                    "upstream_bad_response",
-                    f"{upstream.label}: {type(error).__name__}",
-                    timed_out=False,
-                ) from None
+            result = await self._try(upstream, url, request_headers)
+            if isinstance(result, UpstreamReply):
+                if result.status not in RETRYABLE_STATUSES:
+                    return result
+                failure = AttemptFailure(f"status {result.status}", timed_out=False)
+            elif result.retryable:
+                failure = result
             else:
-                self._observe(upstream, status_class(reply.status), started)
-                if reply.status not in RETRYABLE_STATUSES:
-                    return reply
-                failure, timed_out = f"status {reply.status}", False
+                raise UpstreamUnavailable(
+                    "upstream_bad_response", f"{upstream.label}: {result.detail}", timed_out=False
+                )
             log.info(
                 "upstream attempt failed",
-                extra={"upstream": upstream.label, "attempt": attempt + 1, "failure": failure},
+                extra={
+                    "upstream": upstream.label,
+                    "attempt": attempt + 1,
+                    "failure": failure.detail,
+                },
             )
         raise UpstreamUnavailable(
-            "upstream_timeout" if timed_out else "upstream_unavailable",
-            f"{upstream.label}: {failure} after {upstream.retries + 1} attempt(s)",
-            timed_out=timed_out,
+            "upstream_timeout" if failure.timed_out else "upstream_unavailable",
+            f"{upstream.label}: {failure.detail} after {upstream.retries + 1} attempt(s)",
+            timed_out=failure.timed_out,
         )
+
+    async def attempt_once(
+        self, upstream: Upstream, postback: Postback, headers: Mapping[str, str]
+    ) -> UpstreamReply | AttemptFailure:
+        """One attempt, no retries: the outbox schedules its own."""
+        return await self._try(upstream, upstream.url_for(postback), _with_user_agent(headers))
+
+    async def _try(
+        self, upstream: Upstream, url: URL, headers: CIMultiDict[str]
+    ) -> UpstreamReply | AttemptFailure:
+        started = time.perf_counter()
+        try:
+            reply = await self._attempt(upstream, url, headers)
+        except TimeoutError:
+            self._observe(upstream, "timeout", started)
+            return AttemptFailure("timeout", timed_out=True)
+        except aiohttp.ClientConnectionError as error:
+            self._observe(upstream, "connection_error", started)
+            return AttemptFailure(f"connection error: {type(error).__name__}", timed_out=False)
+        except aiohttp.ClientError as error:
+            self._observe(upstream, "connection_error", started)
+            return AttemptFailure(type(error).__name__, timed_out=False, retryable=False)
+        self._observe(upstream, status_class(reply.status), started)
+        return reply
 
     async def _attempt(
         self, upstream: Upstream, url: URL, headers: CIMultiDict[str]

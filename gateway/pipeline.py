@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 
 import aiohttp
 from aiohttp import web
@@ -16,7 +17,8 @@ from aiohttp import web
 from .addresses import IPAddress
 from .clientip import ClientAddressResolver
 from .config import GatewayConfig
-from .dedup import DedupMemory
+from .dedup import DedupKey, DedupMemory
+from .deliverer import idempotency_headers
 from .errors import (
     Forbidden,
     MethodNotAllowed,
@@ -34,6 +36,7 @@ from .route import CompiledRoute
 log = logging.getLogger("gateway.pipeline")
 
 RECORD = web.RequestKey("record", RequestRecord)
+Enqueue = Callable[[CompiledRoute, Postback, DedupKey, RequestRecord], Awaitable[None]]
 
 
 class Gateway:
@@ -49,6 +52,7 @@ class Gateway:
         session: aiohttp.ClientSession,
         metrics: Metrics,
         dedup_memories: dict[str, DedupMemory],
+        enqueue: Enqueue | None = None,
     ) -> None:
         self.config = config
         self._session = session
@@ -63,6 +67,7 @@ class Gateway:
         self._idle = asyncio.Event()
         self._idle.set()
         self._copies: set[asyncio.Task[None]] = set()
+        self._enqueue = enqueue
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         self._active += 1
@@ -92,8 +97,11 @@ class Gateway:
         route.validator.validate(postback)
         route.check_match(postback)
 
-        async with route.dedup.reserve(route.dedup_key(postback)) as reservation:
-            headers = {"X-Forwarded-For": record.client, "X-Request-ID": record.request_id}
+        key = route.dedup_key(postback)
+        if route.queued:
+            return await self._accept_for_queue(route, postback, key, record)
+        async with route.dedup.reserve(key) as reservation:
+            headers = idempotency_headers(record.request_id, record.client, key.hex())
             reply = await self._deliver(route.upstreams[0], postback, headers, record)
             if reply.delivered:
                 reservation.commit()
@@ -105,6 +113,18 @@ class Gateway:
             body=reply.body,
             headers={"Content-Type": reply.content_type} if reply.content_type else None,
         )
+
+    async def _accept_for_queue(
+        self, route: CompiledRoute, postback: Postback, key: DedupKey, record: RequestRecord
+    ) -> web.StreamResponse:
+        """`delivery: queued`: answer 200 once the event is durably stored, deliver later."""
+        assert self._enqueue is not None  # config validation: queued routes need a store
+        async with route.dedup.reserve(key) as reservation:
+            await self._enqueue(route, postback, key, record)
+            reservation.commit(stored=True)
+        self._delivered(route, postback)
+        record.outcome = Outcome.QUEUED
+        return web.json_response({"outcome": Outcome.QUEUED})
 
     def route_name(self, path: str) -> str | None:
         route = self.routes.get(path)

@@ -6,7 +6,7 @@ from multidict import CIMultiDictProxy, MultiMapping
 
 from .addresses import IPAddress
 from .config import RouteConfig
-from .config.model import LOG_ONLY
+from .config.model import LOG_ONLY, QUEUED
 from .dedup import DedupKey, DedupMemory, dedup_key
 from .errors import Filtered
 from .forward import Upstream
@@ -22,6 +22,7 @@ class CompiledRoute:
         self.config = config
         self._allow_ips = config.allow_ips
         self.allowlist_log_only = config.allow_ips_mode == LOG_ONLY
+        self.queued = config.delivery == QUEUED
         self._secret = config.secret
         self.secret_param = config.secret.query_param if config.secret else None
         self.normalizer = Normalizer(config.aliases, self.secret_param, config.drop_unknown)

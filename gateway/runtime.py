@@ -13,6 +13,7 @@ import aiohttp
 
 from .config import GatewayConfig
 from .dedup import DedupMemory
+from .durable import Durable
 from .forward import BACKOFF_CAP
 from .metrics import Metrics
 from .observe import configure_logging
@@ -40,6 +41,8 @@ class Runtime:
         self.in_flight = 0
         self._gateway: Gateway | None = None
         self._retiring: set[asyncio.Task[None]] = set()
+        routes = lambda: self.gateway.routes.values()  # noqa: E731 - read at each use
+        self.durable = Durable(config.store, self.metrics, routes) if config.store else None
         self.metrics.watch_dedup(
             lambda: {name: len(memory) for name, memory in self.dedup_memories.items()}
         )
@@ -54,14 +57,23 @@ class Runtime:
         return self._gateway is not None and not self.draining
 
     async def start(self) -> None:
+        """Open the store if there is one (StoreError if it cannot be), then serve the config."""
         self._gateway = self._build(self.config)
+        if self.durable is not None:
+            await self.durable.start()
         self.metrics.config_loaded()
 
     async def apply(self, config: GatewayConfig) -> None:
         """Switch to a validated config. Requests already accepted finish on the old one."""
         old = self._gateway
+        if (config.store is None) != (self.durable is None) or (
+            config.store and self.config.store and config.store != self.config.store
+        ):
+            log.warning("store changes take effect at the next restart")
         self._gateway = self._build(config)
         self.config = config
+        if self.durable is not None:
+            await self.durable.adopt()
         configure_logging(config.logging.format, config.logging.level)
         self.metrics.config_loaded()
         if old is not None:
@@ -75,13 +87,20 @@ class Runtime:
             await self._gateway.retire(grace)
         if self._retiring:
             await asyncio.wait(set(self._retiring), timeout=grace)
+        if self.durable is not None:
+            await self.durable.close(grace)
 
     def _build(self, config: GatewayConfig) -> Gateway:
         for route in config.routes:
             memory = self.dedup_memories.get(route.name)
             if memory is None:
                 evicted = self.metrics.dedup_evictions.labels(route.name).inc
-                memory = DedupMemory(route.dedup.ttl, route.dedup.max_entries, on_evict=evicted)
+                memory = DedupMemory(
+                    route.dedup.ttl,
+                    route.dedup.max_entries,
+                    on_evict=evicted,
+                    durable=self.durable.keys if self.durable else None,
+                )
                 self.dedup_memories[route.name] = memory
             else:
                 memory.reconfigure(route.dedup.ttl, route.dedup.max_entries)
@@ -89,4 +108,5 @@ class Runtime:
             del self.dedup_memories[name]
         connector = aiohttp.TCPConnector(limit=MAX_UPSTREAM_CONNECTIONS, ttl_dns_cache=60)
         session = aiohttp.ClientSession(connector=connector)
-        return Gateway(config, session, self.metrics, self.dedup_memories)
+        enqueue = self.durable.enqueue if self.durable else None
+        return Gateway(config, session, self.metrics, self.dedup_memories, enqueue)

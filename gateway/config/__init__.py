@@ -17,8 +17,10 @@ from .model import (
     DedupConfig,
     GatewayConfig,
     ListenAddress,
+    QueueConfig,
     RouteConfig,
     ServerConfig,
+    StoreConfig,
     UpstreamConfig,
 )
 from .reader import DocumentReader
@@ -29,8 +31,10 @@ __all__ = [
     "DedupConfig",
     "GatewayConfig",
     "ListenAddress",
+    "QueueConfig",
     "RouteConfig",
     "ServerConfig",
+    "StoreConfig",
     "UpstreamConfig",
     "load_config",
     "parse_config",

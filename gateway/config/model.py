@@ -103,6 +103,28 @@ class StaticParams:
         return bool(self.pairs)
 
 
+SYNC = "sync"
+QUEUED = "queued"
+
+
+@dataclass(frozen=True)
+class QueueConfig:
+    """How a `delivery: queued` route retries before an event becomes a dead letter."""
+
+    max_attempts: int = 100  # per upstream
+    max_age: float = 72 * 3600.0  # since the event was accepted
+    concurrency: int = 8  # deliveries in flight per upstream
+    retry_base: float = 1.0  # first backoff; doubles per attempt, with full jitter
+    retry_cap: float = 600.0  # longest backoff
+
+
+@dataclass(frozen=True)
+class StoreConfig:
+    """The embedded SQLite store: durable queue and dedup keys that survive restarts."""
+
+    path: str
+
+
 @dataclass(frozen=True)
 class RouteConfig:
     name: str
@@ -120,6 +142,8 @@ class RouteConfig:
     from_template: bool = False  # aliases were derived from `template:`
     # canonical fields Monetag can deliver on this route (from the template or the aliases)
     delivers: frozenset[str] = frozenset(CANONICAL_FIELDS)
+    delivery: str = SYNC  # queued: acknowledge once durably stored, deliver in the background
+    queue: QueueConfig = field(default_factory=QueueConfig)
 
 
 @dataclass(frozen=True)
@@ -129,3 +153,4 @@ class GatewayConfig:
     warnings: tuple[str, ...] = ()
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     checksum: str = ""  # of the config text, so a deploy can confirm which config is live
+    store: StoreConfig | None = None

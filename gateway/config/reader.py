@@ -16,13 +16,17 @@ from .model import (
     DEFAULT_UPSTREAM_TIMEOUT,
     ENFORCE,
     LOG_ONLY,
+    QUEUED,
+    SYNC,
     DedupConfig,
     GatewayConfig,
     ListenAddress,
     LoggingConfig,
+    QueueConfig,
     RouteConfig,
     ServerConfig,
     StaticParams,
+    StoreConfig,
     UpstreamConfig,
 )
 from .template import PostbackTemplate, parse_template
@@ -43,15 +47,60 @@ class DocumentReader(ValueReader):
     # -- the document ---------------------------------------------------------------------
 
     def gateway(self, document: Any) -> GatewayConfig | None:
-        top = self.mapping(document, "", {"server", "routes", "logging"}, what="the config file")
+        keys = {"server", "routes", "logging", "store"}
+        top = self.mapping(document, "", keys, what="the config file")
         if top is None:
             return None
         server = self.server(top.get("server", {}), "server")
         routes = self.routes(top.get("routes"), "routes")
         logging = self.logging(top.get("logging", {}), "logging")
+        store = self.optional(top, "store", "", self.store, None)
         if server is None or routes is None or logging is None:
             return None
-        return GatewayConfig(server, routes, tuple(self.warnings), logging)
+        if store is None and "store" not in top:
+            for route in routes:
+                if route.delivery == QUEUED:
+                    self.problem(
+                        f"routes.{route.name}.delivery",
+                        "queued delivery needs a top-level `store: {path: ...}`",
+                    )
+        return GatewayConfig(server, routes, tuple(self.warnings), logging, store=store)
+
+    def store(self, value: Any, path: str) -> StoreConfig | None:
+        section = self.mapping(value, path, {"path"})
+        if section is None:
+            return None
+        file_path = self.required_key(section, "path", path, self.string)
+        if file_path is not None and not file_path.strip():
+            self.problem(key_path(path, "path"), "is empty")
+            return None
+        return None if file_path is None else StoreConfig(file_path)
+
+    def queue(self, value: Any, path: str) -> QueueConfig | None:
+        keys = {"max_attempts", "max_age", "concurrency", "retry_base", "retry_cap"}
+        section = self.mapping(value, path, keys)
+        if section is None:
+            return None
+        defaults = QueueConfig()
+        problems_before = len(self.problems)
+        settings = {
+            "max_attempts": self.optional(
+                section, "max_attempts", path, self.positive_int, defaults.max_attempts
+            ),
+            "max_age": self.optional(section, "max_age", path, self.duration, defaults.max_age),
+            "concurrency": self.optional(
+                section, "concurrency", path, self.positive_int, defaults.concurrency
+            ),
+            "retry_base": self.optional(
+                section, "retry_base", path, self.duration, defaults.retry_base
+            ),
+            "retry_cap": self.optional(
+                section, "retry_cap", path, self.duration, defaults.retry_cap
+            ),
+        }
+        if len(self.problems) > problems_before:
+            return None
+        return QueueConfig(**settings)  # type: ignore[arg-type]
 
     def logging(self, value: Any, path: str) -> LoggingConfig | None:
         section = self.mapping(value, path, {"format", "level"})
@@ -147,7 +196,7 @@ class DocumentReader(ValueReader):
     def route(self, name: str, value: Any, path: str) -> RouteConfig | None:
         keys = {
             "path", "allow_ips", "secret", "aliases", "required", "dedup", "upstreams", "insecure",
-            "allow_ips_mode", "match", "drop_unknown", "template",
+            "allow_ips_mode", "match", "drop_unknown", "template", "delivery", "queue",
         }  # fmt: skip
         section = self.mapping(value, path, keys)
         if section is None:
@@ -168,11 +217,16 @@ class DocumentReader(ValueReader):
         match = self.optional(section, "match", path, self.match, dict[str, frozenset[str]]())
         drop_unknown = self.optional(section, "drop_unknown", path, self.boolean, False)
         template = self.optional(section, "template", path, self.template, None)
+        deliveries = (SYNC, QUEUED)
+        delivery = self.optional(
+            section, "delivery", path, lambda v, p: self.choice(v, p, deliveries), SYNC
+        )
+        queue = self.optional(section, "queue", path, self.queue, QueueConfig())
         if len(self.problems) > problems_before:
             return None
         assert url_path is not None and upstreams is not None and aliases is not None
         assert required is not None and dedup is not None and match is not None
-        assert allow_ips_mode is not None
+        assert allow_ips_mode is not None and delivery is not None and queue is not None
         if template is not None:
             if "aliases" in section:
                 self.problem(key_path(path, "aliases"), "give aliases or template, not both")
@@ -197,6 +251,8 @@ class DocumentReader(ValueReader):
             drop_unknown=bool(drop_unknown),
             from_template=template is not None,
             delivers=delivers,
+            delivery=delivery,
+            queue=queue,
         )
         self.check_route_consistency(route, path)
         if template is not None:

@@ -1,0 +1,154 @@
+"""Delivering queued events in the background: retries with backoff, dead letters, no blocking.
+
+Each (route, upstream) pair has its own concurrency cap and its own query for due deliveries,
+so an upstream that is down only fills its own slots: other upstreams and other events keep
+moving. A delivery is marked only after its attempt, so a crash mid-attempt leaves it pending
+and it is sent again after restart (at least once; X-Idempotency-Key makes it exactly once).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+from functools import partial
+
+from . import outbox
+from .config import QueueConfig
+from .config.model import QUEUED
+from .forward import AttemptFailure, Forwarder, Upstream, UpstreamReply
+from .metrics import Metrics
+from .outbox import Delivery
+from .route import CompiledRoute
+from .store import Store, StoreError
+
+log = logging.getLogger("gateway.deliverer")
+
+POLL_SECONDS = 1.0
+RETRYABLE_4XX = frozenset({408, 429})
+
+
+def idempotency_headers(request_id: str, client: str, idempotency_key: str) -> dict[str, str]:
+    return {
+        "X-Forwarded-For": client,
+        "X-Request-ID": request_id,
+        "X-Idempotency-Key": idempotency_key,
+    }
+
+
+class Deliverer:
+    def __init__(
+        self,
+        store: Store,
+        routes: Callable[[], Iterable[CompiledRoute]],
+        forwarder: Forwarder,
+        metrics: Metrics,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._store = store
+        self._routes = routes
+        self._forwarder = forwarder
+        self._metrics = metrics
+        self._clock = clock
+        self._busy: dict[tuple[str, str], set[int]] = defaultdict(set)
+        self._attempts: set[asyncio.Task[None]] = set()
+        self._wake = asyncio.Event()
+
+    def wake(self) -> None:
+        """Look for due deliveries now (an event was queued, or a slot came free)."""
+        self._wake.set()
+
+    async def run(self) -> None:
+        while True:
+            self._wake.clear()
+            try:
+                await self._dispatch()
+            except StoreError as error:
+                log.error("cannot read the outbox", extra={"detail": str(error)})
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=POLL_SECONDS)
+
+    async def finish(self, grace: float) -> None:
+        """At shutdown: let attempts in flight end (up to `grace`); the rest stay pending."""
+        if self._attempts:
+            await asyncio.wait(set(self._attempts), timeout=grace)
+        for task in self._attempts:
+            task.cancel()
+
+    async def _dispatch(self) -> None:
+        now = self._clock()
+        for route in self._routes():
+            if route.config.delivery != QUEUED:
+                continue
+            for upstream in route.upstreams:
+                busy = self._busy[(route.name, upstream.label)]
+                free = route.config.queue.concurrency - len(busy)
+                if free <= 0:
+                    continue
+                due = partial(
+                    outbox.due, route=route.name, upstream=upstream.label, now=now,
+                    limit=free, busy=frozenset(busy),
+                )  # fmt: skip
+                for delivery in await self._store.run(due):
+                    busy.add(delivery.event_id)
+                    task = asyncio.create_task(self._deliver(route, upstream, delivery))
+                    self._attempts.add(task)
+                    task.add_done_callback(self._attempts.discard)
+
+    async def _deliver(self, route: CompiledRoute, upstream: Upstream, delivery: Delivery) -> None:
+        try:
+            headers = idempotency_headers(
+                delivery.request_id, delivery.client, delivery.idempotency_key
+            )
+            result = await self._forwarder.attempt_once(upstream, delivery.postback, headers)
+            verdict, operation = self._verdict(route.config.queue, delivery, result)
+            await self._store.run(operation)
+            self._metrics.deliveries.labels(route.name, upstream.label, verdict).inc()
+            if verdict == outbox.DEAD:
+                log.warning(
+                    "delivery dead-lettered",
+                    extra={"event_id": delivery.event_id, "upstream": upstream.label,
+                           "request_id": delivery.request_id, "detail": _describe(result)},
+                )  # fmt: skip
+        except StoreError as error:
+            log.error("cannot record a delivery", extra={"detail": str(error)})
+        finally:
+            self._busy[(route.name, upstream.label)].discard(delivery.event_id)
+            self.wake()
+
+    def _verdict(
+        self, queue: QueueConfig, delivery: Delivery, result: UpstreamReply | AttemptFailure
+    ) -> tuple[str, Callable[..., object]]:
+        now = self._clock()
+        if isinstance(result, UpstreamReply):
+            if result.delivered:
+                return outbox.DELIVERED, partial(
+                    outbox.mark_delivered, delivery=delivery, status=result.status, now=now
+                )
+            if 400 <= result.status < 500 and result.status not in RETRYABLE_4XX:
+                body = result.body.decode(errors="replace")
+                return outbox.DEAD, partial(
+                    outbox.mark_dead, delivery=delivery, error=f"refused: {result.status}",
+                    status=result.status, body=body, now=now,
+                )  # fmt: skip
+        status = result.status if isinstance(result, UpstreamReply) else None
+        error = _describe(result)
+        attempts = delivery.attempts + 1
+        if attempts >= queue.max_attempts or now - delivery.since >= queue.max_age:
+            return outbox.DEAD, partial(
+                outbox.mark_dead, delivery=delivery, error=f"gave up after {attempts}: {error}",
+                status=status, body=None, now=now,
+            )  # fmt: skip
+        delay = random.uniform(0, min(queue.retry_cap, queue.retry_base * 2 ** (attempts - 1)))
+        return "retry", partial(
+            outbox.mark_retry, delivery=delivery, error=error, status=status,
+            next_attempt_at=now + delay, now=now,
+        )  # fmt: skip
+
+
+def _describe(result: UpstreamReply | AttemptFailure) -> str:
+    return f"status {result.status}" if isinstance(result, UpstreamReply) else result.detail

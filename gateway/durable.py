@@ -1,0 +1,131 @@
+"""Everything that needs the store, started and stopped as one: the outbox of queued routes,
+the deliverer, dedup keys that survive restarts, and their housekeeping."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Iterable
+from functools import partial
+
+import aiohttp
+
+from . import outbox
+from .config import StoreConfig
+from .config.model import QUEUED
+from .dedup import DedupKey
+from .deliverer import Deliverer
+from .errors import StoreUnavailable
+from .forward import Forwarder
+from .metrics import Metrics
+from .observe import RequestRecord
+from .postback import Postback
+from .route import CompiledRoute
+from .store import Store, StoreError
+from .stored_keys import StoredKeys
+
+log = logging.getLogger("gateway.durable")
+STATS_EVERY_SECONDS = 5.0
+PURGE_EVERY_SECONDS = 60.0
+
+
+class Durable:
+    def __init__(
+        self,
+        config: StoreConfig,
+        metrics: Metrics,
+        routes: Callable[[], Iterable[CompiledRoute]],
+    ) -> None:
+        self._metrics = metrics
+        self._routes = routes
+        self.store = Store(config.path, on_commit=self._count_commit)
+        self.keys = StoredKeys(self.store)
+        self._session: aiohttp.ClientSession | None = None
+        self._deliverer: Deliverer | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def start(self) -> None:
+        """Open the store (StoreError if it cannot be) and resume what a crash left pending."""
+        await self.store.open()
+        self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=256))
+        self._deliverer = Deliverer(
+            self.store, self._routes, Forwarder(self._session, self._metrics), self._metrics
+        )
+        await self.adopt()
+        self._tasks = [
+            asyncio.create_task(self._deliverer.run()),
+            asyncio.create_task(self._housekeeping()),
+        ]
+
+    async def adopt(self) -> None:
+        """After a (re)load: dead-letter deliveries to upstreams the config no longer has."""
+        targets = {
+            route.name: [upstream.label for upstream in route.upstreams]
+            for route in self._routes()
+            if route.config.delivery == QUEUED
+        }
+        bury = partial(outbox.bury_orphans, targets=targets, now=time.time())
+        if buried := await self.store.run(bury):
+            log.warning("deliveries without a configured upstream dead-lettered",
+                        extra={"count": buried})  # fmt: skip
+
+    async def enqueue(
+        self, route: CompiledRoute, postback: Postback, key: DedupKey, record: RequestRecord
+    ) -> None:
+        """Durably accept the event (committed and fsynced), or raise StoreUnavailable."""
+        now = time.time()
+        accept = partial(
+            outbox.enqueue, route=route.name, upstreams=[u.label for u in route.upstreams],
+            postback=postback, idempotency_key=key.hex(), request_id=record.request_id,
+            client=record.client or "", now=now, dedup_key=key,
+            dedup_expires_at=now + route.config.dedup.ttl,
+        )  # fmt: skip
+        try:
+            await self.store.run(accept)
+        except StoreError as error:
+            raise StoreUnavailable(str(error)) from None
+        assert self._deliverer is not None
+        self._deliverer.wake()
+
+    async def close(self, grace: float) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if self._deliverer is not None:
+            await self._deliverer.finish(grace)
+        if self._session is not None:
+            await self._session.close()
+        await self.store.close()
+
+    async def _housekeeping(self) -> None:
+        last_purge = 0.0
+        while True:
+            try:
+                await self._refresh_queue_metrics()
+                if time.monotonic() - last_purge >= PURGE_EVERY_SECONDS:
+                    last_purge = time.monotonic()
+                    await self.keys.purge_expired()
+            except StoreError as error:
+                log.error("store housekeeping failed", extra={"detail": str(error)})
+            await asyncio.sleep(STATS_EVERY_SECONDS)
+
+    async def _refresh_queue_metrics(self) -> None:
+        now = time.time()
+        snapshot = await self.store.run(outbox.stats)
+        self._metrics.queue_snapshot(
+            [
+                (
+                    item.route,
+                    item.counts,
+                    now - item.oldest_pending_at if item.oldest_pending_at else None,
+                )
+                for item in snapshot
+            ]
+        )
+
+    def _count_commit(self, ok: bool) -> None:
+        (self._metrics.store_commits if ok else self._metrics.store_failures).inc()
