@@ -28,6 +28,7 @@ class Received:
     query: MultiDict[str]
     query_string: str
     headers: dict[str, str]
+    answered: int | None = None  # the status sent back (None: connection dropped)
 
 
 # What the upstream does with one request: an HTTP status, ("sleep", seconds) then 200,
@@ -46,11 +47,10 @@ class RecordingUpstream:
     body: str = "OK"
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
-        self.received.append(
-            Received(
-                request.path, MultiDict(request.query), request.query_string, dict(request.headers)
-            )
+        received = Received(
+            request.path, MultiDict(request.query), request.query_string, dict(request.headers)
         )
+        self.received.append(received)
         behaviour = self.script.pop(0) if self.script else self.default
         if behaviour == "drop":
             assert request.transport is not None
@@ -58,8 +58,10 @@ class RecordingUpstream:
             return web.Response()
         if isinstance(behaviour, tuple):
             await asyncio.sleep(behaviour[1])
+            received.answered = 200
             return web.Response(text=self.body)
         assert isinstance(behaviour, int)
+        received.answered = behaviour
         return web.Response(status=behaviour, text=self.body if behaviour < 300 else "nope")
 
 
@@ -136,13 +138,14 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
         yield session
 
 
-def route_yaml(upstream_urls: list[str], extra: str = "", server: str = "") -> str:
-    """A config with one route `tapper` at /postback/tapper; `extra` adds route keys."""
+def route_yaml(upstream_urls: list[str], extra: str = "", server: str = "", top: str = "") -> str:
+    """A config with one route `tapper` at /postback/tapper; `extra` adds route keys, `server`
+    server keys and `top` top-level sections (such as `store:`)."""
     upstreams = "\n".join(
         f"      - url: {url}\n        timeout: 1s\n        retries: 2" for url in upstream_urls
     )
     return (
-        f"server:\n  listen: 127.0.0.1:0\n  admin_listen: 127.0.0.1:0\n{server}"
+        f"{top}server:\n  listen: 127.0.0.1:0\n  admin_listen: 127.0.0.1:0\n{server}"
         "routes:\n"
         "  tapper:\n"
         "    path: /postback/tapper\n"

@@ -1,0 +1,25 @@
+"""The benchmark scripts keep working (one short run); they assert nothing about speed."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_ack_throughput_script_runs_and_reports_both_modes(tmp_path: Path) -> None:
+    output = tmp_path / "ack.json"
+    result = subprocess.run(
+        [sys.executable, "bench/ack_throughput.py", "--seconds", "0.5", "--rounds", "1",
+         "--concurrency", "4", "--output", str(output)],
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "queued/sync requests/s:" in result.stdout
+    report = json.loads(output.read_text())
+    assert report["failures"] == 0
+    for mode in ("sync", "queued"):
+        assert report["summary"][mode]["requests_per_second"] > 0
