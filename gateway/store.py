@@ -110,7 +110,10 @@ class Store:
 
     async def open(self) -> None:
         """Create the file and schema (raises StoreError) and start the writer thread."""
-        Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        try:
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise StoreError(f"cannot open store {self.path!r}: {error}") from None
         ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         loop = asyncio.get_running_loop()
         self._thread = threading.Thread(
