@@ -69,10 +69,8 @@ class StoreError(Exception):
 def connect(path: str) -> sqlite3.Connection:
     """A connection with the settings every user of the file needs (the CLI too)."""
     connection = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-    connection.execute("PRAGMA journal_mode=WAL")
-    connection.execute("PRAGMA synchronous=FULL")
-    connection.execute("PRAGMA foreign_keys=ON")
     connection.execute("PRAGMA busy_timeout=5000")
+    # Check whose file this is before changing anything in it (even its journal mode).
     (version,) = connection.execute("PRAGMA user_version").fetchone()
     (tables,) = connection.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
     if tables and version != SCHEMA_VERSION:
@@ -80,8 +78,11 @@ def connect(path: str) -> sqlite3.Connection:
         raise sqlite3.DatabaseError(
             f"{path} has schema version {version}; this gateway reads version {SCHEMA_VERSION}"
         )
-    connection.executescript(SCHEMA)
-    connection.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+    connection.execute("PRAGMA journal_mode=WAL")
+    connection.execute("PRAGMA synchronous=FULL")
+    connection.execute("PRAGMA foreign_keys=ON")
+    # schema and version in one transaction: a crash cannot leave one without the other
+    connection.executescript(f"BEGIN; {SCHEMA} PRAGMA user_version={SCHEMA_VERSION}; COMMIT;")
     return connection
 
 
@@ -127,9 +128,18 @@ class Store:
             self._jobs.put(None)
             await asyncio.to_thread(self._thread.join)
             self._thread = None
+        while True:  # operations that arrived after the last batch: refused, not forgotten
+            try:
+                job = self._jobs.get_nowait()
+            except queue.Empty:
+                break
+            if job is not None:
+                _settle(job.future, None, StoreError("store is closed"))
 
     async def run(self, operation: Callable[[sqlite3.Connection], T]) -> T:
         """Run `operation` in the next committed batch; raises StoreError if not committed."""
+        if self._thread is None:
+            raise StoreError("store is closed")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
         self._jobs.put(_Job(operation, loop, future))
@@ -175,6 +185,8 @@ class Store:
                     outcomes.append((job.operation(connection), None))
                     connection.execute("RELEASE operation")
                 except Exception as error:
+                    if isinstance(error, sqlite3.Error) and not connection.in_transaction:
+                        raise  # SQLite rolled the whole transaction back (disk full...)
                     connection.execute("ROLLBACK TO operation")
                     connection.execute("RELEASE operation")
                     outcomes.append((None, _as_store_error(error)))

@@ -67,9 +67,7 @@ async def _run_in_one_batch(
         await asyncio.sleep(0)  # every caller queues its operation
     gate.set()
     await asyncio.wait_for(holder, PATIENCE)
-    results = await asyncio.wait_for(
-        asyncio.gather(*callers, return_exceptions=True), PATIENCE
-    )
+    results = await asyncio.wait_for(asyncio.gather(*callers, return_exceptions=True), PATIENCE)
     assert store.counters.batch_sizes[-1] == len(operations), "not one batch"
     return results
 
@@ -153,9 +151,7 @@ async def test_committed_data_survives_close_and_reopen(db_path: Path) -> None:
         pytest.param(0, id="unversioned-foreign-database"),
     ],
 )
-async def test_open_refuses_a_file_with_another_schema_version(
-    db_path: Path, version: int
-) -> None:
+async def test_open_refuses_a_file_with_another_schema_version(db_path: Path, version: int) -> None:
     foreign = sqlite3.connect(db_path)
     foreign.execute("CREATE TABLE somebody_elses (x INTEGER)")
     foreign.execute(f"PRAGMA user_version = {version}")
@@ -202,9 +198,7 @@ async def test_refused_file_is_left_as_it_was(db_path: Path) -> None:
         pytest.param("a-directory", id="path-is-a-directory"),
     ],
 )
-async def test_open_on_an_impossible_path_raises_store_error(
-    tmp_path: Path, relative: str
-) -> None:
+async def test_open_on_an_impossible_path_raises_store_error(tmp_path: Path, relative: str) -> None:
     (tmp_path / "regular-file").write_text("not a directory")
     (tmp_path / "a-directory").mkdir()
     store = Store(str(tmp_path / relative))
@@ -343,15 +337,17 @@ async def test_full_disk_reports_written_exactly_what_is_on_disk(
     assert on_disk == set(written)
 
 
+def _count_blobs(connection: sqlite3.Connection) -> int:
+    (count,) = connection.execute("SELECT COUNT(*) FROM blobs").fetchone()
+    return int(count)
+
+
 async def test_store_keeps_serving_after_a_full_disk(store: Store) -> None:
     written, _, _ = await _fill_until_full(store)
 
-    count = await _run(
-        store, lambda connection: connection.execute("SELECT COUNT(*) FROM blobs").fetchone()[0]
-    )
+    count = await _run(store, _count_blobs)
     await _run(store, _execute("DELETE FROM blobs"))
+    count_after_delete = await _run(store, _count_blobs)
 
     assert count == len(written)
-    assert await _run(
-        store, lambda connection: connection.execute("SELECT COUNT(*) FROM blobs").fetchone()[0]
-    ) == 0
+    assert count_after_delete == 0

@@ -1,0 +1,390 @@
+"""Tests for gateway.stored_keys, and for DedupMemory backed by it: dedup across restarts."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sqlite3
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import pytest
+
+from gateway import outbox
+from gateway.dedup import DedupKey, DedupMemory, dedup_key
+from gateway.errors import DuplicatePostback, Outcome, StoreUnavailable
+from gateway.postback import Postback
+from gateway.store import Store, StoreError
+from gateway.stored_keys import StoredKeys
+
+KEY_FIELDS = ["ymid", "zone_id"]
+KEY: DedupKey = dedup_key("tapper", KEY_FIELDS, Postback({"ymid": "u1", "zone_id": "5"}))
+OTHER_KEY: DedupKey = dedup_key("tapper", KEY_FIELDS, Postback({"ymid": "u2", "zone_id": "5"}))
+THIRD_KEY: DedupKey = dedup_key("tapper", KEY_FIELDS, Postback({"ymid": "u3", "zone_id": "5"}))
+TTL = 60.0
+# Bounds every await on the store: a hang fails the test instead of freezing the run.
+PATIENCE = 5.0
+
+
+class FakeClock:
+    """A wall clock the test moves by hand."""
+
+    def __init__(self, now: float = 1_700_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class SwitchableKeys:
+    """DurableKeys over real StoredKeys whose store can be declared broken: then every call
+    raises StoreError, as StoredKeys does when its Store fails."""
+
+    def __init__(self, keys: StoredKeys) -> None:
+        self.keys = keys
+        self.broken_lookup = False
+        self.broken_write = False
+
+    async def contains(self, key: DedupKey) -> bool:
+        if self.broken_lookup:
+            raise StoreError("OperationalError: disk I/O error")
+        return await self.keys.contains(key)
+
+    async def remember(self, key: DedupKey, ttl: float) -> None:
+        if self.broken_write:
+            raise StoreError("OperationalError: database or disk is full")
+        await self.keys.remember(key, ttl)
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> Path:
+    return tmp_path / "gateway.db"
+
+
+@pytest.fixture
+async def store(db_path: Path) -> AsyncIterator[Store]:
+    store = Store(str(db_path))
+    await asyncio.wait_for(store.open(), PATIENCE)
+    yield store
+    await asyncio.wait_for(store.close(), PATIENCE)
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def keys(store: Store, clock: FakeClock) -> StoredKeys:
+    return StoredKeys(store, clock=clock)
+
+
+async def _stored_rows(store: Store) -> list[tuple[bytes, float]]:
+    def read(connection: sqlite3.Connection) -> list[tuple[bytes, float]]:
+        return connection.execute("SELECT key, expires_at FROM dedup_keys ORDER BY key").fetchall()
+
+    return await asyncio.wait_for(store.run(read), PATIENCE)
+
+
+async def _deliver(memory: DedupMemory, key: DedupKey = KEY) -> None:
+    """One postback forwarded and accepted upstream: reserve, then commit."""
+    async with memory.reserve(key) as reservation:
+        reservation.commit()
+
+
+async def _is_new(memory: DedupMemory, key: DedupKey = KEY) -> bool:
+    """Would this postback be forwarded? (reserves and releases without committing)"""
+    try:
+        async with asyncio.timeout(PATIENCE), memory.reserve(key):
+            return True
+    except DuplicatePostback:
+        return False
+
+
+# --- StoredKeys -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("elapsed", "known"),
+    [
+        pytest.param(0.0, True, id="just-remembered"),
+        pytest.param(TTL - 0.001, True, id="just-before-expiry"),
+        pytest.param(TTL, False, id="at-expiry"),
+        pytest.param(TTL * 10, False, id="long-after-expiry"),
+    ],
+)
+async def test_remembered_key_is_known_until_its_ttl_runs_out(
+    keys: StoredKeys, clock: FakeClock, elapsed: float, known: bool
+) -> None:
+    await keys.remember(KEY, TTL)
+    clock.now += elapsed
+
+    assert await keys.contains(KEY) is known
+
+
+async def test_unknown_key_is_not_contained(keys: StoredKeys) -> None:
+    await keys.remember(KEY, TTL)
+
+    assert await keys.contains(OTHER_KEY) is False
+
+
+async def test_remembering_again_extends_the_expiry(keys: StoredKeys, clock: FakeClock) -> None:
+    await keys.remember(KEY, TTL)
+    clock.now += TTL / 2
+    await keys.remember(KEY, TTL)
+    clock.now += TTL * 0.9
+
+    assert await keys.contains(KEY) is True
+
+
+async def test_remember_stores_the_expiry_time(
+    keys: StoredKeys, clock: FakeClock, store: Store
+) -> None:
+    await keys.remember(KEY, TTL)
+
+    assert await _stored_rows(store) == [(KEY, clock.now + TTL)]
+
+
+async def test_purge_expired_deletes_only_expired_keys(
+    keys: StoredKeys, clock: FakeClock, store: Store
+) -> None:
+    await keys.remember(KEY, 10.0)
+    await keys.remember(OTHER_KEY, 20.0)
+    await keys.remember(THIRD_KEY, 30.0)
+    clock.now += 20.0  # KEY expired, OTHER_KEY expires exactly now, THIRD_KEY still live
+
+    purged = await keys.purge_expired()
+
+    assert purged == 2
+    assert [key for key, _ in await _stored_rows(store)] == [THIRD_KEY]
+    assert await keys.contains(THIRD_KEY) is True
+
+
+async def test_purge_expired_with_nothing_expired_deletes_nothing(
+    keys: StoredKeys, store: Store
+) -> None:
+    await keys.remember(KEY, TTL)
+
+    assert await keys.purge_expired() == 0
+    assert len(await _stored_rows(store)) == 1
+
+
+async def test_remembered_key_survives_reopening_the_store(db_path: Path, clock: FakeClock) -> None:
+    first = Store(str(db_path))
+    await first.open()
+    await StoredKeys(first, clock=clock).remember(KEY, TTL)
+    await first.close()
+
+    second = Store(str(db_path))
+    await second.open()
+    try:
+        assert await StoredKeys(second, clock=clock).contains(KEY) is True
+    finally:
+        await second.close()
+
+
+# --- DedupMemory with durable keys ----------------------------------------------------------
+
+
+async def test_delivered_key_is_a_duplicate_for_a_new_memory_on_the_same_store(
+    keys: StoredKeys,
+) -> None:
+    await _deliver(DedupMemory(TTL, 100, durable=keys))
+
+    restarted = DedupMemory(TTL, 100, durable=keys)
+
+    with pytest.raises(DuplicatePostback):
+        async with restarted.reserve(KEY):
+            pytest.fail("a delivered postback was let through after a restart")
+
+
+async def test_dedup_survives_closing_and_reopening_the_store(db_path: Path) -> None:
+    before = Store(str(db_path))
+    await before.open()
+    await _deliver(DedupMemory(TTL, 100, durable=StoredKeys(before)))
+    await before.close()
+
+    after = Store(str(db_path))
+    await after.open()
+    try:
+        restarted = DedupMemory(TTL, 100, durable=StoredKeys(after))
+        assert await _is_new(restarted) is False
+        assert await _is_new(restarted, OTHER_KEY) is True
+    finally:
+        await after.close()
+
+
+async def test_durable_key_is_remembered_for_the_memory_ttl(
+    keys: StoredKeys, clock: FakeClock, store: Store
+) -> None:
+    await _deliver(DedupMemory(TTL, 100, durable=keys))
+
+    assert await _stored_rows(store) == [(KEY, clock.now + TTL)]
+
+
+async def test_durable_key_expires_with_its_ttl(keys: StoredKeys, clock: FakeClock) -> None:
+    await _deliver(DedupMemory(TTL, 100, durable=keys))
+    clock.now += TTL
+
+    assert await _is_new(DedupMemory(TTL, 100, durable=keys)) is True
+
+
+async def test_key_stored_with_a_queued_event_is_a_duplicate_after_restart(
+    keys: StoredKeys, clock: FakeClock, store: Store
+) -> None:
+    memory = DedupMemory(TTL, 100, durable=keys)
+    async with memory.reserve(KEY) as reservation:
+        await store.run(
+            lambda connection: outbox.enqueue(
+                connection, route="tapper", upstreams=["app"],
+                postback=Postback({"ymid": "u1", "zone_id": "5"}), idempotency_key=KEY.hex(),
+                request_id="req-1", client="203.0.113.7", now=clock.now, dedup_key=KEY,
+                dedup_expires_at=clock.now + TTL,
+            )
+        )  # fmt: skip
+        reservation.commit(stored=True)
+
+    assert await _is_new(DedupMemory(TTL, 100, durable=keys)) is False
+
+
+async def _return_without_commit(memory: DedupMemory) -> None:
+    async with memory.reserve(KEY):
+        pass
+
+
+async def _raise_inside(memory: DedupMemory) -> None:
+    async with memory.reserve(KEY):
+        raise ConnectionError("upstream went away")
+
+
+@pytest.mark.parametrize(
+    "release",
+    [
+        pytest.param(_return_without_commit, id="finished-without-commit"),
+        pytest.param(_raise_inside, id="forwarding-raised"),
+    ],
+)
+async def test_released_reservation_writes_nothing(
+    keys: StoredKeys, store: Store, release: Callable[[DedupMemory], Awaitable[None]]
+) -> None:
+    memory = DedupMemory(TTL, 100, durable=keys)
+
+    with contextlib.suppress(ConnectionError):
+        await release(memory)
+
+    assert await _stored_rows(store) == []
+    assert await _is_new(DedupMemory(TTL, 100, durable=keys)) is True
+    assert await _is_new(memory) is True
+
+
+async def test_commit_stored_does_not_write_the_key_again(keys: StoredKeys, store: Store) -> None:
+    memory = DedupMemory(TTL, 100, durable=keys)
+
+    async with memory.reserve(KEY) as reservation:
+        reservation.commit(stored=True)
+
+    assert await _stored_rows(store) == []
+    assert await _is_new(memory) is False  # still remembered in memory
+
+
+async def test_memory_hit_does_not_consult_the_store(keys: StoredKeys) -> None:
+    durable = SwitchableKeys(keys)
+    memory = DedupMemory(TTL, 100, durable=durable)
+    await _deliver(memory)
+    durable.broken_lookup = True
+
+    assert await _is_new(memory) is False
+
+
+async def test_failed_durable_lookup_fails_closed_with_503(keys: StoredKeys) -> None:
+    durable = SwitchableKeys(keys)
+    durable.broken_lookup = True
+    memory = DedupMemory(TTL, 100, durable=durable)
+
+    with pytest.raises(StoreUnavailable) as raised:
+        async with memory.reserve(KEY):
+            pytest.fail("forwarded although the store could not say whether it is a duplicate")
+
+    assert raised.value.status == 503
+    assert raised.value.outcome == Outcome.STORE_ERROR
+    assert "disk I/O error" in str(raised.value)
+
+
+async def test_failed_durable_lookup_does_not_leave_the_key_in_flight(
+    keys: StoredKeys, store: Store
+) -> None:
+    durable = SwitchableKeys(keys)
+    durable.broken_lookup = True
+    memory = DedupMemory(TTL, 100, durable=durable)
+    with pytest.raises(StoreUnavailable):
+        async with memory.reserve(KEY):
+            pass
+    durable.broken_lookup = False
+
+    async with asyncio.timeout(PATIENCE), memory.reserve(KEY) as reservation:
+        reservation.commit()
+
+    assert [key for key, _ in await _stored_rows(store)] == [KEY]
+
+
+class StalledBrokenKeys:
+    """DurableKeys whose store answers only when told to, and then with StoreError."""
+
+    def __init__(self) -> None:
+        self.lookups = 0
+        self.answer = asyncio.Event()
+
+    async def contains(self, key: DedupKey) -> bool:
+        self.lookups += 1
+        await self.answer.wait()
+        raise StoreError("OperationalError: disk I/O error")
+
+    async def remember(self, key: DedupKey, ttl: float) -> None:
+        raise AssertionError("nothing may be remembered when every lookup fails")
+
+
+async def test_waiter_behind_a_failed_durable_lookup_also_fails_closed() -> None:
+    durable = StalledBrokenKeys()
+    memory = DedupMemory(TTL, 100, durable=durable)
+
+    async def forward() -> None:
+        async with memory.reserve(KEY):
+            pytest.fail("forwarded although the store could not say whether it is a duplicate")
+
+    first = asyncio.ensure_future(forward())
+    second = asyncio.ensure_future(forward())
+    for _ in range(10):
+        await asyncio.sleep(0)
+    assert durable.lookups == 1, "the second postback did not wait for the first"
+    durable.answer.set()
+
+    results = await asyncio.wait_for(
+        asyncio.gather(first, second, return_exceptions=True), PATIENCE
+    )
+
+    assert [type(result) for result in results] == [StoreUnavailable, StoreUnavailable]
+    assert durable.lookups == 2  # the waiter asked the store itself, it did not guess
+
+
+async def test_failed_durable_write_still_remembers_the_key_in_memory(
+    keys: StoredKeys, store: Store
+) -> None:
+    durable = SwitchableKeys(keys)
+    durable.broken_write = True
+    memory = DedupMemory(TTL, 100, durable=durable)
+
+    await _deliver(memory)  # the postback was delivered: the caller must not see an error
+
+    assert await _is_new(memory) is False
+    assert await _stored_rows(store) == []
+
+
+async def test_closed_store_fails_the_dedup_lookup_with_503(db_path: Path) -> None:
+    store = Store(str(db_path))
+    await store.open()
+    await store.close()
+    memory = DedupMemory(TTL, 100, durable=StoredKeys(store))
+
+    with pytest.raises(StoreUnavailable):
+        async with asyncio.timeout(PATIENCE), memory.reserve(KEY):
+            pytest.fail("forwarded although the store is closed")
