@@ -12,7 +12,10 @@ WORKDIR /opt/monetag-gateway
 COPY pyproject.toml README.md ./
 COPY gateway ./gateway
 RUN pip install --no-cache-dir --disable-pip-version-check .
-RUN useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin gateway
+RUN useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin gateway \
+    && mkdir -p /var/lib/monetag-gateway && chown gateway /var/lib/monetag-gateway
+# the store (queued delivery, restart-proof dedup): mount a volume here
+VOLUME /var/lib/monetag-gateway
 COPY config.yaml /etc/monetag-gateway/config.yaml
 
 USER gateway
