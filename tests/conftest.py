@@ -6,6 +6,7 @@ import asyncio
 import textwrap
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -16,6 +17,7 @@ from multidict import MultiDict
 from gateway.app import create_app
 from gateway.config import GatewayConfig, parse_config
 from gateway.runtime import Runtime
+from gateway.store import Store
 
 SECRET = "s3cret-key-0123456789"
 
@@ -158,3 +160,17 @@ def route_yaml(upstream_urls: list[str], extra: str = "", server: str = "", top:
         "    upstreams:\n"
         f"{upstreams}\n"
     )
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> Path:
+    return tmp_path / "gateway.db"
+
+
+@pytest.fixture
+async def store(db_path: Path) -> AsyncIterator[Store]:
+    """A real SQLite store in a fresh file."""
+    store = Store(str(db_path))
+    await asyncio.wait_for(store.open(), 10)
+    yield store
+    await asyncio.wait_for(store.close(), 10)

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import http.client
+import json
 import os
 import socket
 import subprocess
 import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -40,3 +46,38 @@ def spawn_gateway(
             stdout=out,
             stderr=err,
         )
+
+
+def wait_until(predicate: Callable[[], Any], seconds: float, interval: float = 0.02) -> Any:
+    """The first truthy value of `predicate` within `seconds`, else its last (falsy) value."""
+    deadline = time.monotonic() + seconds
+    while True:
+        value = predicate()
+        if value or time.monotonic() >= deadline:
+            return value
+        time.sleep(interval)
+
+
+@dataclass
+class Reply:
+    status: int
+    headers: http.client.HTTPMessage
+    body: bytes
+
+    @property
+    def outcome(self) -> str | None:
+        return self.headers.get("X-Gateway-Outcome")
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+def http_get(port: int, target: str, timeout: float = 10.0) -> Reply:
+    """One GET to the gateway on 127.0.0.1 with the standard library (no event loop needed)."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        connection.request("GET", target)
+        response = connection.getresponse()
+        return Reply(response.status, response.headers, response.read())
+    finally:
+        connection.close()

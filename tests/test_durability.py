@@ -9,7 +9,6 @@ on the gateway process. Every wait is bounded; every process is killed in a `fin
 
 from __future__ import annotations
 
-import http.client
 import json
 import re
 import resource
@@ -34,7 +33,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests import processes
-from tests.processes import free_port, spawn_gateway
+from tests.processes import Reply, free_port, http_get, spawn_gateway, wait_until
 
 REPO = Path(__file__).resolve().parents[1]
 SECRET = "durable-secret-value-456"
@@ -50,40 +49,6 @@ FAST_QUEUE = {"retry_base": "100ms", "retry_cap": "500ms"}
 
 def command_env() -> dict[str, str]:
     return processes.command_env(SECRET)
-
-
-def wait_until(predicate: Callable[[], Any], seconds: float, interval: float = 0.05) -> Any:
-    """The first truthy value of `predicate` within `seconds`, else its last (falsy) value."""
-    deadline = time.monotonic() + seconds
-    while True:
-        value = predicate()
-        if value or time.monotonic() >= deadline:
-            return value
-        time.sleep(interval)
-
-
-@dataclass
-class Reply:
-    status: int
-    headers: http.client.HTTPMessage
-    body: bytes
-
-    @property
-    def outcome(self) -> str | None:
-        return self.headers.get("X-Gateway-Outcome")
-
-    def json(self) -> Any:
-        return json.loads(self.body)
-
-
-def http_get(port: int, target: str, timeout: float = HTTP_TIMEOUT) -> Reply:
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
-    try:
-        connection.request("GET", target)
-        response = connection.getresponse()
-        return Reply(response.status, response.headers, response.read())
-    finally:
-        connection.close()
 
 
 def metric_samples(text: str) -> list[tuple[str, dict[str, str], float]]:

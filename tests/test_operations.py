@@ -8,7 +8,6 @@ bounded; every process is killed in a `finally` if a test leaves it running.
 from __future__ import annotations
 
 import contextlib
-import http.client
 import json
 import os
 import re
@@ -30,7 +29,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests import processes
-from tests.processes import free_port, spawn_gateway
+from tests.processes import Reply, free_port, http_get, spawn_gateway, wait_until
 
 REPO = Path(__file__).resolve().parents[1]
 DASHBOARD = REPO / "dashboards" / "monetag-gateway.json"
@@ -47,16 +46,6 @@ def command_env() -> dict[str, str]:
     return processes.command_env(SECRET)
 
 
-def wait_until(predicate: Callable[[], Any], seconds: float, interval: float = 0.02) -> Any:
-    """The first truthy value of `predicate` within `seconds`, else its last (falsy) value."""
-    deadline = time.monotonic() + seconds
-    while True:
-        value = predicate()
-        if value or time.monotonic() >= deadline:
-            return value
-        time.sleep(interval)
-
-
 def check_checksum(config: Path) -> str:
     """The checksum `python -m gateway check` prints for a config file."""
     result = subprocess.run(
@@ -71,30 +60,6 @@ def check_checksum(config: Path) -> str:
     match = re.search(r"checksum ([0-9a-f]{16})", result.stdout)
     assert match, result.stdout
     return match.group(1)
-
-
-@dataclass
-class Reply:
-    status: int
-    headers: http.client.HTTPMessage
-    body: bytes
-
-    @property
-    def outcome(self) -> str | None:
-        return self.headers.get("X-Gateway-Outcome")
-
-    def json(self) -> Any:
-        return json.loads(self.body)
-
-
-def http_get(port: int, target: str, timeout: float = HTTP_TIMEOUT) -> Reply:
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
-    try:
-        connection.request("GET", target)
-        response = connection.getresponse()
-        return Reply(response.status, response.headers, response.read())
-    finally:
-        connection.close()
 
 
 @dataclass

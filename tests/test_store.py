@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -70,19 +70,6 @@ async def _run_in_one_batch(
     results = await asyncio.wait_for(asyncio.gather(*callers, return_exceptions=True), PATIENCE)
     assert store.counters.batch_sizes[-1] == len(operations), "not one batch"
     return results
-
-
-@pytest.fixture
-def db_path(tmp_path: Path) -> Path:
-    return tmp_path / "gateway.db"
-
-
-@pytest.fixture
-async def store(db_path: Path) -> AsyncIterator[Store]:
-    store = Store(str(db_path))
-    await asyncio.wait_for(store.open(), PATIENCE)
-    yield store
-    await asyncio.wait_for(store.close(), PATIENCE)
 
 
 # --- opening the file -----------------------------------------------------------------------

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sqlite3
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -54,19 +54,6 @@ class SwitchableKeys:
         if self.broken_write:
             raise StoreError("OperationalError: database or disk is full")
         await self.keys.remember(key, ttl)
-
-
-@pytest.fixture
-def db_path(tmp_path: Path) -> Path:
-    return tmp_path / "gateway.db"
-
-
-@pytest.fixture
-async def store(db_path: Path) -> AsyncIterator[Store]:
-    store = Store(str(db_path))
-    await asyncio.wait_for(store.open(), PATIENCE)
-    yield store
-    await asyncio.wait_for(store.close(), PATIENCE)
 
 
 @pytest.fixture
