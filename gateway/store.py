@@ -81,8 +81,13 @@ def connect(path: str) -> sqlite3.Connection:
     connection.execute("PRAGMA journal_mode=WAL")
     connection.execute("PRAGMA synchronous=FULL")
     connection.execute("PRAGMA foreign_keys=ON")
-    # schema and version in one transaction: a crash cannot leave one without the other
-    connection.executescript(f"BEGIN; {SCHEMA} PRAGMA user_version={SCHEMA_VERSION}; COMMIT;")
+    if not tables:
+        # schema and version in one transaction: a crash cannot leave one without the other.
+        # IMMEDIATE takes the write lock up front, so a second opener waits (busy_timeout)
+        # instead of failing to upgrade a read lock.
+        connection.executescript(
+            f"BEGIN IMMEDIATE; {SCHEMA} PRAGMA user_version={SCHEMA_VERSION}; COMMIT;"
+        )
     return connection
 
 
