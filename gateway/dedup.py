@@ -13,13 +13,14 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Protocol
 
 from cachetools import TTLCache
 
-from .errors import DuplicatePostback, StoreUnavailable
+from .errors import DedupUnavailable, DuplicatePostback, StoreUnavailable
 from .postback import Postback
 from .store import StoreError
 
@@ -44,6 +45,29 @@ class DurableKeys(Protocol):
     async def contains(self, key: DedupKey) -> bool: ...
 
     async def remember(self, key: DedupKey, ttl: float) -> None: ...
+
+
+class SharedUnavailable(Exception):
+    """The shared dedup backend (Redis) did not answer."""
+
+
+class SharedReservations(Protocol):
+    """Dedup shared between replicas: whoever reserves a key forwards the event."""
+
+    async def reserve(self, key: DedupKey) -> str | None: ...
+
+    async def commit(self, key: DedupKey, ttl: float) -> None: ...
+
+    async def release(self, key: DedupKey, token: str) -> None: ...
+
+
+@dataclass(frozen=True)
+class Sharing:
+    """A route's shared backend and what to do when it fails."""
+
+    reservations: SharedReservations
+    fail_open: bool  # fall back to this replica's memory instead of answering 503
+    on_fallback: Callable[[], None] = lambda: None
 
 
 class Reservation:
@@ -88,10 +112,12 @@ class DedupMemory:
         clock: Callable[[], float] = time.monotonic,
         on_evict: Callable[[], None] = lambda: None,
         durable: DurableKeys | None = None,
+        sharing: Sharing | None = None,
     ) -> None:
         self._delivered = _DeliveredKeys(max_entries, ttl, clock, on_evict)
         self._in_flight: dict[DedupKey, asyncio.Future[bool]] = {}
         self._durable = durable
+        self.sharing = sharing  # replaced on reload; reservations already taken keep theirs
 
     def __len__(self) -> int:
         return len(self._delivered)
@@ -123,20 +149,66 @@ class DedupMemory:
         finished: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         self._in_flight[key] = finished
         reservation = Reservation()
+        sharing, token = self.sharing, None
         try:
             if await self._known_durably(key):
                 reservation.commit(stored=True)
                 raise DuplicatePostback()
+            token = await self._reserve_shared(sharing, key, reservation)
             yield reservation
         finally:
             try:
-                if reservation.committed:
-                    self._delivered[key] = True
-                    if self._durable is not None and not reservation.stored:
-                        await self._remember_durably(key)
+                await self._settle(key, reservation, sharing, token)
             finally:
                 del self._in_flight[key]
                 finished.set_result(reservation.committed)
+
+    async def _settle(
+        self, key: DedupKey, reservation: Reservation, sharing: Sharing | None, token: str | None
+    ) -> None:
+        """Remember a committed key everywhere it belongs; give back a shared reservation."""
+        if reservation.committed:
+            self._delivered[key] = True
+            if self._durable is not None and not reservation.stored:
+                await self._remember_durably(key)
+            if sharing is not None and token is not None:
+                await self._shared_step("commit", sharing.reservations.commit(key, self.ttl))
+        elif sharing is not None and token is not None:
+            await self._shared_step("release", sharing.reservations.release(key, token))
+
+    @property
+    def ttl(self) -> float:
+        return float(self._delivered.ttl)
+
+    async def _reserve_shared(
+        self, sharing: Sharing | None, key: DedupKey, reservation: Reservation
+    ) -> str | None:
+        """Our token, or DuplicatePostback if another replica delivered it; on a Redis failure
+        503 (fail_closed) or None, carrying on with this replica's memory (fail_open)."""
+        if sharing is None:
+            return None
+        try:
+            token = await sharing.reservations.reserve(key)
+        except SharedUnavailable as error:
+            if not sharing.fail_open:
+                raise DedupUnavailable(str(error)) from None
+            sharing.on_fallback()
+            log.warning(
+                "shared dedup unavailable; using local memory", extra={"detail": str(error)}
+            )
+            return None
+        if token is None:
+            reservation.commit(stored=True)  # known elsewhere: remember it here too, nothing more
+            raise DuplicatePostback()
+        return token
+
+    async def _shared_step(self, step: str, command: Awaitable[None]) -> None:
+        try:
+            await command
+        except SharedUnavailable as error:
+            # commit lost: other replicas may forward a repeat; release lost: the reservation
+            # expires by itself. Either way the answer to this request stands.
+            log.error(f"shared dedup {step} failed", extra={"detail": str(error)})
 
     async def _known_durably(self, key: DedupKey) -> bool:
         """Delivered before a restart? Unknown (store failing) is not "no": fail closed."""
@@ -150,7 +222,7 @@ class DedupMemory:
     async def _remember_durably(self, key: DedupKey) -> None:
         assert self._durable is not None
         try:
-            await self._durable.remember(key, self._delivered.ttl)
+            await self._durable.remember(key, self.ttl)
         except StoreError as error:
             # Delivered already; only a restart within the TTL could now forward it again.
             log.error("dedup key not stored", extra={"detail": str(error)})

@@ -162,3 +162,14 @@ class StoreUnavailable(GatewayError):
     def __init__(self, detail: str) -> None:
         super().__init__("store_unavailable", detail)
         self.headers["Retry-After"] = "5"
+
+
+class DedupUnavailable(GatewayError):
+    """Shared dedup (Redis) is down and the route fails closed: better no reward than two."""
+
+    status = 503
+    outcome = Outcome.STORE_ERROR
+
+    def __init__(self, detail: str) -> None:
+        super().__init__("dedup_unavailable", detail)
+        self.headers["Retry-After"] = "5"

@@ -110,6 +110,19 @@ class Metrics:
         self.store_failures = Counter(
             "gateway_store_failures", "Store transactions that failed (disk full...).", registry=r
         )
+        self.redis_latency = Histogram(
+            "gateway_redis_duration_seconds", "Duration of Redis dedup operations.",
+            ["operation"], buckets=LATENCY_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.redis_errors = Counter(
+            "gateway_redis_errors", "Redis dedup operations that failed.", ["operation"],
+            registry=r,
+        )  # fmt: skip
+        self.dedup_fallbacks = Counter(
+            "gateway_dedup_fallbacks",
+            "Postbacks deduplicated by local memory only because Redis failed (fail_open).",
+            ["route"], registry=r,
+        )  # fmt: skip
         Gauge(
             "gateway_build_info", "Build information.", ["version"], registry=r
         ).labels(__version__).set(1)  # fmt: skip

@@ -10,26 +10,33 @@ import asyncio
 import logging
 
 import aiohttp
+import redis.asyncio as redis
 
-from .config import GatewayConfig
-from .dedup import DedupMemory
+from .config import GatewayConfig, RouteConfig
+from .config.model import FAIL_OPEN, REDIS
+from .dedup import DedupMemory, Sharing
 from .durable import Durable
 from .forward import BACKOFF_CAP
 from .metrics import Metrics
 from .observe import configure_logging
 from .pipeline import Gateway
+from .shared_dedup import RedisReservations, redis_client
 
 log = logging.getLogger("gateway.runtime")
 MAX_UPSTREAM_CONNECTIONS = 256
+REDIS_HOLD_MARGIN = 5.0
 
 
-def longest_delivery(config: GatewayConfig) -> float:
+def longest_delivery_of(route: RouteConfig) -> float:
     """The most time one postback's forwarding can take: every attempt and every backoff."""
     return max(
         (upstream.retries + 1) * upstream.timeout + upstream.retries * BACKOFF_CAP
-        for route in config.routes
         for upstream in route.upstreams
     )
+
+
+def longest_delivery(config: GatewayConfig) -> float:
+    return max(longest_delivery_of(route) for route in config.routes)
 
 
 class Runtime:
@@ -41,6 +48,7 @@ class Runtime:
         self.in_flight = 0
         self._gateway: Gateway | None = None
         self._retiring: set[asyncio.Task[None]] = set()
+        self._redis_clients: dict[str, redis.Redis] = {}
         routes = lambda: self.gateway.routes.values()  # noqa: E731 - read at each use
         self.durable = Durable(config.store, self.metrics, routes) if config.store else None
         self.metrics.watch_dedup(
@@ -89,24 +97,48 @@ class Runtime:
             await asyncio.wait(set(self._retiring), timeout=grace)
         if self.durable is not None:
             await self.durable.close(grace)
+        for client in self._redis_clients.values():
+            await client.aclose()
 
     def _build(self, config: GatewayConfig) -> Gateway:
         for route in config.routes:
-            memory = self.dedup_memories.get(route.name)
-            if memory is None:
-                evicted = self.metrics.dedup_evictions.labels(route.name).inc
-                memory = DedupMemory(
-                    route.dedup.ttl,
-                    route.dedup.max_entries,
-                    on_evict=evicted,
-                    durable=self.durable.keys if self.durable else None,
-                )
-                self.dedup_memories[route.name] = memory
-            else:
-                memory.reconfigure(route.dedup.ttl, route.dedup.max_entries)
+            memory = self._memory_for(route)
+            memory.sharing = self._sharing_for(route)
         for name in set(self.dedup_memories) - {route.name for route in config.routes}:
             del self.dedup_memories[name]
         connector = aiohttp.TCPConnector(limit=MAX_UPSTREAM_CONNECTIONS, ttl_dns_cache=60)
         session = aiohttp.ClientSession(connector=connector)
         enqueue = self.durable.enqueue if self.durable else None
         return Gateway(config, session, self.metrics, self.dedup_memories, enqueue)
+
+    def _memory_for(self, route: RouteConfig) -> DedupMemory:
+        """The route's dedup memory: kept across reloads, resized if the config changed."""
+        memory = self.dedup_memories.get(route.name)
+        if memory is None:
+            evicted = self.metrics.dedup_evictions.labels(route.name).inc
+            memory = DedupMemory(
+                route.dedup.ttl,
+                route.dedup.max_entries,
+                on_evict=evicted,
+                durable=self.durable.keys if self.durable else None,
+            )
+            self.dedup_memories[route.name] = memory
+        else:
+            memory.reconfigure(route.dedup.ttl, route.dedup.max_entries)
+        return memory
+
+    def _sharing_for(self, route: RouteConfig) -> Sharing | None:
+        """Redis reservations for a `backend: redis` route; one client per URL and process."""
+        dedup = route.dedup
+        if dedup.backend != REDIS or dedup.redis_url is None:
+            return None
+        client = self._redis_clients.get(dedup.redis_url)
+        if client is None:
+            client = self._redis_clients[dedup.redis_url] = redis_client(dedup.redis_url)
+        # longer than the slowest delivery, so only a crashed replica's reservation expires
+        hold = longest_delivery_of(route) + REDIS_HOLD_MARGIN
+        return Sharing(
+            RedisReservations(client, hold, self.metrics),
+            fail_open=dedup.on_redis_error == FAIL_OPEN,
+            on_fallback=self.metrics.dedup_fallbacks.labels(route.name).inc,
+        )

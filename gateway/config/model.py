@@ -19,6 +19,10 @@ DEFAULT_DEDUP_MAX_ENTRIES = 1_000_000
 DEFAULT_UPSTREAM_TIMEOUT = 5.0
 DEFAULT_UPSTREAM_RETRIES = 2
 MAX_UPSTREAM_RETRIES = 10
+MEMORY = "memory"
+REDIS = "redis"
+FAIL_CLOSED = "fail_closed"
+FAIL_OPEN = "fail_open"
 ENFORCE = "enforce"
 LOG_ONLY = "log_only"
 
@@ -64,6 +68,22 @@ class DedupConfig:
     key: tuple[str, ...] = DEFAULT_DEDUP_KEY
     ttl: float = DEFAULT_DEDUP_TTL
     max_entries: int = DEFAULT_DEDUP_MAX_ENTRIES
+    backend: str = MEMORY  # redis: shared by every replica
+    redis_url: RedisUrl | None = field(default=None, repr=False)
+    on_redis_error: str = FAIL_CLOSED  # fail_open: fall back to this replica's memory
+
+
+class RedisUrl(str):
+    """A Redis URL, which may carry a password: never shown whole."""
+
+    def __repr__(self) -> str:
+        return "RedisUrl('***')"
+
+    @property
+    def shown(self) -> str:
+        """For logs and `check`: scheme, host, port and database, without credentials."""
+        url = URL(self)
+        return str(url.with_user(None).with_password(None))
 
 
 @dataclass(frozen=True)

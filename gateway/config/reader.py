@@ -15,14 +15,19 @@ from .model import (
     DEFAULT_UPSTREAM_RETRIES,
     DEFAULT_UPSTREAM_TIMEOUT,
     ENFORCE,
+    FAIL_CLOSED,
+    FAIL_OPEN,
     LOG_ONLY,
+    MEMORY,
     QUEUED,
+    REDIS,
     SYNC,
     DedupConfig,
     GatewayConfig,
     ListenAddress,
     LoggingConfig,
     QueueConfig,
+    RedisUrl,
     RouteConfig,
     ServerConfig,
     StaticParams,
@@ -47,10 +52,11 @@ class DocumentReader(ValueReader):
     # -- the document ---------------------------------------------------------------------
 
     def gateway(self, document: Any) -> GatewayConfig | None:
-        keys = {"server", "routes", "logging", "store"}
+        keys = {"server", "routes", "logging", "store", "defaults"}
         top = self.mapping(document, "", keys, what="the config file")
         if top is None:
             return None
+        self.dedup_defaults = self.defaults(top.get("defaults", {}), "defaults")
         server = self.server(top.get("server", {}), "server")
         routes = self.routes(top.get("routes"), "routes")
         logging = self.logging(top.get("logging", {}), "logging")
@@ -207,7 +213,11 @@ class DocumentReader(ValueReader):
         secret = self.optional(section, "secret", path, self.secret, None)
         aliases = self.optional(section, "aliases", path, self.aliases, dict[str, str]())
         required = self.optional(section, "required", path, self.field_list, DEFAULT_REQUIRED)
-        dedup = self.optional(section, "dedup", path, self.dedup, DedupConfig())
+        dedup = (
+            self.optional(section, "dedup", path, self.dedup, None)
+            if "dedup" in section
+            else (self.dedup({}, key_path(path, "dedup")))
+        )
         upstreams = self.required_key(section, "upstreams", path, self.upstreams)
         insecure = self.optional(section, "insecure", path, self.boolean, False)
         modes = (ENFORCE, LOG_ONLY)
@@ -396,20 +406,56 @@ class DocumentReader(ValueReader):
         return aliases
 
     def dedup(self, value: Any, path: str) -> DedupConfig | None:
-        section = self.mapping(value, path, {"key", "ttl", "max_entries"})
+        """A route's dedup section, on top of `defaults.dedup` (its keys are validated there)."""
+        keys = {"key", "ttl", "max_entries", "backend", "redis_url", "on_redis_error"}
+        section = self.mapping(value, path, keys)
         if section is None:
             return None
+        section = {**self.dedup_defaults, **section}
         defaults = DedupConfig()
+        problems_before = len(self.problems)
         key = self.optional(section, "key", path, self.field_list, defaults.key)
         ttl = self.optional(section, "ttl", path, self.duration, defaults.ttl)
         max_entries = self.optional(
             section, "max_entries", path, self.positive_int, defaults.max_entries
         )
+        backends = (MEMORY, REDIS)
+        backend = self.optional(
+            section, "backend", path, lambda v, p: self.choice(v, p, backends), MEMORY
+        )
+        redis_url = self.optional(section, "redis_url", path, self.redis_url, None)
+        policies = (FAIL_CLOSED, FAIL_OPEN)
+        on_error = self.optional(
+            section, "on_redis_error", path, lambda v, p: self.choice(v, p, policies), FAIL_CLOSED
+        )
         if key is not None and not key:
             self.problem(key_path(path, "key"), "needs at least one field")
-        if key is None or ttl is None or max_entries is None:
+        if backend == REDIS and redis_url is None and "redis_url" not in section:
+            self.problem(key_path(path, "redis_url"), "is required with backend: redis")
+        if len(self.problems) > problems_before:
             return None
-        return DedupConfig(key, ttl, max_entries)
+        assert key is not None and ttl is not None and max_entries is not None
+        assert backend is not None and on_error is not None
+        return DedupConfig(key, ttl, max_entries, backend, redis_url, on_error)
+
+    def redis_url(self, value: Any, path: str) -> RedisUrl | None:
+        text = self.string(value, path, secret=True)
+        if text is None:
+            return None
+        if not text.startswith(("redis://", "rediss://", "unix://")):
+            self.problem(path, "must start with redis://, rediss:// or unix://")
+            return None
+        return RedisUrl(text)
+
+    def defaults(self, value: Any, path: str) -> dict[str, Any]:
+        """`defaults: {dedup: {...}}`: dedup settings every route starts from."""
+        section = self.mapping(value, path, {"dedup"})
+        if section is None or "dedup" not in section:
+            return {}
+        dedup = section["dedup"]
+        if self.dedup(dedup, key_path(path, "dedup")) is None:
+            return {}
+        return dict(dedup)
 
     def upstreams(self, value: Any, path: str) -> tuple[UpstreamConfig, ...] | None:
         items = self.sequence(value, path)

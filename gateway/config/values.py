@@ -35,6 +35,7 @@ class ValueReader:
     def __init__(self, environ: Mapping[str, str]) -> None:
         self.environ = environ
         self.problems: list[str] = []
+        self.dedup_defaults: dict[str, Any] = {}
         self.warnings: list[str] = []
 
     def problem(self, path: str, message: str) -> None:
