@@ -18,7 +18,11 @@ from collections.abc import Awaitable
 from typing import TypeVar
 
 import redis.asyncio as redis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .dedup import DedupKey, SharedUnavailable
 from .metrics import Metrics
@@ -39,7 +43,13 @@ def redis_client(url: str) -> redis.Redis:
     """One client (one connection pool) per URL and process; short timeouts so a dead Redis
     is noticed in about a second, not after the sender gave up."""
     return redis.Redis.from_url(
-        url, socket_timeout=1.0, socket_connect_timeout=1.0, health_check_interval=10
+        url,
+        socket_timeout=1.0,
+        socket_connect_timeout=1.0,
+        health_check_interval=10,
+        # a pooled connection that died with a Redis restart is retried once on a new one
+        retry=Retry(ExponentialBackoff(cap=0.1, base=0.01), retries=2),
+        retry_on_error=[RedisConnectionError, RedisTimeoutError],
     )
 
 
@@ -63,6 +73,8 @@ class RedisReservations:
             holder = await self._call("get", self._client.get(name))
             if holder == DELIVERED:
                 return None
+            if holder == token.encode():  # our SET landed, its answer was lost and retried
+                return token
             if time.monotonic() > deadline:  # a reservation outlived its own expiry: broken
                 raise SharedUnavailable(f"reservation {name} never ends")
             await asyncio.sleep(POLL_SECONDS)

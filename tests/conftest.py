@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import socket
+import subprocess
 import textwrap
-from collections.abc import AsyncIterator, Awaitable, Callable
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,6 +21,7 @@ from gateway.app import create_app
 from gateway.config import GatewayConfig, parse_config
 from gateway.runtime import Runtime
 from gateway.store import Store
+from tests.processes import free_port
 
 SECRET = "s3cret-key-0123456789"
 
@@ -174,3 +178,42 @@ async def store(db_path: Path) -> AsyncIterator[Store]:
     await asyncio.wait_for(store.open(), 10)
     yield store
     await asyncio.wait_for(store.close(), 10)
+
+
+class RedisServer:
+    """A real redis-server on a free loopback port, which a test may stop and start again."""
+
+    def __init__(self, directory: Path) -> None:
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self._directory = directory
+        self._process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self._process = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", str(self._directory)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            with socket.socket() as probe:
+                if probe.connect_ex(("127.0.0.1", self.port)) == 0:
+                    return
+            time.sleep(0.02)
+        raise RuntimeError(f"redis-server did not start on port {self.port}")
+
+    def stop(self) -> None:
+        if self._process is not None:
+            self._process.terminate()
+            self._process.wait(timeout=10)
+            self._process = None
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """Never skipped: the test command installs redis-server (see scripts/test)."""
+    server = RedisServer(tmp_path)
+    server.start()
+    yield server
+    server.stop()

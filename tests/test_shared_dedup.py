@@ -1,0 +1,130 @@
+"""Dedup shared by replicas on a real redis-server: two gateways, one reward."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+
+import redis.asyncio as redis
+
+from gateway.dedup import dedup_key
+from gateway.postback import Postback
+from gateway.shared_dedup import PREFIX
+from tests.conftest import route_yaml
+from tests.test_pipeline import CLICK, get
+
+
+def shared_yaml(upstream: str, redis_url: str, policy: str = "fail_closed", extra: str = "") -> str:
+    dedup = f"    dedup: {{backend: redis, redis_url: '{redis_url}', on_redis_error: {policy}}}\n"
+    return route_yaml([upstream], extra=dedup + extra)
+
+
+async def test_two_replicas_forward_each_event_once(
+    start_upstream, start_gateway, http, redis_server
+):
+    app = await start_upstream(default=("sleep", 0.05))
+    config = shared_yaml(app.url, redis_server.url)
+    replicas = [await start_gateway(config), await start_gateway(config)]
+    sends = [
+        get(http, replicas[n % 2].postback_url(), {**CLICK, "uid": f"user-{event}"})
+        for event in range(10)
+        for n in range(6)
+    ]
+    answers = await asyncio.gather(*sends)
+    assert {status for status, _, _ in answers} == {200}
+    assert Counter(outcome for _, outcome, _ in answers) == {"forwarded": 10, "duplicate": 50}
+    assert sorted(r.query["ymid"] for r in app.received) == sorted(f"user-{n}" for n in range(10))
+
+
+async def test_delivered_on_one_replica_is_a_duplicate_on_the_other(
+    start_upstream, start_gateway, http, redis_server
+):
+    app = await start_upstream()
+    config = shared_yaml(app.url, redis_server.url)
+    first, second = await start_gateway(config), await start_gateway(config)
+    assert (await get(http, first.postback_url(), CLICK))[1] == "forwarded"
+    assert (await get(http, second.postback_url(), CLICK))[1] == "duplicate"
+    assert len(app.received) == 1
+
+
+async def test_failed_delivery_releases_the_reservation_for_any_replica(
+    start_upstream, start_gateway, http, redis_server
+):
+    app = await start_upstream(script=[500])
+    config = shared_yaml(app.url, redis_server.url)
+    first, second = await start_gateway(config), await start_gateway(config)
+    assert (await get(http, first.postback_url(), CLICK))[:2] == (502, "upstream_error")
+    assert (await get(http, second.postback_url(), CLICK))[:2] == (200, "forwarded")
+    assert len(app.received) == 2
+
+
+async def test_crashed_replicas_reservation_expires_by_itself(
+    start_upstream, start_gateway, http, redis_server
+):
+    """A reservation whose owner died (no commit, no release) blocks only until it expires."""
+    app = await start_upstream()
+    config = shared_yaml(app.url, redis_server.url).replace("timeout: 1s", "timeout: 100ms")
+    config = config.replace("retries: 2", "retries: 0")
+    gateway = await start_gateway(config)
+    key = dedup_key("tapper", ("ymid", "event_type", "zone_id"), Postback(
+        {"ymid": "user-1", "event_type": "click", "zone_id": "42"}
+    ))  # fmt: skip
+    client = redis.Redis.from_url(redis_server.url)
+    await client.set(PREFIX + key.hex(), "token-of-a-dead-replica", px=800)
+    started = asyncio.get_running_loop().time()
+    assert (await get(http, gateway.postback_url(), CLICK))[1] == "forwarded"
+    assert asyncio.get_running_loop().time() - started >= 0.5
+    assert await client.get(PREFIX + key.hex()) == b"delivered"
+    assert 0 < await client.pttl(PREFIX + key.hex()) <= 24 * 3600 * 1000
+    await client.aclose()
+
+
+async def test_redis_down_fail_closed_answers_503(
+    start_upstream, start_gateway, http, redis_server
+):
+    app = await start_upstream()
+    gateway = await start_gateway(shared_yaml(app.url, redis_server.url))
+    redis_server.stop()
+    status, outcome, body = await get(http, gateway.postback_url(), CLICK)
+    assert (status, outcome) == (503, "store_error")
+    assert "dedup_unavailable" in body
+    assert app.received == []
+    errors = gateway.runtime.metrics.registry.get_sample_value(
+        "gateway_redis_errors_total", {"operation": "reserve"}
+    )
+    assert errors and errors >= 1
+    redis_server.start()  # Redis back: the same postback goes through, once
+    assert (await get(http, gateway.postback_url(), CLICK))[1] == "forwarded"
+    assert (await get(http, gateway.postback_url(), CLICK))[1] == "duplicate"
+    assert len(app.received) == 1
+
+
+async def test_redis_down_fail_open_falls_back_to_local_memory(
+    start_upstream, start_gateway, http, redis_server
+):
+    app = await start_upstream()
+    gateway = await start_gateway(shared_yaml(app.url, redis_server.url, policy="fail_open"))
+    redis_server.stop()
+    assert (await get(http, gateway.postback_url(), CLICK))[:2] == (200, "forwarded")
+    assert (await get(http, gateway.postback_url(), CLICK))[1] == "duplicate"  # local memory
+    fallbacks = gateway.runtime.metrics.registry.get_sample_value(
+        "gateway_dedup_fallbacks_total", {"route": "tapper"}
+    )
+    assert fallbacks == 1
+    assert len(app.received) == 1
+
+
+async def test_restarted_redis_forgets_but_local_cache_still_knows(
+    start_upstream, start_gateway, http, redis_server
+):
+    """Redis without persistence loses keys on restart; the replica's own cache still
+    answers for events it delivered itself."""
+    app = await start_upstream()
+    gateway = await start_gateway(shared_yaml(app.url, redis_server.url))
+    assert (await get(http, gateway.postback_url(), CLICK))[1] == "forwarded"
+    redis_server.stop()
+    redis_server.start()
+    assert (await get(http, gateway.postback_url(), CLICK))[1] == "duplicate"
+    other = {**CLICK, "uid": "user-2"}
+    assert (await get(http, gateway.postback_url(), other))[1] == "forwarded"
+    assert len(app.received) == 2
