@@ -41,7 +41,7 @@ def _route_lines(route: RouteConfig) -> list[str]:
         f"  required  {', '.join(route.required)}",
         f"  match     {match or 'everything'}",
         f"  dedup     key [{', '.join(route.dedup.key)}], ttl {route.dedup.ttl:g}s, "
-        f"max {route.dedup.max_entries} entries",
+        f"max {route.dedup.max_entries} entries, {_dedup_backend(route)}",
     ]
     if route.drop_unknown:
         lines.append("  forwards  canonical fields only (drop_unknown)")
@@ -55,3 +55,10 @@ def _route_lines(route: RouteConfig) -> list[str]:
             f"retries {upstream.retries}{rename}{static})"
         )
     return lines
+
+
+def _dedup_backend(route: RouteConfig) -> str:
+    dedup = route.dedup
+    if dedup.backend == "redis" and dedup.redis_url is not None:
+        return f"shared on {dedup.redis_url.shown} ({dedup.on_redis_error})"
+    return "this process only"
