@@ -23,3 +23,21 @@ def test_ack_throughput_script_runs_and_reports_both_modes(tmp_path: Path) -> No
     assert report["failures"] == 0
     for mode in ("sync", "queued"):
         assert report["summary"][mode]["requests_per_second"] > 0
+
+
+def test_proxy_bench_runs_every_target_and_reports_ratios(tmp_path: Path) -> None:
+    output = tmp_path / "proxy.json"
+    result = subprocess.run(
+        [sys.executable, "bench/proxy_bench.py", "--seconds", "1", "--rounds", "1",
+         "--output", str(output)],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    report = json.loads(output.read_text())
+    for target in ("direct", "naive", "gateway_sync", "gateway_queued"):
+        for connections in ("1", "32"):
+            numbers = report["median"][target][connections]
+            assert numbers["requests_per_second"] > 0
+            assert numbers["non_2xx"] == 0, (target, connections)
+    assert "gateway_sync/naive c=32" in report["ratios"]
+    assert "ratios to the naive proxy" in result.stdout

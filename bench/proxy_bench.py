@@ -1,0 +1,205 @@
+"""The gateway against the simplest thing an operator could deploy instead.
+
+Starts on 127.0.0.1: a fast upstream, a naive pass-through proxy (bench/naive_proxy.py) and the
+gateway (a sync route with allowlist, secret, aliases and dedup, and a queued route), then
+drives each with the same wrk load at 1 and 32 connections, unique ymids per request
+(bench/unique_ymid.lua), alternating targets round after round so machine drift hits all of
+them. Prints requests/s and p50/p99 latency per target and the ratios gateway/naive, and
+writes the same as JSON.
+
+    .venv/bin/python bench/proxy_bench.py [--seconds 10] [--rounds 3]
+
+Needs wrk (Debian: apt-get install -y wrk).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+SECRET = "bench-secret-0123456789"
+CONNECTIONS = (1, 32)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def machine() -> str:
+    return f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
+
+
+def wait_for_port(port: int, seconds: float = 20) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        with socket.socket() as probe:
+            if probe.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise SystemExit(f"nothing listens on port {port}")
+
+
+def gateway_config(public: int, admin: int, upstream: int, store: Path, allowlist: int) -> str:
+    # allowlist > 1: that many /24 networks plus loopback, to price a large allowlist
+    extra = "".join(f", 10.{n // 256}.{n % 256}.0/24" for n in range(allowlist - 1))
+    route = f"""
+  {{name}}:
+    path: /{{name}}
+    allow_ips: [127.0.0.1/32{extra}]
+    secret: {{{{query_param: token, keys: ['${{{{MONETAG_SECRET}}}}']}}}}
+    aliases: {{{{uid: ymid, event: event_type, zone: zone_id}}}}
+    delivery: {{name}}
+    upstreams: [{{{{url: 'http://127.0.0.1:{upstream}/postback'}}}}]
+"""
+    return (
+        f"server: {{listen: '127.0.0.1:{public}', admin_listen: '127.0.0.1:{admin}', "
+        "max_in_flight: 100000, reload_interval: 0}\n"
+        f"store: {{path: '{store}'}}\n"
+        "routes:" + route.format(name="sync") + route.format(name="queued")
+    )
+
+
+def run_wrk(url: str, connections: int, seconds: float, run_name: str) -> dict[str, float]:
+    command = [
+        "wrk", "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--latency",
+        "-s", str(HERE / "unique_ymid.lua"), url, "--", run_name,
+    ]  # fmt: skip
+    output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
+    return {
+        "requests_per_second": float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1)),  # type: ignore[union-attr]
+        "p50_ms": _latency(output, "50%"),
+        "p99_ms": _latency(output, "99%"),
+        "non_2xx": float(errors.group(1)) if errors else 0.0,
+    }
+
+
+def _latency(output: str, percentile: str) -> float:
+    match = re.search(rf"^\s+{percentile}\s+([\d.]+)(us|ms|s)\s*$", output, re.MULTILINE)
+    assert match, output
+    value, unit = float(match.group(1)), match.group(2)
+    return value * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--allowlist", type=int, default=1, help="allowlist entries")
+    parser.add_argument("--output", default=str(HERE / "results" / "proxy_bench.json"))
+    args = parser.parse_args()
+    if shutil.which("wrk") is None:
+        raise SystemExit("wrk is not installed: apt-get install -y wrk")
+
+    workdir = Path(tempfile.mkdtemp(prefix="proxy-bench-"))
+    upstream, naive, public, admin = free_port(), free_port(), free_port(), free_port()
+    config = workdir / "config.yaml"
+    config.write_text(gateway_config(public, admin, upstream, workdir / "gw.db", args.allowlist))
+    env = {**os.environ, "MONETAG_SECRET": SECRET}
+    query = f"?event=click&zone=7&token={SECRET}"
+    targets = {
+        "direct": f"http://127.0.0.1:{upstream}/postback{query}",
+        "naive": f"http://127.0.0.1:{naive}/postback{query}",
+        "gateway_sync": f"http://127.0.0.1:{public}/sync{query}",
+        "gateway_queued": f"http://127.0.0.1:{public}/queued{query}",
+    }
+    with (workdir / "gateway.log").open("wb") as log:
+        processes = [
+            subprocess.Popen([sys.executable, str(HERE / "fast_upstream.py"), str(upstream)]),
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    str(HERE / "naive_proxy.py"),
+                    str(naive),
+                    f"http://127.0.0.1:{upstream}/postback",
+                ]
+            ),
+            subprocess.Popen(
+                [sys.executable, "-m", "gateway", "run", "--config", str(config)],
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=HERE.parent,
+            ),
+        ]
+    runs: dict[str, dict[int, list[dict[str, float]]]] = {
+        name: {c: [] for c in CONNECTIONS} for name in targets
+    }
+    try:
+        for port in (upstream, naive, public):
+            wait_for_port(port)
+        for name, url in targets.items():  # warm up every pool and cache
+            run_wrk(url, 8, 1, f"warmup-{name}")
+        for round_number in range(args.rounds):
+            for connections in CONNECTIONS:
+                for name, url in targets.items():
+                    result = run_wrk(url, connections, args.seconds, f"{name}{round_number}")
+                    runs[name][connections].append(result)
+    finally:
+        for process in processes:
+            process.terminate()
+        for process in processes:
+            process.wait(timeout=30)
+
+    report = summarize(runs, args)
+    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.output).write_text(json.dumps(report, indent=2))
+
+
+def summarize(runs: dict[str, dict[int, list[dict[str, float]]]], args: argparse.Namespace) -> dict:  # type: ignore[type-arg]
+    median = {
+        name: {
+            c: {key: statistics.median(run[key] for run in results) for key in results[0]}
+            for c, results in by_connections.items()
+        }
+        for name, by_connections in runs.items()
+    }
+    print(f"median of {args.rounds} run(s) of {args.seconds:g} s, allowlist of {args.allowlist}")
+    print(f"{'target':<16}{'conns':>6}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'non-2xx':>9}")
+    for name, by_connections in median.items():
+        for c, numbers in by_connections.items():
+            print(
+                f"{name:<16}{c:>6}{numbers['requests_per_second']:>10.0f}"
+                f"{numbers['p50_ms']:>9.2f}{numbers['p99_ms']:>9.2f}{numbers['non_2xx']:>9.0f}"
+            )
+    ratios = {}
+    for name in ("gateway_sync", "gateway_queued"):
+        for c in CONNECTIONS:
+            ours, naive = median[name][c], median["naive"][c]
+            ratios[f"{name}/naive c={c}"] = {
+                "requests_per_second": ours["requests_per_second"] / naive["requests_per_second"],
+                "p50": ours["p50_ms"] / naive["p50_ms"],
+                "p99": ours["p99_ms"] / naive["p99_ms"],
+            }
+    print("ratios to the naive proxy (req/s higher is better; latency lower is better):")
+    for label, ratio in ratios.items():
+        print(
+            f"  {label:<28} req/s x{ratio['requests_per_second']:.2f}"
+            f"  p50 x{ratio['p50']:.2f}  p99 x{ratio['p99']:.2f}"
+        )
+    return {
+        "date": time.strftime("%Y-%m-%d"),
+        "machine": machine(),
+        "settings": vars(args),
+        "median": {name: {str(c): v for c, v in by.items()} for name, by in median.items()},
+        "ratios": ratios,
+        "runs": {name: {str(c): v for c, v in by.items()} for name, by in runs.items()},
+    }
+
+
+if __name__ == "__main__":
+    main()
