@@ -14,10 +14,12 @@ import ipaddress
 from bisect import bisect_right
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
+@lru_cache(maxsize=4096)  # the same few senders and proxies call again and again
 def parse_ip(text: str) -> IPAddress:
     """Parse one address as it appears in a socket peer or header. Raises ValueError."""
     if ":" in text and "%" in text:

@@ -18,7 +18,7 @@ from .config.model import QUEUED
 from .dedup import DedupKey
 from .deliverer import Deliverer
 from .errors import StoreUnavailable
-from .forward import Forwarder
+from .forward import Forwarder, upstream_session
 from .metrics import Metrics
 from .observe import RequestRecord
 from .postback import Postback
@@ -49,7 +49,7 @@ class Durable:
     async def start(self) -> None:
         """Open the store (StoreError if it cannot be) and resume what a crash left pending."""
         await self.store.open()
-        self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=256))
+        self._session = upstream_session()
         self._deliverer = Deliverer(
             self.store, self._routes, Forwarder(self._session, self._metrics), self._metrics
         )

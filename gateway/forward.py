@@ -15,7 +15,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 import aiohttp
-from multidict import CIMultiDict
 from yarl import URL
 
 from .config import UpstreamConfig
@@ -52,10 +51,20 @@ class AttemptFailure:
     retryable: bool = True  # connect errors and timeouts; not a malformed response
 
 
-def _with_user_agent(headers: Mapping[str, str]) -> CIMultiDict[str]:
-    request_headers = CIMultiDict(headers)
-    request_headers["User-Agent"] = USER_AGENT
-    return request_headers
+def upstream_session(limit: int = 256) -> aiohttp.ClientSession:
+    """The long-lived client for upstreams, with per-request work cut to what a proxy needs:
+    no cookie jar, no automatic Accept/Accept-Encoding headers, no decompression (the app's
+    answer to a postback is tiny and passed back as it came)."""
+    return aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=limit, ttl_dns_cache=60),
+        cookie_jar=aiohttp.DummyCookieJar(),
+        skip_auto_headers=("Accept", "Accept-Encoding"),
+        auto_decompress=False,
+    )
+
+
+def _with_user_agent(headers: Mapping[str, str]) -> dict[str, str]:
+    return {**headers, "User-Agent": USER_AGENT}
 
 
 class Upstream:
@@ -138,7 +147,7 @@ class Forwarder:
         return await self._try(upstream, upstream.url_for(postback), _with_user_agent(headers))
 
     async def _try(
-        self, upstream: Upstream, url: URL, headers: CIMultiDict[str]
+        self, upstream: Upstream, url: URL, headers: dict[str, str]
     ) -> UpstreamReply | AttemptFailure:
         started = time.perf_counter()
         try:
@@ -156,7 +165,7 @@ class Forwarder:
         return reply
 
     async def _attempt(
-        self, upstream: Upstream, url: URL, headers: CIMultiDict[str]
+        self, upstream: Upstream, url: URL, headers: dict[str, str]
     ) -> UpstreamReply:
         async with self._session.get(
             url, headers=headers, timeout=upstream.timeout, allow_redirects=False

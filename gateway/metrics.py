@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 from decimal import Decimal, InvalidOperation
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -45,6 +46,7 @@ class _DedupEntries(Collector):
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
+        self._children: dict[tuple[str, ...], Any] = {}
         r = self.registry
         self.requests = Counter(
             "gateway_requests", "Postback requests by route and outcome.",
@@ -129,6 +131,14 @@ class Metrics:
         for result in ("success", "failure"):
             self.reloads.labels(result)
 
+    def _child(self, metric: Counter | Histogram, *labels: str) -> Any:
+        """`metric.labels(*labels)`, remembered: labels() costs microseconds on the hot path."""
+        key = (metric._name, *labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
+
     def watch_dedup(self, sizes: Callable[[], dict[str, int]]) -> None:
         self.registry.register(_DedupEntries(sizes))
 
@@ -144,12 +154,12 @@ class Metrics:
         seconds: float,
     ) -> None:
         route = route or UNKNOWN_ROUTE
-        self.requests.labels(route, outcome).inc()
+        self._child(self.requests, route, outcome).inc()
         if outcome in ("invalid", "filtered"):
-            self.rejections.labels(route, outcome).inc()
+            self._child(self.rejections, route, outcome).inc()
         elif outcome == "rejected" and reason in REJECTION_REASONS:
-            self.rejections.labels(route, reason).inc()
-        self.request_latency.labels(route).observe(seconds)
+            self._child(self.rejections, route, reason).inc()
+        self._child(self.request_latency, route).observe(seconds)
 
     def valued_event_delivered(self, route: str, zone_id: str | None, price: str | None) -> None:
         try:
@@ -166,5 +176,5 @@ class Metrics:
             self.queue_oldest.labels(route).set(oldest_age or 0)
 
     def upstream_attempt(self, route: str, upstream: str, result: str, seconds: float) -> None:
-        self.upstream_attempts.labels(route, upstream, result).inc()
-        self.upstream_latency.labels(route, upstream).observe(seconds)
+        self._child(self.upstream_attempts, route, upstream, result).inc()
+        self._child(self.upstream_latency, route, upstream).observe(seconds)

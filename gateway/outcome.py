@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 import re
 import time
@@ -21,10 +22,16 @@ RUNTIME = web.AppKey("runtime", Runtime)
 _SAFE_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
 
 
+_PROCESS_PREFIX = uuid.uuid4().hex[:12]  # unique per process start, then a counter: cheap
+_REQUEST_NUMBERS = itertools.count(1)
+
+
 def request_id_of(request: web.Request) -> str:
     """The caller's X-Request-ID when it is a sane token (for correlation), else a new one."""
-    given = request.headers.get("X-Request-ID", "")
-    return given if _SAFE_REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
+    given = request.headers.get("X-Request-ID")
+    if given is not None and _SAFE_REQUEST_ID.fullmatch(given):
+        return given
+    return f"{_PROCESS_PREFIX}{next(_REQUEST_NUMBERS):08x}"
 
 
 @web.middleware

@@ -9,14 +9,13 @@ from __future__ import annotations
 import asyncio
 import logging
 
-import aiohttp
 import redis.asyncio as redis
 
 from .config import GatewayConfig, RouteConfig
 from .config.model import FAIL_OPEN, REDIS
 from .dedup import DedupMemory, Sharing
 from .durable import Durable
-from .forward import BACKOFF_CAP
+from .forward import BACKOFF_CAP, upstream_session
 from .metrics import Metrics
 from .observe import configure_logging
 from .pipeline import Gateway
@@ -106,8 +105,7 @@ class Runtime:
             memory.sharing = self._sharing_for(route)
         for name in set(self.dedup_memories) - {route.name for route in config.routes}:
             del self.dedup_memories[name]
-        connector = aiohttp.TCPConnector(limit=MAX_UPSTREAM_CONNECTIONS, ttl_dns_cache=60)
-        session = aiohttp.ClientSession(connector=connector)
+        session = upstream_session(MAX_UPSTREAM_CONNECTIONS)
         enqueue = self.durable.enqueue if self.durable else None
         return Gateway(config, session, self.metrics, self.dedup_memories, enqueue)
 

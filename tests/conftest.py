@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 import subprocess
 import textwrap
@@ -217,3 +218,12 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
     server.start()
     yield server
     server.stop()
+
+
+def access_lines(capsys: pytest.CaptureFixture[str]) -> list[dict[str, Any]]:
+    """The access log lines the gateway wrote to stdout so far (and the raw text)."""
+    return [
+        json.loads(line)
+        for line in capsys.readouterr().out.splitlines()
+        if '"logger": "gateway.access"' in line
+    ]
