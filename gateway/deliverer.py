@@ -30,6 +30,7 @@ log = logging.getLogger("gateway.deliverer")
 
 POLL_SECONDS = 1.0
 RETRYABLE_4XX = frozenset({408, 429})
+RETRY = "retry"
 
 
 def idempotency_headers(request_id: str, client: str, idempotency_key: str) -> dict[str, str]:
@@ -108,6 +109,9 @@ class Deliverer:
             verdict, operation = self._verdict(route.config.queue, delivery, result)
             await self._store.run(operation)
             self._metrics.deliveries.labels(route.name, upstream.label, verdict).inc()
+            if verdict == RETRY:  # look again when it is due, not at the next poll
+                retry_at = operation.keywords["next_attempt_at"]
+                asyncio.get_running_loop().call_later(retry_at - self._clock(), self.wake)
             if verdict == outbox.DEAD:
                 log.warning(
                     "delivery dead-lettered",
@@ -122,7 +126,7 @@ class Deliverer:
 
     def _verdict(
         self, queue: QueueConfig, delivery: Delivery, result: UpstreamReply | AttemptFailure
-    ) -> tuple[str, Callable[..., object]]:
+    ) -> tuple[str, partial[None]]:
         now = self._clock()
         if isinstance(result, UpstreamReply):
             if result.delivered:
@@ -144,7 +148,7 @@ class Deliverer:
                 status=status, body=None, now=now,
             )  # fmt: skip
         delay = random.uniform(0, min(queue.retry_cap, queue.retry_base * 2 ** (attempts - 1)))
-        return "retry", partial(
+        return RETRY, partial(
             outbox.mark_retry, delivery=delivery, error=error, status=status,
             next_attempt_at=now + delay, now=now,
         )  # fmt: skip

@@ -10,21 +10,20 @@ import time
 from collections.abc import Callable, Iterable
 from functools import partial
 
-import aiohttp
-
 from . import outbox
 from .config import StoreConfig
 from .config.model import QUEUED
 from .dedup import DedupKey
 from .deliverer import Deliverer
 from .errors import StoreUnavailable
-from .forward import Forwarder, upstream_session
+from .forward import Forwarder
 from .metrics import Metrics
 from .observe import RequestRecord
 from .postback import Postback
 from .route import CompiledRoute
 from .store import Store, StoreError
 from .stored_keys import StoredKeys
+from .upstream_client import UpstreamClient
 
 log = logging.getLogger("gateway.durable")
 STATS_EVERY_SECONDS = 5.0
@@ -42,16 +41,15 @@ class Durable:
         self._routes = routes
         self.store = Store(config.path, on_commit=self._count_commit)
         self.keys = StoredKeys(self.store)
-        self._session: aiohttp.ClientSession | None = None
+        self._client = UpstreamClient()
         self._deliverer: Deliverer | None = None
         self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
         """Open the store (StoreError if it cannot be) and resume what a crash left pending."""
         await self.store.open()
-        self._session = upstream_session()
         self._deliverer = Deliverer(
-            self.store, self._routes, Forwarder(self._session, self._metrics), self._metrics
+            self.store, self._routes, Forwarder(self._client, self._metrics), self._metrics
         )
         await self.adopt()
         self._tasks = [
@@ -97,8 +95,7 @@ class Durable:
                 await task
         if self._deliverer is not None:
             await self._deliverer.finish(grace)
-        if self._session is not None:
-            await self._session.close()
+        await self._client.close()
         await self.store.close()
 
     async def _housekeeping(self) -> None:

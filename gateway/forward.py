@@ -1,8 +1,9 @@
 """Sending a clean postback to the app behind the gateway.
 
-One long-lived ClientSession (connection pooling) serves every upstream. Each attempt has the
-upstream's `timeout`; connect errors, timeouts and 502/503/504 are retried `retries` times with
-exponential backoff and full jitter. Any other status is the app's answer and is not retried.
+One long-lived client (keep-alive pools, `upstream_client.py`) serves every upstream. Each
+attempt has the upstream's `timeout`; connect errors, timeouts and 502/503/504 are retried
+`retries` times with exponential backoff and full jitter. Any other status is the app's answer
+and is not retried.
 """
 
 from __future__ import annotations
@@ -14,13 +15,13 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-import aiohttp
 from yarl import URL
 
 from .config import UpstreamConfig
 from .errors import UpstreamUnavailable
 from .metrics import Metrics, status_class
 from .postback import Postback
+from .upstream_client import BadResponse, UpstreamClient, UpstreamConnectionError
 
 RETRYABLE_STATUSES = frozenset({502, 503, 504})
 MAX_REPLY_BYTES = 64 * 1024  # an app's answer to a postback is small; never buffer more
@@ -51,18 +52,6 @@ class AttemptFailure:
     retryable: bool = True  # connect errors and timeouts; not a malformed response
 
 
-def upstream_session(limit: int = 256) -> aiohttp.ClientSession:
-    """The long-lived client for upstreams, with per-request work cut to what a proxy needs:
-    no cookie jar, no automatic Accept/Accept-Encoding headers, no decompression (the app's
-    answer to a postback is tiny and passed back as it came)."""
-    return aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(limit=limit, ttl_dns_cache=60),
-        cookie_jar=aiohttp.DummyCookieJar(),
-        skip_auto_headers=("Accept", "Accept-Encoding"),
-        auto_decompress=False,
-    )
-
-
 def _with_user_agent(headers: Mapping[str, str]) -> dict[str, str]:
     return {**headers, "User-Agent": USER_AGENT}
 
@@ -72,7 +61,7 @@ class Upstream:
 
     def __init__(self, config: UpstreamConfig, route: str = "") -> None:
         self.route = route
-        self.timeout = aiohttp.ClientTimeout(total=config.timeout)
+        self.timeout = config.timeout
         self.retries = config.retries
         self._rename = dict(config.rename)
         self._base = config.url.with_query(None).with_fragment(None)
@@ -95,12 +84,12 @@ class Upstream:
 class Forwarder:
     def __init__(
         self,
-        session: aiohttp.ClientSession,
+        client: UpstreamClient,
         metrics: Metrics | None = None,
         backoff_base: float = BACKOFF_BASE,
         backoff_cap: float = BACKOFF_CAP,
     ) -> None:
-        self._session = session
+        self._client = client
         self._metrics = metrics or Metrics()
         self._backoff_base = backoff_base
         self._backoff_cap = backoff_cap
@@ -155,23 +144,20 @@ class Forwarder:
         except TimeoutError:
             self._observe(upstream, "timeout", started)
             return AttemptFailure("timeout", timed_out=True)
-        except aiohttp.ClientConnectionError as error:
+        except (UpstreamConnectionError, OSError) as error:
             self._observe(upstream, "connection_error", started)
-            return AttemptFailure(f"connection error: {type(error).__name__}", timed_out=False)
-        except aiohttp.ClientError as error:
+            return AttemptFailure(f"connection error: {error}", timed_out=False)
+        except BadResponse as error:
             self._observe(upstream, "connection_error", started)
-            return AttemptFailure(type(error).__name__, timed_out=False, retryable=False)
+            return AttemptFailure(f"bad response: {error}", timed_out=False, retryable=False)
         self._observe(upstream, status_class(reply.status), started)
         return reply
 
     async def _attempt(
         self, upstream: Upstream, url: URL, headers: dict[str, str]
     ) -> UpstreamReply:
-        async with self._session.get(
-            url, headers=headers, timeout=upstream.timeout, allow_redirects=False
-        ) as response:
-            body = await response.content.read(MAX_REPLY_BYTES)
-            return UpstreamReply(response.status, body, response.headers.get("Content-Type"))
+        answer = await self._client.get(url, headers, upstream.timeout)
+        return UpstreamReply(answer.status, answer.body[:MAX_REPLY_BYTES], answer.content_type)
 
     def _observe(self, upstream: Upstream, result: str, started: float) -> None:
         seconds = time.perf_counter() - started

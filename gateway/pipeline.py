@@ -11,7 +11,6 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 
-import aiohttp
 from aiohttp import web
 
 from .addresses import IPAddress
@@ -32,6 +31,7 @@ from .metrics import Metrics
 from .observe import RequestRecord
 from .postback import ESTIMATED_PRICE, REWARD_EVENT_TYPE, ZONE_ID, Postback
 from .route import CompiledRoute
+from .upstream_client import UpstreamClient
 
 log = logging.getLogger("gateway.pipeline")
 
@@ -49,15 +49,15 @@ class Gateway:
     def __init__(
         self,
         config: GatewayConfig,
-        session: aiohttp.ClientSession,
+        client: UpstreamClient,
         metrics: Metrics,
         dedup_memories: dict[str, DedupMemory],
         enqueue: Enqueue | None = None,
     ) -> None:
         self.config = config
-        self._session = session
+        self._client = client
         self._metrics = metrics
-        self._forwarder = Forwarder(session, metrics)
+        self._forwarder = Forwarder(client, metrics)
         self._client_addresses = ClientAddressResolver(config.server.trusted_proxies)
         self._max_query_length = config.server.max_query_length
         self.routes = {
@@ -199,7 +199,7 @@ class Gateway:
             log.warning("retiring with requests still in flight", extra={"count": self._active})
         if self._copies:
             await asyncio.wait(set(self._copies), timeout=grace)
-        await self._session.close()
+        await self._client.close()
 
 
 def _copy_log(headers: dict[str, str], upstream: Upstream, detail: str) -> dict[str, str]:

@@ -15,11 +15,12 @@ from .config import GatewayConfig, RouteConfig
 from .config.model import FAIL_OPEN, REDIS
 from .dedup import DedupMemory, Sharing
 from .durable import Durable
-from .forward import BACKOFF_CAP, upstream_session
+from .forward import BACKOFF_CAP
 from .metrics import Metrics
 from .observe import configure_logging
 from .pipeline import Gateway
 from .shared_dedup import RedisReservations, redis_client
+from .upstream_client import UpstreamClient
 
 log = logging.getLogger("gateway.runtime")
 MAX_UPSTREAM_CONNECTIONS = 256
@@ -105,9 +106,9 @@ class Runtime:
             memory.sharing = self._sharing_for(route)
         for name in set(self.dedup_memories) - {route.name for route in config.routes}:
             del self.dedup_memories[name]
-        session = upstream_session(MAX_UPSTREAM_CONNECTIONS)
+        client = UpstreamClient(MAX_UPSTREAM_CONNECTIONS)
         enqueue = self.durable.enqueue if self.durable else None
-        return Gateway(config, session, self.metrics, self.dedup_memories, enqueue)
+        return Gateway(config, client, self.metrics, self.dedup_memories, enqueue)
 
     def _memory_for(self, route: RouteConfig) -> DedupMemory:
         """The route's dedup memory: kept across reloads, resized if the config changed."""

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from types import MappingProxyType
 
-import aiohttp
 import pytest
 from yarl import URL
 
@@ -12,8 +13,16 @@ from gateway.config import UpstreamConfig
 from gateway.errors import UpstreamUnavailable
 from gateway.forward import Forwarder, Upstream
 from gateway.postback import Postback
+from gateway.upstream_client import UpstreamClient
 
 POSTBACK = Postback({"ymid": "u 1&x", "event_type": "click"}, (("source", "a"), ("source", "b")))
+
+
+@asynccontextmanager
+async def closing_client() -> AsyncIterator[UpstreamClient]:
+    client = UpstreamClient()
+    yield client
+    await client.close()
 
 
 def upstream(url: str, **settings: object) -> Upstream:
@@ -42,7 +51,7 @@ def test_label_hides_userinfo_and_query():
 
 async def test_backoff_stays_within_cap(start_upstream):
     app = await start_upstream(script=[503, 503, 503, 200])
-    async with aiohttp.ClientSession() as session:
+    async with closing_client() as session:
         forwarder = Forwarder(session, backoff_base=0.01, backoff_cap=0.02)
         delays = [forwarder._backoff(attempt) for attempt in range(1, 50)]
         assert all(0 <= delay <= 0.02 for delay in delays)
@@ -62,7 +71,7 @@ async def test_backoff_stays_within_cap(start_upstream):
 )
 async def test_spent_retries_raise_with_reason(start_upstream, script, reason, timed_out):
     app = await start_upstream(script=list(script))
-    async with aiohttp.ClientSession() as session:
+    async with closing_client() as session:
         forwarder = Forwarder(session, backoff_base=0.01)
         with pytest.raises(UpstreamUnavailable) as raised:
             await forwarder.send(upstream(app.url, retries=1, timeout=0.2), POSTBACK, {})
@@ -73,7 +82,7 @@ async def test_spent_retries_raise_with_reason(start_upstream, script, reason, t
 
 async def test_user_agent_and_given_headers_are_sent(start_upstream):
     app = await start_upstream()
-    async with aiohttp.ClientSession() as session:
+    async with closing_client() as session:
         await Forwarder(session).send(upstream(app.url), POSTBACK, {"X-Request-ID": "r1"})
     headers = app.received[0].headers
     assert headers["User-Agent"] == "monetag-gateway"

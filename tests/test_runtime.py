@@ -28,8 +28,8 @@ async def test_request_in_flight_finishes_on_the_old_config(start_upstream, star
     other = {**CLICK, "uid": "user-2"}
     assert await get(http, gateway.postback_url(), other) == (200, "forwarded", "new app")
     await asyncio.sleep(0.2)
-    assert old_gateway._session.closed  # the old pool is closed once its requests are done
-    assert not gateway.runtime.gateway._session.closed
+    assert old_gateway._client.closed  # the old pool is closed once its requests are done
+    assert not gateway.runtime.gateway._client.closed
 
 
 async def test_dedup_memory_survives_reload(start_upstream, start_gateway, http):
