@@ -18,8 +18,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Protocol
 
-from cachetools import TTLCache
-
+from .delivered_keys import DeliveredKeys
 from .errors import DedupUnavailable, DuplicatePostback, StoreUnavailable
 from .postback import Postback
 from .store import StoreError
@@ -85,23 +84,6 @@ class Reservation:
         self.stored = stored
 
 
-class _DeliveredKeys(TTLCache[DedupKey, bool]):
-    """A TTL cache that reports when it must drop a live key because it is full."""
-
-    def __init__(
-        self, max_entries: int, ttl: float, clock: Callable[[], float], on_evict: Callable[[], None]
-    ) -> None:
-        super().__init__(max_entries, ttl, timer=clock)
-        self.clock = clock
-        self.on_evict = on_evict
-
-    def popitem(self) -> tuple[DedupKey, bool]:
-        # TTLCache expires dead keys itself; popitem runs only to make room among live ones.
-        item = super().popitem()
-        self.on_evict()
-        return item
-
-
 class DedupMemory:
     """In-process dedup for one route: a TTL cache of delivered keys plus in-flight reservations."""
 
@@ -110,11 +92,11 @@ class DedupMemory:
         ttl: float,
         max_entries: int,
         clock: Callable[[], float] = time.monotonic,
-        on_evict: Callable[[], None] = lambda: None,
+        on_evict: Callable[[int], object] = lambda count: None,
         durable: DurableKeys | None = None,
         sharing: Sharing | None = None,
     ) -> None:
-        self._delivered = _DeliveredKeys(max_entries, ttl, clock, on_evict)
+        self._delivered = DeliveredKeys(max_entries, ttl, clock, on_evict)
         self._in_flight: dict[DedupKey, asyncio.Future[bool]] = {}
         self._durable = durable
         self.sharing = sharing  # replaced on reload; reservations already taken keep theirs
@@ -123,17 +105,9 @@ class DedupMemory:
         return len(self._delivered)
 
     def reconfigure(self, ttl: float, max_entries: int) -> None:
-        """Apply a reloaded ttl/max_entries, keeping what is remembered and what is in flight.
-
-        Remembered keys start a fresh TTL: remembering an event a little longer is the safe
-        side. Done in place so reservations taken before the reload commit into the new cache.
-        """
-        old = self._delivered
-        if (old.ttl, old.maxsize) == (ttl, max_entries):
-            return
-        self._delivered = _DeliveredKeys(max_entries, ttl, old.clock, old.on_evict)
-        for key in list(old.keys()):
-            self._delivered[key] = True
+        """Apply a reloaded ttl/max_entries, keeping what is remembered and what is in flight
+        (in place, so reservations taken before the reload commit into the same memory)."""
+        self._delivered.reconfigure(ttl, max_entries)
 
     @asynccontextmanager
     async def reserve(self, key: DedupKey) -> AsyncIterator[Reservation]:
@@ -168,7 +142,7 @@ class DedupMemory:
     ) -> None:
         """Remember a committed key everywhere it belongs; give back a shared reservation."""
         if reservation.committed:
-            self._delivered[key] = True
+            self._delivered.add(key)
             if self._durable is not None and not reservation.stored:
                 await self._remember_durably(key)
             if sharing is not None and token is not None:
@@ -178,7 +152,7 @@ class DedupMemory:
 
     @property
     def ttl(self) -> float:
-        return float(self._delivered.ttl)
+        return self._delivered.ttl
 
     async def _reserve_shared(
         self, sharing: Sharing | None, key: DedupKey, reservation: Reservation

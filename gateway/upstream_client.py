@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import re
 import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -19,6 +20,8 @@ from dataclasses import dataclass
 from yarl import URL
 
 MAX_BODY_BYTES = 1024 * 1024  # an app's answer to a postback is tiny; more is refused
+_DIGITS = re.compile(r"[0-9]{1,18}")
+_HEX = re.compile(rb"[0-9A-Fa-f]{1,16}")
 
 
 class UpstreamConnectionError(ConnectionError):
@@ -55,12 +58,26 @@ class UpstreamClient:
             key, asyncio.Semaphore(self._per_host)
         )
         async with limit, asyncio.timeout(timeout):
-            connection = self._idle_connection(key) or await self._connect(key)
-            try:
-                answer = await connection.exchange(request)
-            except BaseException:
-                connection.close()  # its state is unknown: never reuse it
-                raise
+            connection = self._idle_connection(key)
+            if connection is not None:
+                try:
+                    answer = await connection.exchange(request)
+                except UpstreamConnectionError:
+                    if connection.answered_anything:
+                        raise
+                    # A kept-alive connection the upstream closed while idle: the request never
+                    # reached it. Like browsers, send it once more on a new connection.
+                    connection = None
+                except BaseException:
+                    connection.close()  # its state is unknown: never reuse it
+                    raise
+            if connection is None:
+                connection = await self._connect(key)
+                try:
+                    answer = await connection.exchange(request)
+                except BaseException:
+                    connection.close()
+                    raise
         if connection.reusable and not self.closed:
             self._idle.setdefault(key, []).append(connection)
         else:
@@ -129,6 +146,10 @@ class _Connection(asyncio.Protocol):
         assert isinstance(transport, asyncio.Transport)
         self._transport = transport
 
+    @property
+    def answered_anything(self) -> bool:
+        return bool(self._buffer)
+
     def exchange(self, request: bytes) -> asyncio.Future[Answer]:
         assert self._transport is not None
         self._buffer.clear()
@@ -179,42 +200,62 @@ class _Connection(asyncio.Protocol):
 
 
 def _parse(buffer: bytearray, eof: bool) -> tuple[Answer, bool] | None:
-    """The complete answer in `buffer` and whether the connection can be reused, or None."""
-    end = buffer.find(b"\r\n\r\n")
-    if end < 0:
-        if len(buffer) > 65536:
-            raise BadResponse("response headers too long")
-        return None
-    head = bytes(buffer[:end]).decode("latin-1").split("\r\n")
-    version, _, rest = head[0].partition(" ")
-    code = rest[:3]
-    if not version.startswith("HTTP/1.") or not code.isdigit() or rest[3:4] not in ("", " "):
-        raise BadResponse(f"not an HTTP/1.x status line: {head[0][:60]!r}")
-    status = int(code)
-    fields: dict[str, str] = {}
-    for line in head[1:]:
-        name, colon, value = line.partition(":")
-        if not colon:
-            raise BadResponse(f"malformed header line: {line[:60]!r}")
-        fields[name.strip().lower()] = value.strip()
-    keep_alive = version == "HTTP/1.1" and fields.get("connection", "").lower() != "close"
-    body_start = end + 4
-    if status in (204, 304) or 100 <= status < 200:
-        body: bytes | None = b""
-    elif "chunked" in fields.get("transfer-encoding", "").lower():
-        body = _dechunk(buffer, body_start)
-    elif "content-length" in fields:
+    """The complete answer in `buffer` and whether the connection can be reused, or None.
+
+    Interim 1xx answers (100 Continue, 103 Early Hints) are dropped from the buffer."""
+    while True:
+        end = buffer.find(b"\r\n\r\n")
+        if end < 0:
+            if len(buffer) > 65536:
+                raise BadResponse("response headers too long")
+            return None
+        head = bytes(buffer[:end]).decode("latin-1").split("\r\n")
+        version, _, rest = head[0].partition(" ")
+        code = rest[:3]
+        if (
+            not version.startswith("HTTP/1.")
+            or not _DIGITS.fullmatch(code)
+            or rest[3:4]
+            not in (
+                "",
+                " ",
+            )
+        ):
+            raise BadResponse(f"not an HTTP/1.x status line: {head[0][:60]!r}")
+        status = int(code)
+        if 100 <= status < 200:
+            del buffer[: end + 4]
+            continue
+        fields: dict[str, str] = {}
+        for line in head[1:]:
+            name, colon, value = line.partition(":")
+            if not colon or not name.strip():
+                raise BadResponse(f"malformed header line: {line[:60]!r}")
+            fields[name.strip().lower()] = value.strip()
+        keep_alive = version == "HTTP/1.1" and fields.get("connection", "").lower() != "close"
+        body = _body(buffer, end + 4, status, fields, eof)
+        if body is None:
+            return None
+        if "content-length" not in fields and "chunked" not in fields.get("transfer-encoding", ""):
+            keep_alive = keep_alive and status in (204, 304)
+        return Answer(status, body, fields.get("content-type")), keep_alive
+
+
+def _body(
+    buffer: bytearray, start: int, status: int, fields: dict[str, str], eof: bool
+) -> bytes | None:
+    """The body once complete (None until then), framed as the headers say."""
+    if status in (204, 304):
+        return b""
+    if "chunked" in fields.get("transfer-encoding", "").lower():
+        return _dechunk(buffer, start)
+    if "content-length" in fields:
         length = fields["content-length"]
-        if not length.isdigit() or int(length) > MAX_BODY_BYTES:
+        if not _DIGITS.fullmatch(length) or int(length) > MAX_BODY_BYTES:
             raise BadResponse(f"unusable Content-Length {length[:20]!r}")
-        total = body_start + int(length)
-        body = bytes(buffer[body_start:total]) if len(buffer) >= total else None
-    else:  # framed by the connection closing
-        keep_alive = False
-        body = bytes(buffer[body_start:]) if eof else None
-    if body is None:
-        return None
-    return Answer(status, body, fields.get("content-type")), keep_alive
+        total = start + int(length)
+        return bytes(buffer[start:total]) if len(buffer) >= total else None
+    return bytes(buffer[start:]) if eof else None  # framed by the connection closing
 
 
 def _dechunk(buffer: bytearray, start: int) -> bytes | None:
@@ -225,10 +266,9 @@ def _dechunk(buffer: bytearray, start: int) -> bytes | None:
         if line_end < 0:
             return None
         size_text = bytes(buffer[position:line_end]).split(b";", 1)[0].strip()
-        try:
-            size = int(size_text, 16)
-        except ValueError:
-            raise BadResponse("malformed chunk size") from None
+        if not _HEX.fullmatch(size_text):
+            raise BadResponse("malformed chunk size")
+        size = int(size_text, 16)
         position = line_end + 2
         if size == 0:
             trailer_end = buffer.find(b"\r\n", position)
