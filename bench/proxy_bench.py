@@ -99,7 +99,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--allowlist", type=int, default=1, help="allowlist entries")
+    parser.add_argument(
+        "--allowlist", type=int, default=10000, help="CIDRs in the big-allowlist gateway"
+    )
     parser.add_argument("--output", default=str(HERE / "results" / "proxy_bench.json"))
     args = parser.parse_args()
     if shutil.which("wrk") is None:
@@ -107,8 +109,12 @@ def main() -> None:
 
     workdir = Path(tempfile.mkdtemp(prefix="proxy-bench-"))
     upstream, naive, public, admin = free_port(), free_port(), free_port(), free_port()
-    config = workdir / "config.yaml"
-    config.write_text(gateway_config(public, admin, upstream, workdir / "gw.db", args.allowlist))
+    big_public, big_admin = free_port(), free_port()
+    config, big_config = workdir / "config.yaml", workdir / "big-allowlist.yaml"
+    config.write_text(gateway_config(public, admin, upstream, workdir / "gw.db", 1))
+    big_config.write_text(
+        gateway_config(big_public, big_admin, upstream, workdir / "big.db", args.allowlist)
+    )
     env = {**os.environ, "MONETAG_SECRET": SECRET}
     query = f"?event=click&zone=7&token={SECRET}"
     targets = {
@@ -116,6 +122,7 @@ def main() -> None:
         "naive": f"http://127.0.0.1:{naive}/postback{query}",
         "gateway_sync": f"http://127.0.0.1:{public}/sync{query}",
         "gateway_queued": f"http://127.0.0.1:{public}/queued{query}",
+        "gateway_sync_big_allowlist": f"http://127.0.0.1:{big_public}/sync{query}",
     }
     with (workdir / "gateway.log").open("wb") as log:
         processes = [
@@ -128,19 +135,22 @@ def main() -> None:
                     f"http://127.0.0.1:{upstream}/postback",
                 ]
             ),
-            subprocess.Popen(
-                [sys.executable, "-m", "gateway", "run", "--config", str(config)],
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                cwd=HERE.parent,
+            *(
+                subprocess.Popen(
+                    [sys.executable, "-m", "gateway", "run", "--config", str(path)],
+                    env=env,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    cwd=HERE.parent,
+                )
+                for path in (config, big_config)
             ),
         ]
     runs: dict[str, dict[int, list[dict[str, float]]]] = {
         name: {c: [] for c in CONNECTIONS} for name in targets
     }
     try:
-        for port in (upstream, naive, public):
+        for port in (upstream, naive, public, big_public):
             wait_for_port(port)
         for name, url in targets.items():  # warm up every pool and cache
             run_wrk(url, 8, 1, f"warmup-{name}")
@@ -168,12 +178,15 @@ def summarize(runs: dict[str, dict[int, list[dict[str, float]]]], args: argparse
         }
         for name, by_connections in runs.items()
     }
-    print(f"median of {args.rounds} run(s) of {args.seconds:g} s, allowlist of {args.allowlist}")
-    print(f"{'target':<16}{'conns':>6}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'non-2xx':>9}")
+    print(
+        f"median of {args.rounds} run(s) of {args.seconds:g} s; "
+        f"gateway_sync_big_allowlist has {args.allowlist} CIDRs in allow_ips"
+    )
+    print(f"{'target':<28}{'conns':>6}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'non-2xx':>9}")
     for name, by_connections in median.items():
         for c, numbers in by_connections.items():
             print(
-                f"{name:<16}{c:>6}{numbers['requests_per_second']:>10.0f}"
+                f"{name:<28}{c:>6}{numbers['requests_per_second']:>10.0f}"
                 f"{numbers['p50_ms']:>9.2f}{numbers['p99_ms']:>9.2f}{numbers['non_2xx']:>9.0f}"
             )
     ratios = {}
@@ -185,10 +198,17 @@ def summarize(runs: dict[str, dict[int, list[dict[str, float]]]], args: argparse
                 "p50": ours["p50_ms"] / naive["p50_ms"],
                 "p99": ours["p99_ms"] / naive["p99_ms"],
             }
-    print("ratios to the naive proxy (req/s higher is better; latency lower is better):")
+    for c in CONNECTIONS:
+        big, small = median["gateway_sync_big_allowlist"][c], median["gateway_sync"][c]
+        ratios[f"big allowlist/one entry c={c}"] = {
+            "requests_per_second": big["requests_per_second"] / small["requests_per_second"],
+            "p50": big["p50_ms"] / small["p50_ms"],
+            "p99": big["p99_ms"] / small["p99_ms"],
+        }
+    print("ratios (req/s higher is better; latency lower is better):")
     for label, ratio in ratios.items():
         print(
-            f"  {label:<28} req/s x{ratio['requests_per_second']:.2f}"
+            f"  {label:<32} req/s x{ratio['requests_per_second']:.2f}"
             f"  p50 x{ratio['p50']:.2f}  p99 x{ratio['p99']:.2f}"
         )
     return {

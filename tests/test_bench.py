@@ -29,15 +29,34 @@ def test_proxy_bench_runs_every_target_and_reports_ratios(tmp_path: Path) -> Non
     output = tmp_path / "proxy.json"
     result = subprocess.run(
         [sys.executable, "bench/proxy_bench.py", "--seconds", "1", "--rounds", "1",
-         "--output", str(output)],
+         "--allowlist", "1000", "--output", str(output)],
         cwd=REPO, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     report = json.loads(output.read_text())
-    for target in ("direct", "naive", "gateway_sync", "gateway_queued"):
+    for target in (
+        "direct",
+        "naive",
+        "gateway_sync",
+        "gateway_queued",
+        "gateway_sync_big_allowlist",
+    ):
         for connections in ("1", "32"):
             numbers = report["median"][target][connections]
             assert numbers["requests_per_second"] > 0
             assert numbers["non_2xx"] == 0, (target, connections)
     assert "gateway_sync/naive c=32" in report["ratios"]
-    assert "ratios to the naive proxy" in result.stdout
+    assert "big allowlist/one entry c=32" in report["ratios"]
+    assert "ratios (req/s higher is better" in result.stdout
+
+
+def test_dedup_memory_script_reports_bytes_and_rates(tmp_path: Path) -> None:
+    output = tmp_path / "dedup.json"
+    result = subprocess.run(
+        [sys.executable, "bench/dedup_memory.py", "--events", "20000", "--output", str(output)],
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    report = json.loads(output.read_text())
+    assert report["events"] == 20000
+    assert report["inserts_per_second"] > 0 and report["lookups_per_second"] > 0

@@ -44,6 +44,9 @@ class Accepted:
     client_closed: asyncio.Event = field(default_factory=asyncio.Event)
     server_closed: asyncio.Event = field(default_factory=asyncio.Event)
 
+    def __repr__(self) -> str:  # short, for assertion messages
+        return f"<connection with {len(self.requests)} request(s)>"
+
 
 # What the server does with one request it has read.
 Reply = Callable[[Accepted], Awaitable[None]]
@@ -448,6 +451,17 @@ async def test_idle_connection_closed_as_next_request_is_sent_is_retried_on_new_
     server.accepted[0].writer.transport.abort()  # takes effect at the next loop iteration
     assert await fetch(client, server.url()) == Answer(200, b"ok", None)
     assert len(server.accepted) == 2
+
+
+async def test_reused_connection_dropped_without_answer_is_retried_at_most_once(
+    start_server, client
+):
+    server = await start_server(send(OK), default=close_without_answer())
+    assert await fetch(client, server.url()) == Answer(200, b"ok", None)
+    with pytest.raises(UpstreamConnectionError):
+        await fetch(client, server.url())
+    assert len(server.accepted) <= 2
+    assert len(server.requests) == len(server.accepted) + 1
 
 
 # --- the request ---------------------------------------------------------------------------
