@@ -236,7 +236,8 @@ def _parse(buffer: bytearray, eof: bool) -> tuple[Answer, bool] | None:
         body = _body(buffer, end + 4, status, fields, eof)
         if body is None:
             return None
-        if "content-length" not in fields and "chunked" not in fields.get("transfer-encoding", ""):
+        chunked = "chunked" in fields.get("transfer-encoding", "").lower()
+        if "content-length" not in fields and not chunked:
             keep_alive = keep_alive and status in (204, 304)
         return Answer(status, body, fields.get("content-type")), keep_alive
 
