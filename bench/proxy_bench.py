@@ -53,8 +53,12 @@ def wait_for_port(port: int, seconds: float = 20) -> None:
     raise SystemExit(f"nothing listens on port {port}")
 
 
-def gateway_config(public: int, admin: int, upstream: int, store: Path, allowlist: int) -> str:
-    # allowlist > 1: that many /24 networks plus loopback, to price a large allowlist
+def gateway_config(public: int, upstream: int, store: Path | None, allowlist: int = 1) -> str:
+    """A gateway with a sync route, and with a store also a queued one.
+
+    allowlist > 1: that many CIDRs in allow_ips (loopback and /24 networks), to price a large
+    allowlist. With a store, the sync route's dedup keys are also written to it (durable dedup).
+    """
     extra = "".join(f", 10.{n // 256}.{n % 256}.0/24" for n in range(allowlist - 1))
     route = f"""
   {{name}}:
@@ -65,12 +69,14 @@ def gateway_config(public: int, admin: int, upstream: int, store: Path, allowlis
     delivery: {{name}}
     upstreams: [{{{{url: 'http://127.0.0.1:{upstream}/postback'}}}}]
 """
-    return (
-        f"server: {{listen: '127.0.0.1:{public}', admin_listen: '127.0.0.1:{admin}', "
+    text = (
+        f"server: {{listen: '127.0.0.1:{public}', admin_listen: '127.0.0.1:{free_port()}', "
         "max_in_flight: 100000, reload_interval: 0}\n"
-        f"store: {{path: '{store}'}}\n"
-        "routes:" + route.format(name="sync") + route.format(name="queued")
+        "routes:" + route.format(name="sync")
     )
+    if store is not None:
+        text = f"store: {{path: '{store}'}}\n" + text + route.format(name="queued")
+    return text
 
 
 def run_wrk(url: str, connections: int, seconds: float, run_name: str) -> dict[str, float]:
@@ -108,21 +114,27 @@ def main() -> None:
         raise SystemExit("wrk is not installed: apt-get install -y wrk")
 
     workdir = Path(tempfile.mkdtemp(prefix="proxy-bench-"))
-    upstream, naive, public, admin = free_port(), free_port(), free_port(), free_port()
-    big_public, big_admin = free_port(), free_port()
-    config, big_config = workdir / "config.yaml", workdir / "big-allowlist.yaml"
-    config.write_text(gateway_config(public, admin, upstream, workdir / "gw.db", 1))
-    big_config.write_text(
-        gateway_config(big_public, big_admin, upstream, workdir / "big.db", args.allowlist)
-    )
+    upstream, naive = free_port(), free_port()
+    # one gateway process per set-up, so each is measured alone
+    gateways = {
+        "plain": (free_port(), None, 1),
+        "store": (free_port(), workdir / "gw.db", 1),
+        "big_allowlist": (free_port(), None, args.allowlist),
+    }
+    configs = []
+    for name, (port, store, allowlist) in gateways.items():
+        configs.append(workdir / f"{name}.yaml")
+        configs[-1].write_text(gateway_config(port, upstream, store, allowlist))
     env = {**os.environ, "MONETAG_SECRET": SECRET}
     query = f"?event=click&zone=7&token={SECRET}"
     targets = {
         "direct": f"http://127.0.0.1:{upstream}/postback{query}",
         "naive": f"http://127.0.0.1:{naive}/postback{query}",
-        "gateway_sync": f"http://127.0.0.1:{public}/sync{query}",
-        "gateway_queued": f"http://127.0.0.1:{public}/queued{query}",
-        "gateway_sync_big_allowlist": f"http://127.0.0.1:{big_public}/sync{query}",
+        "gateway_sync": f"http://127.0.0.1:{gateways['plain'][0]}/sync{query}",
+        "gateway_queued": f"http://127.0.0.1:{gateways['store'][0]}/queued{query}",
+        "gateway_sync_with_store": f"http://127.0.0.1:{gateways['store'][0]}/sync{query}",
+        "gateway_sync_big_allowlist": f"http://127.0.0.1:{gateways['big_allowlist'][0]}/sync"
+        f"{query}",
     }
     with (workdir / "gateway.log").open("wb") as log:
         processes = [
@@ -143,14 +155,14 @@ def main() -> None:
                     stderr=subprocess.STDOUT,
                     cwd=HERE.parent,
                 )
-                for path in (config, big_config)
+                for path in configs
             ),
         ]
     runs: dict[str, dict[int, list[dict[str, float]]]] = {
         name: {c: [] for c in CONNECTIONS} for name in targets
     }
     try:
-        for port in (upstream, naive, public, big_public):
+        for port in (upstream, naive, *(port for port, _, _ in gateways.values())):
             wait_for_port(port)
         for name, url in targets.items():  # warm up every pool and cache
             run_wrk(url, 8, 1, f"warmup-{name}")

@@ -34,8 +34,11 @@ def dedup_key(route: str, fields: Sequence[str], postback: Postback) -> DedupKey
     JSON of the list is an unambiguous encoding: ("a", "bc") and ("ab", "c") differ, and a
     missing field (null) differs from an empty one ("").
     """
-    encoded = json.dumps([route, *(postback.get(name) for name in fields)], ensure_ascii=False)
+    encoded = _ENCODER.encode([route, *(postback.get(name) for name in fields)])
     return hashlib.blake2b(encoded.encode(), digest_size=16).digest()
+
+
+_ENCODER = json.JSONEncoder(ensure_ascii=False)  # json.dumps with options builds one per call
 
 
 class DurableKeys(Protocol):

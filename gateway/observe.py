@@ -55,6 +55,9 @@ class RequestRecord:
         }
 
 
+_ENCODER = json.JSONEncoder(ensure_ascii=False)  # json.dumps with options builds one per call
+
+
 class AccessLog:
     """The one line per request, written straight to stdout.
 
@@ -80,7 +83,7 @@ class AccessLog:
             self._second, self._stamp = second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now))
         stamp = f"{self._stamp}.{int(now % 1 * 1000):03d}Z"
         if self.json:
-            body = json.dumps(fields, ensure_ascii=False)
+            body = _ENCODER.encode(fields)
             line = (
                 f'{{"time": "{stamp}", "level": "info", "logger": "gateway.access", '
                 f'"message": "postback", {body[1:]}\n'

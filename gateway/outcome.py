@@ -34,7 +34,6 @@ def request_id_of(request: web.Request) -> str:
     return f"{_PROCESS_PREFIX}{next(_REQUEST_NUMBERS):08x}"
 
 
-@web.middleware
 async def answer(request: web.Request, handler: Handler) -> web.StreamResponse:
     runtime = request.app[RUNTIME]
     record = RequestRecord(request_id_of(request))

@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from .addresses import IPAddress
+from .addresses import IPAddress, address_text
 from .clientip import ClientAddressResolver
 from .config import GatewayConfig
 from .dedup import DedupKey, DedupMemory
@@ -88,7 +88,7 @@ class Gateway:
         client = self._client_addresses.resolve(
             request.remote, request.headers.getall("X-Forwarded-For", [])
         )
-        record.client = str(client)
+        record.client = address_text(client)
         self._check_allowlist(route, client, record)
         route.check_secret(request.query, request.headers)
 
