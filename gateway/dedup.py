@@ -113,8 +113,13 @@ class DedupMemory:
         self._delivered.reconfigure(ttl, max_entries)
 
     @asynccontextmanager
-    async def reserve(self, key: DedupKey) -> AsyncIterator[Reservation]:
-        """Hold `key` while the body forwards; raise DuplicatePostback if already delivered."""
+    async def reserve(
+        self, key: DedupKey, *, consult_durable: bool = True
+    ) -> AsyncIterator[Reservation]:
+        """Hold `key` while the body forwards; raise DuplicatePostback if already delivered.
+
+        `consult_durable=False`: the caller checks the durable keys itself, atomically with
+        its own write (queued routes do, in the transaction that stores the event)."""
         while True:
             if key in self._delivered:
                 raise DuplicatePostback()
@@ -128,7 +133,7 @@ class DedupMemory:
         reservation = Reservation()
         sharing, token = self.sharing, None
         try:
-            if await self._known_durably(key):
+            if consult_durable and await self._known_durably(key):
                 reservation.commit(stored=True)
                 raise DuplicatePostback()
             token = await self._reserve_shared(sharing, key, reservation)

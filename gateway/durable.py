@@ -71,8 +71,10 @@ class Durable:
 
     async def enqueue(
         self, route: CompiledRoute, postback: Postback, key: DedupKey, record: RequestRecord
-    ) -> None:
-        """Durably accept the event (committed and fsynced), or raise StoreUnavailable."""
+    ) -> bool:
+        """Durably accept the event (committed and fsynced): True, or False if its dedup key was
+        already stored (a duplicate, checked in the same transaction). StoreUnavailable if the
+        store failed."""
         now = time.time()
         accept = partial(
             outbox.enqueue, route=route.name, upstreams=[u.label for u in route.upstreams],
@@ -81,11 +83,14 @@ class Durable:
             dedup_expires_at=now + route.config.dedup.ttl,
         )  # fmt: skip
         try:
-            await self.store.run(accept)
+            event_id = await self.store.run(accept)
         except StoreError as error:
             raise StoreUnavailable(str(error)) from None
+        if event_id is None:
+            return False
         assert self._deliverer is not None
         self._deliverer.wake()
+        return True
 
     async def close(self, grace: float) -> None:
         for task in self._tasks:

@@ -47,8 +47,14 @@ def enqueue(
     now: float,
     dedup_key: bytes,
     dedup_expires_at: float,
-) -> int:
-    """Store the event, a pending delivery per upstream and its dedup key, atomically."""
+) -> int | None:
+    """Store the event, a pending delivery per upstream and its dedup key, atomically; None
+    (nothing written) if the dedup key is already stored and not expired: a duplicate."""
+    known = connection.execute(
+        "SELECT 1 FROM dedup_keys WHERE key = ? AND expires_at > ?", (dedup_key, now)
+    ).fetchone()
+    if known is not None:
+        return None
     cursor = connection.execute(
         "INSERT INTO events (route, idempotency_key, fields, extras, request_id, client,"
         " created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",

@@ -19,6 +19,7 @@ from .config import GatewayConfig
 from .dedup import DedupKey, DedupMemory
 from .deliverer import idempotency_headers
 from .errors import (
+    DuplicatePostback,
     Forbidden,
     MethodNotAllowed,
     Outcome,
@@ -36,7 +37,8 @@ from .upstream_client import UpstreamClient
 log = logging.getLogger("gateway.pipeline")
 
 RECORD = web.RequestKey("record", RequestRecord)
-Enqueue = Callable[[CompiledRoute, Postback, DedupKey, RequestRecord], Awaitable[None]]
+# stores the event unless its dedup key is already stored; says whether it did
+Enqueue = Callable[[CompiledRoute, Postback, DedupKey, RequestRecord], Awaitable[bool]]
 
 
 class Gateway:
@@ -119,9 +121,11 @@ class Gateway:
     ) -> web.StreamResponse:
         """`delivery: queued`: answer 200 once the event is durably stored, deliver later."""
         assert self._enqueue is not None  # config validation: queued routes need a store
-        async with route.dedup.reserve(key) as reservation:
-            await self._enqueue(route, postback, key, record)
-            reservation.commit(stored=True)
+        async with route.dedup.reserve(key, consult_durable=False) as reservation:
+            accepted = await self._enqueue(route, postback, key, record)
+            reservation.commit(stored=True)  # queued now, or known from before a restart
+            if not accepted:
+                raise DuplicatePostback()
         self._delivered(route, postback)
         record.outcome = Outcome.QUEUED
         return web.json_response({"outcome": Outcome.QUEUED})

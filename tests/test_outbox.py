@@ -34,7 +34,7 @@ def _enqueue(
     upstreams: tuple[str, ...] = ("app",),
     key: bytes | None = None,
 ) -> int:
-    return outbox.enqueue(
+    event_id = outbox.enqueue(
         connection,
         route=route,
         upstreams=list(upstreams),
@@ -46,6 +46,8 @@ def _enqueue(
         dedup_key=key if key is not None else f"{route}-{now}".encode(),
         dedup_expires_at=now + 3600,
     )
+    assert event_id is not None
+    return event_id
 
 
 def _delivery_row(connection: sqlite3.Connection, event_id: int, upstream: str) -> dict[str, Any]:
@@ -593,3 +595,23 @@ def test_stats_oldest_pending_counts_from_acceptance_not_from_retries(
 
 def test_stats_of_an_empty_outbox_is_empty(connection: sqlite3.Connection) -> None:
     assert outbox.stats(connection) == []
+
+
+def test_enqueue_of_a_stored_key_writes_nothing_and_says_so(
+    connection: sqlite3.Connection,
+) -> None:
+    _enqueue(connection, now=100.0, key=b"same-event")
+    again = outbox.enqueue(
+        connection, route="tapper", upstreams=["app"], postback=POSTBACK,
+        idempotency_key="idem-again", request_id="req-again", client="203.0.113.7",
+        now=200.0, dedup_key=b"same-event", dedup_expires_at=3800.0,
+    )  # fmt: skip
+    assert again is None
+    assert connection.execute("SELECT COUNT(*) FROM events").fetchone() == (1,)
+    # once the key has expired, the same event is accepted again
+    later = outbox.enqueue(
+        connection, route="tapper", upstreams=["app"], postback=POSTBACK,
+        idempotency_key="idem-later", request_id="req-later", client="203.0.113.7",
+        now=5000.0, dedup_key=b"same-event", dedup_expires_at=8600.0,
+    )  # fmt: skip
+    assert later is not None
