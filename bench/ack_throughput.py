@@ -15,8 +15,6 @@ import argparse
 import asyncio
 import json
 import os
-import platform
-import socket
 import statistics
 import subprocess
 import sys
@@ -27,13 +25,11 @@ from pathlib import Path
 import aiohttp
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from common import free_port, machine, wait_for_port  # noqa: E402
+
 SECRET = "bench-secret-0123456789"
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def config_text(public: int, admin: int, upstream: int, store: Path) -> str:
@@ -54,22 +50,6 @@ def config_text(public: int, admin: int, upstream: int, store: Path) -> str:
         + route.format(name="sync", upstream=upstream)
         + route.format(name="queued", upstream=upstream)
     )
-
-
-def machine() -> str:
-    return f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
-
-
-async def wait_for_port(port: int, seconds: float = 15) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        try:
-            _, writer = await asyncio.open_connection("127.0.0.1", port)
-            writer.close()
-            return
-        except OSError:
-            await asyncio.sleep(0.05)
-    raise SystemExit(f"nothing listens on port {port}")
 
 
 async def drive(url: str, seconds: float, concurrency: int, run: str) -> dict[str, float]:
@@ -131,8 +111,8 @@ async def main() -> None:
             ),
         ]
     try:
-        await wait_for_port(upstream_port)
-        await wait_for_port(public)
+        wait_for_port(upstream_port)
+        wait_for_port(public)
         runs: dict[str, list[dict[str, float]]] = {"sync": [], "queued": []}
         await drive(f"http://127.0.0.1:{public}/sync", 1.0, args.concurrency, "warmup")
         for round_number in range(args.rounds):
