@@ -39,7 +39,6 @@ async def answer(request: web.Request, handler: Handler) -> web.StreamResponse:
     record = RequestRecord(request_id_of(request))
     request[RECORD] = record
     runtime.in_flight += 1
-    runtime.metrics.in_flight.inc()
     try:
         if runtime.in_flight > runtime.config.server.max_in_flight:
             record.route = runtime.gateway.route_name(request.path)  # for logs and metrics
@@ -57,7 +56,6 @@ async def answer(request: web.Request, handler: Handler) -> web.StreamResponse:
         response = web.json_response({"outcome": record.outcome, "error": "internal"}, status=500)
     finally:
         runtime.in_flight -= 1
-        runtime.metrics.in_flight.dec()
     outcome = record.outcome or Outcome.UPSTREAM_ERROR
     response.headers["X-Gateway-Outcome"] = outcome
     response.headers["X-Request-ID"] = record.request_id

@@ -46,6 +46,7 @@ class Runtime:
         self.dedup_memories: dict[str, DedupMemory] = {}
         self.draining = False
         self.in_flight = 0
+        self.metrics.in_flight.set_function(lambda: self.in_flight)  # read at scrape time
         self._gateway: Gateway | None = None
         self._retiring: set[asyncio.Task[None]] = set()
         self._redis_clients: dict[str, redis.Redis] = {}
