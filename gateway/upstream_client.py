@@ -3,25 +3,42 @@
 Measured under wrk, aiohttp's ClientSession cost about 50 us of CPU per request on the
 development machine, most of a pass-through proxy's time; the gateway needs none of its
 generality (cookies, redirects, decompression, streaming, proxies). This client keeps a pool of
-keep-alive connections per (scheme, host, port), writes the request in one call and parses the
-answer in place: status, headers, and a body framed by Content-Length, chunked encoding, or
-the connection closing.
+keep-alive connections per (scheme, host, port), writes the request in one call and reads the
+answer with httptools (llhttp, the parser of Node.js and uvicorn), fed as the bytes arrive.
+
+The answer decides whether an event counts as delivered, so nothing doubtful is read as one.
+Refused (BadResponse, connection closed): anything llhttp rejects (two Content-Lengths, even
+equal ones; Content-Length with Transfer-Encoding; bare-LF line ends; folded header lines;
+status codes that are not three digits), more than one Transfer-Encoding field or one that is
+not exactly `chunked`, 101 (never asked for) and 1xx answers with a body, a final status
+outside 200-599, versions other than HTTP/1.0 and 1.1, and a header block over 64 KiB. Other
+interim 1xx answers (100 Continue, 103 Early Hints) are skipped for the final one.
+
+A connection is reused only while its state is certain: never after a byte nobody asked for
+(after a complete answer, or while idle, checked again just before reuse), since a late second
+answer would be taken as the answer to the next request; nor after a body framed by the close,
+`Connection: close`, HTTP/1.0 without keep-alive, a cut-short body, an error or a timeout.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
-import re
+import select
 import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import NoReturn
 
+import httptools
 from yarl import URL
 
-MAX_BODY_BYTES = 1024 * 1024  # an app's answer to a postback is tiny; more is refused
-_DIGITS = re.compile(r"[0-9]{1,18}")
-_HEX = re.compile(rb"[0-9A-Fa-f]{1,16}")
+MAX_BODY_BYTES = 64 * 1024  # what forward.py keeps of an answer (MAX_REPLY_BYTES)
+MAX_HEAD_BYTES = 64 * 1024  # status lines and header fields, interim answers included
+# Header fields read from an answer; the rest are only checked by llhttp.
+_FIELDS = frozenset(
+    {b"content-length", b"transfer-encoding", b"content-type", b"x-idempotency-key"}
+)
 
 
 class UpstreamConnectionError(ConnectionError):
@@ -29,14 +46,15 @@ class UpstreamConnectionError(ConnectionError):
 
 
 class BadResponse(Exception):
-    """The upstream answered something that is not HTTP/1.x we can read."""
+    """The upstream answered something that is not a clean HTTP/1.x answer."""
 
 
 @dataclass(frozen=True, slots=True)
 class Answer:
     status: int
-    body: bytes
+    body: bytes  # at most the get's max_body: longer bodies are cut
     content_type: str | None
+    idempotency_key: str | None = None  # X-Idempotency-Key, if the app echoed it
 
 
 _Key = tuple[str, str, int]
@@ -50,35 +68,44 @@ class UpstreamClient:
         self._tls: ssl.SSLContext | None = None
         self.closed = False
 
-    async def get(self, url: URL, headers: Mapping[str, str], timeout: float) -> Answer:
-        """One GET. Raises TimeoutError, UpstreamConnectionError or BadResponse."""
+    async def get(
+        self,
+        url: URL,
+        headers: Mapping[str, str],
+        timeout: float,
+        *,
+        keep_alive: bool = True,
+        max_body: int = MAX_BODY_BYTES,
+    ) -> Answer:
+        """One GET. Raises TimeoutError, UpstreamConnectionError or BadResponse.
+
+        `timeout` covers waiting for a free connection to the host, connecting and the answer.
+        A body longer than `max_body` is cut to `max_body` bytes and the answer returned, its
+        connection closed: the status is known, and a 2xx means the app took the event, which
+        a failure would make the sender send again (and perhaps reward twice). With
+        `keep_alive=False` the request says `Connection: close` and its connection is closed
+        after the answer, for apps known to misbehave on kept-alive connections.
+        """
         key = (url.scheme, url.raw_host or "", url.port or 80)
-        request = _request_bytes(url, headers)
+        request = _request_bytes(url, headers, keep_alive)
         limit = self._limits.get(key) or self._limits.setdefault(
             key, asyncio.Semaphore(self._per_host)
         )
-        async with limit, asyncio.timeout(timeout):
+        async with asyncio.timeout(timeout), limit:
             connection = self._idle_connection(key)
             if connection is not None:
                 try:
-                    answer = await connection.exchange(request)
+                    answer = await connection.exchange(request, max_body)
                 except UpstreamConnectionError:
                     if connection.answered_anything:
                         raise
                     # A kept-alive connection the upstream closed while idle: the request never
                     # reached it. Like browsers, send it once more on a new connection.
                     connection = None
-                except BaseException:
-                    connection.close()  # its state is unknown: never reuse it
-                    raise
             if connection is None:
                 connection = await self._connect(key)
-                try:
-                    answer = await connection.exchange(request)
-                except BaseException:
-                    connection.close()
-                    raise
-        if connection.reusable and not self.closed:
+                answer = await connection.exchange(request, max_body)
+        if keep_alive and connection.reusable and not self.closed:
             self._idle.setdefault(key, []).append(connection)
         else:
             connection.close()
@@ -95,8 +122,9 @@ class UpstreamClient:
         idle = self._idle.get(key)
         while idle:
             connection = idle.pop()
-            if connection.open:
+            if connection.clean:
                 return connection
+            connection.close()  # closed by the upstream, or it sent something while idle
         return None
 
     async def _connect(self, key: _Key) -> _Connection:
@@ -114,7 +142,7 @@ class UpstreamClient:
         return connection
 
 
-def _request_bytes(url: URL, headers: Mapping[str, str]) -> bytes:
+def _request_bytes(url: URL, headers: Mapping[str, str], keep_alive: bool) -> bytes:
     host = url.raw_host or ""
     if ":" in host:
         host = f"[{host}]"
@@ -125,161 +153,241 @@ def _request_bytes(url: URL, headers: Mapping[str, str]) -> bytes:
         credentials = f"{url.user}:{url.password or ''}".encode()
         lines.append(f"Authorization: Basic {base64.b64encode(credentials).decode()}")
     lines += [f"{name}: {value}" for name, value in headers.items()]
+    if not keep_alive:
+        lines.append("Connection: close")
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
 
 
 class _Connection(asyncio.Protocol):
-    """One keep-alive connection; parses one response per request written."""
+    """One connection: a request written, its answer read, and not a byte more accepted."""
 
     def __init__(self) -> None:
         self._transport: asyncio.Transport | None = None
-        self._buffer = bytearray()
+        self._unread: select.poll | None = None  # tells whether the socket holds unread bytes
+        self._reader: _ResponseReader | None = None
         self._waiter: asyncio.Future[Answer] | None = None
         self._lost = False
         self.reusable = False
+        self.answered_anything = False
 
     @property
     def open(self) -> bool:
         return not self._lost and self._transport is not None and not self._transport.is_closing()
 
+    @property
+    def clean(self) -> bool:
+        """Open, and nothing arrived since the last answer, not even bytes not yet read.
+
+        Over TLS a record that carries no data (a late session ticket) counts too: the cost is
+        a new connection, never a wrong answer.
+        """
+        return self.open and not (self._unread is not None and self._unread.poll(0))
+
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self._transport = transport
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            self._unread = select.poll()
+            self._unread.register(sock.fileno(), select.POLLIN)
 
-    @property
-    def answered_anything(self) -> bool:
-        return bool(self._buffer)
-
-    def exchange(self, request: bytes) -> asyncio.Future[Answer]:
+    async def exchange(self, request: bytes, max_body: int) -> Answer:
+        """Write the request and read its answer; on any failure the connection is closed."""
         assert self._transport is not None
-        self._buffer.clear()
-        self.reusable = False
+        self._reader = _ResponseReader(max_body)
         self._waiter = asyncio.get_running_loop().create_future()
+        self.reusable = False
+        self.answered_anything = False
         self._transport.write(request)
-        return self._waiter
+        try:
+            return await self._waiter
+        except BaseException:
+            self.close()  # its state is unknown: never reuse it
+            raise
 
     def data_received(self, data: bytes) -> None:
-        self._buffer += data
-        if len(self._buffer) > MAX_BODY_BYTES + 65536:
-            self._fail(BadResponse("response too large"))
-        else:
-            self._try_complete(eof=False)
+        waiter, reader = self._waiter, self._reader
+        if waiter is None or waiter.done() or reader is None:
+            # Nobody asked for these bytes; on reuse they would pass for the next answer.
+            self.reusable = False
+            self.close()
+            return
+        self.answered_anything = True
+        try:
+            reader.feed(data)
+        except BadResponse as error:
+            waiter.set_exception(error)
+            self.close()
+            return
+        if reader.answer is not None:
+            self.reusable = reader.keep_alive
+            if not self.reusable:
+                self.close()  # stop reading what will not be kept
+            waiter.set_result(reader.answer)
 
     def eof_received(self) -> bool | None:
-        self._try_complete(eof=True)
-        return None
+        self._upstream_closed(None)
+        return None  # the transport closes itself
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._lost = True
-        self._try_complete(eof=True)
-        self._fail(UpstreamConnectionError(f"connection closed: {exc or 'by the upstream'}"))
+        self._upstream_closed(exc)
 
     def close(self) -> None:
         if self._transport is not None:
             self._transport.close()
 
-    def _fail(self, error: Exception) -> None:
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_exception(error)
-        self.close()
+    def _upstream_closed(self, exc: Exception | None) -> None:
+        self.reusable = False
+        waiter, reader = self._waiter, self._reader
+        if waiter is None or waiter.done() or reader is None:
+            return
+        if reader.feed_eof():
+            assert reader.answer is not None
+            waiter.set_result(reader.answer)
+        else:
+            waiter.set_exception(
+                UpstreamConnectionError(f"connection closed: {exc or 'by the upstream'}")
+            )
 
-    def _try_complete(self, *, eof: bool) -> None:
-        waiter = self._waiter
-        if waiter is None or waiter.done():
+
+class _ResponseReader:
+    """Reads one answer, after any interim 1xx, from bytes given as they arrive.
+
+    `answer` is set once it is complete; `keep_alive` then says whether the connection may
+    carry another request. The on_* methods are llhttp's callbacks, through httptools; llhttp
+    goes on parsing whatever follows the answer, which they ignore.
+    """
+
+    def __init__(self, max_body: int) -> None:
+        self._parser = httptools.HttpResponseParser(self)
+        self._max_body = max_body
+        self._head_bytes = 0  # given to the parser before the final answer's head was complete
+        self._final_head = False
+        self._until_close = False  # the body is framed by the connection closing
+        self._fields: dict[bytes, bytes] = {}  # of the current answer: interim ones are dropped
+        self._body = bytearray()
+        self._refusal: BadResponse | None = None
+        self.answer: Answer | None = None
+        self.keep_alive = False
+
+    def feed(self, data: bytes) -> None:
+        """Parse the next bytes; BadResponse if they are not a clean answer."""
+        piece: bytes | memoryview = data
+        if data[-1] in b"\r\n":
+            # llhttp skips CR and LF after an answer unseen (any other byte starts a new answer:
+            # on_message_begin), so such a last byte is parsed on its own: an answer complete
+            # before it was followed by bytes nobody asked for.
+            view = memoryview(data)
+            self._parse(view[:-1])
+            if self.answer is not None:
+                self.keep_alive = False
+                return
+            piece = view[-1:]
+        self._parse(piece)
+
+    def feed_eof(self) -> bool:
+        """Whether the answer is complete now that the upstream closed (a body up to the close)."""
+        if self.answer is None and self._final_head and self._until_close:
+            self._complete(keep_alive=False)
+        return self.answer is not None
+
+    def _parse(self, piece: bytes | memoryview) -> None:
+        if not self._final_head:
+            room = MAX_HEAD_BYTES - self._head_bytes
+            self._head_bytes += len(piece)
+            if len(piece) > room:
+                self._run(piece[:room])
+                if not self._final_head and self.answer is None:
+                    self._refuse(f"header block over {MAX_HEAD_BYTES} bytes")
+                piece = piece[room:]
+        self._run(piece)
+
+    def _run(self, piece: bytes | memoryview) -> None:
+        if not piece or self.answer is not None:
             return
         try:
-            parsed = _parse(self._buffer, eof)
-        except BadResponse as error:
-            self._fail(error)
+            self._parser.feed_data(piece)
+        except (httptools.HttpParserError, httptools.HttpParserUpgrade) as error:
+            if self.answer is not None:
+                return  # what followed the answer is not read (and the connection is closed)
+            if self._refusal is not None:
+                raise self._refusal from None
+            if isinstance(error, httptools.HttpParserCallbackError):
+                raise  # a callback failed: a bug here, not the upstream's
+            raise BadResponse(f"malformed answer: {error}") from None
+
+    def _refuse(self, reason: str) -> NoReturn:
+        self._refusal = BadResponse(reason)
+        raise self._refusal
+
+    def _complete(self, *, keep_alive: bool) -> None:
+        self.answer = Answer(
+            self._parser.get_status_code(),
+            bytes(self._body),
+            self._text(b"content-type"),
+            self._text(b"x-idempotency-key"),
+        )
+        self.keep_alive = keep_alive
+
+    def _text(self, name: bytes) -> str | None:
+        value = self._fields.get(name)
+        return None if value is None else value.decode("latin-1")
+
+    # --- llhttp callbacks ---------------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        if self.answer is not None:
+            self.keep_alive = False  # a byte after the answer: nobody asked for it
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        name = name.lower()
+        if name not in _FIELDS or self.answer is not None:
             return
-        if parsed is not None:
-            answer, keep_alive = parsed
-            self.reusable = keep_alive and not eof
-            waiter.set_result(answer)
+        if name == b"transfer-encoding" and name in self._fields:
+            self._refuse("more than one Transfer-Encoding field")
+        value = value.strip(b" \t")  # llhttp drops the whitespace before a value, not after
+        earlier = self._fields.get(name)
+        # Repeated fields are joined as HTTP allows; the caller sees both values.
+        self._fields[name] = value if earlier is None else earlier + b", " + value
 
-
-def _parse(buffer: bytearray, eof: bool) -> tuple[Answer, bool] | None:
-    """The complete answer in `buffer` and whether the connection can be reused, or None.
-
-    Interim 1xx answers (100 Continue, 103 Early Hints) are dropped from the buffer."""
-    while True:
-        end = buffer.find(b"\r\n\r\n")
-        if end < 0:
-            if len(buffer) > 65536:
-                raise BadResponse("response headers too long")
-            return None
-        head = bytes(buffer[:end]).decode("latin-1").split("\r\n")
-        version, _, rest = head[0].partition(" ")
-        code = rest[:3]
-        if (
-            not version.startswith("HTTP/1.")
-            or not _DIGITS.fullmatch(code)
-            or rest[3:4]
-            not in (
-                "",
-                " ",
-            )
-        ):
-            raise BadResponse(f"not an HTTP/1.x status line: {head[0][:60]!r}")
-        status = int(code)
+    def on_headers_complete(self) -> None:
+        if self.answer is not None:
+            return
+        status = self._parser.get_status_code()
+        if self._parser.get_http_version() not in ("1.0", "1.1"):
+            self._refuse(f"HTTP/{self._parser.get_http_version()} answer")  # llhttp takes 0.9
+        coding = self._fields.get(b"transfer-encoding")
+        if coding is not None and coding.lower() != b"chunked":
+            # llhttp would read such a body up to the close, unable to undo what it encodes.
+            self._refuse(f"Transfer-Encoding {coding[:40]!r}")
         if 100 <= status < 200:
-            del buffer[: end + 4]
-            continue
-        fields: dict[str, str] = {}
-        for line in head[1:]:
-            name, colon, value = line.partition(":")
-            if not colon or not name.strip():
-                raise BadResponse(f"malformed header line: {line[:60]!r}")
-            fields[name.strip().lower()] = value.strip()
-        keep_alive = version == "HTTP/1.1" and fields.get("connection", "").lower() != "close"
-        body = _body(buffer, end + 4, status, fields, eof)
-        if body is None:
-            return None
-        chunked = "chunked" in fields.get("transfer-encoding", "").lower()
-        if "content-length" not in fields and not chunked:
-            keep_alive = keep_alive and status in (204, 304)
-        return Answer(status, body, fields.get("content-type")), keep_alive
+            if status == 101:
+                self._refuse("101 Switching Protocols: the client never asks to upgrade")
+            if coding is not None or b"content-length" in self._fields:
+                self._refuse(f"interim {status} answer with a body")
+            return  # interim: its end starts the next answer
+        if not 200 <= status <= 599:
+            self._refuse(f"status {status}")  # llhttp takes any three digits
+        self._final_head = True
+        self._until_close = (
+            status not in (204, 304) and coding is None and b"content-length" not in self._fields
+        )
 
+    def on_body(self, body: bytes) -> None:
+        if self.answer is not None:
+            return
+        room = self._max_body - len(self._body)
+        if len(body) > room:
+            self._body += body[:room]
+            self._complete(keep_alive=False)  # the rest is left unread: close the connection
+        else:
+            self._body += body
 
-def _body(
-    buffer: bytearray, start: int, status: int, fields: dict[str, str], eof: bool
-) -> bytes | None:
-    """The body once complete (None until then), framed as the headers say."""
-    if status in (204, 304):
-        return b""
-    if "chunked" in fields.get("transfer-encoding", "").lower():
-        return _dechunk(buffer, start)
-    if "content-length" in fields:
-        length = fields["content-length"]
-        if not _DIGITS.fullmatch(length) or int(length) > MAX_BODY_BYTES:
-            raise BadResponse(f"unusable Content-Length {length[:20]!r}")
-        total = start + int(length)
-        return bytes(buffer[start:total]) if len(buffer) >= total else None
-    return bytes(buffer[start:]) if eof else None  # framed by the connection closing
-
-
-def _dechunk(buffer: bytearray, start: int) -> bytes | None:
-    body = bytearray()
-    position = start
-    while True:
-        line_end = buffer.find(b"\r\n", position)
-        if line_end < 0:
-            return None
-        size_text = bytes(buffer[position:line_end]).split(b";", 1)[0].strip()
-        if not _HEX.fullmatch(size_text):
-            raise BadResponse("malformed chunk size")
-        size = int(size_text, 16)
-        position = line_end + 2
-        if size == 0:
-            trailer_end = buffer.find(b"\r\n", position)
-            while trailer_end > position:  # skip trailer fields up to the empty line
-                position = trailer_end + 2
-                trailer_end = buffer.find(b"\r\n", position)
-            return bytes(body) if trailer_end == position else None
-        if len(buffer) < position + size + 2:
-            return None
-        body += buffer[position : position + size]
-        position += size + 2
-        if len(body) > MAX_BODY_BYTES:
-            raise BadResponse("response too large")
+    def on_message_complete(self) -> None:
+        if self.answer is not None:
+            return
+        if not self._final_head:
+            self._fields.clear()  # an interim answer; the final one follows
+            return
+        self._complete(keep_alive=self._parser.should_keep_alive())

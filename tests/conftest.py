@@ -23,6 +23,7 @@ from gateway.config import GatewayConfig, parse_config
 from gateway.runtime import Runtime
 from gateway.store import Store
 from tests.processes import free_port
+from tests.rawupstream import start_server  # noqa: F401  (a fixture: raw upstreams)
 
 SECRET = "s3cret-key-0123456789"
 
