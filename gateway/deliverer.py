@@ -58,20 +58,31 @@ class Deliverer:
         self._busy: dict[tuple[str, str], set[int]] = defaultdict(set)
         self._attempts: set[asyncio.Task[None]] = set()
         self._wake = asyncio.Event()
+        self._stopping = False
 
     def wake(self) -> None:
         """Look for due deliveries now (an event was queued, or a slot came free)."""
         self._wake.set()
 
     async def run(self) -> None:
-        while True:
+        """Dispatch due deliveries until `stop()` (or cancellation)."""
+        while not self._stopping:
             self._wake.clear()
             try:
                 await self._dispatch()
             except StoreError as error:
                 log.error("cannot read the outbox", extra={"detail": str(error)})
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for swallows a cancellation
+            # that arrives as the event is set, and this loop would never end (a gateway that
+            # hung for good after SIGTERM under load)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=POLL_SECONDS)
+                async with asyncio.timeout(POLL_SECONDS):
+                    await self._wake.wait()
+
+    def stop(self) -> None:
+        """Dispatch nothing more; `run()` returns at its next turn."""
+        self._stopping = True
+        self._wake.set()
 
     async def finish(self, grace: float) -> None:
         """At shutdown: let attempts in flight end (up to `grace`); the rest stay pending."""

@@ -93,6 +93,8 @@ class Durable:
         return True
 
     async def close(self, grace: float) -> None:
+        if self._deliverer is not None:
+            self._deliverer.stop()  # ends by itself, even if a cancellation were lost
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:

@@ -6,6 +6,13 @@ import asyncio
 from collections import Counter
 from pathlib import Path
 
+import pytest
+
+from gateway.deliverer import Deliverer
+from gateway.forward import Forwarder
+from gateway.metrics import Metrics
+from gateway.store import Store
+from gateway.upstream_client import UpstreamClient
 from tests.conftest import RecordingUpstream, route_yaml
 from tests.test_pipeline import CLICK, get
 
@@ -158,3 +165,32 @@ async def test_acknowledgements_share_commits(start_upstream, start_gateway, htt
     assert {outcome for _, outcome, _ in answers} == {"queued"}
     assert max(durable.store.counters.batch_sizes) > 1
     assert durable.store.counters.commits - before < 100 * 2
+
+
+async def test_deliverer_stops_when_cancelled_as_it_is_woken(store: Store) -> None:
+    """On Python 3.11 `asyncio.wait_for` swallows a cancellation that lands in the same tick as
+    the event it waits for; the deliverer's loop then never ended and the gateway hung after
+    SIGTERM (seen under CPU load, when that tick is crowded)."""
+    client = UpstreamClient()
+    deliverer = Deliverer(store, list, Forwarder(client), Metrics())
+    running = asyncio.create_task(deliverer.run())
+    await asyncio.sleep(0.05)  # parked in its wait for work
+
+    deliverer.wake()
+    running.cancel()
+
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(running, 5)
+    await client.close()
+
+
+async def test_deliverer_stop_ends_its_loop(store: Store) -> None:
+    client = UpstreamClient()
+    deliverer = Deliverer(store, list, Forwarder(client), Metrics())
+    running = asyncio.create_task(deliverer.run())
+    await asyncio.sleep(0.05)
+
+    deliverer.stop()
+
+    await asyncio.wait_for(running, 5)
+    await client.close()
