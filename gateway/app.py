@@ -1,37 +1,37 @@
-"""Wiring: the public app (postbacks only) and the admin app (health, readiness, metrics)."""
+"""Wiring: the public server (postbacks only) and the admin app (health, readiness, metrics)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import logging
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from .outcome import RUNTIME, answer
+from .errors import MalformedRequest
+from .http_server import MAX_HEADER_LINE, MAX_REQUEST_LINE, PublicServer, QuietHttpLogger
+from .outcome import answer, answer_malformed
 from .runtime import Runtime
 
 
-def create_app(runtime: Runtime, shutdown_grace: float = 30.0) -> web.Application:
-    """The public application. Upstream pools live exactly as long as the app."""
-    app = web.Application()
-    app[RUNTIME] = runtime
+def public_runner(runtime: Runtime) -> web.ServerRunner:
+    """The public port's runner. The runtime is started and closed by the caller, around it."""
+    server = runtime.config.server
 
-    async def upstream_pools(app: web.Application) -> AsyncIterator[None]:
-        await runtime.start()
-        yield
-        await runtime.close(shutdown_grace)
+    async def postback(request: web.BaseRequest) -> web.StreamResponse:
+        return await answer(runtime, request)
 
-    async def pipeline(request: web.Request) -> web.StreamResponse:
-        return await runtime.gateway.handle(request)
+    def malformed(request: web.BaseRequest, error: MalformedRequest) -> web.StreamResponse:
+        return answer_malformed(runtime, request, error)
 
-    async def postback(request: web.Request) -> web.StreamResponse:
-        # `answer` wraps the pipeline directly rather than as a middleware: one layer less
-        # of aiohttp machinery on every postback, same behaviour
-        return await answer(request, pipeline)
-
-    app.cleanup_ctx.append(upstream_pools)
-    app.router.add_route("*", "/{path:.*}", postback)
-    return app
+    handler = PublicServer(
+        postback,
+        malformed,
+        access_log=None,  # our own line replaces aiohttp's (outcome.py)
+        keepalive_timeout=server.client_timeout,  # also bounds waiting for request headers
+        max_line_size=MAX_REQUEST_LINE,
+        max_field_size=MAX_HEADER_LINE,
+    )
+    return web.ServerRunner(handler, shutdown_timeout=server.shutdown_grace)
 
 
 def create_admin_app(runtime: Runtime) -> web.Application:
@@ -58,3 +58,15 @@ def create_admin_app(runtime: Runtime) -> web.Application:
     admin.router.add_get("/readyz", readyz)
     admin.router.add_get("/metrics", metrics)
     return admin
+
+
+def admin_runner(runtime: Runtime) -> web.AppRunner:
+    """The admin port's runner: the same header deadline as the public port, so a connection
+    that sends half a request line is closed at `client_timeout` instead of held forever."""
+    return web.AppRunner(
+        create_admin_app(runtime),
+        access_log=None,
+        shutdown_timeout=1,
+        keepalive_timeout=runtime.config.server.client_timeout,
+        logger=QuietHttpLogger(logging.getLogger("gateway.admin")),
+    )

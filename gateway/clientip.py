@@ -8,6 +8,7 @@ never believed on its own.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
 from .addresses import AddressSet, IPAddress, parse_ip
@@ -32,9 +33,26 @@ class ClientAddressResolver:
         for hop in reversed(hops):
             text = hop.strip()
             try:
-                address = parse_ip(text)
+                address = parse_hop(text)
             except ValueError:
                 raise Forbidden("ip", f"unparseable X-Forwarded-For hop {text[:64]!r}") from None
             if address not in self._trusted:
                 return address
         return address  # every hop is a trusted proxy: the farthest one is the caller
+
+
+_IPV4_WITH_PORT = re.compile(r"([0-9.]+):[0-9]{1,5}")
+_BRACKETED_IPV6 = re.compile(r"\[([^\]]+)\](?::[0-9]{1,5})?")
+
+
+def parse_hop(text: str) -> IPAddress:
+    """One X-Forwarded-For hop. Some cloud load balancers append the client's port
+    (`203.0.113.5:4711`, `[2001:db8::1]:443`): the port is dropped, the address kept.
+    A bare IPv6 address has colons too, so only these two shapes are read as having a port."""
+    try:
+        return parse_ip(text)
+    except ValueError:
+        shape = _IPV4_WITH_PORT.fullmatch(text) or _BRACKETED_IPV6.fullmatch(text)
+        if shape is None:
+            raise
+        return parse_ip(shape.group(1))

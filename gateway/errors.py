@@ -134,6 +134,21 @@ class Filtered(GatewayError):
         return {"outcome": self.outcome}
 
 
+class MalformedRequest(GatewayError):
+    """Not valid HTTP: refused by aiohttp's parser before routing. `problem` is from a closed set
+    (see http_server.py); the request's bytes are never echoed or logged: they may hold a key."""
+
+    outcome = Outcome.INVALID
+
+    def __init__(self, status: int, problem: str) -> None:
+        super().__init__("malformed_request", problem)
+        self.status = status
+        self.problem = problem
+
+    def body(self) -> dict[str, Any]:
+        return {"outcome": self.outcome, "error": "malformed request", "problem": self.problem}
+
+
 class QueryTooLong(GatewayError):
     status = 414
     outcome = Outcome.INVALID

@@ -13,7 +13,7 @@ import urllib.request
 import uuid
 from collections.abc import Sequence
 
-from multidict import CIMultiDict, CIMultiDictProxy, MultiDict, MultiDictProxy
+from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 from .addresses import parse_ip
@@ -104,7 +104,7 @@ def _predict(route: RouteConfig, target: URL, headers: dict[str, str]) -> list[s
         lines.append(f"3 allowlist  {client} not allowed, but log_only: let in")
     else:
         lines.append(f"3 allowlist  {client} NOT allowed: expect 403")
-    query = MultiDictProxy(MultiDict(target.query))
+    query = list(target.query.items())
     try:
         compiled.check_secret(query, CIMultiDictProxy(CIMultiDict(headers)))
         lines.append(
@@ -112,7 +112,7 @@ def _predict(route: RouteConfig, target: URL, headers: dict[str, str]) -> list[s
             if route.secret
             else "4 secret     none"
         )
-        postback = compiled.normalizer.normalize(query.items())
+        postback = compiled.normalizer.normalize(compiled.without_secret(query).pairs)
         lines.append(f"5 normalize  {postback.fields}")
         compiled.validator.validate(postback)
         lines.append("6 validate   ok")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -20,11 +21,14 @@ from yarl import URL
 from .config import UpstreamConfig
 from .errors import UpstreamUnavailable
 from .metrics import Metrics, status_class
-from .postback import Postback
-from .upstream_client import BadResponse, UpstreamClient, UpstreamConnectionError
+from .postback import CANONICAL_FIELDS, Postback
+from .upstream_client import Answer, BadResponse, UpstreamClient, UpstreamConnectionError
 
 RETRYABLE_STATUSES = frozenset({502, 503, 504})
 MAX_REPLY_BYTES = 64 * 1024  # an app's answer to a postback is small; never buffer more
+# a Content-Type passed back to the sender: visible ASCII and spaces, nothing aiohttp would
+# refuse to write (a bare LF or NUL would drop the sender's connection with no answer)
+_SAFE_CONTENT_TYPE = re.compile(r"[\x20-\x7e]{1,200}")
 BACKOFF_BASE = 0.1
 BACKOFF_CAP = 2.0
 USER_AGENT = "monetag-gateway"
@@ -56,6 +60,21 @@ def _with_user_agent(headers: Mapping[str, str]) -> dict[str, str]:
     return {**headers, "User-Agent": USER_AGENT}
 
 
+class AnswerOfAnotherEvent(Exception):
+    """The app echoed an X-Idempotency-Key that is not the one sent: this answer belongs to
+    another request (a late answer on a reused connection). Retrying is safe with such an app:
+    it recognises the key."""
+
+
+def _reply_of(answer: Answer, sent_key: str | None) -> UpstreamReply:
+    if answer.idempotency_key is not None and answer.idempotency_key != sent_key:
+        raise AnswerOfAnotherEvent(f"echoed X-Idempotency-Key is not {sent_key}")
+    content_type = answer.content_type
+    if content_type is not None and not _SAFE_CONTENT_TYPE.fullmatch(content_type):
+        content_type = None  # not passed on; the answer itself still is
+    return UpstreamReply(answer.status, answer.body, content_type)
+
+
 class Upstream:
     """One configured upstream with its URL parts and rename map prepared at config load."""
 
@@ -63,22 +82,25 @@ class Upstream:
         self.route = route
         self.timeout = config.timeout
         self.retries = config.retries
+        self.keep_alive = config.keep_alive
         self._rename = dict(config.rename)
         self._base = config.url.with_query(None).with_fragment(None)
         # the app's own parameters: those in its URL, then static_params (often its API key)
         self._own_query = (*config.url.query.items(), *config.static_params.pairs)
-        self._own_names = frozenset(name for name, _ in self._own_query)
+        # every name this upstream's requests carry that the gateway writes itself; an incoming
+        # parameter posing as one of them is dropped by normalization
+        self.written_names = (
+            *(name for name, _ in self._own_query),
+            *(self._rename.get(name, name) for name in CANONICAL_FIELDS),
+        )
         # for logs and metric labels: never the URL's query or userinfo, which may hold a key
         self.label = str(self._base.with_user(None))
 
     def url_for(self, postback: Postback) -> URL:
-        """The app's own parameters, canonical fields under this upstream's names, then extras.
-
-        An incoming extra never overrides one of the app's own parameters.
-        """
+        """The app's own parameters, canonical fields under this upstream's names, then extras
+        (none of which poses as a name written here: see `written_names`)."""
         renamed = [(self._rename.get(name, name), value) for name, value in postback.fields.items()]
-        extras = [pair for pair in postback.extras if pair[0] not in self._own_names]
-        return self._base.with_query([*self._own_query, *renamed, *extras])
+        return self._base.with_query([*self._own_query, *renamed, *postback.extras])
 
 
 class Forwarder:
@@ -150,14 +172,23 @@ class Forwarder:
         except BadResponse as error:
             self._observe(upstream, "connection_error", started)
             return AttemptFailure(f"bad response: {error}", timed_out=False, retryable=False)
+        except AnswerOfAnotherEvent as error:
+            self._observe(upstream, "connection_error", started)
+            return AttemptFailure(f"bad response: {error}", timed_out=False)
         self._observe(upstream, status_class(reply.status), started)
         return reply
 
     async def _attempt(
         self, upstream: Upstream, url: URL, headers: dict[str, str]
     ) -> UpstreamReply:
-        answer = await self._client.get(url, headers, upstream.timeout)
-        return UpstreamReply(answer.status, answer.body[:MAX_REPLY_BYTES], answer.content_type)
+        answer = await self._client.get(
+            url,
+            headers,
+            upstream.timeout,
+            keep_alive=upstream.keep_alive,
+            max_body=MAX_REPLY_BYTES,
+        )
+        return _reply_of(answer, headers.get("X-Idempotency-Key"))
 
     def _observe(self, upstream: Upstream, result: str, started: float) -> None:
         seconds = time.perf_counter() - started

@@ -120,6 +120,20 @@ class Metrics:
             "gateway_redis_errors", "Redis dedup operations that failed.", ["operation"],
             registry=r,
         )  # fmt: skip
+        self.dropped_parameters = Counter(
+            "gateway_dropped_parameters",
+            "Incoming parameters not passed on: posing as a name the gateway writes, or "
+            "carrying the key.", ["route"], registry=r,
+        )  # fmt: skip
+        self.malformed = Counter(
+            "gateway_malformed_requests",
+            "Requests refused before routing because they are not valid HTTP, by problem.",
+            ["problem"], registry=r,
+        )  # fmt: skip
+        self.tls_reloads = Counter(
+            "gateway_tls_certificate_reloads", "Certificate reloads by result.", ["result"],
+            registry=r,
+        )  # fmt: skip
         self.dedup_fallbacks = Counter(
             "gateway_dedup_fallbacks",
             "Postbacks deduplicated by local memory only because Redis failed (fail_open).",
@@ -130,6 +144,7 @@ class Metrics:
         ).labels(__version__).set(1)  # fmt: skip
         for result in ("success", "failure"):
             self.reloads.labels(result)
+            self.tls_reloads.labels(result)
 
     def _child(self, metric: Counter | Histogram, *labels: str) -> Any:
         """`metric.labels(*labels)`, remembered: labels() costs microseconds on the hot path."""
@@ -142,6 +157,9 @@ class Metrics:
     def watch_dedup(self, sizes: Callable[[], dict[str, int]]) -> None:
         self.registry.register(_DedupEntries(sizes))
 
+    def tls_reloaded(self, ok: bool) -> None:
+        self.tls_reloads.labels("success" if ok else "failure").inc()
+
     def config_loaded(self) -> None:
         self.reloads.labels("success").inc()
         self.last_reload.set(time.time())
@@ -152,9 +170,12 @@ class Metrics:
         outcome: str,
         reason: str | None,
         seconds: float,
+        dropped: int = 0,
     ) -> None:
         route = route or UNKNOWN_ROUTE
         self._child(self.requests, route, outcome).inc()
+        if dropped:
+            self._child(self.dropped_parameters, route).inc(dropped)
         if outcome in ("invalid", "filtered"):
             self._child(self.rejections, route, outcome).inc()
         elif outcome == "rejected" and reason in REJECTION_REASONS:

@@ -1,52 +1,101 @@
-"""Incoming query parameters -> a canonical `Postback`.
+"""Incoming query pairs -> a canonical `Postback`: canonical names, canonical values.
 
-Aliases map the names a publisher chose (`event`, `uid`) to Monetag's macro names
-(`event_type`, `ymid`). A value that is still a literal macro (`{ymid}`) was never filled in
-by the sender and counts as missing. The same field given twice with different values is
-ambiguous: the gateway cannot know which one Monetag meant.
+Names: aliases map the names a publisher chose (`event`, `uid`) to Monetag's macro names
+(`event_type`, `ymid`). An unknown parameter that an app would read as a name the gateway writes
+itself (a canonical field, a `rename` target, a static or URL parameter of an upstream, the
+secret's parameter; compared as `paramnames.py` explains) is dropped and reported, so the app
+never sees a second, unverified `user_id` or `API_KEY` beside ours.
+
+Values: equal values must look equal, or dedup could be walked around (`zone=042` after
+`zone=42`) and the app would see two spellings of one event:
+- an empty value, or a literal macro (`{ymid}`) the sender never filled in, counts as missing;
+- `event_type` and `reward_event_type` are lower-cased;
+- whole-number fields lose leading zeros (`042` -> `42`, `000` -> `0`);
+- `estimated_price` is written plainly: no leading zeros, no trailing fractional zeros
+  (`00.50` -> `0.5`, `.5` -> `0.5`, `2.000` -> `2`).
+Text that is not a valid value is left as it came for validation to refuse. The same field
+given twice with different (canonical) values is ambiguous: which one did Monetag mean?
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 
 from .errors import InvalidPostback, Problem
-from .postback import CANONICAL_FIELDS, LOWERCASED_FIELDS, Postback
+from .paramnames import comparable_set, poses_as
+from .postback import CANONICAL_FIELDS, ESTIMATED_PRICE, INTEGER_FIELDS, LOWERCASED_FIELDS, Postback
 
 _UNEXPANDED_MACRO = re.compile(r"\{[A-Za-z_]+\}")
+_DECIMAL = re.compile(r"([0-9]*)(?:\.([0-9]*))?")
+AMBIGUOUS = "given more than once with different values"
+NOT_UTF8 = "is not UTF-8 text"
+
+
+def canonical_value(field: str, value: str) -> str:
+    """The one spelling of `value` that dedup and the app see (unchanged if not valid)."""
+    if field in LOWERCASED_FIELDS:
+        return value.lower()
+    if field in INTEGER_FIELDS:
+        return (value.lstrip("0") or "0") if value.isascii() and value.isdigit() else value
+    if field == ESTIMATED_PRICE:
+        return _plain_decimal(value)
+    return value
+
+
+def _plain_decimal(value: str) -> str:
+    match = _DECIMAL.fullmatch(value)
+    if match is None or value in ("", "."):
+        return value
+    whole = match.group(1).lstrip("0") or "0"
+    fraction = (match.group(2) or "").rstrip("0")
+    return f"{whole}.{fraction}" if fraction else whole
 
 
 class Normalizer:
     def __init__(
-        self, aliases: Mapping[str, str], secret_param: str | None, drop_unknown: bool = False
+        self,
+        aliases: Mapping[str, str],
+        written_names: Iterable[str] = (),
+        drop_unknown: bool = False,
     ) -> None:
         # Every incoming name that denotes a canonical field, decided once at config load.
         names = {name: name for name in CANONICAL_FIELDS if name not in aliases}
         names.update(aliases)
         self._canonical_name_of = names
-        self._secret_param = secret_param
+        self._written = comparable_set([*CANONICAL_FIELDS, *written_names])
         self._drop_unknown = drop_unknown
 
-    def normalize(self, pairs: Iterable[tuple[str, str]]) -> Postback:
+    def normalize(
+        self, pairs: Iterable[tuple[str, str]], undecodable: Sequence[str] = ()
+    ) -> Postback:
+        """`pairs`: the query without the secret (`SecretCheck.scrub`); `undecodable`: names of
+        parameters that were not UTF-8 (`query.Query`), refused here."""
+        if undecodable:
+            raise InvalidPostback([Problem(name, NOT_UTF8) for name in undecodable])
         fields: dict[str, str] = {}
         extras: list[tuple[str, str]] = []
+        empty: set[str] = set()
+        dropped: list[str] = []
         ambiguous: dict[str, None] = {}  # an ordered set: each field reported once
         for name, value in pairs:
-            if name == self._secret_param:
-                continue
             canonical = self._canonical_name_of.get(name)
             if canonical is None:
-                if not self._drop_unknown:
+                if self._drop_unknown:
+                    continue
+                if poses_as(name, self._written):
+                    dropped.append(name)
+                else:
                     extras.append((name, value))
+                continue
+            if not value:
+                empty.add(canonical)
                 continue
             if _UNEXPANDED_MACRO.fullmatch(value):
                 continue
-            if canonical in LOWERCASED_FIELDS:
-                value = value.lower()
+            value = canonical_value(canonical, value)
             if fields.setdefault(canonical, value) != value:
                 ambiguous[canonical] = None
         if ambiguous:
-            problem = "given more than once with different values"
-            raise InvalidPostback([Problem(name, problem) for name in ambiguous])
-        return Postback(fields, tuple(extras))
+            raise InvalidPostback([Problem(name, AMBIGUOUS) for name in ambiguous])
+        return Postback(fields, tuple(extras), frozenset(empty - fields.keys()), tuple(dropped))

@@ -34,6 +34,8 @@ class RequestRecord:
     fields: dict[str, str] | None = None
     query: list[tuple[str, str]] | None = None
     upstream_status: int | None = None
+    caller_request_id: str | None = None  # the caller's X-Request-ID, for correlation only
+    dropped: list[str] = field(default_factory=list)  # parameters not passed on (names only)
 
     def log_fields(self, status: int) -> dict[str, Any]:
         fields = self.fields or {}
@@ -52,6 +54,8 @@ class RequestRecord:
             "upstream_status": self.upstream_status,
             "latency_ms": round((time.perf_counter() - self.started) * 1000, 2),
             "query": self.query,
+            "dropped": self.dropped or None,
+            "caller_request_id": self.caller_request_id,
         }
 
 

@@ -9,46 +9,44 @@ import time
 import uuid
 
 from aiohttp import web
-from aiohttp.typedefs import Handler
 
-from .errors import GatewayError, Outcome, Overloaded
+from .errors import GatewayError, MalformedRequest, Outcome, Overloaded
 from .observe import RequestRecord, log_request
 from .pipeline import RECORD
 from .runtime import Runtime
 
 log = logging.getLogger("gateway.outcome")
 
-RUNTIME = web.AppKey("runtime", Runtime)
 _SAFE_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
-
-
 _PROCESS_PREFIX = uuid.uuid4().hex[:12]  # unique per process start, then a counter: cheap
 _REQUEST_NUMBERS = itertools.count(1)
 
 
-def request_id_of(request: web.Request) -> str:
-    """The caller's X-Request-ID when it is a sane token (for correlation), else a new one."""
-    given = request.headers.get("X-Request-ID")
-    if given is not None and _SAFE_REQUEST_ID.fullmatch(given):
-        return given
+def new_request_id() -> str:
+    """Unique per request: the app may rely on it, so a caller never chooses it."""
     return f"{_PROCESS_PREFIX}{next(_REQUEST_NUMBERS):08x}"
 
 
-async def answer(request: web.Request, handler: Handler) -> web.StreamResponse:
-    runtime = request.app[RUNTIME]
-    record = RequestRecord(request_id_of(request))
+def caller_request_id(request: web.BaseRequest) -> str | None:
+    """The caller's own X-Request-ID, if it is a sane token: logged beside ours, to correlate
+    with a load balancer's logs. Never forwarded as ours (two events could share it)."""
+    given = request.headers.get("X-Request-ID")
+    return given if given is not None and _SAFE_REQUEST_ID.fullmatch(given) else None
+
+
+async def answer(runtime: Runtime, request: web.BaseRequest) -> web.StreamResponse:
+    """Run the pipeline on one postback; every way it can end becomes an answer here."""
+    record = RequestRecord(new_request_id(), caller_request_id=caller_request_id(request))
     request[RECORD] = record
     runtime.in_flight += 1
     try:
         if runtime.in_flight > runtime.config.server.max_in_flight:
-            record.route = runtime.gateway.route_name(request.path)  # for logs and metrics
+            # for logs and metrics
+            record.route = runtime.gateway.route_name(request.rel_url.raw_path)
             raise Overloaded(runtime.config.server.max_in_flight)
-        response = await handler(request)
+        response = await runtime.gateway.handle(request)
     except GatewayError as error:
-        record.outcome = error.outcome
-        record.reason = error.reason
-        record.detail = error.detail or record.detail
-        response = web.json_response(error.body(), status=error.status, headers=error.headers)
+        response = _error_answer(record, error)
     except Exception:
         # A bug, not a verdict: answer 500 so the sender retries, and say so loudly.
         log.exception("unexpected error", extra={"request_id": record.request_id})
@@ -56,10 +54,34 @@ async def answer(request: web.Request, handler: Handler) -> web.StreamResponse:
         response = web.json_response({"outcome": record.outcome, "error": "internal"}, status=500)
     finally:
         runtime.in_flight -= 1
+    return _finish(runtime, record, response)
+
+
+def answer_malformed(
+    runtime: Runtime, request: web.BaseRequest, error: MalformedRequest
+) -> web.StreamResponse:
+    """A request aiohttp could not parse: our answer, one log line, counted; no bytes quoted."""
+    record = RequestRecord(new_request_id(), client=request.remote)
+    runtime.metrics.malformed.labels(error.problem).inc()
+    return _finish(runtime, record, _error_answer(record, error))
+
+
+def _error_answer(record: RequestRecord, error: GatewayError) -> web.Response:
+    record.outcome = error.outcome
+    record.reason = error.reason
+    record.detail = error.detail or record.detail
+    return web.json_response(error.body(), status=error.status, headers=error.headers)
+
+
+def _finish(
+    runtime: Runtime, record: RequestRecord, response: web.StreamResponse
+) -> web.StreamResponse:
     outcome = record.outcome or Outcome.UPSTREAM_ERROR
     response.headers["X-Gateway-Outcome"] = outcome
     response.headers["X-Request-ID"] = record.request_id
     log_request(record, response.status)
     seconds = time.perf_counter() - record.started
-    runtime.metrics.request_done(record.route, outcome, record.reason, seconds)
+    runtime.metrics.request_done(
+        record.route, outcome, record.reason, seconds, dropped=len(record.dropped)
+    )
     return response

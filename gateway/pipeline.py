@@ -31,6 +31,7 @@ from .forward import Forwarder, Upstream, UpstreamReply
 from .metrics import Metrics
 from .observe import RequestRecord
 from .postback import ESTIMATED_PRICE, REWARD_EVENT_TYPE, ZONE_ID, Postback
+from .query import parse_query
 from .route import CompiledRoute
 from .upstream_client import UpstreamClient
 
@@ -71,7 +72,7 @@ class Gateway:
         self._copies: set[asyncio.Task[None]] = set()
         self._enqueue = enqueue
 
-    async def handle(self, request: web.Request) -> web.StreamResponse:
+    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         self._active += 1
         self._idle.clear()
         try:
@@ -81,21 +82,24 @@ class Gateway:
             if not self._active:
                 self._idle.set()
 
-    async def _handle(self, request: web.Request) -> web.StreamResponse:
+    async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
         record = request[RECORD]
-        route = self._route_for(request)
-        record.route = route.name
-        record.query = [(k, v) for k, v in request.query.items() if k != route.secret_param]
+        route = self._route_for(request, record)
+        query = parse_query(request.rel_url.raw_query_string)
+        clean = route.without_secret(query.pairs)  # all that is ever logged or passed on
+        record.query = clean.pairs
+        record.dropped = clean.removed
 
         client = self._client_addresses.resolve(
             request.remote, request.headers.getall("X-Forwarded-For", [])
         )
         record.client = address_text(client)
         self._check_allowlist(route, client, record)
-        route.check_secret(request.query, request.headers)
+        route.check_secret(query.pairs, request.headers)
 
-        postback = route.normalizer.normalize(request.query.items())
+        postback = route.normalizer.normalize(clean.pairs, query.undecodable)
         record.fields = postback.fields
+        record.dropped += postback.dropped
         route.validator.validate(postback)
         route.check_match(postback)
 
@@ -130,18 +134,22 @@ class Gateway:
         record.outcome = Outcome.QUEUED
         return web.json_response({"outcome": Outcome.QUEUED})
 
-    def route_name(self, path: str) -> str | None:
-        route = self.routes.get(path)
+    def route_name(self, raw_path: str) -> str | None:
+        route = self.routes.get(raw_path)
         return route.name if route else None
 
-    def _route_for(self, request: web.Request) -> CompiledRoute:
-        route = self.routes.get(request.path)
+    def _route_for(self, request: web.BaseRequest, record: RequestRecord) -> CompiledRoute:
+        """The route for the path exactly as sent (`/postback%2Ftapper` is not
+        `/postback/tapper`), for a GET whose query, as sent, is within the limit."""
+        url = request.rel_url
+        route = self.routes.get(url.raw_path)
         if route is None:
             raise RouteNotFound()
+        record.route = route.name
         if request.method != "GET":
             raise MethodNotAllowed(request.method)
-        if len(request.query_string) > self._max_query_length:
-            raise QueryTooLong(len(request.query_string), self._max_query_length)
+        if len(url.raw_query_string) > self._max_query_length:
+            raise QueryTooLong(len(url.raw_query_string), self._max_query_length)
         return route
 
     def _check_allowlist(
@@ -198,7 +206,8 @@ class Gateway:
     async def retire(self, grace: float) -> None:
         """Let accepted requests and copies finish (up to `grace`), then close the pool."""
         try:
-            await asyncio.wait_for(self._idle.wait(), timeout=grace)
+            async with asyncio.timeout(grace):  # not wait_for: see Deliverer.run
+                await self._idle.wait()
         except TimeoutError:
             log.warning("retiring with requests still in flight", extra={"count": self._active})
         if self._copies:

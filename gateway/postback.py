@@ -32,6 +32,7 @@ EVENT_TYPES = frozenset({"impression", "click"})
 REWARD_EVENT_TYPES = frozenset({"valued", "not_valued"})
 INTEGER_FIELDS = frozenset({ZONE_ID, SUB_ZONE_ID, TELEGRAM_ID})
 LOWERCASED_FIELDS = frozenset({EVENT_TYPE, REWARD_EVENT_TYPE})
+TEXT_FIELDS = frozenset({YMID, REQUEST_VAR})  # free text chosen by the app
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,10 +40,16 @@ class Postback:
     """One normalized postback: canonical fields, plus unknown parameters kept as they came.
 
     The secret never gets in here, so everything downstream (forwarding, logs) is clean.
+    `fields` holds only non-empty values in their canonical form (see normalize.py); `empty`
+    names the fields that were sent empty, for a precise message if one is required; `dropped`
+    names incoming parameters that were not passed on because they pose as a name the gateway
+    writes (for the log).
     """
 
     fields: dict[str, str]
     extras: tuple[tuple[str, str], ...] = ()
+    empty: frozenset[str] = frozenset()
+    dropped: tuple[str, ...] = ()
 
     def get(self, name: str) -> str | None:
         return self.fields.get(name)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from multidict import CIMultiDictProxy, MultiMapping
+from multidict import CIMultiDictProxy
 
 from .addresses import IPAddress
 from .config import RouteConfig
@@ -12,6 +12,7 @@ from .errors import Filtered
 from .forward import Upstream
 from .normalize import Normalizer
 from .postback import Postback
+from .secret import Pairs, Scrubbed
 from .validate import Validator
 
 
@@ -25,19 +26,28 @@ class CompiledRoute:
         self.queued = config.delivery == QUEUED
         self._secret = config.secret
         self.secret_param = config.secret.query_param if config.secret else None
-        self.normalizer = Normalizer(config.aliases, self.secret_param, config.drop_unknown)
-        self.validator = Validator(config.required)
+        self.upstreams = tuple(Upstream(upstream, config.name) for upstream in config.upstreams)
+        written = [name for upstream in self.upstreams for name in upstream.written_names]
+        if self.secret_param is not None:
+            written.append(self.secret_param)
+        self.normalizer = Normalizer(config.aliases, written, config.drop_unknown)
+        self.validator = Validator(config.required, config.max_estimated_price)
         self._match = tuple(config.match.items())
         self.dedup = dedup
         self._dedup_fields = config.dedup.key
-        self.upstreams = tuple(Upstream(upstream, config.name) for upstream in config.upstreams)
 
     def admits(self, client: IPAddress) -> bool:
         return self._allow_ips is None or client in self._allow_ips
 
-    def check_secret(self, query: MultiMapping[str], headers: CIMultiDictProxy[str]) -> None:
+    def check_secret(self, query: Pairs, headers: CIMultiDictProxy[str]) -> None:
         if self._secret is not None:
             self._secret.verify(query, headers)
+
+    def without_secret(self, query: Pairs) -> Scrubbed:
+        """The query minus every trace of the key: what may be logged, normalized, forwarded."""
+        if self._secret is None:
+            return Scrubbed(list(query), [])
+        return self._secret.scrub(query)
 
     def check_match(self, postback: Postback) -> None:
         """Raise Filtered when the postback is not one this route forwards (`match:`)."""

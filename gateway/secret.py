@@ -8,11 +8,15 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 
-from multidict import CIMultiDictProxy, MultiMapping
+from multidict import CIMultiDictProxy
 
 from .errors import Forbidden
+from .paramnames import comparable_set, poses_as
+
+Pairs = Sequence[tuple[str, str]]
 
 
 class Secret:
@@ -39,6 +43,17 @@ class Secret:
         return hash(Secret)
 
 
+@dataclass(frozen=True, slots=True)
+class Scrubbed:
+    """Query pairs with every trace of the key removed, and the names of what was removed."""
+
+    pairs: list[tuple[str, str]]
+    removed: list[str]  # for the log: names only, and never a name that is itself a key
+
+
+KEY_AS_NAME = "(a key)"  # how the log shows a parameter whose name is a key
+
+
 @dataclass(frozen=True)
 class SecretCheck:
     """Where the key travels (a query parameter or a header) and which keys are accepted."""
@@ -46,6 +61,12 @@ class SecretCheck:
     keys: tuple[Secret, ...]
     query_param: str | None = None
     header: str | None = None
+    # the secret parameter's name in every spelling an app could read it as (TOKEN, token[])
+    _param_forms: frozenset[str] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        names = [self.query_param] if self.query_param is not None else []
+        object.__setattr__(self, "_param_forms", comparable_set(names))
 
     @property
     def location(self) -> str:
@@ -53,10 +74,10 @@ class SecretCheck:
             return f"query parameter {self.query_param!r}"
         return f"header {self.header!r}"
 
-    def verify(self, query: MultiMapping[str], headers: CIMultiDictProxy[str]) -> None:
+    def verify(self, query: Pairs, headers: CIMultiDictProxy[str]) -> None:
         """Raise Forbidden unless the request carries one of the keys."""
         if self.query_param is not None:
-            presented = query.getall(self.query_param, [])
+            presented = [value for name, value in query if name == self.query_param]
         else:
             assert self.header is not None
             presented = headers.getall(self.header, [])
@@ -69,6 +90,26 @@ class SecretCheck:
 
     def accepts(self, presented: str) -> bool:
         return self._matches(presented)
+
+    def scrub(self, query: Pairs) -> Scrubbed:
+        """`query` without the secret's parameter (in any spelling an app would read as it) and
+        without any parameter whose name or value is one of the keys: what is left may be
+        logged and forwarded. A header-secret route's key sent as `token=` is caught here too.
+
+        Every name and value is hashed and compared with every key (`_matches`), so the time
+        taken says nothing about the keys."""
+        pairs: list[tuple[str, str]] = []
+        removed: list[str] = []
+        for name, value in query:
+            name_is_key = self._matches(name)
+            if self._param_forms and poses_as(name, self._param_forms):
+                if name != self.query_param:  # the one expected spelling is not news
+                    removed.append(KEY_AS_NAME if name_is_key else name)
+            elif name_is_key or self._matches(value):
+                removed.append(KEY_AS_NAME if name_is_key else name)
+            else:
+                pairs.append((name, value))
+        return Scrubbed(pairs, removed)
 
     def _matches(self, presented: str) -> bool:
         try:

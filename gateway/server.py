@@ -9,14 +9,14 @@ import sys
 
 from aiohttp import web
 
-from .app import create_admin_app, create_app
+from .app import admin_runner, public_runner
 from .config import GatewayConfig
 from .observe import configure_logging
 from .reload import ConfigWatcher
 from .runtime import Runtime
+from .tls import CertificateReloader
 
 log = logging.getLogger("gateway")
-MAX_REQUEST_LINE = 64 * 1024  # above any max_query_length we answer 414 ourselves
 
 
 async def serve(config: GatewayConfig, config_path: str) -> None:
@@ -26,39 +26,51 @@ async def serve(config: GatewayConfig, config_path: str) -> None:
         log.warning("config warning", extra={"detail": warning})
     runtime = Runtime(config)
     server = config.server
-    public = web.AppRunner(
-        create_app(runtime, server.shutdown_grace),
-        access_log=None,
-        shutdown_timeout=server.shutdown_grace,
-        keepalive_timeout=server.client_timeout,  # also bounds waiting for request headers
-        max_line_size=MAX_REQUEST_LINE,
+    certificates = (
+        CertificateReloader(server.tls, runtime.metrics.tls_reloaded) if server.tls else None
     )
-    admin = web.AppRunner(create_admin_app(runtime), access_log=None, shutdown_timeout=1)
     watcher = ConfigWatcher(config_path, runtime)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    reloads: set[asyncio.Task[bool]] = set()
+    background: set[asyncio.Task[object]] = set()
+
+    def in_background(task: asyncio.Task[object]) -> None:
+        background.add(task)
+        task.add_done_callback(background.discard)
 
     def reload_on_sighup() -> None:
-        task = asyncio.create_task(watcher.reload("SIGHUP"))
-        reloads.add(task)
-        task.add_done_callback(reloads.discard)
+        in_background(asyncio.create_task(watcher.reload("SIGHUP")))
+        if certificates is not None:
+            certificates.reload_if_changed()
 
     loop.add_signal_handler(signal.SIGHUP, reload_on_sighup)
-    watching = asyncio.create_task(watcher.watch())
-    flushing = asyncio.create_task(_flush_stdout_regularly())
+    in_background(asyncio.create_task(watcher.watch()))
+    in_background(asyncio.create_task(_flush_stdout_regularly()))
+    if certificates is not None:
+        interval = lambda: runtime.config.server.reload_interval  # noqa: E731 - read each time
+        in_background(asyncio.create_task(certificates.watch(interval)))
+    admin = admin_runner(runtime)
+    public: web.ServerRunner | None = None
     try:
         await admin.setup()
-        await web.TCPSite(admin, server.admin_listen.host, server.admin_listen.port).start()
+        await web.TCPSite(admin, server.admin_listen.bind_host, server.admin_listen.port).start()
+        await runtime.start()  # opens the store: StoreError if it cannot
+        public = public_runner(runtime)
         await public.setup()
-        await web.TCPSite(public, server.listen.host, server.listen.port).start()
+        await web.TCPSite(
+            public,
+            server.listen.bind_host,
+            server.listen.port,
+            ssl_context=certificates.context if certificates else None,
+        ).start()
         log.info(
             "listening",
             extra={
                 "public": _bound(public),
                 "admin": _bound(admin),
+                "tls": certificates is not None,
                 "routes": [route.path for route in config.routes],
                 "config_checksum": config.checksum,
             },
@@ -69,10 +81,12 @@ async def serve(config: GatewayConfig, config_path: str) -> None:
         log.info("draining", extra={"drain_delay": delay, "in_flight": runtime.in_flight})
         await asyncio.sleep(delay)
     finally:
-        watching.cancel()
-        flushing.cancel()
+        for task in background:
+            task.cancel()
         loop.remove_signal_handler(signal.SIGHUP)
-        await public.cleanup()  # stop accepting; wait up to shutdown_grace for requests
+        if public is not None:
+            await public.cleanup()  # stop accepting; wait up to shutdown_grace for requests
+        await runtime.close(server.shutdown_grace)
         await admin.cleanup()
     log.info("stopped")
 
@@ -85,5 +99,5 @@ async def _flush_stdout_regularly() -> None:
         sys.stdout.flush()
 
 
-def _bound(runner: web.AppRunner) -> list[str]:
+def _bound(runner: web.BaseRunner) -> list[str]:
     return [f"{address[0]}:{address[1]}" for address in runner.addresses]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
+from decimal import Decimal
 
 from .errors import InvalidPostback, Problem
 from .postback import (
@@ -13,11 +14,15 @@ from .postback import (
     INTEGER_FIELDS,
     REWARD_EVENT_TYPE,
     REWARD_EVENT_TYPES,
+    TEXT_FIELDS,
     Postback,
 )
 
 _DIGITS = re.compile(r"[0-9]{1,20}")
 _NON_NEGATIVE_DECIMAL = re.compile(r"(?:[0-9]{1,30}(?:\.[0-9]{0,30})?|\.[0-9]{1,30})")
+# C0 and C1 control characters: no app expects them in an id, and they corrupt logs and CSVs
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+DEFAULT_MAX_ESTIMATED_PRICE = Decimal(10)  # USD for one event: a $10,000 eCPM; see README
 
 
 def value_problem(name: str, value: str) -> str | None:
@@ -30,23 +35,33 @@ def value_problem(name: str, value: str) -> str | None:
         return "must be a whole number"
     if name == ESTIMATED_PRICE and not _NON_NEGATIVE_DECIMAL.fullmatch(value):
         return "must be a non-negative decimal number"
+    if name in TEXT_FIELDS and _CONTROL.search(value):
+        return "must not contain control characters"
     return None
 
 
 class Validator:
-    def __init__(self, required: Iterable[str]) -> None:
+    def __init__(
+        self, required: Iterable[str], max_price: Decimal = DEFAULT_MAX_ESTIMATED_PRICE
+    ) -> None:
         self._required = tuple(required)
+        self._max_price = max_price
 
     def validate(self, postback: Postback) -> None:
-        """Raise InvalidPostback listing every problem; an empty optional field is fine."""
+        """Raise InvalidPostback listing every problem; a missing optional field is fine."""
         problems = [
-            Problem(name, "is required" if postback.get(name) is None else "must not be empty")
+            Problem(name, "must not be empty" if name in postback.empty else "is required")
             for name in self._required
-            if not postback.get(name)
+            if name not in postback.fields
         ]
         for name, value in postback.fields.items():
-            problem = value_problem(name, value) if value else None
+            problem = value_problem(name, value) or self._beyond_limit(name, value)
             if problem is not None:
                 problems.append(Problem(name, problem))
         if problems:
             raise InvalidPostback(problems)
+
+    def _beyond_limit(self, name: str, valid_value: str) -> str | None:
+        if name == ESTIMATED_PRICE and Decimal(valid_value) > self._max_price:
+            return f"must be at most {self._max_price} (max_estimated_price)"
+        return None

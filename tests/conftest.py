@@ -18,7 +18,7 @@ import pytest
 from aiohttp import web
 from multidict import MultiDict
 
-from gateway.app import create_app
+from gateway.app import public_runner
 from gateway.config import GatewayConfig, parse_config
 from gateway.runtime import Runtime
 from gateway.store import Store
@@ -102,7 +102,7 @@ async def start_upstream() -> AsyncIterator[UpstreamFactory]:
 class RunningGateway:
     url: str
     config: GatewayConfig
-    app: web.Application
+    runner: web.ServerRunner
     runtime: Runtime
 
     def postback_url(self, path: str = "/postback/tapper") -> str:
@@ -114,8 +114,8 @@ GatewayFactory = Callable[..., Awaitable[RunningGateway]]
 
 @pytest.fixture
 async def start_gateway() -> AsyncIterator[GatewayFactory]:
-    """Start the real gateway app from YAML text on a loopback socket."""
-    runners: list[web.AppRunner] = []
+    """Start the real gateway (public port) from YAML text on a loopback socket."""
+    running: list[RunningGateway] = []
 
     async def start(
         yaml_text: str,
@@ -124,20 +124,21 @@ async def start_gateway() -> AsyncIterator[GatewayFactory]:
     ) -> RunningGateway:
         config = parse_config(textwrap.dedent(yaml_text), {"MONETAG_SECRET": SECRET, **(env or {})})
         runtime = Runtime(config)
-        app = create_app(runtime, shutdown_grace=1)
-        runner = web.AppRunner(app, access_log=None, shutdown_timeout=1)
+        await runtime.start()
+        runner = public_runner(runtime)
         await runner.setup()
         await web.TCPSite(runner, host, 0).start()
-        runners.append(runner)
         port = runner.addresses[0][1]
         shown_host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
         if ":" in shown_host:
             shown_host = f"[{shown_host}]"
-        return RunningGateway(f"http://{shown_host}:{port}", config, app, runtime)
+        running.append(RunningGateway(f"http://{shown_host}:{port}", config, runner, runtime))
+        return running[-1]
 
     yield start
-    for runner in runners:
-        await runner.cleanup()
+    for gateway in running:
+        await gateway.runner.cleanup()
+        await gateway.runtime.close(1)
 
 
 @pytest.fixture

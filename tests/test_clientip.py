@@ -158,9 +158,15 @@ def test_resolve_accepts_a_tuple_of_header_lines() -> None:
 @pytest.mark.parametrize(
     "forwarded_for",
     [
-        pytest.param(["1.2.3.4:80"], id="hop-with-port"),
-        pytest.param(["[::1]"], id="hop-in-brackets"),
-        pytest.param(["[2001:db8::1]:443"], id="hop-in-brackets-with-port"),
+        pytest.param(["1.2.3.4:"], id="hop-with-empty-port"),
+        pytest.param(["1.2.3.4:123456"], id="hop-with-six-digit-port"),
+        pytest.param(["1.2.3.4:80:81"], id="hop-with-two-ports"),
+        pytest.param(["1.2.3.4:http"], id="hop-with-named-port"),
+        pytest.param(["[::1]:"], id="brackets-with-empty-port"),
+        pytest.param(["[::1]x"], id="brackets-then-garbage"),
+        pytest.param(["[::1"], id="unclosed-bracket"),
+        pytest.param(["[]:80"], id="empty-brackets"),
+        pytest.param(["[unknown]:80"], id="word-in-brackets"),
         pytest.param(["unknown"], id="hop-unknown"),
         pytest.param([""], id="empty-header-line"),
         pytest.param(["1.1.1.1, "], id="trailing-empty-hop"),
@@ -183,6 +189,25 @@ def test_garbage_hop_from_trusted_peer_is_forbidden(forwarded_for: list[str]) ->
 
     assert caught.value.reason == "ip"
     assert "X-Forwarded-For" in caught.value.detail
+
+
+@pytest.mark.parametrize(
+    ("forwarded_for", "client"),
+    [
+        pytest.param(["1.2.3.4:80"], "1.2.3.4", id="ipv4-with-port"),
+        pytest.param(["203.0.113.5:4711"], "203.0.113.5", id="ipv4-with-high-port"),
+        pytest.param(["[2001:db8::1]:443"], "2001:db8::1", id="bracketed-ipv6-with-port"),
+        pytest.param(["[2001:db8::1]"], "2001:db8::1", id="bracketed-ipv6"),
+        pytest.param(["[::ffff:1.2.3.4]:80"], "1.2.3.4", id="bracketed-mapped-ipv6-with-port"),
+        pytest.param(["1.1.1.1:1, 10.0.0.5:2"], "1.1.1.1", id="ports-on-trusted-hops-too"),
+        # a bare IPv6 address cannot carry a port: the last group is part of the address
+        pytest.param(["2001:db8::1:443"], "2001:db8::1:443", id="bare-ipv6-has-no-port"),
+    ],
+)
+def test_hop_with_a_port_resolves_to_its_address(forwarded_for: list[str], client: str) -> None:
+    """Some cloud load balancers append the client's port; refusing it would refuse all
+    traffic behind them."""
+    assert _resolver().resolve("10.0.0.1", forwarded_for) == ip_address(client)
 
 
 def test_forbidden_detail_truncates_a_long_garbage_hop() -> None:

@@ -2,21 +2,27 @@
 
 from __future__ import annotations
 
+import ast
 import ipaddress
 import math
+import re
 from collections.abc import Mapping
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from gateway.config import ConfigError, GatewayConfig, load_config, parse_config
 from tests.configedit import DROP, assert_problem_at, edited
 from tests.configedit import problems_of as problems_in
+from tests.tlscerts import Certificate, make_certificate
 
 REPO = Path(__file__).resolve().parents[1]
-CONTRACT = Path(__file__).resolve().parents[2] / "shared/design/config-contract.yaml"
+CONTRACT = REPO / "tests/data/contract.yaml"  # the key names operators and outside tests use
 SHIPPED = REPO / "config.yaml"
+REFERENCE = REPO / "docs/config-reference.yaml"
 SECRET = "s3cret-key-from-env"
 ENV = {"MONETAG_SECRET": SECRET}
 
@@ -79,7 +85,7 @@ def test_contract_page_parses_to_the_documented_values() -> None:
     assert upstream.retries == 2
     assert dict(upstream.rename) == {"event_type": "event"}
     assert route.insecure is False
-    assert config.warnings == ()
+    assert config.warnings == (PLAIN_HTTP_WARNING,)  # 0.0.0.0, no TLS, key in the URL
 
 
 @pytest.mark.parametrize(
@@ -122,7 +128,7 @@ def test_shipped_example_config_parses() -> None:
     assert route.allow_ips is not None and len(route.allow_ips) == 2
     assert route.secret is not None and route.secret.query_param == "token"
     assert dict(route.aliases)["uid"] == "ymid"
-    assert config.warnings == ()
+    assert config.warnings == (PLAIN_HTTP_WARNING,)
 
 
 def test_shipped_example_config_needs_the_secret_variable() -> None:
@@ -284,6 +290,32 @@ OTHER_ROUTE = {"path": "/postback/other", "insecure": True, "upstreams": [{"url"
                      id="routes-is-a-list"),
         pytest.param({"routes.bad name": OTHER_ROUTE}, ENV, "routes.bad name", "route name",
                      id="route-name-with-space"),
+        pytest.param({"routes.tapper.path": "/postback%2Ftapper"}, ENV, "routes.tapper.path",
+                     "no %-escapes", id="path-with-an-escape"),
+        pytest.param({"routes.tapper.path": "/postback/t\u00e4pper"}, ENV, "routes.tapper.path",
+                     "absolute path", id="path-with-non-ascii"),
+        pytest.param({"routes.tapper.path": "/post back"}, ENV, "routes.tapper.path",
+                     "no spaces", id="path-with-a-space"),
+        pytest.param({"routes.tapper.path": "/postback?x=1"}, ENV, "routes.tapper.path",
+                     "no query", id="path-with-a-query"),
+        pytest.param({"routes.tapper.path": "/postback#x"}, ENV, "routes.tapper.path",
+                     "absolute path", id="path-with-a-fragment"),
+        pytest.param({"routes.tapper.max_estimated_price": 0}, ENV,
+                     "routes.tapper.max_estimated_price", "above zero", id="max-price-zero"),
+        pytest.param({"routes.tapper.max_estimated_price": -1}, ENV,
+                     "routes.tapper.max_estimated_price", "above zero", id="max-price-negative"),
+        pytest.param({"routes.tapper.max_estimated_price": "lots"}, ENV,
+                     "routes.tapper.max_estimated_price", "not a number", id="max-price-word"),
+        pytest.param({"routes.tapper.max_estimated_price": math.inf}, ENV,
+                     "routes.tapper.max_estimated_price", "finite", id="max-price-infinite"),
+        pytest.param({"routes.tapper.max_estimated_price": True}, ENV,
+                     "routes.tapper.max_estimated_price", "expected a number",
+                     id="max-price-boolean"),
+        pytest.param({"routes.tapper.upstreams.0.keep_alive": "no"}, ENV,
+                     "routes.tapper.upstreams[0].keep_alive", "true or false",
+                     id="keep-alive-is-a-string"),
+        pytest.param({"server.listen": "**:8080"}, ENV, "server.listen", "not host:port",
+                     id="listen-two-stars"),
     ],
 )  # fmt: skip
 def test_bad_config_is_rejected_naming_its_key_path(
@@ -479,11 +511,54 @@ def test_non_number_from_the_environment_is_rejected_for_retries() -> None:
         pytest.param("127.0.0.1:0", "127.0.0.1", 0, id="any-free-port"),
         pytest.param("[::]:8080", "::", 8080, id="ipv6-in-brackets"),
         pytest.param("localhost:9000", "localhost", 9000, id="host-name"),
+        pytest.param("*:8080", "*", 8080, id="every-address-both-families"),
     ],
 )
 def test_listen_address_is_host_and_port(written: str, host: str, port: int) -> None:
     listen = parse_with({"server.listen": written}).server.listen
     assert (listen.host, listen.port) == (host, port)
+
+
+@pytest.mark.parametrize(
+    ("written", "bind_host"),
+    [
+        pytest.param("*:8080", None, id="star-binds-every-address-of-both-families"),
+        pytest.param("0.0.0.0:8080", "0.0.0.0", id="ipv4-wildcard-is-ipv4-only"),
+        pytest.param("[::]:8080", "::", id="ipv6-wildcard-is-ipv6-only"),
+    ],
+)
+def test_listen_address_says_what_to_bind(written: str, bind_host: str | None) -> None:
+    assert parse_with({"server.listen": written}).server.listen.bind_host == bind_host
+
+
+def test_admin_port_may_not_share_the_public_port_of_every_address() -> None:
+    problems = problems_of(
+        config_with({"server.listen": "*:8080", "server.admin_listen": "127.0.0.1:8080"})
+    )
+    assert any(problem.startswith("server.admin_listen: ") for problem in problems), problems
+
+
+@pytest.mark.parametrize(
+    ("written", "limit"),
+    [
+        pytest.param(None, Decimal(10), id="default-ten-usd"),
+        pytest.param(0.5, Decimal("0.5"), id="yaml-float"),
+        pytest.param(100, Decimal(100), id="yaml-integer"),
+        pytest.param("2.5", Decimal("2.5"), id="string"),
+        pytest.param("${MAX_PRICE}", Decimal("3"), id="from-the-environment"),
+    ],
+)
+def test_max_estimated_price_is_read(written: Any, limit: Decimal) -> None:
+    changes = {} if written is None else {"routes.tapper.max_estimated_price": written}
+    (route,) = parse_with(changes, {**ENV, "MAX_PRICE": "3"}).routes
+    assert route.max_estimated_price == limit
+
+
+def test_keep_alive_defaults_to_true_and_can_be_turned_off() -> None:
+    (route,) = parse_with({}).routes
+    assert route.upstreams[0].keep_alive is True
+    (route,) = parse_with({"routes.tapper.upstreams.0.keep_alive": False}).routes
+    assert route.upstreams[0].keep_alive is False
 
 
 def test_both_ports_may_be_zero_to_pick_free_ones() -> None:
@@ -530,6 +605,87 @@ def test_route_with_one_check_parses_with_a_warning(
 
 def test_route_with_both_checks_has_no_warning() -> None:
     assert parse_with({}).warnings == ()
+
+
+PLAIN_HTTP_WARNING = (
+    "routes.tapper.secret: the key travels in the URL over plain HTTP (no server.tls, no "
+    "trusted_proxies in front): every hop can read it; add server.tls or terminate TLS in a "
+    "proxy listed in trusted_proxies"
+)
+
+
+@pytest.fixture(scope="module")
+def certificate(tmp_path_factory: pytest.TempPathFactory) -> Certificate:
+    return make_certificate(tmp_path_factory.mktemp("tls"), "gateway")
+
+
+def _tls(certificate: Certificate) -> dict[str, str]:
+    return {"cert_file": str(certificate.cert_file), "key_file": str(certificate.key_file)}
+
+
+@pytest.mark.parametrize(
+    ("changes", "warned"),
+    [
+        pytest.param({"server.listen": "0.0.0.0:8080"}, True, id="public-plain-query-key"),
+        pytest.param({"server.listen": "*:8080"}, True, id="every-address-plain-query-key"),
+        pytest.param({"server.listen": "127.0.0.1:8080"}, False, id="loopback-only"),
+        pytest.param({"server.listen": "[::1]:8080"}, False, id="ipv6-loopback-only"),
+        pytest.param(
+            {"server.listen": "0.0.0.0:8080", "server.trusted_proxies": ["10.0.0.0/8"]},
+            False,
+            id="behind-a-proxy-that-terminates-tls",
+        ),
+        pytest.param(
+            {
+                "server.listen": "0.0.0.0:8080",
+                "routes.tapper.secret": {"header": "X-Key", "keys": ["${MONETAG_SECRET}"]},
+            },
+            False,
+            id="key-in-a-header",
+        ),
+        pytest.param({"server.listen": "0.0.0.0:8080", "server.tls": "TLS"}, False, id="tls"),
+    ],
+)
+def test_plain_http_with_the_key_in_the_url_is_warned_about(
+    changes: dict[str, Any], warned: bool, certificate: Certificate
+) -> None:
+    changes = {
+        key: _tls(certificate) if value == "TLS" else value for key, value in changes.items()
+    }
+
+    warnings = parse_with(changes).warnings
+
+    assert warnings == ((PLAIN_HTTP_WARNING,) if warned else ())
+
+
+def test_tls_files_are_loaded_at_config_time(certificate: Certificate) -> None:
+    config = parse_with({"server.tls": _tls(certificate)})
+
+    assert config.server.tls is not None
+    assert config.server.tls.cert_file == str(certificate.cert_file)
+
+
+def test_tls_problems_name_the_key_and_never_quote_the_files(
+    tmp_path: Path, certificate: Certificate
+) -> None:
+    other = make_certificate(tmp_path, "other")
+    garbage = tmp_path / "garbage.pem"
+    garbage.write_text("-----BEGIN PRIVATE KEY-----\nsecret-looking-bytes\n")
+    cases = {
+        "missing-file": ({**_tls(certificate), "cert_file": str(tmp_path / "nope.crt")},
+                         "server.tls: cannot read"),
+        "key-of-another-certificate": ({**_tls(certificate), "key_file": str(other.key_file)},
+                                       "server.tls: not a usable certificate and key"),
+        "garbage-key": ({**_tls(certificate), "key_file": str(garbage)},
+                        "server.tls: not a usable certificate and key"),
+        "no-key-file": ({"cert_file": str(certificate.cert_file)},
+                        "server.tls.key_file: is required"),
+        "unknown-key": ({**_tls(certificate), "ciphers": "ALL"}, "server.tls.ciphers: unknown key"),
+    }  # fmt: skip
+    for name, (tls, expected) in cases.items():
+        problems = problems_of(config_with({"server.tls": tls}))
+        assert any(problem.startswith(expected) for problem in problems), (name, problems)
+        assert not any("secret-looking" in problem for problem in problems), name
 
 
 # -- secrets stay secret ----------------------------------------------------------------------
@@ -583,3 +739,76 @@ def test_secret_never_appears_in_a_config_error(text: str, environ: dict[str, st
     shown = str(caught.value)
     for secret in (LITERAL_SECRET, "9123456789"):
         assert secret not in shown, shown
+
+
+# -- the reference config: every key, loaded so it cannot rot ----------------------------------
+
+
+def reference_environment(certificate: Certificate) -> dict[str, str]:
+    return {
+        **ENV,
+        "TLS_CERT_FILE": str(certificate.cert_file),
+        "TLS_KEY_FILE": str(certificate.key_file),
+        "APP_API_KEY": "app-key",
+        "REDIS_URL": "redis://127.0.0.1:6379/0",
+    }
+
+
+def test_reference_config_is_a_working_config(certificate: Certificate) -> None:
+    config = load_config(REFERENCE, reference_environment(certificate))
+
+    assert [route.name for route in config.routes] == ["tapper", "runner"]
+    assert config.server.tls is not None and config.store is not None
+    assert config.warnings == ()
+
+
+# Every mapping whose keys the reader checks: (where to put a key it does not know, the path of
+# that mapping in the reference config; "*" stands for every route or every upstream).
+CHECKED_SECTIONS = {
+    "": "",
+    "server": "server",
+    "server.tls": "server.tls",
+    "logging": "logging",
+    "store": "store",
+    "defaults": "defaults",
+    "defaults.dedup": "routes.*.dedup",  # the same keys as a route's dedup
+    "routes.tapper": "routes.*",
+    "routes.tapper.secret": "routes.*.secret",
+    "routes.tapper.dedup": "routes.*.dedup",
+    "routes.tapper.queue": "routes.*.queue",
+    "routes.tapper.upstreams.0": "routes.*.upstreams.*",
+}
+
+
+def keys_the_reader_accepts(section: str) -> set[str]:
+    """Ask the reader itself: a key it does not know is reported with the ones it does."""
+    bogus = f"{section}.zz_not_a_key" if section else "zz_not_a_key"
+    problems = problems_of(config_with({bogus: 1}))
+    (message,) = [problem for problem in problems if "zz_not_a_key: unknown key" in problem]
+    listed = re.search(r"expected one of (\[.*\])", message)
+    assert listed is not None, message
+    return set(ast.literal_eval(listed.group(1)))
+
+
+def keys_in_reference(document: Any, path: str) -> set[str]:
+    nodes = [document]
+    for part in path.split(".") if path else []:
+        step = []
+        for node in nodes:
+            if part == "*":
+                step += list(node.values()) if isinstance(node, dict) else list(node)
+            elif isinstance(node, dict) and part in node:
+                step.append(node[part])
+        nodes = step
+    return {key for node in nodes if isinstance(node, dict) for key in node}
+
+
+@pytest.mark.parametrize(("section", "reference_path"), CHECKED_SECTIONS.items())
+def test_reference_config_shows_every_key_the_gateway_accepts(
+    section: str, reference_path: str
+) -> None:
+    document = yaml.safe_load(REFERENCE.read_text(encoding="utf-8"))
+
+    missing = keys_the_reader_accepts(section) - keys_in_reference(document, reference_path)
+
+    assert not missing, f"docs/config-reference.yaml lacks {sorted(missing)} under {section!r}"

@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import pytest
-from multidict import CIMultiDict, CIMultiDictProxy, MultiDict, MultiDictProxy
+from multidict import CIMultiDict, CIMultiDictProxy
 
 from gateway.errors import Forbidden
-from gateway.secret import Secret, SecretCheck
+from gateway.secret import KEY_AS_NAME, Secret, SecretCheck
 
 OLD_KEY = "old-key-0123456789"
 NEW_KEY = "new-key-9876543210"
@@ -17,8 +17,8 @@ IN_QUERY = SecretCheck((Secret(OLD_KEY), Secret(NEW_KEY)), query_param="token")
 IN_HEADER = SecretCheck((Secret(OLD_KEY), Secret(NEW_KEY)), header="X-Gateway-Key")
 
 
-def _query(*pairs: tuple[str, str]) -> MultiDictProxy[str]:
-    return MultiDictProxy(MultiDict(pairs))
+def _query(*pairs: tuple[str, str]) -> list[tuple[str, str]]:
+    return list(pairs)
 
 
 def _headers(*pairs: tuple[str, str]) -> CIMultiDictProxy[str]:
@@ -74,7 +74,7 @@ def _headers(*pairs: tuple[str, str]) -> CIMultiDictProxy[str]:
     ],
 )
 def test_verify_accepts_any_configured_key(
-    check: SecretCheck, query: MultiDictProxy[str], headers: CIMultiDictProxy[str]
+    check: SecretCheck, query: list[tuple[str, str]], headers: CIMultiDictProxy[str]
 ) -> None:
     check.verify(query, headers)  # no exception: the request may go on
 
@@ -240,7 +240,7 @@ def test_verify_accepts_any_configured_key(
 )
 def test_verify_rejects_with_reason_secret(
     check: SecretCheck,
-    query: MultiDictProxy[str],
+    query: list[tuple[str, str]],
     headers: CIMultiDictProxy[str],
     detail: str,
 ) -> None:
@@ -332,3 +332,73 @@ def test_secret_hash_does_not_depend_on_the_value() -> None:
 )
 def test_location_names_where_the_key_travels(check: SecretCheck, location: str) -> None:
     assert check.location == location
+
+
+# -- scrubbing: the key never reaches a log line or the app -----------------------------------
+
+Pairs = list[tuple[str, str]]
+
+
+@pytest.mark.parametrize(
+    ("check", "query", "kept", "removed"),
+    [
+        pytest.param(
+            IN_QUERY, [("token", OLD_KEY), ("uid", "u1")], [("uid", "u1")], [],
+            id="the-secret-parameter-goes-silently",
+        ),
+        pytest.param(
+            IN_QUERY, [("token", "wrong"), ("uid", "u1")], [("uid", "u1")], [],
+            id="the-secret-parameter-goes-whatever-its-value",
+        ),
+        pytest.param(
+            IN_QUERY, [("TOKEN", OLD_KEY)], [], ["TOKEN"], id="upper-case-spelling-with-the-key"
+        ),
+        pytest.param(
+            IN_QUERY, [("Token", "guess")], [], ["Token"], id="other-case-spelling-any-value"
+        ),
+        pytest.param(IN_QUERY, [("token[]", OLD_KEY)], [], ["token[]"], id="rails-array-spelling"),
+        pytest.param(
+            IN_QUERY, [("token[x", "v")], [], ["token[x"], id="php-unclosed-bracket-spelling"
+        ),
+        pytest.param(IN_QUERY, [(" token", "v")], [], [" token"], id="leading-blank-spelling"),
+        pytest.param(
+            IN_QUERY, [("note", NEW_KEY)], [], ["note"], id="rotated-key-under-another-name"
+        ),
+        pytest.param(IN_QUERY, [(OLD_KEY, "1")], [], [KEY_AS_NAME], id="key-as-a-name"),
+        pytest.param(
+            IN_QUERY, [("uid", OLD_KEY)], [], ["uid"], id="key-as-a-field-value"
+        ),
+        pytest.param(
+            IN_QUERY,
+            [("note", OLD_KEY[:-1]), ("note", OLD_KEY + "x"), ("note", OLD_KEY.upper())],
+            [("note", OLD_KEY[:-1]), ("note", OLD_KEY + "x"), ("note", OLD_KEY.upper())],
+            [],
+            id="near-keys-are-not-keys",
+        ),
+        pytest.param(
+            IN_QUERY, [("tokens", "v"), ("my_token", "v")], [("tokens", "v"), ("my_token", "v")],
+            [], id="names-merely-containing-the-parameter-stay",
+        ),
+        pytest.param(
+            IN_HEADER, [("token", OLD_KEY), ("uid", "u1")], [("uid", "u1")], ["token"],
+            id="header-route-key-sent-in-the-query-too",
+        ),
+        pytest.param(
+            IN_HEADER, [("X-Gateway-Key", "v")], [("X-Gateway-Key", "v")], [],
+            id="header-route-has-no-secret-parameter",
+        ),
+        pytest.param(
+            IN_QUERY, [("uid", "ключ"), ("v", "")], [("uid", "ключ"), ("v", "")], [],
+            id="non-ascii-and-empty-values-stay",
+        ),
+    ],
+)  # fmt: skip
+def test_scrub_removes_every_trace_of_the_key(
+    check: SecretCheck, query: Pairs, kept: Pairs, removed: list[str]
+) -> None:
+    scrubbed = check.scrub(query)
+
+    assert scrubbed.pairs == kept
+    assert scrubbed.removed == removed
+    texts = {text for pair in scrubbed.pairs for text in pair} | set(scrubbed.removed)
+    assert not texts & {OLD_KEY, NEW_KEY}

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+from decimal import Decimal
 
 import pytest
 
 from gateway.errors import InvalidPostback, Problem
+from gateway.normalize import Normalizer
 from gateway.postback import Postback
 from gateway.validate import Validator
 
@@ -18,10 +20,14 @@ WHOLE = "must be a whole number"
 DECIMAL = "must be a non-negative decimal number"
 
 
-def _problems(required: list[str], fields: dict[str, str]) -> list[Problem]:
-    """The problems Validator(required) reports for `fields`; [] when it accepts them."""
+def _problems(
+    required: list[str], fields: dict[str, str], max_price: Decimal | None = None
+) -> list[Problem]:
+    """The problems Validator(required) reports for `fields` as they arrive (normalized first,
+    as in the pipeline); [] when it accepts them."""
+    validator = Validator(required) if max_price is None else Validator(required, max_price)
     try:
-        Validator(required).validate(Postback(fields))
+        validator.validate(Normalizer({}).normalize(fields.items()))
     except InvalidPostback as error:
         return error.problems
     return []
@@ -62,7 +68,7 @@ def test_required_fields(
         pytest.param("event_type", "impression", None, id="event-impression"),
         pytest.param("event_type", "click", None, id="event-click"),
         pytest.param("event_type", "", None, id="event-empty-optional"),
-        pytest.param("event_type", "Click", EVENT_TYPES, id="event-not-lower-cased"),
+        pytest.param("event_type", "Click", None, id="event-lower-cased-by-normalization"),
         pytest.param("event_type", "view", EVENT_TYPES, id="event-unknown"),
         pytest.param("event_type", "click ", EVENT_TYPES, id="event-trailing-space"),
         pytest.param("event_type", "valued", EVENT_TYPES, id="event-reward-value"),
@@ -86,7 +92,7 @@ def test_required_fields(
         pytest.param("zone_id", "1_000", WHOLE, id="zone-underscore"),
         pytest.param("zone_id", "0x1f", WHOLE, id="zone-hex"),
         pytest.param("zone_id", "\u0661\u0662", WHOLE, id="zone-non-ascii-digits"),
-        pytest.param("zone_id", "{zone_id}", WHOLE, id="zone-literal-macro"),
+        pytest.param("zone_id", "{zone_id}", None, id="zone-literal-macro-is-missing"),
         pytest.param("sub_zone_id", "42", None, id="sub-zone-digits"),
         pytest.param("sub_zone_id", "", None, id="sub-zone-empty-optional"),
         pytest.param("sub_zone_id", "-1", WHOLE, id="sub-zone-negative"),
@@ -102,7 +108,7 @@ def test_required_fields(
         pytest.param("estimated_price", "0", None, id="price-zero"),
         pytest.param("estimated_price", "1.", None, id="price-trailing-dot"),
         pytest.param("estimated_price", ".5", None, id="price-leading-dot"),
-        pytest.param("estimated_price", "12.50", None, id="price-trailing-zero"),
+        pytest.param("estimated_price", "2.50", None, id="price-trailing-zero"),
         pytest.param("estimated_price", "", None, id="price-empty-optional"),
         pytest.param("estimated_price", "-0.1", DECIMAL, id="price-negative"),
         pytest.param("estimated_price", "-0", DECIMAL, id="price-negative-zero"),
@@ -188,3 +194,62 @@ def test_invalid_postback_body_names_the_first_problem_and_lists_all() -> None:
     assert caught.value.detail == (
         f"ymid: {REQUIRED}; zone_id: {WHOLE}; estimated_price: {DECIMAL}"
     )
+
+
+CONTROL = "must not contain control characters"
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        pytest.param("ymid", "u1\x00", id="nul"),
+        pytest.param("ymid", "u1\nforged log line", id="newline"),
+        pytest.param("ymid", "u1\r", id="carriage-return"),
+        pytest.param("ymid", "\x1b[31mred", id="terminal-escape"),
+        pytest.param("ymid", "u1\x7f", id="delete"),
+        pytest.param("ymid", "u1\x85", id="c1-next-line"),
+        pytest.param("request_var", "btn\tx", id="tab-in-request-var"),
+    ],
+)
+def test_control_characters_in_text_fields_are_refused(name: str, value: str) -> None:
+    assert _problems([], {name: value}) == [Problem(name, CONTROL)]
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        pytest.param("ユーザー", id="japanese"),
+        pytest.param("user \u2028 two", id="line-separator-is-not-a-control-character"),
+        pytest.param("<img src=x onerror=alert(1)>", id="markup-is-text"),
+    ],
+)
+def test_other_text_is_free(value: str) -> None:
+    assert _problems([], {"ymid": value}) == []
+
+
+PRICE_LIMIT = "must be at most 10 (max_estimated_price)"
+
+
+@pytest.mark.parametrize(
+    ("price", "max_price", "problems"),
+    [
+        pytest.param("10", None, [], id="default-limit-is-inclusive"),
+        pytest.param("10.000", None, [], id="trailing-zeros-at-the-limit"),
+        pytest.param("10.0001", None, [Problem("estimated_price", PRICE_LIMIT)], id="just-over"),
+        pytest.param(
+            "9" * 30, None, [Problem("estimated_price", PRICE_LIMIT)], id="thirty-digit-price"
+        ),
+        pytest.param(
+            "0" * 20 + "11", None, [Problem("estimated_price", PRICE_LIMIT)],
+            id="leading-zeros-do-not-hide-it",
+        ),
+        pytest.param("0.5", Decimal("0.25"), [
+            Problem("estimated_price", "must be at most 0.25 (max_estimated_price)")
+        ], id="configured-limit"),
+        pytest.param("abc", None, [Problem("estimated_price", DECIMAL)], id="only-one-problem"),
+    ],
+)  # fmt: skip
+def test_estimated_price_has_an_upper_bound(
+    price: str, max_price: Decimal | None, problems: list[Problem]
+) -> None:
+    assert _problems([], {"estimated_price": price}, max_price) == problems

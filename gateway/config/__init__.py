@@ -2,8 +2,8 @@
 
 Everything is checked before the server listens, and every error names its key path
 (`routes.tapper.allow_ips[2]`). `${NAME}` and `${NAME:-default}` in string values are replaced
-from the environment so secrets stay out of the file. The key names follow the contract in
-`shared/design/config-contract.yaml`.
+from the environment so secrets stay out of the file. The key names are a contract with
+operators (`tests/data/contract.yaml`); every key is described in `docs/config-reference.yaml`.
 """
 
 import hashlib

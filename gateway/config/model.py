@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from decimal import Decimal
 from types import MappingProxyType
 
 from yarl import URL
@@ -11,6 +12,7 @@ from yarl import URL
 from ..addresses import AddressSet
 from ..postback import CANONICAL_FIELDS, EVENT_TYPE, YMID, ZONE_ID
 from ..secret import SecretCheck
+from ..validate import DEFAULT_MAX_ESTIMATED_PRICE
 
 DEFAULT_REQUIRED: tuple[str, ...] = (YMID, EVENT_TYPE)
 DEFAULT_DEDUP_KEY: tuple[str, ...] = (YMID, EVENT_TYPE, ZONE_ID)
@@ -35,6 +37,9 @@ class ConfigError(Exception):
         self.problems = problems
 
 
+EVERY_ADDRESS = "*"  # `listen: "*:8080"`: every local address, IPv4 and IPv6
+
+
 @dataclass(frozen=True)
 class ListenAddress:
     host: str
@@ -42,6 +47,24 @@ class ListenAddress:
 
     def __str__(self) -> str:
         return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+    @property
+    def bind_host(self) -> str | None:
+        """What to bind: None (every address of both families) for `*`, else the host.
+        `0.0.0.0` is IPv4 only and `::` IPv6 only, as in nginx."""
+        return None if self.host == EVERY_ADDRESS else self.host
+
+    @property
+    def loopback(self) -> bool:
+        return self.host in ("127.0.0.1", "::1", "localhost") or self.host.startswith("127.")
+
+
+@dataclass(frozen=True)
+class TlsConfig:
+    """TLS on the public port: PEM files, re-read when they change (renewals, no restart)."""
+
+    cert_file: str
+    key_file: str
 
 
 @dataclass(frozen=True)
@@ -55,6 +78,7 @@ class ServerConfig:
     client_timeout: float = 10.0  # a client must send its request headers within this
     max_query_length: int = 4096  # longer query strings are answered 414
     reload_interval: float = 2.0  # how often the config file is checked; 0 = only SIGHUP
+    tls: TlsConfig | None = None  # terminate TLS on the public port (1.2 and newer)
 
 
 @dataclass(frozen=True)
@@ -93,6 +117,7 @@ class UpstreamConfig:
     retries: int = DEFAULT_UPSTREAM_RETRIES
     rename: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     static_params: StaticParams = field(default_factory=lambda: StaticParams(()))
+    keep_alive: bool = True  # false: a new connection per request, for apps that garble them
 
 
 class StaticParams:
@@ -164,6 +189,9 @@ class RouteConfig:
     delivers: frozenset[str] = frozenset(CANONICAL_FIELDS)
     delivery: str = SYNC  # queued: acknowledge once durably stored, deliver in the background
     queue: QueueConfig = field(default_factory=QueueConfig)
+    # the most one event may claim to be worth, in USD; more is refused (400), so a forged
+    # or garbled price cannot poison the revenue figures
+    max_estimated_price: Decimal = DEFAULT_MAX_ESTIMATED_PRICE
 
 
 @dataclass(frozen=True)

@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import re
+import ssl
 from types import MappingProxyType
 from typing import Any
 
 from ..addresses import AddressSet
 from ..postback import CANONICAL_FIELDS, LOWERCASED_FIELDS
 from ..secret import Secret, SecretCheck
-from ..validate import value_problem
+from ..tls import describe_load_error, server_context
+from ..validate import DEFAULT_MAX_ESTIMATED_PRICE, value_problem
 from .model import (
     DEFAULT_REQUIRED,
     DEFAULT_UPSTREAM_RETRIES,
     DEFAULT_UPSTREAM_TIMEOUT,
     ENFORCE,
+    EVERY_ADDRESS,
     FAIL_CLOSED,
     FAIL_OPEN,
     LOG_ONLY,
@@ -32,6 +35,7 @@ from .model import (
     ServerConfig,
     StaticParams,
     StoreConfig,
+    TlsConfig,
     UpstreamConfig,
 )
 from .template import PostbackTemplate, parse_template
@@ -42,7 +46,7 @@ _ROUTE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
 
 def _overlap(first: ListenAddress, second: ListenAddress) -> bool:
     """Would the two listeners fight over one port? (Port 0 means any free port.)"""
-    wildcards = {"0.0.0.0", "::", ""}
+    wildcards = {"0.0.0.0", "::", "", EVERY_ADDRESS}
     return first.port == second.port != 0 and (
         first.host == second.host or bool({first.host, second.host} & wildcards)
     )
@@ -63,6 +67,7 @@ class DocumentReader(ValueReader):
         store = self.optional(top, "store", "", self.store, None)
         if server is None or routes is None or logging is None:
             return None
+        self.warn_about_plain_http(server, routes)
         if store is None and "store" not in top:
             for route in routes:
                 if route.delivery == QUEUED:
@@ -71,6 +76,18 @@ class DocumentReader(ValueReader):
                         "queued delivery needs a top-level `store: {path: ...}`",
                     )
         return GatewayConfig(server, routes, tuple(self.warnings), logging, store=store)
+
+    def warn_about_plain_http(self, server: ServerConfig, routes: tuple[RouteConfig, ...]) -> None:
+        """A key in the URL over plain HTTP can be read by every hop on the way."""
+        if server.tls is not None or server.trusted_proxies or server.listen.loopback:
+            return  # TLS here, or a proxy in front that (we trust) terminates it
+        for route in routes:
+            if route.secret is not None and route.secret.query_param is not None:
+                self.warnings.append(
+                    f"routes.{route.name}.secret: the key travels in the URL over plain HTTP "
+                    "(no server.tls, no trusted_proxies in front): every hop can read it; "
+                    "add server.tls or terminate TLS in a proxy listed in trusted_proxies"
+                )
 
     def store(self, value: Any, path: str) -> StoreConfig | None:
         section = self.mapping(value, path, {"path"})
@@ -130,7 +147,7 @@ class DocumentReader(ValueReader):
     def server(self, value: Any, path: str) -> ServerConfig | None:
         keys = {
             "listen", "admin_listen", "trusted_proxies", "max_in_flight", "shutdown_grace",
-            "drain_delay", "client_timeout", "max_query_length", "reload_interval",
+            "drain_delay", "client_timeout", "max_query_length", "reload_interval", "tls",
         }  # fmt: skip
         section = self.mapping(value, path, keys)
         if section is None:
@@ -144,6 +161,7 @@ class DocumentReader(ValueReader):
         proxies = self.optional(
             section, "trusted_proxies", path, self.address_set, defaults.trusted_proxies
         )
+        tls = self.optional(section, "tls", path, self.tls, None)
         if listen and admin and _overlap(listen, admin):
             self.problem(key_path(path, "admin_listen"), "must not share server.listen's port")
         limits = {
@@ -169,7 +187,24 @@ class DocumentReader(ValueReader):
         if len(self.problems) > problems_before:
             return None
         assert listen is not None and admin is not None and proxies is not None
-        return ServerConfig(listen, admin, proxies, **limits)  # type: ignore[arg-type]
+        return ServerConfig(listen, admin, proxies, tls=tls, **limits)  # type: ignore[arg-type]
+
+    def tls(self, value: Any, path: str) -> TlsConfig | None:
+        """Certificate and key files (PEM), loaded now so a bad pair is a config error."""
+        section = self.mapping(value, path, {"cert_file", "key_file"})
+        if section is None:
+            return None
+        cert_file = self.required_key(section, "cert_file", path, self.string)
+        key_file = self.required_key(section, "key_file", path, self.string)
+        if cert_file is None or key_file is None:
+            return None
+        config = TlsConfig(cert_file, key_file)
+        try:
+            server_context(config)
+        except (OSError, ssl.SSLError) as error:
+            self.problem(path, describe_load_error(error))
+            return None
+        return config
 
     def routes(self, value: Any, path: str) -> tuple[RouteConfig, ...] | None:
         if value is None:
@@ -203,6 +238,7 @@ class DocumentReader(ValueReader):
         keys = {
             "path", "allow_ips", "secret", "aliases", "required", "dedup", "upstreams", "insecure",
             "allow_ips_mode", "match", "drop_unknown", "template", "delivery", "queue",
+            "max_estimated_price",
         }  # fmt: skip
         section = self.mapping(value, path, keys)
         if section is None:
@@ -232,11 +268,15 @@ class DocumentReader(ValueReader):
             section, "delivery", path, lambda v, p: self.choice(v, p, deliveries), SYNC
         )
         queue = self.optional(section, "queue", path, self.queue, QueueConfig())
+        max_price = self.optional(
+            section, "max_estimated_price", path, self.decimal, DEFAULT_MAX_ESTIMATED_PRICE
+        )
         if len(self.problems) > problems_before:
             return None
         assert url_path is not None and upstreams is not None and aliases is not None
         assert required is not None and dedup is not None and match is not None
         assert allow_ips_mode is not None and delivery is not None and queue is not None
+        assert max_price is not None
         if template is not None:
             if "aliases" in section:
                 self.problem(key_path(path, "aliases"), "give aliases or template, not both")
@@ -263,6 +303,7 @@ class DocumentReader(ValueReader):
             delivers=delivers,
             delivery=delivery,
             queue=queue,
+            max_estimated_price=max_price,
         )
         self.check_route_consistency(route, path)
         if template is not None:
@@ -469,7 +510,7 @@ class DocumentReader(ValueReader):
         return tuple(upstream for upstream in upstreams if upstream is not None)
 
     def upstream(self, value: Any, path: str) -> UpstreamConfig | None:
-        keys = {"url", "timeout", "retries", "rename", "static_params"}
+        keys = {"url", "timeout", "retries", "rename", "static_params", "keep_alive"}
         section = self.mapping(value, path, keys)
         if section is None:
             return None
@@ -479,12 +520,18 @@ class DocumentReader(ValueReader):
         timeout = self.optional(section, "timeout", path, self.duration, DEFAULT_UPSTREAM_TIMEOUT)
         retries = self.optional(section, "retries", path, self.retries, DEFAULT_UPSTREAM_RETRIES)
         rename = self.optional(section, "rename", path, self.rename, dict[str, str]())
+        keep_alive = self.optional(section, "keep_alive", path, self.boolean, True)
         if url is None or timeout is None or retries is None or rename is None:
             return None
-        if static_params is None:
+        if static_params is None or keep_alive is None:
             return None
         return UpstreamConfig(
-            url, timeout, retries, MappingProxyType(rename), StaticParams(static_params)
+            url,
+            timeout,
+            retries,
+            MappingProxyType(rename),
+            StaticParams(static_params),
+            keep_alive=keep_alive,
         )
 
     def static_params(self, value: Any, path: str) -> tuple[tuple[str, str], ...] | None:

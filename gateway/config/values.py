@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Mapping
+from decimal import Decimal, InvalidOperation
 from typing import Any, TypeVar
 
 from yarl import URL
@@ -12,6 +13,7 @@ from ..addresses import AddressSet, IndexedValueError
 from ..postback import CANONICAL_FIELDS
 from .model import MAX_UPSTREAM_RETRIES, ListenAddress
 
+_URL_PATH = re.compile(r"/[A-Za-z0-9\-._~!$&'()*+,;=:@/]*")
 _PARAM_NAME = re.compile(r"[A-Za-z0-9_.\-\[\]]{1,128}")
 _HEADER_NAME = re.compile(r"[A-Za-z0-9-]{1,128}")
 _ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -60,19 +62,47 @@ class ValueReader:
         text = self.string(value, path)
         if text is None:
             return None
-        match = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\]:([0-9]{1,5})|([^:\[\]]+):([0-9]{1,5})", text)
+        match = re.fullmatch(
+            r"\[([0-9A-Fa-f:.]+)\]:([0-9]{1,5})|(\*|[A-Za-z0-9.-]+):([0-9]{1,5})", text
+        )
         port = int(match.group(2) or match.group(4)) if match else -1
         if match is None or port > 65535:
-            self.problem(path, f"{text!r} is not host:port (use [::]:8080 for IPv6)")
+            self.problem(
+                path, f"{text!r} is not host:port ([::]:8080 for IPv6, *:8080 for every address)"
+            )
             return None
         return ListenAddress(match.group(1) or match.group(3), port)
 
     def url_path(self, value: Any, path: str) -> str | None:
+        """A path as it appears in the request line: routes match the path exactly as sent."""
         text = self.string(value, path)
-        if text is not None and (not text.startswith("/") or "?" in text or " " in text):
-            self.problem(path, f"{text!r} must be an absolute path like /postback, without query")
+        if text is not None and not _URL_PATH.fullmatch(text):
+            self.problem(
+                path,
+                f"{text!r} must be an absolute path like /postback: letters, digits and "
+                "-._~!$&'()*+,;=:@/ only (no query, no %-escapes, no spaces)",
+            )
             return None
         return text
+
+    def decimal(self, value: Any, path: str) -> Decimal | None:
+        """A positive, finite number written as a YAML number or a string (`10`, `0.5`)."""
+        if isinstance(value, str):
+            value = self.substitute(value, path)
+            if value is None:
+                return None
+        if isinstance(value, bool) or not isinstance(value, int | float | str):
+            self.problem(path, f"expected a number, got {value!r}")
+            return None
+        try:
+            number = Decimal(str(value).strip())
+        except InvalidOperation:
+            self.problem(path, f"{value!r} is not a number")
+            return None
+        if not number.is_finite() or number <= 0:
+            self.problem(path, "must be a finite number above zero")
+            return None
+        return number
 
     def upstream_url(self, value: Any, path: str) -> URL | None:
         text = self.string(value, path)

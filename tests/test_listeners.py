@@ -1,0 +1,290 @@
+"""The real `python -m gateway run` process on its sockets: TLS on the public port (with
+certificates renewed while it runs), listening on every address of both IP families, and what
+it writes about requests that are not HTTP at all."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import shutil
+import socket
+import ssl
+import subprocess
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from threading import Thread
+from typing import Any, ClassVar
+
+import pytest
+
+from tests.processes import command_env, free_port, http_get, spawn_gateway, wait_until
+from tests.tlscerts import Certificate, make_certificate
+
+SECRET = "listener-secret-4567"
+START_TIMEOUT = 15.0
+
+
+class App(BaseHTTPRequestHandler):
+    """The app behind the gateway: answers OK and remembers each request line."""
+
+    received: ClassVar[list[str]] = []
+
+    def do_GET(self) -> None:
+        App.received.append(self.path)
+        self.send_response(200)
+        self.send_header("Content-Length", "2")
+        self.end_headers()
+        self.wfile.write(b"OK")
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def app() -> Iterator[str]:
+    App.received = []
+    server = ThreadingHTTPServer(("127.0.0.1", 0), App)
+    Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/postback"
+    server.shutdown()
+    server.server_close()
+
+
+def config(public: str, admin_port: int, app_url: str, server: str = "") -> str:
+    return f"""
+server:
+  listen: "{public}"
+  admin_listen: 127.0.0.1:{admin_port}
+  reload_interval: 100ms
+  shutdown_grace: 2s
+{server}
+routes:
+  tapper:
+    path: /postback/tapper
+    allow_ips: [127.0.0.1, "::1"]
+    secret: {{query_param: token, keys: ['${{MONETAG_SECRET}}']}}
+    aliases: {{uid: ymid, event: event_type}}
+    upstreams: [{{url: "{app_url}", timeout: 2s, retries: 0}}]
+"""
+
+
+Run = Callable[..., tuple[subprocess.Popen[bytes], int, Path]]
+
+
+@pytest.fixture
+def run_gateway(tmp_path: Path) -> Iterator[Run]:
+    """Start the gateway on a config text; returns (process, admin port, stdout file)."""
+    started: list[subprocess.Popen[bytes]] = []
+
+    def run(text: str, admin_port: int) -> tuple[subprocess.Popen[bytes], int, Path]:
+        path = tmp_path / f"config{len(started)}.yaml"
+        path.write_text(text)
+        stdout, stderr = tmp_path / f"out{len(started)}.log", tmp_path / f"err{len(started)}.log"
+        process = spawn_gateway(path, command_env(SECRET), stdout, stderr)
+        started.append(process)
+
+        def ready() -> bool:
+            if process.poll() is not None:
+                raise AssertionError(f"gateway exited: {stderr.read_text()}{stdout.read_text()}")
+            try:
+                return http_get(admin_port, "/readyz", timeout=1).status == 200
+            except OSError:
+                return False
+
+        assert wait_until(ready, START_TIMEOUT, interval=0.05), stderr.read_text()
+        return process, admin_port, stdout
+
+    yield run
+    for process in started:
+        if process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+QUERY = f"/postback/tapper?uid=u1&event=click&token={SECRET}"
+
+
+# -- TLS -------------------------------------------------------------------------------------
+
+
+def tls_get(port: int, context: ssl.SSLContext, target: str = QUERY) -> tuple[int, bytes]:
+    """One GET over TLS; returns (status, the server certificate in DER)."""
+    connection = http.client.HTTPSConnection("127.0.0.1", port, context=context, timeout=5)
+    try:
+        connection.request("GET", target)
+        status = connection.getresponse().status
+        assert connection.sock is not None
+        der = connection.sock.getpeercert(binary_form=True)
+        assert der is not None
+        return status, der
+    finally:
+        connection.close()
+
+
+def der_of(certificate: Certificate) -> bytes:
+    return ssl.PEM_cert_to_DER_cert(certificate.cert_file.read_text())
+
+
+def trusting(*certificates: Certificate) -> ssl.SSLContext:
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    for certificate in certificates:
+        context.load_verify_locations(cafile=str(certificate.cert_file))
+    return context
+
+
+def install(certificate: Certificate, live: Certificate) -> None:
+    """Renew like certbot or cert-manager do: new files moved over the live paths."""
+    for source, target in ((certificate.key_file, live.key_file),
+                           (certificate.cert_file, live.cert_file)):  # fmt: skip
+        staged = target.with_suffix(".new")
+        shutil.copyfile(source, staged)
+        os.replace(staged, target)
+
+
+def tls_settings(live: Certificate) -> str:
+    return f"  tls: {{cert_file: '{live.cert_file}', key_file: '{live.key_file}'}}"
+
+
+@dataclass
+class Renewal:
+    """A TLS gateway serving `first` from the live files, and `second` ready to replace it."""
+
+    port: int
+    admin: int
+    stdout: Path
+    first: Certificate
+    second: Certificate
+    live: Certificate
+
+
+@pytest.fixture
+def renewal(tmp_path: Path, app: str, run_gateway: Run) -> Renewal:
+    first, second = make_certificate(tmp_path, "first"), make_certificate(tmp_path, "second")
+    live = Certificate(tmp_path / "live.crt", tmp_path / "live.key")
+    install(first, live)
+    port, admin = free_port(), free_port()
+    _, _, stdout = run_gateway(config(f"127.0.0.1:{port}", admin, app, tls_settings(live)), admin)
+    return Renewal(port, admin, stdout, first, second, live)
+
+
+def test_public_port_serves_tls_and_picks_up_a_renewed_certificate(renewal: Renewal) -> None:
+    port, admin, stdout = renewal.port, renewal.admin, renewal.stdout
+    first, second, live = renewal.first, renewal.second, renewal.live
+    both = trusting(first, second)
+
+    assert tls_get(port, both) == (200, der_of(first))
+    install(second, live)
+    renewed = wait_until(lambda: tls_get(port, both)[1] == der_of(second), 10, interval=0.1)
+
+    assert renewed, "the renewed certificate was never served"
+    assert tls_get(port, trusting(second))[0] == 200
+    assert '"TLS certificate reloaded"' in stdout.read_text()
+    metrics = http_get(admin, "/metrics").body.decode()
+    assert 'gateway_tls_certificate_reloads_total{result="success"} 1.0' in metrics
+
+
+def test_a_certificate_that_does_not_load_leaves_the_old_one_serving(renewal: Renewal) -> None:
+    port, admin, stdout = renewal.port, renewal.admin, renewal.stdout
+    first, second, live = renewal.first, renewal.second, renewal.live
+
+    # half a renewal: the new certificate is in place, its key is not yet
+    staged = live.cert_file.with_suffix(".new")
+    shutil.copyfile(second.cert_file, staged)
+    os.replace(staged, live.cert_file)
+    failed = 'gateway_tls_certificate_reloads_total{result="failure"} 1.0'
+    assert wait_until(lambda: failed in http_get(admin, "/metrics").body.decode(), 10)
+    assert tls_get(port, trusting(first)) == (200, der_of(first))  # still the old pair
+    assert '"TLS certificate not reloaded"' in stdout.read_text()
+
+    install(second, live)  # the key arrives: the next check loads the pair
+    assert wait_until(lambda: tls_get(port, trusting(first, second))[1] == der_of(second), 10)
+
+
+def test_tls_below_1_2_and_plain_http_are_refused(
+    tmp_path: Path, app: str, run_gateway: Run
+) -> None:
+    live = make_certificate(tmp_path, "live")
+    port, admin = free_port(), free_port()
+    _, _, stdout = run_gateway(config(f"127.0.0.1:{port}", admin, app, tls_settings(live)), admin)
+
+    for version in (ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3):
+        context = trusting(live)
+        context.minimum_version = context.maximum_version = version
+        assert tls_get(port, context)[0] == 200, version
+
+    old = trusting(live)
+    old.set_ciphers("DEFAULT:@SECLEVEL=0")  # let this client offer TLS 1.0 and 1.1 at all
+    with warnings.catch_warnings():  # setting TLS 1.0 and 1.1 is deprecated: that is the point
+        warnings.simplefilter("ignore", DeprecationWarning)
+        old.minimum_version = ssl.TLSVersion.TLSv1
+        assert tls_get(port, old)[0] == 200  # the same client is served when it may use 1.2...
+        old.maximum_version = ssl.TLSVersion.TLSv1_1
+    with pytest.raises(ssl.SSLError):
+        tls_get(port, old)  # ...and refused when it offers 1.1 at most
+
+    with pytest.raises((http.client.HTTPException, OSError)):
+        http_get(port, QUERY, timeout=5)  # plain HTTP gets no HTTP answer
+    assert len(App.received) == 1  # one event; the later good handshakes were duplicates
+    logs = stdout.read_text() + stdout.with_name("err0.log").read_text()
+    assert "Traceback" not in logs
+
+
+# -- both address families -------------------------------------------------------------------
+
+
+def test_star_listens_on_ipv4_and_ipv6(app: str, run_gateway: Run) -> None:
+    port, admin = free_port(), free_port()
+    run_gateway(config(f"*:{port}", admin, app), admin)
+
+    for family, host in ((socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1")):
+        connection = http.client.HTTPConnection(host, port, timeout=5)
+        connection.request("GET", QUERY.replace("uid=u1", f"uid=u-{family.name}"))
+        response = connection.getresponse()
+        assert (response.status, response.getheader("X-Gateway-Outcome")) == (200, "forwarded")
+        connection.close()
+    assert len(App.received) == 2
+
+
+# -- what the process writes about requests that are not HTTP ----------------------------------
+
+
+def test_malformed_requests_write_one_short_line_each_and_never_the_key(
+    app: str, run_gateway: Run, tmp_path: Path
+) -> None:
+    port, admin = free_port(), free_port()
+    process, _, stdout = run_gateway(config(f"127.0.0.1:{port}", admin, app), admin)
+    target = QUERY.encode()
+    garbage = [
+        b"GET " + target + b"&x=a b HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"GET " + target + b"&x=\x01 HTTP/1.1\r\n\r\n",
+        b"GET " + target + b"&x=\xff HTTP/1.1\r\n\r\n",
+        b"GET " + target + b" HTTP/1.1\nHost: x\n\n",
+        b"GET " + target + b"&x=" + b"a" * 60_000 + b" HTTP/1.1\r\n\r\n",
+    ]
+    for request in garbage:
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as connection:
+            connection.sendall(request)
+            answer = b""
+            while chunk := connection.recv(65536):
+                answer += chunk
+        assert b"X-Gateway-Outcome: invalid" in answer
+        assert SECRET.encode() not in answer
+
+    process.terminate()
+    process.wait(timeout=15)
+    written = stdout.read_text() + (tmp_path / "err0.log").read_text()
+    assert SECRET not in written
+    assert "Traceback" not in written
+    lines = [json.loads(line) for line in stdout.read_text().splitlines()]
+    malformed = [line for line in lines if line.get("reason") == "malformed_request"]
+    assert len(malformed) == len(garbage)
+    assert all(len(json.dumps(line)) < 1000 for line in malformed)
