@@ -15,6 +15,7 @@ import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import lru_cache
 
 from yarl import URL
 
@@ -70,9 +71,14 @@ def _reply_of(answer: Answer, sent_key: str | None) -> UpstreamReply:
     if answer.idempotency_key is not None and answer.idempotency_key != sent_key:
         raise AnswerOfAnotherEvent(f"echoed X-Idempotency-Key is not {sent_key}")
     content_type = answer.content_type
-    if content_type is not None and not _SAFE_CONTENT_TYPE.fullmatch(content_type):
+    if content_type is not None and not _passable(content_type):
         content_type = None  # not passed on; the answer itself still is
     return UpstreamReply(answer.status, answer.body, content_type)
+
+
+@lru_cache(maxsize=64)  # an app answers with the same one or two content types
+def _passable(content_type: str) -> bool:
+    return _SAFE_CONTENT_TYPE.fullmatch(content_type) is not None
 
 
 class Upstream:

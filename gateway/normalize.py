@@ -20,7 +20,7 @@ given twice with different (canonical) values is ambiguous: which one did Moneta
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 from .errors import InvalidPostback, Problem
 from .paramnames import comparable_set, poses_as
@@ -34,13 +34,12 @@ NOT_UTF8 = "is not UTF-8 text"
 
 def canonical_value(field: str, value: str) -> str:
     """The one spelling of `value` that dedup and the app see (unchanged if not valid)."""
-    if field in LOWERCASED_FIELDS:
-        return value.lower()
-    if field in INTEGER_FIELDS:
-        return (value.lstrip("0") or "0") if value.isascii() and value.isdigit() else value
-    if field == ESTIMATED_PRICE:
-        return _plain_decimal(value)
-    return value
+    spell = _CANONICAL_SPELLING.get(field)
+    return value if spell is None else spell(value)
+
+
+def _plain_integer(value: str) -> str:
+    return (value.lstrip("0") or "0") if value.isascii() and value.isdigit() else value
 
 
 def _plain_decimal(value: str) -> str:
@@ -50,6 +49,15 @@ def _plain_decimal(value: str) -> str:
     whole = match.group(1).lstrip("0") or "0"
     fraction = (match.group(2) or "").rstrip("0")
     return f"{whole}.{fraction}" if fraction else whole
+
+
+# field -> how its canonical spelling is made; text fields (ymid, request_var) stay as sent
+_CANONICAL_SPELLING: dict[str, Callable[[str], str]] = {
+    **dict.fromkeys(LOWERCASED_FIELDS, str.lower),
+    **dict.fromkeys(INTEGER_FIELDS, _plain_integer),
+    ESTIMATED_PRICE: _plain_decimal,
+}
+_NONE: frozenset[str] = frozenset()
 
 
 class Normalizer:
@@ -78,6 +86,7 @@ class Normalizer:
         empty: set[str] = set()
         dropped: list[str] = []
         ambiguous: dict[str, None] = {}  # an ordered set: each field reported once
+        spelling = _CANONICAL_SPELLING
         for name, value in pairs:
             canonical = self._canonical_name_of.get(name)
             if canonical is None:
@@ -93,9 +102,12 @@ class Normalizer:
                 continue
             if _UNEXPANDED_MACRO.fullmatch(value):
                 continue
-            value = canonical_value(canonical, value)
+            spell = spelling.get(canonical)
+            if spell is not None:
+                value = spell(value)
             if fields.setdefault(canonical, value) != value:
                 ambiguous[canonical] = None
         if ambiguous:
             raise InvalidPostback([Problem(name, AMBIGUOUS) for name in ambiguous])
-        return Postback(fields, tuple(extras), frozenset(empty - fields.keys()), tuple(dropped))
+        sent_empty = frozenset(empty - fields.keys()) if empty else _NONE
+        return Postback(fields, tuple(extras), sent_empty, tuple(dropped))

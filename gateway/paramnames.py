@@ -11,10 +11,12 @@ dropped, everything from the first `[` cut off (or `[` read as `_`), ` ` and `.`
 from __future__ import annotations
 
 from collections.abc import Iterable
+from functools import lru_cache
 
 _AS_UNDERSCORE = str.maketrans({" ": "_", ".": "_"})
 
 
+@lru_cache(maxsize=4096)  # the same few names arrive on every postback
 def comparable_forms(name: str) -> tuple[str, ...]:
     """Every form an app framework may read `name` as (usually just one)."""
     folded = name.casefold().lstrip(" \t").translate(_AS_UNDERSCORE)
@@ -30,4 +32,5 @@ def comparable_set(names: Iterable[str]) -> frozenset[str]:
 
 def poses_as(name: str, written: frozenset[str]) -> bool:
     """Would an app read incoming `name` as one of the names in `written`?"""
-    return any(form in written for form in comparable_forms(name))
+    forms = comparable_forms(name)
+    return forms[0] in written or (len(forms) > 1 and forms[1] in written)

@@ -31,7 +31,7 @@ from .forward import Forwarder, Upstream, UpstreamReply
 from .metrics import Metrics
 from .observe import RequestRecord
 from .postback import ESTIMATED_PRICE, REWARD_EVENT_TYPE, ZONE_ID, Postback
-from .query import parse_query
+from .query import read_query
 from .route import CompiledRoute
 from .upstream_client import UpstreamClient
 
@@ -85,7 +85,7 @@ class Gateway:
     async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
         record = request[RECORD]
         route = self._route_for(request, record)
-        query = parse_query(request.rel_url.raw_query_string)
+        query = read_query(request.rel_url)
         clean = route.without_secret(query.pairs)  # all that is ever logged or passed on
         record.query = clean.pairs
         record.dropped = clean.removed

@@ -5,13 +5,21 @@ aiohttp's `request.query` decodes bytes that are not UTF-8 to U+FFFD, so `uid=%F
 is percent-decoded to bytes and then decoded as UTF-8; a parameter that is not UTF-8 is set
 aside (and answered 400 by normalization) instead of being guessed at. `+` is a space, as in
 every HTML form; `&` separates parameters; a part without `=` has an empty value.
+
+yarl (under aiohttp) decodes exactly this way, in C, except for bytes that are not UTF-8; so
+`read_query` takes yarl's pairs for an ASCII query, and decodes the raw string here only when it
+escapes a byte above 0x7F (about 1 µs against 5 µs for a typical postback).
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from urllib.parse import unquote_to_bytes
 
+from yarl import URL
+
+_ESCAPED_HIGH_BYTE = re.compile(r"%[89A-Fa-f]")  # only bytes 0x80-0xFF can break UTF-8
 MAX_SHOWN_NAME = 64  # an undecodable name is shown (percent-encoded) up to this length
 
 
@@ -21,6 +29,14 @@ class Query:
 
     pairs: tuple[tuple[str, str], ...]
     undecodable: tuple[str, ...] = ()
+
+
+def read_query(url: URL) -> Query:
+    """The query of a request URL (yarl caches its decoded form on the URL)."""
+    raw = url.raw_query_string
+    if ("%" in raw and _ESCAPED_HIGH_BYTE.search(raw)) or not raw.isascii():
+        return parse_query(raw)  # bytes that may not be UTF-8: decode strictly here
+    return Query(tuple(url.query.items()))
 
 
 def parse_query(raw: str) -> Query:

@@ -12,6 +12,7 @@ def summarize(config: GatewayConfig, path: str) -> str:
         f"config {path}: OK, {len(config.routes)} route(s), checksum {config.checksum}",
         f"  listen {server.listen}, admin {server.admin_listen}, "
         f"trusted proxies: {len(server.trusted_proxies)} entr(ies)",
+        f"  tls {f'on, certificate {server.tls.cert_file}' if server.tls else 'off'}",
         f"  max in flight {server.max_in_flight}, shutdown grace {server.shutdown_grace:g}s, "
         f"reload check every {server.reload_interval:g}s, "
         f"logs {config.logging.format}/{config.logging.level}",
@@ -40,6 +41,7 @@ def _route_lines(route: RouteConfig) -> list[str]:
         f"  never delivered: {', '.join(never) or 'none'}",
         f"  required  {', '.join(route.required)}",
         f"  match     {match or 'everything'}",
+        f"  price     at most {route.max_estimated_price} USD per event",
         f"  dedup     key [{', '.join(route.dedup.key)}], ttl {route.dedup.ttl:g}s, "
         f"max {route.dedup.max_entries} entries, {_dedup_backend(route)}",
     ]
@@ -49,6 +51,8 @@ def _route_lines(route: RouteConfig) -> list[str]:
         role = "answers" if index == 0 else "copy"
         rename = f", rename {dict(upstream.rename)}" if upstream.rename else ""
         static = f", static params {upstream.static_params.names}" if upstream.static_params else ""
+        if not upstream.keep_alive:
+            static += ", a new connection per postback (keep_alive: false)"
         url = upstream.url.with_query(None).with_user(None)
         lines.append(
             f"  upstream  {url} ({role}; timeout {upstream.timeout:g}s, "

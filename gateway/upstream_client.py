@@ -93,18 +93,23 @@ class UpstreamClient:
         )
         async with asyncio.timeout(timeout), limit:
             connection = self._idle_connection(key)
-            if connection is not None:
-                try:
+            try:
+                if connection is not None:
+                    try:
+                        answer = await connection.exchange(request, max_body)
+                    except UpstreamConnectionError:
+                        if connection.answered_anything:
+                            raise
+                        # A kept-alive connection the upstream closed while idle: the request
+                        # never reached it. Like browsers, send it once more on a new one.
+                        connection = None
+                if connection is None:
+                    connection = await self._connect(key)
                     answer = await connection.exchange(request, max_body)
-                except UpstreamConnectionError:
-                    if connection.answered_anything:
-                        raise
-                    # A kept-alive connection the upstream closed while idle: the request never
-                    # reached it. Like browsers, send it once more on a new connection.
-                    connection = None
-            if connection is None:
-                connection = await self._connect(key)
-                answer = await connection.exchange(request, max_body)
+            except BaseException:
+                if connection is not None:
+                    connection.close()  # its state is unknown: never reuse it
+                raise
         if keep_alive and connection.reusable and not self.closed:
             self._idle.setdefault(key, []).append(connection)
         else:
@@ -191,19 +196,15 @@ class _Connection(asyncio.Protocol):
             self._unread = select.poll()
             self._unread.register(sock.fileno(), select.POLLIN)
 
-    async def exchange(self, request: bytes, max_body: int) -> Answer:
-        """Write the request and read its answer; on any failure the connection is closed."""
+    def exchange(self, request: bytes, max_body: int) -> asyncio.Future[Answer]:
+        """Write the request; the future is its answer. On failure the caller closes this."""
         assert self._transport is not None
         self._reader = _ResponseReader(max_body)
         self._waiter = asyncio.get_running_loop().create_future()
         self.reusable = False
         self.answered_anything = False
         self._transport.write(request)
-        try:
-            return await self._waiter
-        except BaseException:
-            self.close()  # its state is unknown: never reuse it
-            raise
+        return self._waiter
 
     def data_received(self, data: bytes) -> None:
         waiter, reader = self._waiter, self._reader

@@ -55,13 +55,12 @@ class Validator:
             if name not in postback.fields
         ]
         for name, value in postback.fields.items():
-            problem = value_problem(name, value) or self._beyond_limit(name, value)
+            problem = value_problem(name, value)
             if problem is not None:
                 problems.append(Problem(name, problem))
+            elif name == ESTIMATED_PRICE and Decimal(value) > self._max_price:
+                problems.append(
+                    Problem(name, f"must be at most {self._max_price} (max_estimated_price)")
+                )
         if problems:
             raise InvalidPostback(problems)
-
-    def _beyond_limit(self, name: str, valid_value: str) -> str | None:
-        if name == ESTIMATED_PRICE and Decimal(valid_value) > self._max_price:
-            return f"must be at most {self._max_price} (max_estimated_price)"
-        return None

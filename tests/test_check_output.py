@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.tlscerts import make_certificate
+
 REPO = Path(__file__).resolve().parents[1]
 COMMAND_TIMEOUT = 30.0
 ENV_SECRET = "check-env-secret-3141"  # MONETAG_SECRET: the route's first key
@@ -48,6 +50,7 @@ routes:
         static_params: {{api_key: {STATIC_VALUE}}}
       - url: http://127.0.0.1:3001/copy
         static_params: {{app_token: '${{APP_TOKEN}}', version: 2}}
+        keep_alive: false
   spinner:
     path: /postback/spinner
     allow_ips: [203.0.113.0/24]
@@ -56,6 +59,7 @@ routes:
       keys: ['${{MONETAG_SECRET}}']
     aliases: {{uid: ymid, zone_id: sub_zone_id}}
     dedup: {{key: [ymid, event_type]}}
+    max_estimated_price: 0.25
     upstreams:
       - url: http://127.0.0.1:3000/spin
 """
@@ -233,3 +237,35 @@ def test_check_of_a_bad_config_exits_2_without_secrets(
     assert any(problem.startswith(f"{key_path}: ") for problem in problems), result.stderr
     for value in HIDDEN:
         assert value not in result.stdout + result.stderr, result.stderr
+
+
+def test_check_says_whether_tls_is_on(summary: tuple[str, str, str]) -> None:
+    assert "\n  tls off\n" in summary[0]
+
+
+def test_check_shows_each_routes_price_bound(summary: tuple[str, str, str]) -> None:
+    sections = route_sections(summary[0])
+    assert line_starting(sections["tapper"], "price") == "price     at most 10 USD per event"
+    assert line_starting(sections["spinner"], "price") == "price     at most 0.25 USD per event"
+
+
+def test_check_says_which_upstreams_do_not_keep_connections(summary: tuple[str, str, str]) -> None:
+    upstreams = [
+        line for line in route_sections(summary[0])["tapper"] if line.startswith("upstream")
+    ]
+    assert "keep_alive: false" not in upstreams[0]
+    assert "a new connection per postback (keep_alive: false)" in upstreams[1]
+
+
+def test_check_names_the_certificate_when_tls_is_on(tmp_path: Path) -> None:
+    certificate = make_certificate(tmp_path, "gateway")
+    tls = f"  tls: {{cert_file: '{certificate.cert_file}', key_file: '{certificate.key_file}'}}\n"
+    path = tmp_path / "config.yaml"
+    path.write_text(
+        CONFIG.replace("  admin_listen: 127.0.0.1:9090\n", f"  admin_listen: 127.0.0.1:9090\n{tls}")
+    )
+
+    result = check(path)
+
+    assert result.returncode == 0, result.stderr
+    assert f"\n  tls on, certificate {certificate.cert_file}\n" in result.stdout
