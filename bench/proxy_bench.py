@@ -1,13 +1,19 @@
 """The gateway against the simplest thing an operator could deploy instead.
 
-Starts on 127.0.0.1: a fast upstream, a naive pass-through proxy (bench/naive_proxy.py) and the
+Starts on 127.0.0.1: a fast upstream, two pass-throughs that check nothing (bench/naive_proxy.py:
+aiohttp with ClientSession, what an operator might write; bench/lean_proxy.py: the gateway's own
+low-level server and upstream client, so gateway/lean is the price of the checks alone) and the
 gateway (a sync route with allowlist, secret, aliases and dedup, and a queued route), then
 drives each with the same wrk load at 1 and 32 connections, unique ymids per request
 (bench/unique_ymid.lua), alternating targets round after round so machine drift hits all of
-them. Prints requests/s and p50/p99 latency per target and the ratios gateway/naive, and
+them. Prints requests/s and p50/p99 latency per target and the ratios gateway/naive and
+gateway/lean, and
 writes the same as JSON.
 
-    .venv/bin/python bench/proxy_bench.py [--seconds 10] [--rounds 3]
+    .venv/bin/python bench/proxy_bench.py [--seconds 10] [--rounds 3] [--baseline DIR]
+
+--baseline DIR also runs the sync gateway from another checkout (say, `git worktree add
+/tmp/before HEAD~3`) in the same rounds, for a before/after ratio from one sitting.
 
 Needs wrk (Debian: apt-get install -y wrk).
 """
@@ -92,12 +98,18 @@ def main() -> None:
         "--allowlist", type=int, default=10000, help="CIDRs in the big-allowlist gateway"
     )
     parser.add_argument("--output", default=str(HERE / "results" / "proxy_bench.json"))
+    parser.add_argument(
+        "--baseline", help="another checkout whose gateway runs the sync route too (before/after)"
+    )
+    parser.add_argument(
+        "--targets", help="comma-separated targets to measure (default: all); ratios need theirs"
+    )
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is not installed: apt-get install -y wrk")
 
     workdir = Path(tempfile.mkdtemp(prefix="proxy-bench-"))
-    upstream, naive = free_port(), free_port()
+    upstream, naive, lean = free_port(), free_port(), free_port()
     # one gateway process per set-up, so each is measured alone
     gateways = {
         "plain": (free_port(), None, 1),
@@ -105,30 +117,43 @@ def main() -> None:
         "big_allowlist": (free_port(), None, args.allowlist),
     }
     configs = []
+    if args.baseline:
+        gateways["baseline"] = (free_port(), None, 1)
     for name, (port, store, allowlist) in gateways.items():
         configs.append(workdir / f"{name}.yaml")
         configs[-1].write_text(gateway_config(port, upstream, store, allowlist))
+    checkout = {name: HERE.parent for name in gateways}
+    if args.baseline:
+        checkout["baseline"] = Path(args.baseline).resolve()
     env = {**os.environ, "MONETAG_SECRET": SECRET}
     query = f"?event=click&zone=7&token={SECRET}"
     targets = {
         "direct": f"http://127.0.0.1:{upstream}/postback{query}",
         "naive": f"http://127.0.0.1:{naive}/postback{query}",
+        "lean": f"http://127.0.0.1:{lean}/postback{query}",
         "gateway_sync": f"http://127.0.0.1:{gateways['plain'][0]}/sync{query}",
         "gateway_queued": f"http://127.0.0.1:{gateways['store'][0]}/queued{query}",
         "gateway_sync_with_store": f"http://127.0.0.1:{gateways['store'][0]}/sync{query}",
         "gateway_sync_big_allowlist": f"http://127.0.0.1:{gateways['big_allowlist'][0]}/sync"
         f"{query}",
     }
+    if args.baseline:
+        targets["baseline_sync"] = f"http://127.0.0.1:{gateways['baseline'][0]}/sync{query}"
+    if args.targets:
+        targets = {name: url for name, url in targets.items() if name in args.targets.split(",")}
     with (workdir / "gateway.log").open("wb") as log:
         processes = [
             subprocess.Popen([sys.executable, str(HERE / "fast_upstream.py"), str(upstream)]),
-            subprocess.Popen(
-                [
-                    sys.executable,
-                    str(HERE / "naive_proxy.py"),
-                    str(naive),
-                    f"http://127.0.0.1:{upstream}/postback",
-                ]
+            *(
+                subprocess.Popen(
+                    [
+                        sys.executable,
+                        str(HERE / script),
+                        str(port),
+                        f"http://127.0.0.1:{upstream}/postback",
+                    ]
+                )
+                for script, port in (("naive_proxy.py", naive), ("lean_proxy.py", lean))
             ),
             *(
                 subprocess.Popen(
@@ -136,16 +161,16 @@ def main() -> None:
                     env=env,
                     stdout=log,
                     stderr=subprocess.STDOUT,
-                    cwd=HERE.parent,
+                    cwd=checkout[name],
                 )
-                for path in configs
+                for name, path in zip(gateways, configs, strict=True)
             ),
         ]
     runs: dict[str, dict[int, list[dict[str, float]]]] = {
         name: {c: [] for c in CONNECTIONS} for name in targets
     }
     try:
-        for port in (upstream, naive, *(port for port, _, _ in gateways.values())):
+        for port in (upstream, naive, lean, *(port for port, _, _ in gateways.values())):
             wait_for_port(port)
         for name, url in targets.items():  # warm up every pool and cache
             run_wrk(url, 8, 1, f"warmup-{name}")
@@ -185,21 +210,22 @@ def summarize(runs: dict[str, dict[int, list[dict[str, float]]]], args: argparse
                 f"{numbers['p50_ms']:>9.2f}{numbers['p99_ms']:>9.2f}{numbers['non_2xx']:>9.0f}"
             )
     ratios = {}
-    for name in ("gateway_sync", "gateway_queued"):
+    pairs = [
+        *((f"{ours}/{reference}", ours, reference)
+          for ours in ("gateway_sync", "gateway_queued") for reference in ("naive", "lean")),
+        ("gateway_sync/baseline_sync", "gateway_sync", "baseline_sync"),
+        ("big allowlist/one entry", "gateway_sync_big_allowlist", "gateway_sync"),
+    ]  # fmt: skip
+    for label, ours, reference in pairs:
+        if ours not in median or reference not in median:
+            continue  # not measured this time (--targets, --baseline)
         for c in CONNECTIONS:
-            ours, naive = median[name][c], median["naive"][c]
-            ratios[f"{name}/naive c={c}"] = {
-                "requests_per_second": ours["requests_per_second"] / naive["requests_per_second"],
-                "p50": ours["p50_ms"] / naive["p50_ms"],
-                "p99": ours["p99_ms"] / naive["p99_ms"],
+            mine, theirs = median[ours][c], median[reference][c]
+            ratios[f"{label} c={c}"] = {
+                "requests_per_second": mine["requests_per_second"] / theirs["requests_per_second"],
+                "p50": mine["p50_ms"] / theirs["p50_ms"],
+                "p99": mine["p99_ms"] / theirs["p99_ms"],
             }
-    for c in CONNECTIONS:
-        big, small = median["gateway_sync_big_allowlist"][c], median["gateway_sync"][c]
-        ratios[f"big allowlist/one entry c={c}"] = {
-            "requests_per_second": big["requests_per_second"] / small["requests_per_second"],
-            "p50": big["p50_ms"] / small["p50_ms"],
-            "p99": big["p99_ms"] / small["p99_ms"],
-        }
     print("ratios (req/s higher is better; latency lower is better):")
     for label, ratio in ratios.items():
         print(

@@ -29,7 +29,7 @@ def test_proxy_bench_runs_every_target_and_reports_ratios(tmp_path: Path) -> Non
     output = tmp_path / "proxy.json"
     result = subprocess.run(
         [sys.executable, "bench/proxy_bench.py", "--seconds", "1", "--rounds", "1",
-         "--allowlist", "1000", "--output", str(output)],
+         "--allowlist", "1000", "--output", str(output), "--baseline", str(REPO)],
         cwd=REPO, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
@@ -37,15 +37,19 @@ def test_proxy_bench_runs_every_target_and_reports_ratios(tmp_path: Path) -> Non
     for target in (
         "direct",
         "naive",
+        "lean",
         "gateway_sync",
         "gateway_queued",
         "gateway_sync_big_allowlist",
+        "baseline_sync",
     ):
         for connections in ("1", "32"):
             numbers = report["median"][target][connections]
             assert numbers["requests_per_second"] > 0
             assert numbers["non_2xx"] == 0, (target, connections)
     assert "gateway_sync/naive c=32" in report["ratios"]
+    assert "gateway_sync/lean c=32" in report["ratios"]
+    assert "gateway_sync/baseline_sync c=32" in report["ratios"]
     assert "big allowlist/one entry c=32" in report["ratios"]
     assert "ratios (req/s higher is better" in result.stdout
 
@@ -60,3 +64,18 @@ def test_dedup_memory_script_reports_bytes_and_rates(tmp_path: Path) -> None:
     report = json.loads(output.read_text())
     assert report["events"] == 20000
     assert report["inserts_per_second"] > 0 and report["lookups_per_second"] > 0
+
+
+def test_instructions_script_counts_both_checkouts(tmp_path: Path) -> None:
+    output = tmp_path / "instructions.json"
+    result = subprocess.run(
+        [sys.executable, "bench/instructions.py", "--requests", "20", "--warmup", "5",
+         "--baseline", str(REPO), "--output", str(output)],
+        cwd=REPO, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    report = json.loads(output.read_text())
+    counts = report["instructions_per_postback"]
+    assert counts["this"] > 10_000 and counts["baseline"] > 10_000
+    assert 0.5 < report["this_over_baseline"] < 2  # the same code, counted twice
+    assert "this/baseline:" in result.stdout
