@@ -19,7 +19,6 @@ from functools import partial
 
 from . import outbox
 from .config import QueueConfig
-from .config.model import QUEUED
 from .forward import AttemptFailure, Forwarder, Upstream, UpstreamReply
 from .metrics import Metrics
 from .outbox import Delivery
@@ -94,7 +93,7 @@ class Deliverer:
     async def _dispatch(self) -> None:
         now = self._clock()
         for route in self._routes():
-            if route.config.delivery != QUEUED:
+            if not route.queued:
                 continue
             for upstream in route.upstreams:
                 busy = self._busy[(route.name, upstream.label)]

@@ -12,7 +12,6 @@ from functools import partial
 
 from . import outbox
 from .config import StoreConfig
-from .config.model import QUEUED
 from .dedup import DedupKey
 from .deliverer import Deliverer
 from .errors import StoreUnavailable
@@ -62,7 +61,7 @@ class Durable:
         targets = {
             route.name: [upstream.label for upstream in route.upstreams]
             for route in self._routes()
-            if route.config.delivery == QUEUED
+            if route.queued
         }
         bury = partial(outbox.bury_orphans, targets=targets, now=time.time())
         if buried := await self.store.run(bury):

@@ -150,7 +150,7 @@ class TextFormatter(logging.Formatter):
 
 
 def configure_logging(log_format: str = "json", level: str = "INFO") -> None:
-    """Log to stdout in `json` or `text`; safe to call again on reload."""
+    """Log to stdout in `json` or `text` (a LogFormat); safe to call again on reload."""
     handler = logging.StreamHandler(sys.stdout)
     handler.setFormatter(TextFormatter() if log_format == "text" else JsonFormatter())
     root = logging.getLogger()

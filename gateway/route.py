@@ -6,7 +6,7 @@ from multidict import CIMultiDictProxy
 
 from .addresses import IPAddress
 from .config import RouteConfig
-from .config.model import LOG_ONLY, QUEUED
+from .config.model import AllowIpsMode, Delivery
 from .dedup import DedupKey, DedupMemory, dedup_key
 from .errors import Filtered
 from .forward import Upstream
@@ -22,8 +22,8 @@ class CompiledRoute:
         self.path = config.path
         self.config = config
         self._allow_ips = config.allow_ips
-        self.allowlist_log_only = config.allow_ips_mode == LOG_ONLY
-        self.queued = config.delivery == QUEUED
+        self.allowlist_log_only = config.allow_ips_mode == AllowIpsMode.LOG_ONLY
+        self.queued = config.delivery == Delivery.QUEUED
         self._secret = config.secret
         self.secret_param = config.secret.query_param if config.secret else None
         self.upstreams = tuple(Upstream(upstream, config.name) for upstream in config.upstreams)

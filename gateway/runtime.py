@@ -12,7 +12,7 @@ import logging
 import redis.asyncio as redis
 
 from .config import GatewayConfig, RouteConfig
-from .config.model import FAIL_OPEN, REDIS
+from .config.model import DedupBackend, OnRedisError
 from .dedup import DedupMemory, Sharing
 from .durable import Durable
 from .forward import BACKOFF_CAP
@@ -130,7 +130,7 @@ class Runtime:
     def _sharing_for(self, route: RouteConfig) -> Sharing | None:
         """Redis reservations for a `backend: redis` route; one client per URL and process."""
         dedup = route.dedup
-        if dedup.backend != REDIS or dedup.redis_url is None:
+        if dedup.backend != DedupBackend.REDIS or dedup.redis_url is None:
             return None
         client = self._redis_clients.get(dedup.redis_url)
         if client is None:
@@ -139,6 +139,6 @@ class Runtime:
         hold = longest_delivery_of(route) + REDIS_HOLD_MARGIN
         return Sharing(
             RedisReservations(client, hold, self.metrics),
-            fail_open=dedup.on_redis_error == FAIL_OPEN,
+            fail_open=dedup.on_redis_error == OnRedisError.FAIL_OPEN,
             on_fallback=self.metrics.dedup_fallbacks.labels(route.name).inc,
         )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from .config import GatewayConfig, RouteConfig
+from .config.model import AllowIpsMode, DedupBackend
 from .postback import CANONICAL_FIELDS
 
 
@@ -25,7 +26,7 @@ def summarize(config: GatewayConfig, path: str) -> str:
 
 def _route_lines(route: RouteConfig) -> list[str]:
     allow = f"{len(route.allow_ips)} entr(ies)" if route.allow_ips else "any address"
-    if route.allow_ips and route.allow_ips_mode != "enforce":
+    if route.allow_ips and route.allow_ips_mode != AllowIpsMode.ENFORCE:
         allow += f" ({route.allow_ips_mode}: not enforced)"
     secret = route.secret
     secret_at = f"{secret.location}, {len(secret.keys)} key(s)" if secret else "none"
@@ -63,6 +64,6 @@ def _route_lines(route: RouteConfig) -> list[str]:
 
 def _dedup_backend(route: RouteConfig) -> str:
     dedup = route.dedup
-    if dedup.backend == "redis" and dedup.redis_url is not None:
+    if dedup.backend == DedupBackend.REDIS and dedup.redis_url is not None:
         return f"shared on {dedup.redis_url.shown} ({dedup.on_redis_error})"
     return "this process only"

@@ -1,11 +1,18 @@
-"""The frozen config objects the gateway runs on, with their defaults."""
+"""The frozen config objects the gateway runs on, with their defaults.
+
+Each dataclass field is a key of its section in config.yaml, with the same name, unless its
+metadata says `DERIVED` (worked out by the reader, never written by operators). The reader
+takes the keys it accepts and every default from here, so a new key is one field.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from decimal import Decimal
+from enum import StrEnum
 from types import MappingProxyType
+from typing import Any
 
 from yarl import URL
 
@@ -21,12 +28,44 @@ DEFAULT_DEDUP_MAX_ENTRIES = 1_000_000
 DEFAULT_UPSTREAM_TIMEOUT = 5.0
 DEFAULT_UPSTREAM_RETRIES = 2
 MAX_UPSTREAM_RETRIES = 10
-MEMORY = "memory"
-REDIS = "redis"
-FAIL_CLOSED = "fail_closed"
-FAIL_OPEN = "fail_open"
-ENFORCE = "enforce"
-LOG_ONLY = "log_only"
+DERIVED: Mapping[str, Any] = MappingProxyType({"yaml": False})  # field metadata: not a key
+
+
+def yaml_keys(section: type[Any]) -> frozenset[str]:
+    """The keys operators may write in the section that `section` (a dataclass) is read from."""
+    return frozenset(f.name for f in fields(section) if f.init and f.metadata.get("yaml", True))
+
+
+class DedupBackend(StrEnum):
+    MEMORY = "memory"  # this process (and the store, if any)
+    REDIS = "redis"  # shared by every replica
+
+
+class OnRedisError(StrEnum):
+    FAIL_CLOSED = "fail_closed"  # answer 503: better no reward than two
+    FAIL_OPEN = "fail_open"  # carry on with this replica's memory
+
+
+class AllowIpsMode(StrEnum):
+    ENFORCE = "enforce"
+    LOG_ONLY = "log_only"  # let everyone in, log and count whom allow_ips would reject
+
+
+class Delivery(StrEnum):
+    SYNC = "sync"  # forward, then answer with the app's answer
+    QUEUED = "queued"  # answer once durably stored, deliver in the background
+
+
+class LogFormat(StrEnum):
+    JSON = "json"
+    TEXT = "text"
+
+
+class LogLevel(StrEnum):
+    DEBUG = "DEBUG"
+    INFO = "INFO"
+    WARNING = "WARNING"
+    ERROR = "ERROR"
 
 
 class ConfigError(Exception):
@@ -83,8 +122,8 @@ class ServerConfig:
 
 @dataclass(frozen=True)
 class LoggingConfig:
-    format: str = "json"  # json | text
-    level: str = "INFO"
+    format: LogFormat = LogFormat.JSON
+    level: LogLevel = LogLevel.INFO
 
 
 @dataclass(frozen=True)
@@ -92,9 +131,9 @@ class DedupConfig:
     key: tuple[str, ...] = DEFAULT_DEDUP_KEY
     ttl: float = DEFAULT_DEDUP_TTL
     max_entries: int = DEFAULT_DEDUP_MAX_ENTRIES
-    backend: str = MEMORY  # redis: shared by every replica
+    backend: DedupBackend = DedupBackend.MEMORY
     redis_url: RedisUrl | None = field(default=None, repr=False)
-    on_redis_error: str = FAIL_CLOSED  # fail_open: fall back to this replica's memory
+    on_redis_error: OnRedisError = OnRedisError.FAIL_CLOSED
 
 
 class RedisUrl(str):
@@ -148,10 +187,6 @@ class StaticParams:
         return bool(self.pairs)
 
 
-SYNC = "sync"
-QUEUED = "queued"
-
-
 @dataclass(frozen=True)
 class QueueConfig:
     """How a `delivery: queued` route retries before an event becomes a dead letter."""
@@ -172,7 +207,7 @@ class StoreConfig:
 
 @dataclass(frozen=True)
 class RouteConfig:
-    name: str
+    name: str = field(metadata=DERIVED)  # the route's key under `routes:`
     path: str
     upstreams: tuple[UpstreamConfig, ...]
     allow_ips: AddressSet | None = None
@@ -181,13 +216,14 @@ class RouteConfig:
     required: tuple[str, ...] = DEFAULT_REQUIRED
     dedup: DedupConfig = field(default_factory=DedupConfig)
     insecure: bool = False
-    allow_ips_mode: str = ENFORCE  # log_only: log and count who would be rejected, let them in
+    allow_ips_mode: AllowIpsMode = AllowIpsMode.ENFORCE
     match: Mapping[str, frozenset[str]] = field(default_factory=lambda: MappingProxyType({}))
     drop_unknown: bool = False  # forward canonical fields only
-    from_template: bool = False  # aliases were derived from `template:`
+    # aliases were derived from the route's `template:` key (read, then not kept)
+    from_template: bool = field(default=False, metadata=DERIVED)
     # canonical fields Monetag can deliver on this route (from the template or the aliases)
-    delivers: frozenset[str] = frozenset(CANONICAL_FIELDS)
-    delivery: str = SYNC  # queued: acknowledge once durably stored, deliver in the background
+    delivers: frozenset[str] = field(default=frozenset(CANONICAL_FIELDS), metadata=DERIVED)
+    delivery: Delivery = Delivery.SYNC
     queue: QueueConfig = field(default_factory=QueueConfig)
     # the most one event may claim to be worth, in USD; more is refused (400), so a forged
     # or garbled price cannot poison the revenue figures
@@ -198,7 +234,8 @@ class RouteConfig:
 class GatewayConfig:
     server: ServerConfig
     routes: tuple[RouteConfig, ...]
-    warnings: tuple[str, ...] = ()
+    warnings: tuple[str, ...] = field(default=(), metadata=DERIVED)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
-    checksum: str = ""  # of the config text, so a deploy can confirm which config is live
+    # of the config text, so a deploy can confirm which config is live
+    checksum: str = field(default="", metadata=DERIVED)
     store: StoreConfig | None = None

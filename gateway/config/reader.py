@@ -11,24 +11,19 @@ from ..addresses import AddressSet
 from ..postback import CANONICAL_FIELDS, LOWERCASED_FIELDS
 from ..secret import Secret, SecretCheck
 from ..tls import describe_load_error, server_context
-from ..validate import DEFAULT_MAX_ESTIMATED_PRICE, value_problem
+from ..validate import value_problem
 from .model import (
-    DEFAULT_REQUIRED,
-    DEFAULT_UPSTREAM_RETRIES,
-    DEFAULT_UPSTREAM_TIMEOUT,
-    ENFORCE,
     EVERY_ADDRESS,
-    FAIL_CLOSED,
-    FAIL_OPEN,
-    LOG_ONLY,
-    MEMORY,
-    QUEUED,
-    REDIS,
-    SYNC,
+    AllowIpsMode,
+    DedupBackend,
     DedupConfig,
+    Delivery,
     GatewayConfig,
     ListenAddress,
+    LogFormat,
     LoggingConfig,
+    LogLevel,
+    OnRedisError,
     QueueConfig,
     RedisUrl,
     RouteConfig,
@@ -37,9 +32,10 @@ from .model import (
     StoreConfig,
     TlsConfig,
     UpstreamConfig,
+    yaml_keys,
 )
 from .template import PostbackTemplate, parse_template
-from .values import ValueReader, key_path
+from .values import Reader, ValueReader, key_path
 
 _ROUTE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
 
@@ -56,7 +52,7 @@ class DocumentReader(ValueReader):
     # -- the document ---------------------------------------------------------------------
 
     def gateway(self, document: Any) -> GatewayConfig | None:
-        keys = {"server", "routes", "logging", "store", "defaults"}
+        keys = yaml_keys(GatewayConfig) | {"defaults"}
         top = self.mapping(document, "", keys, what="the config file")
         if top is None:
             return None
@@ -70,7 +66,7 @@ class DocumentReader(ValueReader):
         self.warn_about_plain_http(server, routes)
         if store is None and "store" not in top:
             for route in routes:
-                if route.delivery == QUEUED:
+                if route.delivery == Delivery.QUEUED:
                     self.problem(
                         f"routes.{route.name}.delivery",
                         "queued delivery needs a top-level `store: {path: ...}`",
@@ -90,115 +86,56 @@ class DocumentReader(ValueReader):
                 )
 
     def store(self, value: Any, path: str) -> StoreConfig | None:
-        section = self.mapping(value, path, {"path"})
-        if section is None:
+        values = self.section(value, path, StoreConfig, {"path": self.string}, required=("path",))
+        if values is None:
             return None
-        file_path = self.required_key(section, "path", path, self.string)
-        if file_path is not None and not file_path.strip():
+        if not values["path"].strip():
             self.problem(key_path(path, "path"), "is empty")
             return None
-        return None if file_path is None else StoreConfig(file_path)
+        return StoreConfig(**values)
 
     def queue(self, value: Any, path: str) -> QueueConfig | None:
-        keys = {"max_attempts", "max_age", "concurrency", "retry_base", "retry_cap"}
-        section = self.mapping(value, path, keys)
-        if section is None:
-            return None
-        defaults = QueueConfig()
-        problems_before = len(self.problems)
-        settings = {
-            "max_attempts": self.optional(
-                section, "max_attempts", path, self.positive_int, defaults.max_attempts
-            ),
-            "max_age": self.optional(section, "max_age", path, self.duration, defaults.max_age),
-            "concurrency": self.optional(
-                section, "concurrency", path, self.positive_int, defaults.concurrency
-            ),
-            "retry_base": self.optional(
-                section, "retry_base", path, self.duration, defaults.retry_base
-            ),
-            "retry_cap": self.optional(
-                section, "retry_cap", path, self.duration, defaults.retry_cap
-            ),
-        }
-        if len(self.problems) > problems_before:
-            return None
-        return QueueConfig(**settings)  # type: ignore[arg-type]
+        readers: dict[str, Reader] = {
+            "max_attempts": self.positive_int, "max_age": self.duration,
+            "concurrency": self.positive_int, "retry_base": self.duration,
+            "retry_cap": self.duration,
+        }  # fmt: skip
+        values = self.section(value, path, QueueConfig, readers)
+        return None if values is None else QueueConfig(**values)
 
     def logging(self, value: Any, path: str) -> LoggingConfig | None:
-        section = self.mapping(value, path, {"format", "level"})
-        if section is None:
-            return None
-        defaults = LoggingConfig()
-        formats = ("json", "text")
-        log_format = self.optional(
-            section, "format", path, lambda v, p: self.choice(v, p, formats), defaults.format
-        )
-        level = self.optional(section, "level", path, self.log_level, defaults.level)
-        if log_format is None or level is None:
-            return None
-        return LoggingConfig(log_format, level)
+        readers: dict[str, Reader] = {"format": self.chooser(LogFormat), "level": self.log_level}
+        values = self.section(value, path, LoggingConfig, readers)
+        return None if values is None else LoggingConfig(**values)
 
-    def log_level(self, value: Any, path: str) -> str | None:
+    def log_level(self, value: Any, path: str) -> LogLevel | None:
         text = self.string(value, path)
-        levels = ("DEBUG", "INFO", "WARNING", "ERROR")
-        return None if text is None else self.choice(text.upper(), path, levels)
+        return None if text is None else self.choice(text.upper(), path, LogLevel)
 
     def server(self, value: Any, path: str) -> ServerConfig | None:
-        keys = {
-            "listen", "admin_listen", "trusted_proxies", "max_in_flight", "shutdown_grace",
-            "drain_delay", "client_timeout", "max_query_length", "reload_interval", "tls",
+        readers: dict[str, Reader] = {
+            "listen": self.listen_address, "admin_listen": self.listen_address,
+            "trusted_proxies": self.address_set, "max_in_flight": self.positive_int,
+            "shutdown_grace": self.duration_or_zero, "drain_delay": self.duration_or_zero,
+            "client_timeout": self.duration, "max_query_length": self.positive_int,
+            "reload_interval": self.duration_or_zero, "tls": self.tls,
         }  # fmt: skip
-        section = self.mapping(value, path, keys)
-        if section is None:
+        values = self.section(value, path, ServerConfig, readers)
+        if values is None:
             return None
-        problems_before = len(self.problems)
-        defaults = ServerConfig()
-        listen = self.optional(section, "listen", path, self.listen_address, defaults.listen)
-        admin = self.optional(
-            section, "admin_listen", path, self.listen_address, defaults.admin_listen
-        )
-        proxies = self.optional(
-            section, "trusted_proxies", path, self.address_set, defaults.trusted_proxies
-        )
-        tls = self.optional(section, "tls", path, self.tls, None)
-        if listen and admin and _overlap(listen, admin):
+        server = ServerConfig(**values)
+        if _overlap(server.listen, server.admin_listen):
             self.problem(key_path(path, "admin_listen"), "must not share server.listen's port")
-        limits = {
-            "max_in_flight": self.optional(
-                section, "max_in_flight", path, self.positive_int, defaults.max_in_flight
-            ),
-            "shutdown_grace": self.optional(
-                section, "shutdown_grace", path, self.duration_or_zero, defaults.shutdown_grace
-            ),
-            "drain_delay": self.optional(
-                section, "drain_delay", path, self.duration_or_zero, defaults.drain_delay
-            ),
-            "client_timeout": self.optional(
-                section, "client_timeout", path, self.duration, defaults.client_timeout
-            ),
-            "max_query_length": self.optional(
-                section, "max_query_length", path, self.positive_int, defaults.max_query_length
-            ),
-            "reload_interval": self.optional(
-                section, "reload_interval", path, self.duration_or_zero, defaults.reload_interval
-            ),
-        }
-        if len(self.problems) > problems_before:
             return None
-        assert listen is not None and admin is not None and proxies is not None
-        return ServerConfig(listen, admin, proxies, tls=tls, **limits)  # type: ignore[arg-type]
+        return server
 
     def tls(self, value: Any, path: str) -> TlsConfig | None:
         """Certificate and key files (PEM), loaded now so a bad pair is a config error."""
-        section = self.mapping(value, path, {"cert_file", "key_file"})
-        if section is None:
+        readers: dict[str, Reader] = {"cert_file": self.string, "key_file": self.string}
+        values = self.section(value, path, TlsConfig, readers, required=("cert_file", "key_file"))
+        if values is None:
             return None
-        cert_file = self.required_key(section, "cert_file", path, self.string)
-        key_file = self.required_key(section, "key_file", path, self.string)
-        if cert_file is None or key_file is None:
-            return None
-        config = TlsConfig(cert_file, key_file)
+        config = TlsConfig(**values)
         try:
             server_context(config)
         except (OSError, ssl.SSLError) as error:
@@ -235,50 +172,29 @@ class DocumentReader(ValueReader):
         return tuple(routes)
 
     def route(self, name: str, value: Any, path: str) -> RouteConfig | None:
-        keys = {
-            "path", "allow_ips", "secret", "aliases", "required", "dedup", "upstreams", "insecure",
-            "allow_ips_mode", "match", "drop_unknown", "template", "delivery", "queue",
-            "max_estimated_price",
+        readers: dict[str, Reader] = {
+            "path": self.url_path, "upstreams": self.upstreams, "allow_ips": self.allowlist,
+            "secret": self.secret, "aliases": self.aliases, "required": self.field_list,
+            "dedup": self.dedup, "insecure": self.boolean,
+            "allow_ips_mode": self.chooser(AllowIpsMode), "match": self.match,
+            "drop_unknown": self.boolean, "delivery": self.chooser(Delivery), "queue": self.queue,
+            "max_estimated_price": self.decimal, "template": self.template,
         }  # fmt: skip
-        section = self.mapping(value, path, keys)
-        if section is None:
+        values = self.section(
+            value, path, RouteConfig, readers, extra=frozenset({"template"}),
+            required=("path", "upstreams"),
+        )  # fmt: skip
+        if values is None:
             return None
-        problems_before = len(self.problems)
-        url_path = self.required_key(section, "path", path, self.url_path)
-        allow_ips = self.optional(section, "allow_ips", path, self.allowlist, None)
-        secret = self.optional(section, "secret", path, self.secret, None)
-        aliases = self.optional(section, "aliases", path, self.aliases, dict[str, str]())
-        required = self.optional(section, "required", path, self.field_list, DEFAULT_REQUIRED)
-        dedup = (
-            self.optional(section, "dedup", path, self.dedup, None)
-            if "dedup" in section
-            else (self.dedup({}, key_path(path, "dedup")))
-        )
-        upstreams = self.required_key(section, "upstreams", path, self.upstreams)
-        insecure = self.optional(section, "insecure", path, self.boolean, False)
-        modes = (ENFORCE, LOG_ONLY)
-        allow_ips_mode = self.optional(
-            section, "allow_ips_mode", path, lambda v, p: self.choice(v, p, modes), ENFORCE
-        )
-        match = self.optional(section, "match", path, self.match, dict[str, frozenset[str]]())
-        drop_unknown = self.optional(section, "drop_unknown", path, self.boolean, False)
-        template = self.optional(section, "template", path, self.template, None)
-        deliveries = (SYNC, QUEUED)
-        delivery = self.optional(
-            section, "delivery", path, lambda v, p: self.choice(v, p, deliveries), SYNC
-        )
-        queue = self.optional(section, "queue", path, self.queue, QueueConfig())
-        max_price = self.optional(
-            section, "max_estimated_price", path, self.decimal, DEFAULT_MAX_ESTIMATED_PRICE
-        )
-        if len(self.problems) > problems_before:
-            return None
-        assert url_path is not None and upstreams is not None and aliases is not None
-        assert required is not None and dedup is not None and match is not None
-        assert allow_ips_mode is not None and delivery is not None and queue is not None
-        assert max_price is not None
+        if "dedup" not in values:  # `defaults.dedup` still applies
+            values["dedup"] = self.dedup({}, key_path(path, "dedup"))
+            if values["dedup"] is None:
+                return None
+        template: PostbackTemplate | None = values.pop("template", None)
+        given_aliases = "aliases" in values
+        aliases: dict[str, str] = values.pop("aliases", {})
         if template is not None:
-            if "aliases" in section:
+            if given_aliases:
                 self.problem(key_path(path, "aliases"), "give aliases or template, not both")
             aliases = template.aliases
             delivers = template.delivers
@@ -288,22 +204,11 @@ class DocumentReader(ValueReader):
             )
         route = RouteConfig(
             name=name,
-            path=url_path,
-            upstreams=upstreams,
-            allow_ips=allow_ips,
-            secret=secret,
             aliases=MappingProxyType(aliases),
-            required=required,
-            dedup=dedup,
-            insecure=bool(insecure),
-            allow_ips_mode=allow_ips_mode,
-            match=MappingProxyType(match),
-            drop_unknown=bool(drop_unknown),
+            match=MappingProxyType(values.pop("match", {})),
             from_template=template is not None,
             delivers=delivers,
-            delivery=delivery,
-            queue=queue,
-            max_estimated_price=max_price,
+            **values,
         )
         self.check_route_consistency(route, path)
         if template is not None:
@@ -312,7 +217,8 @@ class DocumentReader(ValueReader):
 
     def check_route_consistency(self, route: RouteConfig, path: str) -> None:
         """Combinations that are each valid alone but can never work together."""
-        enforced_allowlist = route.allow_ips is not None and route.allow_ips_mode == ENFORCE
+        enforced = route.allow_ips_mode == AllowIpsMode.ENFORCE
+        enforced_allowlist = route.allow_ips is not None and enforced
         if not enforced_allowlist and route.secret is None and not route.insecure:
             self.problem(
                 path,
@@ -402,17 +308,15 @@ class DocumentReader(ValueReader):
     # -- route parts ----------------------------------------------------------------------
 
     def secret(self, value: Any, path: str) -> SecretCheck | None:
-        section = self.mapping(value, path, {"query_param", "header", "keys"})
-        if section is None:
+        readers: dict[str, Reader] = {"query_param": self.param_name, "header": self.header_name,
+                   "keys": self.secret_keys}  # fmt: skip
+        values = self.section(value, path, SecretCheck, readers, required=("keys",))
+        if values is None:
             return None
-        query_param = self.optional(section, "query_param", path, self.param_name, None)
-        header = self.optional(section, "header", path, self.header_name, None)
-        if ("query_param" in section) == ("header" in section):
+        if ("query_param" in values) == ("header" in values):
             self.problem(path, "give exactly one of query_param or header")
-        keys = self.required_key(section, "keys", path, self.secret_keys)
-        if keys is None or (query_param is None and header is None):
             return None
-        return SecretCheck(keys, query_param=query_param, header=header)
+        return SecretCheck(**values)
 
     def secret_keys(self, value: Any, path: str) -> tuple[Secret, ...] | None:
         items = self.sequence(value, path)
@@ -448,36 +352,24 @@ class DocumentReader(ValueReader):
 
     def dedup(self, value: Any, path: str) -> DedupConfig | None:
         """A route's dedup section, on top of `defaults.dedup` (its keys are validated there)."""
-        keys = {"key", "ttl", "max_entries", "backend", "redis_url", "on_redis_error"}
-        section = self.mapping(value, path, keys)
-        if section is None:
+        readers: dict[str, Reader] = {
+            "key": self.field_list, "ttl": self.duration, "max_entries": self.positive_int,
+            "backend": self.chooser(DedupBackend), "redis_url": self.redis_url,
+            "on_redis_error": self.chooser(OnRedisError),
+        }  # fmt: skip
+        if isinstance(value, dict):
+            value = {**self.dedup_defaults, **value}
+        values = self.section(value, path, DedupConfig, readers)
+        if values is None:
             return None
-        section = {**self.dedup_defaults, **section}
-        defaults = DedupConfig()
-        problems_before = len(self.problems)
-        key = self.optional(section, "key", path, self.field_list, defaults.key)
-        ttl = self.optional(section, "ttl", path, self.duration, defaults.ttl)
-        max_entries = self.optional(
-            section, "max_entries", path, self.positive_int, defaults.max_entries
-        )
-        backends = (MEMORY, REDIS)
-        backend = self.optional(
-            section, "backend", path, lambda v, p: self.choice(v, p, backends), MEMORY
-        )
-        redis_url = self.optional(section, "redis_url", path, self.redis_url, None)
-        policies = (FAIL_CLOSED, FAIL_OPEN)
-        on_error = self.optional(
-            section, "on_redis_error", path, lambda v, p: self.choice(v, p, policies), FAIL_CLOSED
-        )
-        if key is not None and not key:
+        dedup = DedupConfig(**values)
+        if not dedup.key:
             self.problem(key_path(path, "key"), "needs at least one field")
-        if backend == REDIS and redis_url is None and "redis_url" not in section:
-            self.problem(key_path(path, "redis_url"), "is required with backend: redis")
-        if len(self.problems) > problems_before:
             return None
-        assert key is not None and ttl is not None and max_entries is not None
-        assert backend is not None and on_error is not None
-        return DedupConfig(key, ttl, max_entries, backend, redis_url, on_error)
+        if dedup.backend == DedupBackend.REDIS and dedup.redis_url is None:
+            self.problem(key_path(path, "redis_url"), "is required with backend: redis")
+            return None
+        return dedup
 
     def redis_url(self, value: Any, path: str) -> RedisUrl | None:
         text = self.string(value, path, secret=True)
@@ -510,29 +402,19 @@ class DocumentReader(ValueReader):
         return tuple(upstream for upstream in upstreams if upstream is not None)
 
     def upstream(self, value: Any, path: str) -> UpstreamConfig | None:
-        keys = {"url", "timeout", "retries", "rename", "static_params", "keep_alive"}
-        section = self.mapping(value, path, keys)
-        if section is None:
+        readers: dict[str, Reader] = {
+            "url": self.upstream_url, "timeout": self.duration, "retries": self.retries,
+            "rename": self.rename, "static_params": self.static_params,
+            "keep_alive": self.boolean,
+        }  # fmt: skip
+        values = self.section(value, path, UpstreamConfig, readers, required=("url",))
+        if values is None:
             return None
-        no_params: tuple[tuple[str, str], ...] = ()
-        static_params = self.optional(section, "static_params", path, self.static_params, no_params)
-        url = self.required_key(section, "url", path, self.upstream_url)
-        timeout = self.optional(section, "timeout", path, self.duration, DEFAULT_UPSTREAM_TIMEOUT)
-        retries = self.optional(section, "retries", path, self.retries, DEFAULT_UPSTREAM_RETRIES)
-        rename = self.optional(section, "rename", path, self.rename, dict[str, str]())
-        keep_alive = self.optional(section, "keep_alive", path, self.boolean, True)
-        if url is None or timeout is None or retries is None or rename is None:
-            return None
-        if static_params is None or keep_alive is None:
-            return None
-        return UpstreamConfig(
-            url,
-            timeout,
-            retries,
-            MappingProxyType(rename),
-            StaticParams(static_params),
-            keep_alive=keep_alive,
-        )
+        if "rename" in values:
+            values["rename"] = MappingProxyType(values["rename"])
+        if "static_params" in values:
+            values["static_params"] = StaticParams(values["static_params"])
+        return UpstreamConfig(**values)
 
     def static_params(self, value: Any, path: str) -> tuple[tuple[str, str], ...] | None:
         section = self.mapping(value, path, None)

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Set
 from decimal import Decimal, InvalidOperation
+from enum import StrEnum
 from typing import Any, TypeVar
 
 from yarl import URL
 
 from ..addresses import AddressSet, IndexedValueError
 from ..postback import CANONICAL_FIELDS
-from .model import MAX_UPSTREAM_RETRIES, ListenAddress
+from .model import MAX_UPSTREAM_RETRIES, ListenAddress, yaml_keys
 
 _URL_PATH = re.compile(r"/[A-Za-z0-9\-._~!$&'()*+,;=:@/]*")
 _PARAM_NAME = re.compile(r"[A-Za-z0-9_.\-\[\]]{1,128}")
@@ -21,6 +22,8 @@ _DURATION = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)?")
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
 
 T = TypeVar("T")
+E = TypeVar("E", bound=StrEnum)
+Reader = Callable[[Any, str], Any]  # (value, key path) -> the value read, or None (a problem)
 
 
 class _FromEnvironment(str):
@@ -189,12 +192,20 @@ class ValueReader:
             return None
         return number
 
-    def choice(self, value: Any, path: str, choices: tuple[str, ...]) -> str | None:
+    def choice(self, value: Any, path: str, choices: type[E]) -> E | None:
+        """One of an enum's values, written as the value (`queued`, `fail_open`)."""
         text = self.string(value, path)
-        if text is not None and text not in choices:
-            self.problem(path, f"{text!r} is not one of {', '.join(choices)}")
+        if text is None:
             return None
-        return text
+        try:
+            return choices(text)
+        except ValueError:
+            listed = ", ".join(choice.value for choice in choices)
+            self.problem(path, f"{text!r} is not one of {listed}")
+            return None
+
+    def chooser(self, choices: type[E]) -> Callable[[Any, str], E | None]:
+        return lambda value, path: self.choice(value, path, choices)
 
     def integer(self, value: Any, path: str) -> int | None:
         if isinstance(value, str):
@@ -244,7 +255,7 @@ class ValueReader:
     # -- structure ------------------------------------------------------------------------
 
     def mapping(
-        self, value: Any, path: str, allowed: set[str] | None, what: str = ""
+        self, value: Any, path: str, allowed: Set[str] | None, what: str = ""
     ) -> dict[Any, Any] | None:
         if not isinstance(value, dict):
             where = path or what
@@ -262,6 +273,36 @@ class ValueReader:
             self.problem(path, f"expected a list, got {type(value).__name__}")
             return None
         return value
+
+    def section(
+        self,
+        value: Any,
+        path: str,
+        shape: type[Any],
+        readers: Mapping[str, Reader],
+        *,
+        extra: frozenset[str] = frozenset(),
+        required: tuple[str, ...] = (),
+    ) -> dict[str, Any] | None:
+        """The values of the keys a mapping gives, each read by its reader; None if any is
+        wrong. The keys allowed are the fields of the dataclass `shape` (plus `extra`, which
+        the caller reads itself); a key left out is left out, so `shape` supplies its default.
+        """
+        keys = yaml_keys(shape) | extra
+        assert readers.keys() == keys, f"{shape.__name__}: no reader for {keys - readers.keys()}"
+        problems_before = len(self.problems)
+        section = self.mapping(value, path, keys)
+        if section is None:
+            return None
+        for key in required:
+            if key not in section:
+                self.problem(key_path(path, key), "is required")
+        values = {
+            key: readers[key](item, key_path(path, key))
+            for key, item in section.items()
+            if key in readers
+        }
+        return None if len(self.problems) > problems_before else values
 
     def optional(
         self,
