@@ -2,7 +2,7 @@
 
 Runs in its own process so resident memory (RSS) growth is the structure's alone: keys are made
 first, then the RSS is read, then every key is added to the route's dedup memory
-(gateway.delivered_keys.DeliveredKeys) and the RSS read again. The reference in the same run is
+(gateway.dedup.delivered.DeliveredKeys) and the RSS read again. The reference in the same run is
 a plain Python set of the same keys as ints, the least a Python structure can hold them in.
 
     .venv/bin/python bench/dedup_memory.py [--events 1000000]
@@ -21,7 +21,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))  # run from a checkout, installed or not
 
-from gateway.delivered_keys import DeliveredKeys  # noqa: E402
+from gateway.dedup.delivered import DeliveredKeys  # noqa: E402
 
 
 def rss_bytes() -> int:

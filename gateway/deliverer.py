@@ -14,14 +14,14 @@ import logging
 import random
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Sequence
 from functools import partial
 
 from . import outbox
 from .config import QueueConfig
-from .forward import AttemptFailure, Forwarder, Upstream, UpstreamReply
+from .forward import AttemptFailure, Forwarder, Upstream, UpstreamReply, delivery_headers
 from .metrics import Metrics
-from .outbox import Delivery
+from .outbox import Attempt, Delivery
 from .route import CompiledRoute
 from .store import Store, StoreError
 
@@ -29,28 +29,18 @@ log = logging.getLogger("gateway.deliverer")
 
 POLL_SECONDS = 1.0
 RETRYABLE_4XX = frozenset({408, 429})
-RETRY = "retry"
-
-
-def idempotency_headers(request_id: str, client: str, idempotency_key: str) -> dict[str, str]:
-    return {
-        "X-Forwarded-For": client,
-        "X-Request-ID": request_id,
-        "X-Idempotency-Key": idempotency_key,
-    }
 
 
 class Deliverer:
     def __init__(
         self,
         store: Store,
-        routes: Callable[[], Iterable[CompiledRoute]],
         forwarder: Forwarder,
         metrics: Metrics,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._store = store
-        self._routes = routes
+        self._routes: Sequence[CompiledRoute] = ()
         self._forwarder = forwarder
         self._metrics = metrics
         self._clock = clock
@@ -58,6 +48,11 @@ class Deliverer:
         self._attempts: set[asyncio.Task[None]] = set()
         self._wake = asyncio.Event()
         self._stopping = False
+
+    def serve(self, routes: Sequence[CompiledRoute]) -> None:
+        """The queued routes to deliver for, from now on (a reload passes the new ones)."""
+        self._routes = routes
+        self.wake()
 
     def wake(self) -> None:
         """Look for due deliveries now (an event was queued, or a slot came free)."""
@@ -92,9 +87,7 @@ class Deliverer:
 
     async def _dispatch(self) -> None:
         now = self._clock()
-        for route in self._routes():
-            if not route.queued:
-                continue
+        for route in self._routes:
             for upstream in route.upstreams:
                 busy = self._busy[(route.name, upstream.label)]
                 free = route.config.queue.concurrency - len(busy)
@@ -112,17 +105,18 @@ class Deliverer:
 
     async def _deliver(self, route: CompiledRoute, upstream: Upstream, delivery: Delivery) -> None:
         try:
-            headers = idempotency_headers(
+            headers = delivery_headers(
                 delivery.request_id, delivery.client, delivery.idempotency_key
             )
             result = await self._forwarder.attempt_once(upstream, delivery.postback, headers)
-            verdict, operation = self._verdict(route.config.queue, delivery, result)
-            await self._store.run(operation)
-            self._metrics.deliveries.labels(route.name, upstream.label, verdict).inc()
-            if verdict == RETRY:  # look again when it is due, not at the next poll
-                retry_at = operation.keywords["next_attempt_at"]
-                asyncio.get_running_loop().call_later(retry_at - self._clock(), self.wake)
-            if verdict == outbox.DEAD:
+            now = self._clock()
+            attempt = self._judge(route.config.queue, delivery, result, now)
+            await self._store.run(partial(outbox.record_attempt, delivery=delivery,
+                                          attempt=attempt, now=now))  # fmt: skip
+            self._metrics.deliveries.labels(route.name, upstream.label, attempt.state).inc()
+            if attempt.retry_at is not None:  # look again when it is due, not at the next poll
+                asyncio.get_running_loop().call_later(attempt.retry_at - now, self.wake)
+            if attempt.state == outbox.DEAD:
                 log.warning(
                     "delivery dead-lettered",
                     extra={"event_id": delivery.event_id, "upstream": upstream.label,
@@ -134,34 +128,28 @@ class Deliverer:
             self._busy[(route.name, upstream.label)].discard(delivery.event_id)
             self.wake()
 
-    def _verdict(
-        self, queue: QueueConfig, delivery: Delivery, result: UpstreamReply | AttemptFailure
-    ) -> tuple[str, partial[None]]:
-        now = self._clock()
+    def _judge(
+        self,
+        queue: QueueConfig,
+        delivery: Delivery,
+        result: UpstreamReply | AttemptFailure,
+        now: float,
+    ) -> Attempt:
+        """Delivered; dead (refused for good, or out of attempts or time); or retry later."""
         if isinstance(result, UpstreamReply):
             if result.delivered:
-                return outbox.DELIVERED, partial(
-                    outbox.mark_delivered, delivery=delivery, status=result.status, now=now
-                )
+                return Attempt(outbox.DELIVERED, status=result.status)
             if 400 <= result.status < 500 and result.status not in RETRYABLE_4XX:
                 body = result.body.decode(errors="replace")
-                return outbox.DEAD, partial(
-                    outbox.mark_dead, delivery=delivery, error=f"refused: {result.status}",
-                    status=result.status, body=body, now=now,
-                )  # fmt: skip
+                error = f"refused: {result.status}"
+                return Attempt(outbox.DEAD, error=error, status=result.status, body=body)
         status = result.status if isinstance(result, UpstreamReply) else None
         error = _describe(result)
         attempts = delivery.attempts + 1
         if attempts >= queue.max_attempts or now - delivery.since >= queue.max_age:
-            return outbox.DEAD, partial(
-                outbox.mark_dead, delivery=delivery, error=f"gave up after {attempts}: {error}",
-                status=status, body=None, now=now,
-            )  # fmt: skip
+            return Attempt(outbox.DEAD, error=f"gave up after {attempts}: {error}", status=status)
         delay = random.uniform(0, min(queue.retry_cap, queue.retry_base * 2 ** (attempts - 1)))
-        return RETRY, partial(
-            outbox.mark_retry, delivery=delivery, error=error, status=status,
-            next_attempt_at=now + delay, now=now,
-        )  # fmt: skip
+        return Attempt(outbox.RETRY, error=error, status=status, retry_at=now + delay)
 
 
 def _describe(result: UpstreamReply | AttemptFailure) -> str:

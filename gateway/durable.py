@@ -1,5 +1,9 @@
 """Everything that needs the store, started and stopped as one: the outbox of queued routes,
-the deliverer, dedup keys that survive restarts, and their housekeeping."""
+the deliverer, dedup keys that survive restarts, and their housekeeping.
+
+The runtime hands it the routes of each config it loads (`serve`); it owns the store, the
+deliverer and its own upstream pool, and never reaches back into the gateway.
+"""
 
 from __future__ import annotations
 
@@ -7,12 +11,12 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from functools import partial
 
 from . import outbox
 from .config import StoreConfig
-from .dedup import DedupKey
+from .dedup import DedupKey, store_keys
 from .deliverer import Deliverer
 from .errors import StoreUnavailable
 from .forward import Forwarder
@@ -21,48 +25,38 @@ from .observe import RequestRecord
 from .postback import Postback
 from .route import CompiledRoute
 from .store import Store, StoreError
-from .stored_keys import StoredKeys
 from .upstream_client import UpstreamClient
 
 log = logging.getLogger("gateway.durable")
 STATS_EVERY_SECONDS = 5.0
 PURGE_EVERY_SECONDS = 60.0
+STORE_SCHEMA = outbox.SCHEMA + store_keys.SCHEMA  # the tables of a new store file
 
 
 class Durable:
-    def __init__(
-        self,
-        config: StoreConfig,
-        metrics: Metrics,
-        routes: Callable[[], Iterable[CompiledRoute]],
-    ) -> None:
+    def __init__(self, config: StoreConfig, metrics: Metrics) -> None:
         self._metrics = metrics
-        self._routes = routes
-        self.store = Store(config.path, on_commit=self._count_commit)
-        self.keys = StoredKeys(self.store)
+        self.store = Store(config.path, STORE_SCHEMA, on_commit=self._count_commit)
+        self.keys = store_keys.StoreKeys(self.store)  # the dedup backend of every route
         self._client = UpstreamClient()
-        self._deliverer: Deliverer | None = None
+        self._deliverer = Deliverer(self.store, Forwarder(self._client, metrics), metrics)
         self._tasks: list[asyncio.Task[None]] = []
 
-    async def start(self) -> None:
+    async def start(self, routes: Iterable[CompiledRoute]) -> None:
         """Open the store (StoreError if it cannot be) and resume what a crash left pending."""
         await self.store.open()
-        self._deliverer = Deliverer(
-            self.store, self._routes, Forwarder(self._client, self._metrics), self._metrics
-        )
-        await self.adopt()
+        await self.serve(routes)
         self._tasks = [
             asyncio.create_task(self._deliverer.run()),
             asyncio.create_task(self._housekeeping()),
         ]
 
-    async def adopt(self) -> None:
-        """After a (re)load: dead-letter deliveries to upstreams the config no longer has."""
-        targets = {
-            route.name: [upstream.label for upstream in route.upstreams]
-            for route in self._routes()
-            if route.queued
-        }
+    async def serve(self, routes: Iterable[CompiledRoute]) -> None:
+        """Deliver for the queued routes of a (re)loaded config; deliveries to upstreams that
+        config no longer has become dead letters (re-drivable once they are back)."""
+        queued = [route for route in routes if route.queued]
+        self._deliverer.serve(queued)
+        targets = {route.name: [upstream.label for upstream in route.upstreams] for route in queued}
         bury = partial(outbox.bury_orphans, targets=targets, now=time.time())
         if buried := await self.store.run(bury):
             log.warning("deliveries without a configured upstream dead-lettered",
@@ -87,20 +81,17 @@ class Durable:
             raise StoreUnavailable(str(error)) from None
         if event_id is None:
             return False
-        assert self._deliverer is not None
         self._deliverer.wake()
         return True
 
     async def close(self, grace: float) -> None:
-        if self._deliverer is not None:
-            self._deliverer.stop()  # ends by itself, even if a cancellation were lost
+        self._deliverer.stop()  # ends by itself, even if a cancellation were lost
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        if self._deliverer is not None:
-            await self._deliverer.finish(grace)
+        await self._deliverer.finish(grace)
         await self._client.close()
         await self.store.close()
 

@@ -180,11 +180,13 @@ class StoreUnavailable(GatewayError):
 
 
 class DedupUnavailable(GatewayError):
-    """Shared dedup (Redis) is down and the route fails closed: better no reward than two."""
+    """A dedup backend (the store, Redis) cannot tell whether the event is new, and fails
+    closed: better no reward now (the sender retries) than two. `reason` names the backend's
+    failure (`store_unavailable`, `dedup_unavailable`)."""
 
     status = 503
     outcome = Outcome.STORE_ERROR
 
-    def __init__(self, detail: str) -> None:
-        super().__init__("dedup_unavailable", detail)
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(reason, detail)
         self.headers["Retry-After"] = "5"

@@ -18,7 +18,7 @@ from yarl import URL
 
 from .addresses import parse_ip
 from .config import GatewayConfig, RouteConfig
-from .dedup import DedupMemory
+from .dedup import RouteDedup
 from .errors import GatewayError
 from .postback import CANONICAL_FIELDS
 from .route import CompiledRoute
@@ -91,7 +91,7 @@ def _as_monetag_sends(
 
 def _predict(route: RouteConfig, target: URL, headers: dict[str, str]) -> list[str]:
     """Each verification step's verdict, worked out with the gateway's own pieces."""
-    compiled = CompiledRoute(route, DedupMemory(1, 1))
+    compiled = CompiledRoute(route, RouteDedup(1, 1))
     host = target.host or "127.0.0.1"
     client = parse_ip("127.0.0.1" if host == "localhost" else host)
     lines = [

@@ -57,6 +57,15 @@ class AttemptFailure:
     retryable: bool = True  # connect errors and timeouts; not a malformed response
 
 
+def delivery_headers(request_id: str, client: str, idempotency_key: str) -> dict[str, str]:
+    """The headers every forwarded postback carries, sync or queued, first try or retry."""
+    return {
+        "X-Forwarded-For": client,
+        "X-Request-ID": request_id,
+        "X-Idempotency-Key": idempotency_key,
+    }
+
+
 def _with_user_agent(headers: Mapping[str, str]) -> dict[str, str]:
     return {**headers, "User-Agent": USER_AGENT}
 

@@ -12,11 +12,40 @@ import sqlite3
 from dataclasses import dataclass
 from typing import Any
 
+from .dedup import store_keys
 from .postback import Postback
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY,
+    route TEXT NOT NULL,
+    idempotency_key TEXT NOT NULL,
+    fields TEXT NOT NULL,
+    extras TEXT NOT NULL,
+    request_id TEXT NOT NULL,
+    client TEXT NOT NULL,
+    created_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS deliveries (
+    event_id INTEGER NOT NULL REFERENCES events(id) ON DELETE CASCADE,
+    upstream TEXT NOT NULL,
+    state TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at REAL NOT NULL,
+    since REAL NOT NULL,
+    last_error TEXT,
+    last_status INTEGER,
+    last_body TEXT,
+    updated_at REAL NOT NULL,
+    PRIMARY KEY (event_id, upstream)
+);
+CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries(state, next_attempt_at);
+"""
 
 PENDING = "pending"
 DELIVERED = "delivered"
 DEAD = "dead"
+RETRY = "retry"  # an attempt's result, not a state: the delivery stays pending
 MAX_KEPT_BODY = 2000
 
 
@@ -50,10 +79,7 @@ def enqueue(
 ) -> int | None:
     """Store the event, a pending delivery per upstream and its dedup key, atomically; None
     (nothing written) if the dedup key is already stored and not expired: a duplicate."""
-    known = connection.execute(
-        "SELECT 1 FROM dedup_keys WHERE key = ? AND expires_at > ?", (dedup_key, now)
-    ).fetchone()
-    if known is not None:
+    if store_keys.known(connection, dedup_key, now):
         return None
     cursor = connection.execute(
         "INSERT INTO events (route, idempotency_key, fields, extras, request_id, client,"
@@ -70,10 +96,7 @@ def enqueue(
         " VALUES (?, ?, 'pending', ?, ?, ?)",
         [(event_id, upstream, now, now, now) for upstream in upstreams],
     )
-    connection.execute(
-        "INSERT OR REPLACE INTO dedup_keys (key, expires_at) VALUES (?, ?)",
-        (dedup_key, dedup_expires_at),
-    )
+    store_keys.remember(connection, dedup_key, dedup_expires_at)
     return event_id
 
 
@@ -104,6 +127,31 @@ def _delivery_of(row: tuple[Any, ...]) -> Delivery:
         json.loads(fields), tuple((name, value) for name, value in json.loads(extras))
     )
     return Delivery(event_id, route, upstream, attempts, since, postback, request_id, client, key)
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """What one delivery attempt came to: DELIVERED, DEAD (with why), or RETRY at `retry_at`."""
+
+    state: str
+    error: str | None = None
+    status: int | None = None
+    body: str | None = None  # the app's answer, kept with a dead letter
+    retry_at: float | None = None
+
+
+def record_attempt(
+    connection: sqlite3.Connection, delivery: Delivery, attempt: Attempt, now: float
+) -> None:
+    if attempt.state == DELIVERED:
+        assert attempt.status is not None
+        mark_delivered(connection, delivery, attempt.status, now)
+    elif attempt.state == DEAD:
+        mark_dead(connection, delivery, attempt.error or "", attempt.status, attempt.body, now)
+    else:
+        assert attempt.retry_at is not None
+        error = attempt.error or ""
+        mark_retry(connection, delivery, error, attempt.status, attempt.retry_at, now)
 
 
 def mark_delivered(

@@ -9,15 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Mapping
+from typing import Protocol
 
 from aiohttp import web
 
 from .addresses import IPAddress, address_text
 from .clientip import ClientAddressResolver
 from .config import GatewayConfig
-from .dedup import DedupKey, DedupMemory
-from .deliverer import idempotency_headers
+from .dedup import DedupKey, RouteDedup
 from .errors import (
     DuplicatePostback,
     Forbidden,
@@ -27,7 +27,7 @@ from .errors import (
     RouteNotFound,
     UpstreamUnavailable,
 )
-from .forward import Forwarder, Upstream, UpstreamReply
+from .forward import Forwarder, Upstream, UpstreamReply, delivery_headers
 from .metrics import Metrics
 from .observe import RequestRecord
 from .postback import ESTIMATED_PRICE, REWARD_EVENT_TYPE, ZONE_ID, Postback
@@ -38,8 +38,16 @@ from .upstream_client import UpstreamClient
 log = logging.getLogger("gateway.pipeline")
 
 RECORD = web.RequestKey("record", RequestRecord)
-# stores the event unless its dedup key is already stored; says whether it did
-Enqueue = Callable[[CompiledRoute, Postback, DedupKey, RequestRecord], Awaitable[bool]]
+
+
+class Outbox(Protocol):
+    """Where a queued route's events are stored (the durable store)."""
+
+    async def enqueue(
+        self, route: CompiledRoute, postback: Postback, key: DedupKey, record: RequestRecord
+    ) -> bool:
+        """Store the event unless its dedup key is already stored; says whether it did."""
+        ...
 
 
 class Gateway:
@@ -54,8 +62,8 @@ class Gateway:
         config: GatewayConfig,
         client: UpstreamClient,
         metrics: Metrics,
-        dedup_memories: dict[str, DedupMemory],
-        enqueue: Enqueue | None = None,
+        dedup: Mapping[str, RouteDedup],
+        outbox: Outbox | None = None,
     ) -> None:
         self.config = config
         self._client = client
@@ -64,13 +72,13 @@ class Gateway:
         self._client_addresses = ClientAddressResolver(config.server.trusted_proxies)
         self._max_query_length = config.server.max_query_length
         self.routes = {
-            route.path: CompiledRoute(route, dedup_memories[route.name]) for route in config.routes
+            route.path: CompiledRoute(route, dedup[route.name]) for route in config.routes
         }
         self._active = 0
         self._idle = asyncio.Event()
         self._idle.set()
         self._copies: set[asyncio.Task[None]] = set()
-        self._enqueue = enqueue
+        self._outbox = outbox
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         self._active += 1
@@ -107,7 +115,7 @@ class Gateway:
         if route.queued:
             return await self._accept_for_queue(route, postback, key, record)
         async with route.dedup.reserve(key) as reservation:
-            headers = idempotency_headers(record.request_id, record.client, key.hex())
+            headers = delivery_headers(record.request_id, record.client or "", key.hex())
             reply = await self._deliver(route.upstreams[0], postback, headers, record)
             if reply.delivered:
                 reservation.commit()
@@ -124,10 +132,10 @@ class Gateway:
         self, route: CompiledRoute, postback: Postback, key: DedupKey, record: RequestRecord
     ) -> web.StreamResponse:
         """`delivery: queued`: answer 200 once the event is durably stored, deliver later."""
-        assert self._enqueue is not None  # config validation: queued routes need a store
-        async with route.dedup.reserve(key, consult_durable=False) as reservation:
-            accepted = await self._enqueue(route, postback, key, record)
-            reservation.commit(stored=True)  # queued now, or known from before a restart
+        assert self._outbox is not None  # config validation: queued routes need a store
+        async with route.dedup.reserve(key, queued=True) as reservation:
+            accepted = await self._outbox.enqueue(route, postback, key, record)
+            reservation.commit()  # stored now, or known to the store from before
             if not accepted:
                 raise DuplicatePostback()
         self._delivered(route, postback)

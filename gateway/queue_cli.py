@@ -14,6 +14,8 @@ from datetime import UTC, datetime
 
 from . import outbox
 from .config import GatewayConfig
+from .dedup import store_keys
+from .durable import STORE_SCHEMA
 from .store import connect
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -43,7 +45,7 @@ def run(config: GatewayConfig, args: argparse.Namespace) -> int:
         print("this config has no `store:`, so there is no queue")
         return 2
     try:
-        connection = connect(config.store.path)
+        connection = connect(config.store.path, STORE_SCHEMA)
     except sqlite3.Error as error:
         print(f"cannot open store {config.store.path}: {error}")
         return 2
@@ -75,8 +77,7 @@ def _stats(connection: sqlite3.Connection) -> int:
             else ""
         )
         print(f"route {item.route}: {counts}{oldest}")
-    (keys,) = connection.execute("SELECT COUNT(*) FROM dedup_keys").fetchone()
-    print(f"dedup keys stored: {keys}")
+    print(f"dedup keys stored: {store_keys.count(connection)}")
     for row in connection.execute(
         "SELECT event_id, upstream, last_status, last_error FROM deliveries WHERE state = 'dead'"
         " ORDER BY updated_at DESC LIMIT 10"

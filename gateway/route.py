@@ -7,7 +7,7 @@ from multidict import CIMultiDictProxy
 from .addresses import IPAddress
 from .config import RouteConfig
 from .config.model import AllowIpsMode, Delivery
-from .dedup import DedupKey, DedupMemory, dedup_key
+from .dedup import DedupKey, RouteDedup, dedup_key
 from .errors import Filtered
 from .forward import Upstream
 from .normalize import Normalizer
@@ -17,7 +17,7 @@ from .validate import Validator
 
 
 class CompiledRoute:
-    def __init__(self, config: RouteConfig, dedup: DedupMemory) -> None:
+    def __init__(self, config: RouteConfig, dedup: RouteDedup) -> None:
         self.name = config.name
         self.path = config.path
         self.config = config

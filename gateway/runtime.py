@@ -1,7 +1,10 @@
 """The process's live state: the current Gateway, swapped on reload, and what outlives it.
 
-Dedup memories, metrics, the in-flight count and the draining flag belong to the process, not
-to one config: a reload replaces the Gateway (and its upstream pool) and keeps the rest.
+Dedup per route, metrics, the in-flight count, the draining flag, the store and the Redis
+clients belong to the process, not to one config: a reload builds a new Gateway (with its own
+upstream pool), points each route's dedup at its backends, hands the routes to the store's
+deliverer, and keeps the rest. Data flows one way: runtime -> gateway and durable -> the
+pieces they own.
 """
 
 from __future__ import annotations
@@ -13,13 +16,13 @@ import redis.asyncio as redis
 
 from .config import GatewayConfig, RouteConfig
 from .config.model import DedupBackend, OnRedisError
-from .dedup import DedupMemory, Sharing
+from .dedup import Backend, RouteDedup
+from .dedup.redis_reservations import RedisReservations, redis_client
 from .durable import Durable
 from .forward import BACKOFF_CAP
 from .metrics import Metrics
 from .observe import configure_logging
 from .pipeline import Gateway
-from .shared_dedup import RedisReservations, redis_client
 from .upstream_client import UpstreamClient
 
 log = logging.getLogger("gateway.runtime")
@@ -43,18 +46,16 @@ class Runtime:
     def __init__(self, config: GatewayConfig, metrics: Metrics | None = None) -> None:
         self.config = config
         self.metrics = metrics or Metrics()
-        self.dedup_memories: dict[str, DedupMemory] = {}
+        self.dedup: dict[str, RouteDedup] = {}  # by route name, across reloads
         self.draining = False
         self.in_flight = 0
         self.metrics.in_flight.set_function(lambda: self.in_flight)  # read at scrape time
         self._gateway: Gateway | None = None
         self._retiring: set[asyncio.Task[None]] = set()
         self._redis_clients: dict[str, redis.Redis] = {}
-        routes = lambda: self.gateway.routes.values()  # noqa: E731 - read at each use
-        self.durable = Durable(config.store, self.metrics, routes) if config.store else None
-        self.metrics.watch_dedup(
-            lambda: {name: len(memory) for name, memory in self.dedup_memories.items()}
-        )
+        self._store = config.store  # changing it needs a restart
+        self.durable = Durable(config.store, self.metrics) if config.store else None
+        self.metrics.watch_dedup(lambda: {name: len(dedup) for name, dedup in self.dedup.items()})
 
     @property
     def gateway(self) -> Gateway:
@@ -67,22 +68,21 @@ class Runtime:
 
     async def start(self) -> None:
         """Open the store if there is one (StoreError if it cannot be), then serve the config."""
-        self._gateway = self._build(self.config)
+        gateway = self._build(self.config)
         if self.durable is not None:
-            await self.durable.start()
+            await self.durable.start(gateway.routes.values())
+        self._gateway = gateway
         self.metrics.config_loaded()
 
     async def apply(self, config: GatewayConfig) -> None:
         """Switch to a validated config. Requests already accepted finish on the old one."""
         old = self._gateway
-        if (config.store is None) != (self.durable is None) or (
-            config.store and self.config.store and config.store != self.config.store
-        ):
+        if config.store != self._store:
             log.warning("store changes take effect at the next restart")
         self._gateway = self._build(config)
         self.config = config
         if self.durable is not None:
-            await self.durable.adopt()
+            await self.durable.serve(self._gateway.routes.values())
         configure_logging(config.logging.format, config.logging.level)
         self.metrics.config_loaded()
         if old is not None:
@@ -103,42 +103,39 @@ class Runtime:
 
     def _build(self, config: GatewayConfig) -> Gateway:
         for route in config.routes:
-            memory = self._memory_for(route)
-            memory.sharing = self._sharing_for(route)
-        for name in set(self.dedup_memories) - {route.name for route in config.routes}:
-            del self.dedup_memories[name]
+            self._dedup_for(route).reconfigure(
+                route.dedup.ttl, route.dedup.max_entries, self._backends_for(route)
+            )
+        for name in set(self.dedup) - {route.name for route in config.routes}:
+            del self.dedup[name]
         client = UpstreamClient(MAX_UPSTREAM_CONNECTIONS)
-        enqueue = self.durable.enqueue if self.durable else None
-        return Gateway(config, client, self.metrics, self.dedup_memories, enqueue)
+        return Gateway(config, client, self.metrics, self.dedup, self.durable)
 
-    def _memory_for(self, route: RouteConfig) -> DedupMemory:
-        """The route's dedup memory: kept across reloads, resized if the config changed."""
-        memory = self.dedup_memories.get(route.name)
-        if memory is None:
-            evicted = self.metrics.dedup_evictions.labels(route.name).inc
-            memory = DedupMemory(
+    def _dedup_for(self, route: RouteConfig) -> RouteDedup:
+        """The route's dedup, kept across reloads (a renamed route starts empty)."""
+        dedup = self.dedup.get(route.name)
+        if dedup is None:
+            dedup = self.dedup[route.name] = RouteDedup(
                 route.dedup.ttl,
                 route.dedup.max_entries,
-                on_evict=evicted,
-                durable=self.durable.keys if self.durable else None,
+                on_evict=self.metrics.dedup_evictions.labels(route.name).inc,
+                on_fallback=self.metrics.dedup_fallbacks.labels(route.name).inc,
             )
-            self.dedup_memories[route.name] = memory
-        else:
-            memory.reconfigure(route.dedup.ttl, route.dedup.max_entries)
-        return memory
+        return dedup
 
-    def _sharing_for(self, route: RouteConfig) -> Sharing | None:
-        """Redis reservations for a `backend: redis` route; one client per URL and process."""
+    def _backends_for(self, route: RouteConfig) -> list[Backend]:
+        """Where, beyond this process, the route's delivered events are known: the store's
+        keys (restart-proof), then Redis (shared by replicas), in that order."""
+        backends: list[Backend] = []
+        if self.durable is not None:
+            backends.append(self.durable.keys)
         dedup = route.dedup
-        if dedup.backend != DedupBackend.REDIS or dedup.redis_url is None:
-            return None
-        client = self._redis_clients.get(dedup.redis_url)
-        if client is None:
-            client = self._redis_clients[dedup.redis_url] = redis_client(dedup.redis_url)
-        # longer than the slowest delivery, so only a crashed replica's reservation expires
-        hold = longest_delivery_of(route) + REDIS_HOLD_MARGIN
-        return Sharing(
-            RedisReservations(client, hold, self.metrics),
-            fail_open=dedup.on_redis_error == OnRedisError.FAIL_OPEN,
-            on_fallback=self.metrics.dedup_fallbacks.labels(route.name).inc,
-        )
+        if dedup.backend == DedupBackend.REDIS and dedup.redis_url is not None:
+            client = self._redis_clients.get(dedup.redis_url)
+            if client is None:
+                client = self._redis_clients[dedup.redis_url] = redis_client(dedup.redis_url)
+            # longer than the slowest delivery, so only a crashed replica's reservation expires
+            hold = longest_delivery_of(route) + REDIS_HOLD_MARGIN
+            fail_open = dedup.on_redis_error == OnRedisError.FAIL_OPEN
+            backends.append(RedisReservations(client, hold, self.metrics, fail_open=fail_open))
+        return backends

@@ -29,45 +29,13 @@ T = TypeVar("T")
 MAX_BATCH = 512
 SCHEMA_VERSION = 1
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS events (
-    id INTEGER PRIMARY KEY,
-    route TEXT NOT NULL,
-    idempotency_key TEXT NOT NULL,
-    fields TEXT NOT NULL,
-    extras TEXT NOT NULL,
-    request_id TEXT NOT NULL,
-    client TEXT NOT NULL,
-    created_at REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS deliveries (
-    event_id INTEGER NOT NULL REFERENCES events(id) ON DELETE CASCADE,
-    upstream TEXT NOT NULL,
-    state TEXT NOT NULL,
-    attempts INTEGER NOT NULL DEFAULT 0,
-    next_attempt_at REAL NOT NULL,
-    since REAL NOT NULL,
-    last_error TEXT,
-    last_status INTEGER,
-    last_body TEXT,
-    updated_at REAL NOT NULL,
-    PRIMARY KEY (event_id, upstream)
-);
-CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries(state, next_attempt_at);
-CREATE TABLE IF NOT EXISTS dedup_keys (
-    key BLOB PRIMARY KEY,
-    expires_at REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS dedup_expiry ON dedup_keys(expires_at);
-"""
-
-
 class StoreError(Exception):
     """The store could not do what was asked (disk full, unwritable, corrupt...)."""
 
 
-def connect(path: str) -> sqlite3.Connection:
-    """A connection with the settings every user of the file needs (the CLI too)."""
+def connect(path: str, schema: str) -> sqlite3.Connection:
+    """A connection with the settings every user of the file needs (the CLI too). `schema` is
+    what a new file is given: the tables' CREATE statements, from the modules that use them."""
     connection = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     connection.execute("PRAGMA busy_timeout=5000")
     # Check whose file this is before changing anything in it (even its journal mode).
@@ -86,7 +54,7 @@ def connect(path: str) -> sqlite3.Connection:
         # IMMEDIATE takes the write lock up front, so a second opener waits (busy_timeout)
         # instead of failing to upgrade a read lock.
         connection.executescript(
-            f"BEGIN IMMEDIATE; {SCHEMA} PRAGMA user_version={SCHEMA_VERSION}; COMMIT;"
+            f"BEGIN IMMEDIATE; {schema} PRAGMA user_version={SCHEMA_VERSION}; COMMIT;"
         )
     return connection
 
@@ -107,8 +75,11 @@ class StoreCounters:
 
 
 class Store:
-    def __init__(self, path: str, on_commit: Callable[[bool], None] = lambda ok: None) -> None:
+    def __init__(
+        self, path: str, schema: str, on_commit: Callable[[bool], None] = lambda ok: None
+    ) -> None:
         self.path = path
+        self._schema = schema
         self.counters = StoreCounters()
         self._on_commit = on_commit  # called from the writer thread: must be thread-safe
         self._jobs: queue.SimpleQueue[_Job[Any] | None] = queue.SimpleQueue()
@@ -152,7 +123,7 @@ class Store:
 
     def _serve(self, loop: asyncio.AbstractEventLoop, ready: asyncio.Future[None]) -> None:
         try:
-            connection = connect(self.path)
+            connection = connect(self.path, self._schema)
         except sqlite3.Error as error:
             message = f"cannot open store {self.path!r}: {error}"
             loop.call_soon_threadsafe(_settle, ready, None, StoreError(message))

@@ -20,6 +20,7 @@ from multidict import MultiDict
 
 from gateway.app import public_runner
 from gateway.config import GatewayConfig, parse_config
+from gateway.durable import STORE_SCHEMA
 from gateway.runtime import Runtime
 from gateway.store import Store
 from tests.processes import free_port
@@ -177,7 +178,7 @@ def db_path(tmp_path: Path) -> Path:
 @pytest.fixture
 async def store(db_path: Path) -> AsyncIterator[Store]:
     """A real SQLite store in a fresh file."""
-    store = Store(str(db_path))
+    store = Store(str(db_path), STORE_SCHEMA)
     await asyncio.wait_for(store.open(), 10)
     yield store
     await asyncio.wait_for(store.close(), 10)

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from gateway.dedup import DedupKey, DedupMemory, dedup_key
+from gateway.dedup import DedupKey, RouteDedup, dedup_key
 from gateway.errors import DuplicatePostback
 from gateway.postback import Postback
 
@@ -150,7 +150,7 @@ def test_dedup_key_is_16_bytes(values: dict[str, str]) -> None:
 
 
 async def test_committed_key_is_a_duplicate_next_time() -> None:
-    memory = DedupMemory(ttl=60, max_entries=100)
+    memory = RouteDedup(ttl=60, max_entries=100)
 
     async with memory.reserve(KEY) as reservation:
         reservation.commit()
@@ -164,7 +164,7 @@ async def test_committed_key_is_a_duplicate_next_time() -> None:
 
 
 async def test_commit_of_one_key_does_not_block_another() -> None:
-    memory = DedupMemory(ttl=60, max_entries=100)
+    memory = RouteDedup(ttl=60, max_entries=100)
 
     async with memory.reserve(KEY) as reservation:
         reservation.commit()
@@ -174,7 +174,7 @@ async def test_commit_of_one_key_does_not_block_another() -> None:
 
 
 async def test_different_keys_can_be_held_at_the_same_time() -> None:
-    memory = DedupMemory(ttl=60, max_entries=100)
+    memory = RouteDedup(ttl=60, max_entries=100)
 
     async with asyncio.timeout(1), memory.reserve(KEY), memory.reserve(OTHER_KEY) as other:
         other.commit()
@@ -185,7 +185,7 @@ async def test_different_keys_can_be_held_at_the_same_time() -> None:
 
 
 async def test_key_released_without_commit_can_be_reserved_again() -> None:
-    memory = DedupMemory(ttl=60, max_entries=100)
+    memory = RouteDedup(ttl=60, max_entries=100)
 
     async with memory.reserve(KEY):
         pass  # the first upstream did not accept: no commit
@@ -196,7 +196,7 @@ async def test_key_released_without_commit_can_be_reserved_again() -> None:
 
 
 async def test_key_released_when_the_body_raises() -> None:
-    memory = DedupMemory(ttl=60, max_entries=100)
+    memory = RouteDedup(ttl=60, max_entries=100)
 
     with pytest.raises(ConnectionError, match="upstream down"):
         async with memory.reserve(KEY):
@@ -208,7 +208,7 @@ async def test_key_released_when_the_body_raises() -> None:
 
 
 async def test_commit_then_raise_still_remembers_the_delivery() -> None:
-    memory = DedupMemory(ttl=60, max_entries=100)
+    memory = RouteDedup(ttl=60, max_entries=100)
 
     with pytest.raises(RuntimeError):
         async with memory.reserve(KEY) as reservation:
@@ -234,7 +234,7 @@ async def test_commit_then_raise_still_remembers_the_delivery() -> None:
 )
 async def test_delivered_key_is_forgotten_after_ttl(elapsed: float, duplicate: bool) -> None:
     clock = FakeClock()
-    memory = DedupMemory(ttl=30, max_entries=100, clock=clock)
+    memory = RouteDedup(ttl=30, max_entries=100, clock=clock)
     async with memory.reserve(KEY) as reservation:
         reservation.commit()
 
@@ -251,7 +251,7 @@ async def test_delivered_key_is_forgotten_after_ttl(elapsed: float, duplicate: b
 
 async def test_ttl_counts_from_delivery_not_from_reservation() -> None:
     clock = FakeClock()
-    memory = DedupMemory(ttl=30, max_entries=100, clock=clock)
+    memory = RouteDedup(ttl=30, max_entries=100, clock=clock)
     async with memory.reserve(KEY) as reservation:
         clock.now += 20  # forwarding took a while
         reservation.commit()
@@ -265,7 +265,7 @@ async def test_ttl_counts_from_delivery_not_from_reservation() -> None:
 
 async def test_recommitted_key_after_ttl_is_remembered_again() -> None:
     clock = FakeClock()
-    memory = DedupMemory(ttl=30, max_entries=100, clock=clock)
+    memory = RouteDedup(ttl=30, max_entries=100, clock=clock)
     async with memory.reserve(KEY) as reservation:
         reservation.commit()
     clock.now += 31
@@ -284,7 +284,7 @@ async def test_recommitted_key_after_ttl_is_remembered_again() -> None:
 
 @pytest.mark.parametrize("max_entries", [pytest.param(1, id="one"), pytest.param(3, id="three")])
 async def test_memory_never_holds_more_than_max_entries(max_entries: int) -> None:
-    memory = DedupMemory(ttl=60, max_entries=max_entries)
+    memory = RouteDedup(ttl=60, max_entries=max_entries)
     keys = [dedup_key("tapper", ["ymid"], Postback({"ymid": f"u{n}"})) for n in range(10)]
 
     sizes: list[int] = []
@@ -306,7 +306,7 @@ async def test_memory_never_holds_more_than_max_entries(max_entries: int) -> Non
 class Holder:
     """A task that reserves a key and holds it until told to finish (committing or not)."""
 
-    def __init__(self, memory: DedupMemory, key: DedupKey = KEY) -> None:
+    def __init__(self, memory: RouteDedup, key: DedupKey = KEY) -> None:
         self.memory = memory
         self.key = key
         self.attempting = asyncio.Event()
@@ -328,13 +328,13 @@ class Holder:
         self.finish.set()
 
 
-async def _holding(memory: DedupMemory, key: DedupKey = KEY) -> Holder:
+async def _holding(memory: RouteDedup, key: DedupKey = KEY) -> Holder:
     holder = Holder(memory, key)
     await asyncio.wait_for(holder.entered.wait(), timeout=1)
     return holder
 
 
-async def _blocked(memory: DedupMemory, key: DedupKey = KEY) -> Holder:
+async def _blocked(memory: RouteDedup, key: DedupKey = KEY) -> Holder:
     """A second Holder of the same key, proven to be waiting rather than inside."""
     waiter = Holder(memory, key)
     await asyncio.wait_for(waiter.attempting.wait(), timeout=1)
@@ -345,7 +345,7 @@ async def _blocked(memory: DedupMemory, key: DedupKey = KEY) -> Holder:
 
 
 async def test_duplicate_during_inflight_waits_then_is_duplicate_if_first_committed() -> None:
-    memory = DedupMemory(ttl=60, max_entries=100)
+    memory = RouteDedup(ttl=60, max_entries=100)
     first = await _holding(memory)
     second = await _blocked(memory)
 
@@ -358,7 +358,7 @@ async def test_duplicate_during_inflight_waits_then_is_duplicate_if_first_commit
 
 
 async def test_duplicate_during_inflight_gets_its_own_turn_if_first_released() -> None:
-    memory = DedupMemory(ttl=60, max_entries=100)
+    memory = RouteDedup(ttl=60, max_entries=100)
     first = await _holding(memory)
     second = await _blocked(memory)
 
@@ -374,7 +374,7 @@ async def test_duplicate_during_inflight_gets_its_own_turn_if_first_released() -
 
 
 async def test_waiter_gets_its_turn_if_first_raised() -> None:
-    memory = DedupMemory(ttl=60, max_entries=100)
+    memory = RouteDedup(ttl=60, max_entries=100)
     first_entered = asyncio.Event()
     first_may_fail = asyncio.Event()
 
@@ -398,7 +398,7 @@ async def test_waiter_gets_its_turn_if_first_raised() -> None:
 
 
 async def test_after_a_release_only_one_waiter_takes_the_turn() -> None:
-    memory = DedupMemory(ttl=60, max_entries=100)
+    memory = RouteDedup(ttl=60, max_entries=100)
     first = await _holding(memory)
     waiters = [await _blocked(memory), await _blocked(memory)]
 
@@ -420,7 +420,7 @@ async def test_after_a_release_only_one_waiter_takes_the_turn() -> None:
 
 
 async def test_cancelling_a_waiter_does_not_break_the_first_holder() -> None:
-    memory = DedupMemory(ttl=60, max_entries=100)
+    memory = RouteDedup(ttl=60, max_entries=100)
     first = await _holding(memory)
     second = await _blocked(memory)
 
@@ -440,7 +440,7 @@ async def test_cancelling_a_waiter_does_not_break_the_first_holder() -> None:
 
 
 async def test_cancelling_a_waiter_leaves_the_key_free_after_release() -> None:
-    memory = DedupMemory(ttl=60, max_entries=100)
+    memory = RouteDedup(ttl=60, max_entries=100)
     first = await _holding(memory)
     second = await _blocked(memory)
     third = await _blocked(memory)
@@ -459,7 +459,7 @@ async def test_cancelling_a_waiter_leaves_the_key_free_after_release() -> None:
 
 
 async def test_cancelled_holder_releases_the_key_to_a_waiter() -> None:
-    memory = DedupMemory(ttl=60, max_entries=100)
+    memory = RouteDedup(ttl=60, max_entries=100)
     first = await _holding(memory)
     second = await _blocked(memory)
 
@@ -474,7 +474,7 @@ async def test_cancelled_holder_releases_the_key_to_a_waiter() -> None:
 
 
 async def test_waiter_for_another_key_is_not_blocked() -> None:
-    memory = DedupMemory(ttl=60, max_entries=100)
+    memory = RouteDedup(ttl=60, max_entries=100)
     first = await _holding(memory, KEY)
 
     other = await _holding(memory, OTHER_KEY)

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from gateway import outbox
+from gateway.durable import STORE_SCHEMA
 from gateway.outbox import DEAD, DELIVERED, MAX_KEPT_BODY, PENDING, Delivery, RouteStats
 from gateway.postback import Postback
 from gateway.store import connect
@@ -21,7 +22,7 @@ POSTBACK = Postback(
 
 @pytest.fixture
 def connection(tmp_path: Path) -> Iterator[sqlite3.Connection]:
-    connection = connect(str(tmp_path / "x.db"))
+    connection = connect(str(tmp_path / "x.db"), STORE_SCHEMA)
     yield connection
     connection.close()
 

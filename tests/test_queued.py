@@ -172,7 +172,7 @@ async def test_deliverer_stops_when_cancelled_as_it_is_woken(store: Store) -> No
     the event it waits for; the deliverer's loop then never ended and the gateway hung after
     SIGTERM (seen under CPU load, when that tick is crowded)."""
     client = UpstreamClient()
-    deliverer = Deliverer(store, list, Forwarder(client), Metrics())
+    deliverer = Deliverer(store, Forwarder(client), Metrics())
     running = asyncio.create_task(deliverer.run())
     await asyncio.sleep(0.05)  # parked in its wait for work
 
@@ -186,7 +186,7 @@ async def test_deliverer_stops_when_cancelled_as_it_is_woken(store: Store) -> No
 
 async def test_deliverer_stop_ends_its_loop(store: Store) -> None:
     client = UpstreamClient()
-    deliverer = Deliverer(store, list, Forwarder(client), Metrics())
+    deliverer = Deliverer(store, Forwarder(client), Metrics())
     running = asyncio.create_task(deliverer.run())
     await asyncio.sleep(0.05)
 

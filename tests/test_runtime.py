@@ -65,7 +65,7 @@ async def test_removed_route_drops_its_memory_and_path(start_upstream, start_gat
         .replace("/postback/tapper", "/postback/runner")
     )
     await gateway.runtime.apply(config_of(renamed))
-    assert set(gateway.runtime.dedup_memories) == {"runner"}
+    assert set(gateway.runtime.dedup) == {"runner"}
     assert (await get(http, gateway.postback_url(), CLICK))[:2] == (404, "not_found")
     runner = gateway.url + "/postback/runner"
     assert (await get(http, runner, CLICK))[:2] == (200, "forwarded")

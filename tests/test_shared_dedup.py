@@ -8,8 +8,8 @@ from collections import Counter
 import redis.asyncio as redis
 
 from gateway.dedup import dedup_key
+from gateway.dedup.redis_reservations import PREFIX
 from gateway.postback import Postback
-from gateway.shared_dedup import PREFIX
 from tests.conftest import route_yaml
 from tests.test_pipeline import CLICK, get
 

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from gateway.durable import STORE_SCHEMA
 from gateway.store import SCHEMA_VERSION, Store, StoreError, connect
 
 CREATE_ITEMS = "CREATE TABLE items (id INTEGER PRIMARY KEY, label TEXT NOT NULL UNIQUE)"
@@ -77,7 +78,7 @@ async def _run_in_one_batch(
 
 async def test_open_creates_the_file_and_its_directories(tmp_path: Path) -> None:
     path = tmp_path / "not" / "yet" / "there.db"
-    store = Store(str(path))
+    store = Store(str(path), STORE_SCHEMA)
 
     await store.open()
     await store.close()
@@ -102,7 +103,7 @@ async def test_open_creates_the_file_and_its_directories(tmp_path: Path) -> None
     ],
 )
 def test_connect_applies_durability_settings(db_path: Path, pragma: str, expected: object) -> None:
-    connection = connect(str(db_path))
+    connection = connect(str(db_path), STORE_SCHEMA)
     try:
         (value,) = connection.execute(f"PRAGMA {pragma}").fetchone()
     finally:
@@ -112,14 +113,14 @@ def test_connect_applies_durability_settings(db_path: Path, pragma: str, expecte
 
 
 async def test_committed_data_survives_close_and_reopen(db_path: Path) -> None:
-    first = Store(str(db_path))
+    first = Store(str(db_path), STORE_SCHEMA)
     await first.open()
     await _run(first, _execute(CREATE_ITEMS))
     await _run(first, _insert_item(1, "one"))
     await _run(first, _insert_item(2, "two"))
     await first.close()
 
-    second = Store(str(db_path))
+    second = Store(str(db_path), STORE_SCHEMA)
     await second.open()
     try:
         ids = await _run(second, _item_ids)
@@ -144,7 +145,7 @@ async def test_open_refuses_a_file_with_another_schema_version(db_path: Path, ve
     foreign.execute(f"PRAGMA user_version = {version}")
     foreign.commit()
     foreign.close()
-    store = Store(str(db_path))
+    store = Store(str(db_path), STORE_SCHEMA)
 
     with pytest.raises(StoreError) as raised:
         await asyncio.wait_for(store.open(), PATIENCE)
@@ -161,7 +162,7 @@ async def test_refused_file_is_left_as_it_was(db_path: Path) -> None:
     foreign.execute("PRAGMA user_version = 7")
     foreign.commit()
     foreign.close()
-    store = Store(str(db_path))
+    store = Store(str(db_path), STORE_SCHEMA)
 
     with pytest.raises(StoreError):
         await asyncio.wait_for(store.open(), PATIENCE)
@@ -188,7 +189,7 @@ async def test_refused_file_is_left_as_it_was(db_path: Path) -> None:
 async def test_open_on_an_impossible_path_raises_store_error(tmp_path: Path, relative: str) -> None:
     (tmp_path / "regular-file").write_text("not a directory")
     (tmp_path / "a-directory").mkdir()
-    store = Store(str(tmp_path / relative))
+    store = Store(str(tmp_path / relative), STORE_SCHEMA)
 
     with pytest.raises(StoreError):
         await asyncio.wait_for(store.open(), PATIENCE)

@@ -1,4 +1,4 @@
-"""Dedup shared by every replica, on Redis.
+"""The Redis dedup backend: reservations and delivered keys shared by every replica.
 
 A replica that wants to forward an event first takes a reservation: `SET key token NX PX hold`.
 Whoever gets it forwards; the others wait until the key says `delivered` (a duplicate) or is
@@ -24,8 +24,9 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from .dedup import DedupKey, SharedUnavailable
-from .metrics import Metrics
+from ..metrics import Metrics
+from .backend import KNOWN, BackendUnavailable, Claim
+from .key import DedupKey
 
 T = TypeVar("T")
 PREFIX = "monetag-gateway:dedup:"
@@ -53,15 +54,28 @@ def redis_client(url: str) -> redis.Redis:
     )
 
 
+class RedisUnavailable(BackendUnavailable):
+    reason = "dedup_unavailable"
+
+
 class RedisReservations:
-    def __init__(self, client: redis.Redis, hold_seconds: float, metrics: Metrics) -> None:
+    """The backend for one route (`fail_open` is the route's `on_redis_error`); the client, and
+    its connection pool, is shared by every route on the same URL."""
+
+    name = "redis"
+    in_store = False
+
+    def __init__(
+        self, client: redis.Redis, hold_seconds: float, metrics: Metrics, *, fail_open: bool
+    ) -> None:
         self._client = client
         self._hold_ms = int(hold_seconds * 1000)
         self._metrics = metrics
         self._release = client.register_script(_RELEASE)
+        self.fail_open = fail_open
 
-    async def reserve(self, key: DedupKey) -> str | None:
-        """A token if this replica may deliver the event; None if it was delivered already."""
+    async def claim(self, key: DedupKey) -> Claim:
+        """Our token if this replica may deliver the event; KNOWN if it was delivered."""
         name = PREFIX + key.hex()
         token = uuid.uuid4().hex
         deadline = time.monotonic() + self._hold_ms / 1000 + 1
@@ -69,22 +83,22 @@ class RedisReservations:
             if await self._call(
                 "reserve", self._client.set(name, token, nx=True, px=self._hold_ms)
             ):
-                return token
+                return Claim(token=token)
             holder = await self._call("get", self._client.get(name))
             if holder == DELIVERED:
-                return None
+                return KNOWN
             if holder == token.encode():  # our SET landed, its answer was lost and retried
-                return token
+                return Claim(token=token)
             if time.monotonic() > deadline:  # a reservation outlived its own expiry: broken
-                raise SharedUnavailable(f"reservation {name} never ends")
+                raise RedisUnavailable(f"reservation {name} never ends")
             await asyncio.sleep(POLL_SECONDS)
 
-    async def commit(self, key: DedupKey, ttl: float) -> None:
+    async def commit(self, key: DedupKey, claim: Claim, ttl: float) -> None:
         name = PREFIX + key.hex()
         await self._call("commit", self._client.set(name, DELIVERED, px=int(ttl * 1000)))
 
-    async def release(self, key: DedupKey, token: str) -> None:
-        await self._call("release", self._release(keys=[PREFIX + key.hex()], args=[token]))
+    async def release(self, key: DedupKey, claim: Claim) -> None:
+        await self._call("release", self._release(keys=[PREFIX + key.hex()], args=[claim.token]))
 
     async def _call(self, operation: str, command: Awaitable[T]) -> T:
         started = time.perf_counter()
@@ -92,7 +106,7 @@ class RedisReservations:
             result = await command
         except (RedisError, OSError) as error:
             self._metrics.redis_errors.labels(operation).inc()
-            raise SharedUnavailable(f"redis {operation}: {type(error).__name__}: {error}") from None
+            raise RedisUnavailable(f"redis {operation}: {type(error).__name__}: {error}") from None
         finally:
             self._metrics.redis_latency.labels(operation).observe(time.perf_counter() - started)
         return result

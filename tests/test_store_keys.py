@@ -1,4 +1,4 @@
-"""Tests for gateway.stored_keys, and for DedupMemory backed by it: dedup across restarts."""
+"""Tests for gateway.dedup.store_keys, and for a route's dedup backed by it: across restarts."""
 
 from __future__ import annotations
 
@@ -11,11 +11,12 @@ from pathlib import Path
 import pytest
 
 from gateway import outbox
-from gateway.dedup import DedupKey, DedupMemory, dedup_key
-from gateway.errors import DuplicatePostback, Outcome, StoreUnavailable
+from gateway.dedup import HELD, Claim, DedupKey, RouteDedup, dedup_key
+from gateway.dedup.store_keys import StoreKeys, StoreKeysUnavailable
+from gateway.durable import STORE_SCHEMA
+from gateway.errors import DedupUnavailable, DuplicatePostback, Outcome
 from gateway.postback import Postback
-from gateway.store import Store, StoreError
-from gateway.stored_keys import StoredKeys
+from gateway.store import Store
 
 KEY_FIELDS = ["ymid", "zone_id"]
 KEY: DedupKey = dedup_key("tapper", KEY_FIELDS, Postback({"ymid": "u1", "zone_id": "5"}))
@@ -36,24 +37,39 @@ class FakeClock:
         return self.now
 
 
-class SwitchableKeys:
-    """DurableKeys over real StoredKeys whose store can be declared broken: then every call
-    raises StoreError, as StoredKeys does when its Store fails."""
+class SwitchableKeys(StoreKeys):
+    """Real StoreKeys whose store can be declared broken: then every call fails as StoreKeys
+    does when its Store fails."""
 
-    def __init__(self, keys: StoredKeys) -> None:
+    def __init__(self, keys: StoreKeys) -> None:
         self.keys = keys
         self.broken_lookup = False
         self.broken_write = False
 
-    async def contains(self, key: DedupKey) -> bool:
+    async def claim(self, key: DedupKey) -> Claim:
         if self.broken_lookup:
-            raise StoreError("OperationalError: disk I/O error")
-        return await self.keys.contains(key)
+            raise StoreKeysUnavailable("dedup lookup: OperationalError: disk I/O error")
+        return await self.keys.claim(key)
 
-    async def remember(self, key: DedupKey, ttl: float) -> None:
+    async def commit(self, key: DedupKey, claim: Claim, ttl: float) -> None:
         if self.broken_write:
-            raise StoreError("OperationalError: database or disk is full")
-        await self.keys.remember(key, ttl)
+            raise StoreKeysUnavailable("OperationalError: database or disk is full")
+        await self.keys.commit(key, claim, ttl)
+
+
+def backed_by(keys: StoreKeys) -> RouteDedup:
+    """A route's dedup (a fresh memory, as after a restart) backed by `keys`."""
+    dedup = RouteDedup(TTL, 100)
+    dedup.reconfigure(TTL, 100, [keys])
+    return dedup
+
+
+async def remember(keys: StoreKeys, key: DedupKey, ttl: float) -> None:
+    await keys.commit(key, HELD, ttl)
+
+
+async def contains(keys: StoreKeys, key: DedupKey) -> bool:
+    return (await keys.claim(key)).known
 
 
 @pytest.fixture
@@ -62,8 +78,8 @@ def clock() -> FakeClock:
 
 
 @pytest.fixture
-def keys(store: Store, clock: FakeClock) -> StoredKeys:
-    return StoredKeys(store, clock=clock)
+def keys(store: Store, clock: FakeClock) -> StoreKeys:
+    return StoreKeys(store, clock=clock)
 
 
 async def _stored_rows(store: Store) -> list[tuple[bytes, float]]:
@@ -73,13 +89,13 @@ async def _stored_rows(store: Store) -> list[tuple[bytes, float]]:
     return await asyncio.wait_for(store.run(read), PATIENCE)
 
 
-async def _deliver(memory: DedupMemory, key: DedupKey = KEY) -> None:
+async def _deliver(memory: RouteDedup, key: DedupKey = KEY) -> None:
     """One postback forwarded and accepted upstream: reserve, then commit."""
     async with memory.reserve(key) as reservation:
         reservation.commit()
 
 
-async def _is_new(memory: DedupMemory, key: DedupKey = KEY) -> bool:
+async def _is_new(memory: RouteDedup, key: DedupKey = KEY) -> bool:
     """Would this postback be forwarded? (reserves and releases without committing)"""
     try:
         async with asyncio.timeout(PATIENCE), memory.reserve(key):
@@ -88,7 +104,7 @@ async def _is_new(memory: DedupMemory, key: DedupKey = KEY) -> bool:
         return False
 
 
-# --- StoredKeys -----------------------------------------------------------------------------
+# --- StoreKeys ----------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -101,84 +117,84 @@ async def _is_new(memory: DedupMemory, key: DedupKey = KEY) -> bool:
     ],
 )
 async def test_remembered_key_is_known_until_its_ttl_runs_out(
-    keys: StoredKeys, clock: FakeClock, elapsed: float, known: bool
+    keys: StoreKeys, clock: FakeClock, elapsed: float, known: bool
 ) -> None:
-    await keys.remember(KEY, TTL)
+    await remember(keys, KEY, TTL)
     clock.now += elapsed
 
-    assert await keys.contains(KEY) is known
+    assert await contains(keys, KEY) is known
 
 
-async def test_unknown_key_is_not_contained(keys: StoredKeys) -> None:
-    await keys.remember(KEY, TTL)
+async def test_unknown_key_is_not_contained(keys: StoreKeys) -> None:
+    await remember(keys, KEY, TTL)
 
-    assert await keys.contains(OTHER_KEY) is False
+    assert await contains(keys, OTHER_KEY) is False
 
 
-async def test_remembering_again_extends_the_expiry(keys: StoredKeys, clock: FakeClock) -> None:
-    await keys.remember(KEY, TTL)
+async def test_remembering_again_extends_the_expiry(keys: StoreKeys, clock: FakeClock) -> None:
+    await remember(keys, KEY, TTL)
     clock.now += TTL / 2
-    await keys.remember(KEY, TTL)
+    await remember(keys, KEY, TTL)
     clock.now += TTL * 0.9
 
-    assert await keys.contains(KEY) is True
+    assert await contains(keys, KEY) is True
 
 
 async def test_remember_stores_the_expiry_time(
-    keys: StoredKeys, clock: FakeClock, store: Store
+    keys: StoreKeys, clock: FakeClock, store: Store
 ) -> None:
-    await keys.remember(KEY, TTL)
+    await remember(keys, KEY, TTL)
 
     assert await _stored_rows(store) == [(KEY, clock.now + TTL)]
 
 
 async def test_purge_expired_deletes_only_expired_keys(
-    keys: StoredKeys, clock: FakeClock, store: Store
+    keys: StoreKeys, clock: FakeClock, store: Store
 ) -> None:
-    await keys.remember(KEY, 10.0)
-    await keys.remember(OTHER_KEY, 20.0)
-    await keys.remember(THIRD_KEY, 30.0)
+    await remember(keys, KEY, 10.0)
+    await remember(keys, OTHER_KEY, 20.0)
+    await remember(keys, THIRD_KEY, 30.0)
     clock.now += 20.0  # KEY expired, OTHER_KEY expires exactly now, THIRD_KEY still live
 
     purged = await keys.purge_expired()
 
     assert purged == 2
     assert [key for key, _ in await _stored_rows(store)] == [THIRD_KEY]
-    assert await keys.contains(THIRD_KEY) is True
+    assert await contains(keys, THIRD_KEY) is True
 
 
 async def test_purge_expired_with_nothing_expired_deletes_nothing(
-    keys: StoredKeys, store: Store
+    keys: StoreKeys, store: Store
 ) -> None:
-    await keys.remember(KEY, TTL)
+    await remember(keys, KEY, TTL)
 
     assert await keys.purge_expired() == 0
     assert len(await _stored_rows(store)) == 1
 
 
 async def test_remembered_key_survives_reopening_the_store(db_path: Path, clock: FakeClock) -> None:
-    first = Store(str(db_path))
+    first = Store(str(db_path), STORE_SCHEMA)
     await first.open()
-    await StoredKeys(first, clock=clock).remember(KEY, TTL)
+    await remember(StoreKeys(first, clock=clock), KEY, TTL)
     await first.close()
 
-    second = Store(str(db_path))
+    second = Store(str(db_path), STORE_SCHEMA)
     await second.open()
     try:
-        assert await StoredKeys(second, clock=clock).contains(KEY) is True
+        assert await contains(StoreKeys(second, clock=clock), KEY) is True
     finally:
         await second.close()
 
 
-# --- DedupMemory with durable keys ----------------------------------------------------------
+# --- RouteDedup with durable keys ----------------------------------------------------------
 
 
 async def test_delivered_key_is_a_duplicate_for_a_new_memory_on_the_same_store(
-    keys: StoredKeys,
+    keys: StoreKeys,
 ) -> None:
-    await _deliver(DedupMemory(TTL, 100, durable=keys))
+    await _deliver(backed_by(keys))
 
-    restarted = DedupMemory(TTL, 100, durable=keys)
+    restarted = backed_by(keys)
 
     with pytest.raises(DuplicatePostback):
         async with restarted.reserve(KEY):
@@ -186,15 +202,15 @@ async def test_delivered_key_is_a_duplicate_for_a_new_memory_on_the_same_store(
 
 
 async def test_dedup_survives_closing_and_reopening_the_store(db_path: Path) -> None:
-    before = Store(str(db_path))
+    before = Store(str(db_path), STORE_SCHEMA)
     await before.open()
-    await _deliver(DedupMemory(TTL, 100, durable=StoredKeys(before)))
+    await _deliver(backed_by(StoreKeys(before)))
     await before.close()
 
-    after = Store(str(db_path))
+    after = Store(str(db_path), STORE_SCHEMA)
     await after.open()
     try:
-        restarted = DedupMemory(TTL, 100, durable=StoredKeys(after))
+        restarted = backed_by(StoreKeys(after))
         assert await _is_new(restarted) is False
         assert await _is_new(restarted, OTHER_KEY) is True
     finally:
@@ -202,25 +218,25 @@ async def test_dedup_survives_closing_and_reopening_the_store(db_path: Path) -> 
 
 
 async def test_durable_key_is_remembered_for_the_memory_ttl(
-    keys: StoredKeys, clock: FakeClock, store: Store
+    keys: StoreKeys, clock: FakeClock, store: Store
 ) -> None:
-    await _deliver(DedupMemory(TTL, 100, durable=keys))
+    await _deliver(backed_by(keys))
 
     assert await _stored_rows(store) == [(KEY, clock.now + TTL)]
 
 
-async def test_durable_key_expires_with_its_ttl(keys: StoredKeys, clock: FakeClock) -> None:
-    await _deliver(DedupMemory(TTL, 100, durable=keys))
+async def test_durable_key_expires_with_its_ttl(keys: StoreKeys, clock: FakeClock) -> None:
+    await _deliver(backed_by(keys))
     clock.now += TTL
 
-    assert await _is_new(DedupMemory(TTL, 100, durable=keys)) is True
+    assert await _is_new(backed_by(keys)) is True
 
 
 async def test_key_stored_with_a_queued_event_is_a_duplicate_after_restart(
-    keys: StoredKeys, clock: FakeClock, store: Store
+    keys: StoreKeys, clock: FakeClock, store: Store
 ) -> None:
-    memory = DedupMemory(TTL, 100, durable=keys)
-    async with memory.reserve(KEY) as reservation:
+    memory = backed_by(keys)
+    async with memory.reserve(KEY, queued=True) as reservation:
         await store.run(
             lambda connection: outbox.enqueue(
                 connection, route="tapper", upstreams=["app"],
@@ -229,17 +245,17 @@ async def test_key_stored_with_a_queued_event_is_a_duplicate_after_restart(
                 dedup_expires_at=clock.now + TTL,
             )
         )  # fmt: skip
-        reservation.commit(stored=True)
+        reservation.commit()
 
-    assert await _is_new(DedupMemory(TTL, 100, durable=keys)) is False
+    assert await _is_new(backed_by(keys)) is False
 
 
-async def _return_without_commit(memory: DedupMemory) -> None:
+async def _return_without_commit(memory: RouteDedup) -> None:
     async with memory.reserve(KEY):
         pass
 
 
-async def _raise_inside(memory: DedupMemory) -> None:
+async def _raise_inside(memory: RouteDedup) -> None:
     async with memory.reserve(KEY):
         raise ConnectionError("upstream went away")
 
@@ -252,58 +268,63 @@ async def _raise_inside(memory: DedupMemory) -> None:
     ],
 )
 async def test_released_reservation_writes_nothing(
-    keys: StoredKeys, store: Store, release: Callable[[DedupMemory], Awaitable[None]]
+    keys: StoreKeys, store: Store, release: Callable[[RouteDedup], Awaitable[None]]
 ) -> None:
-    memory = DedupMemory(TTL, 100, durable=keys)
+    memory = backed_by(keys)
 
     with contextlib.suppress(ConnectionError):
         await release(memory)
 
     assert await _stored_rows(store) == []
-    assert await _is_new(DedupMemory(TTL, 100, durable=keys)) is True
+    assert await _is_new(backed_by(keys)) is True
     assert await _is_new(memory) is True
 
 
-async def test_commit_stored_does_not_write_the_key_again(keys: StoredKeys, store: Store) -> None:
-    memory = DedupMemory(TTL, 100, durable=keys)
+async def test_a_queued_commit_leaves_the_store_to_the_outbox(
+    keys: StoreKeys, store: Store
+) -> None:
+    """A queued route writes the key in the transaction that stores the event (outbox.enqueue):
+    its reservation neither looks the key up in the store nor writes it there again."""
+    memory = backed_by(keys)
 
-    async with memory.reserve(KEY) as reservation:
-        reservation.commit(stored=True)
+    async with memory.reserve(KEY, queued=True) as reservation:
+        reservation.commit()
 
     assert await _stored_rows(store) == []
     assert await _is_new(memory) is False  # still remembered in memory
 
 
-async def test_memory_hit_does_not_consult_the_store(keys: StoredKeys) -> None:
+async def test_memory_hit_does_not_consult_the_store(keys: StoreKeys) -> None:
     durable = SwitchableKeys(keys)
-    memory = DedupMemory(TTL, 100, durable=durable)
+    memory = backed_by(durable)
     await _deliver(memory)
     durable.broken_lookup = True
 
     assert await _is_new(memory) is False
 
 
-async def test_failed_durable_lookup_fails_closed_with_503(keys: StoredKeys) -> None:
+async def test_failed_durable_lookup_fails_closed_with_503(keys: StoreKeys) -> None:
     durable = SwitchableKeys(keys)
     durable.broken_lookup = True
-    memory = DedupMemory(TTL, 100, durable=durable)
+    memory = backed_by(durable)
 
-    with pytest.raises(StoreUnavailable) as raised:
+    with pytest.raises(DedupUnavailable) as raised:
         async with memory.reserve(KEY):
             pytest.fail("forwarded although the store could not say whether it is a duplicate")
 
     assert raised.value.status == 503
     assert raised.value.outcome == Outcome.STORE_ERROR
+    assert raised.value.reason == "store_unavailable"
     assert "disk I/O error" in str(raised.value)
 
 
 async def test_failed_durable_lookup_does_not_leave_the_key_in_flight(
-    keys: StoredKeys, store: Store
+    keys: StoreKeys, store: Store
 ) -> None:
     durable = SwitchableKeys(keys)
     durable.broken_lookup = True
-    memory = DedupMemory(TTL, 100, durable=durable)
-    with pytest.raises(StoreUnavailable):
+    memory = backed_by(durable)
+    with pytest.raises(DedupUnavailable):
         async with memory.reserve(KEY):
             pass
     durable.broken_lookup = False
@@ -314,25 +335,25 @@ async def test_failed_durable_lookup_does_not_leave_the_key_in_flight(
     assert [key for key, _ in await _stored_rows(store)] == [KEY]
 
 
-class StalledBrokenKeys:
-    """DurableKeys whose store answers only when told to, and then with StoreError."""
+class StalledBrokenKeys(StoreKeys):
+    """A store backend that answers only when told to, and then that it failed."""
 
     def __init__(self) -> None:
         self.lookups = 0
         self.answer = asyncio.Event()
 
-    async def contains(self, key: DedupKey) -> bool:
+    async def claim(self, key: DedupKey) -> Claim:
         self.lookups += 1
         await self.answer.wait()
-        raise StoreError("OperationalError: disk I/O error")
+        raise StoreKeysUnavailable("dedup lookup: OperationalError: disk I/O error")
 
-    async def remember(self, key: DedupKey, ttl: float) -> None:
+    async def commit(self, key: DedupKey, claim: Claim, ttl: float) -> None:
         raise AssertionError("nothing may be remembered when every lookup fails")
 
 
 async def test_waiter_behind_a_failed_durable_lookup_also_fails_closed() -> None:
     durable = StalledBrokenKeys()
-    memory = DedupMemory(TTL, 100, durable=durable)
+    memory = backed_by(durable)
 
     async def forward() -> None:
         async with memory.reserve(KEY):
@@ -349,16 +370,16 @@ async def test_waiter_behind_a_failed_durable_lookup_also_fails_closed() -> None
         asyncio.gather(first, second, return_exceptions=True), PATIENCE
     )
 
-    assert [type(result) for result in results] == [StoreUnavailable, StoreUnavailable]
+    assert [type(result) for result in results] == [DedupUnavailable, DedupUnavailable]
     assert durable.lookups == 2  # the waiter asked the store itself, it did not guess
 
 
 async def test_failed_durable_write_still_remembers_the_key_in_memory(
-    keys: StoredKeys, store: Store
+    keys: StoreKeys, store: Store
 ) -> None:
     durable = SwitchableKeys(keys)
     durable.broken_write = True
-    memory = DedupMemory(TTL, 100, durable=durable)
+    memory = backed_by(durable)
 
     await _deliver(memory)  # the postback was delivered: the caller must not see an error
 
@@ -367,11 +388,11 @@ async def test_failed_durable_write_still_remembers_the_key_in_memory(
 
 
 async def test_closed_store_fails_the_dedup_lookup_with_503(db_path: Path) -> None:
-    store = Store(str(db_path))
+    store = Store(str(db_path), STORE_SCHEMA)
     await store.open()
     await store.close()
-    memory = DedupMemory(TTL, 100, durable=StoredKeys(store))
+    memory = backed_by(StoreKeys(store))
 
-    with pytest.raises(StoreUnavailable):
+    with pytest.raises(DedupUnavailable):
         async with asyncio.timeout(PATIENCE), memory.reserve(KEY):
             pytest.fail("forwarded although the store is closed")
