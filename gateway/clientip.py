@@ -12,7 +12,7 @@ import re
 from collections.abc import Sequence
 
 from .addresses import AddressSet, IPAddress, parse_ip
-from .errors import Forbidden
+from .errors import ForwardedForUnparseable, NoPeer, PeerUnparseable
 
 
 class ClientAddressResolver:
@@ -22,11 +22,11 @@ class ClientAddressResolver:
     def resolve(self, peer: str | None, forwarded_for: Sequence[str]) -> IPAddress:
         """The client address of one request. Unparseable addresses raise Forbidden."""
         if not peer:
-            raise Forbidden("ip", "no peer address on the connection")
+            raise NoPeer("no peer address on the connection")
         try:
             address = parse_ip(peer)
         except ValueError:
-            raise Forbidden("ip", f"unparseable peer address {peer!r}") from None
+            raise PeerUnparseable(f"unparseable peer address {peer!r}") from None
         if address not in self._trusted or not forwarded_for:
             return address
         hops = ",".join(forwarded_for).split(",")
@@ -35,7 +35,8 @@ class ClientAddressResolver:
             try:
                 address = parse_hop(text)
             except ValueError:
-                raise Forbidden("ip", f"unparseable X-Forwarded-For hop {text[:64]!r}") from None
+                detail = f"unparseable X-Forwarded-For hop {text[:64]!r}"
+                raise ForwardedForUnparseable(detail) from None
             if address not in self._trusted:
                 return address
         return address  # every hop is a trusted proxy: the farthest one is the caller

@@ -1,7 +1,10 @@
 """The one family of errors the request path raises; `outcome.py` turns them into answers.
 
-Each error knows the HTTP status, the `X-Gateway-Outcome` value and a short machine reason
-for the log. Handlers never build error responses by hand: they raise one of these.
+Each error class knows the HTTP status, the `X-Gateway-Outcome` value and its named `reason`
+(`secret_missing`, `xff_unparseable`, ...), which goes to the log line and, for rejections,
+to the `reason` label of `gateway_rejections_total`: `reasons_for()` derives that closed set
+from the classes here, so a new reason is one new class. Handlers never build error responses
+by hand: they raise one of these.
 """
 
 from __future__ import annotations
@@ -25,15 +28,18 @@ class Outcome:
     STORE_ERROR = "store_error"
 
 
+REJECTIONS = (Outcome.REJECTED, Outcome.INVALID, Outcome.FILTERED)  # counted by reason
+
+
 class GatewayError(Exception):
     """A request stopped by a step of the pipeline, with the answer to give."""
 
     status: int = 500
     outcome: str = Outcome.UPSTREAM_ERROR
+    reason: str = "internal_error"  # short, stable: logs and metric labels
 
-    def __init__(self, reason: str, detail: str = "") -> None:
-        super().__init__(reason if not detail else f"{reason}: {detail}")
-        self.reason = reason  # short, stable, goes to logs (and later metric labels)
+    def __init__(self, detail: str = "") -> None:
+        super().__init__(f"{self.reason}: {detail}" if detail else self.reason)
         self.detail = detail  # human explanation for the log line; never a secret
         self.headers: dict[str, str] = {}
 
@@ -41,12 +47,25 @@ class GatewayError(Exception):
         return {"outcome": self.outcome, "error": self.reason}
 
 
+def reasons_for(outcomes: tuple[str, ...]) -> frozenset[str]:
+    """Every reason an error with one of these outcomes can carry: a closed label set."""
+    found: set[str] = set()
+    pending: list[type[GatewayError]] = [GatewayError]
+    while pending:
+        kind = pending.pop()
+        pending += kind.__subclasses__()
+        if kind.outcome in outcomes and "reason" in vars(kind):
+            found.add(kind.reason)
+    return frozenset(found)
+
+
+# -- 1. route -----------------------------------------------------------------------------------
+
+
 class RouteNotFound(GatewayError):
     status = 404
     outcome = Outcome.NOT_FOUND
-
-    def __init__(self) -> None:
-        super().__init__("unknown_path")
+    reason = "unknown_path"
 
 
 class MethodNotAllowed(GatewayError):
@@ -54,10 +73,39 @@ class MethodNotAllowed(GatewayError):
 
     status = 405
     outcome = Outcome.REJECTED
+    reason = "method_not_allowed"
 
     def __init__(self, method: str) -> None:
-        super().__init__("method", f"{method} is not GET")
+        super().__init__(f"{method} is not GET")
         self.headers["Allow"] = "GET"
+
+
+class QueryTooLong(GatewayError):
+    status = 414
+    outcome = Outcome.INVALID
+    reason = "query_too_long"
+
+    def __init__(self, length: int, limit: int) -> None:
+        super().__init__(f"{length} bytes, limit {limit}")
+
+
+class MalformedRequest(GatewayError):
+    """Not valid HTTP: refused by aiohttp's parser before routing. `problem` is from a closed set
+    (see http_server.py); the request's bytes are never echoed or logged: they may hold a key."""
+
+    outcome = Outcome.INVALID
+    reason = "malformed_request"
+
+    def __init__(self, status: int, problem: str) -> None:
+        super().__init__(problem)
+        self.status = status
+        self.problem = problem
+
+    def body(self) -> dict[str, Any]:
+        return {"outcome": self.outcome, "error": "malformed request", "problem": self.problem}
+
+
+# -- 2-4. who is calling, and may they ---------------------------------------------------------
 
 
 class Forbidden(GatewayError):
@@ -70,6 +118,41 @@ class Forbidden(GatewayError):
         return {"outcome": self.outcome, "error": "forbidden"}
 
 
+class NoPeer(Forbidden):
+    reason = "no_peer"
+
+
+class PeerUnparseable(Forbidden):
+    reason = "peer_unparseable"
+
+
+class ForwardedForUnparseable(Forbidden):
+    """A trusted proxy sent an X-Forwarded-For hop that is not an address."""
+
+    reason = "xff_unparseable"
+
+
+class AddressNotAllowed(Forbidden):
+    reason = "ip_not_allowed"
+
+
+class SecretMissing(Forbidden):
+    reason = "secret_missing"
+
+
+class SecretRepeated(Forbidden):
+    """The key given more than once: which one would count?"""
+
+    reason = "secret_repeated"
+
+
+class SecretWrong(Forbidden):
+    reason = "secret_wrong"
+
+
+# -- 5-6. what the postback says ---------------------------------------------------------------
+
+
 @dataclass(frozen=True)
 class Problem:
     """One thing wrong with one parameter of a postback."""
@@ -79,13 +162,14 @@ class Problem:
 
 
 class InvalidPostback(GatewayError):
+    """400 naming every parameter and its problem."""
+
     status = 400
     outcome = Outcome.INVALID
 
     def __init__(self, problems: list[Problem]) -> None:
         self.problems = problems
-        detail = "; ".join(f"{p.parameter}: {p.problem}" for p in problems)
-        super().__init__("invalid", detail)
+        super().__init__("; ".join(f"{p.parameter}: {p.problem}" for p in problems))
 
     def body(self) -> dict[str, Any]:
         first = self.problems[0]
@@ -98,27 +182,22 @@ class InvalidPostback(GatewayError):
         }
 
 
-class DuplicatePostback(GatewayError):
-    """Already delivered within the TTL: answered 200 so the sender stops, never forwarded."""
+class NotUtf8(InvalidPostback):
+    """A parameter whose bytes are not UTF-8 text."""
 
-    status = 200
-    outcome = Outcome.DUPLICATE
-
-    def __init__(self) -> None:
-        super().__init__("duplicate")
-
-    def body(self) -> dict[str, Any]:
-        return {"outcome": self.outcome}
+    reason = "not_utf8"
 
 
-class UpstreamUnavailable(GatewayError):
-    """The first upstream could not be reached or kept failing: 502, or 504 on timeout."""
+class AmbiguousFields(InvalidPostback):
+    """A field given twice with different values: which one did Monetag mean?"""
 
-    outcome = Outcome.UPSTREAM_ERROR
+    reason = "ambiguous_fields"
 
-    def __init__(self, reason: str, detail: str, *, timed_out: bool) -> None:
-        super().__init__(reason, detail)
-        self.status = 504 if timed_out else 502
+
+class InvalidFields(InvalidPostback):
+    """Fields missing, empty or with values outside their rules."""
+
+    reason = "invalid_fields"
 
 
 class Filtered(GatewayError):
@@ -126,46 +205,71 @@ class Filtered(GatewayError):
 
     status = 200
     outcome = Outcome.FILTERED
-
-    def __init__(self, detail: str) -> None:
-        super().__init__("filtered", detail)
+    reason = "filtered"
 
     def body(self) -> dict[str, Any]:
         return {"outcome": self.outcome}
 
 
-class MalformedRequest(GatewayError):
-    """Not valid HTTP: refused by aiohttp's parser before routing. `problem` is from a closed set
-    (see http_server.py); the request's bytes are never echoed or logged: they may hold a key."""
+# -- 7. dedup -----------------------------------------------------------------------------------
 
-    outcome = Outcome.INVALID
 
-    def __init__(self, status: int, problem: str) -> None:
-        super().__init__("malformed_request", problem)
-        self.status = status
-        self.problem = problem
+class DuplicatePostback(GatewayError):
+    """Already delivered within the TTL: answered 200 so the sender stops, never forwarded."""
+
+    status = 200
+    outcome = Outcome.DUPLICATE
+    reason = "duplicate"
 
     def body(self) -> dict[str, Any]:
-        return {"outcome": self.outcome, "error": "malformed request", "problem": self.problem}
+        return {"outcome": self.outcome}
 
 
-class QueryTooLong(GatewayError):
-    status = 414
-    outcome = Outcome.INVALID
-
-    def __init__(self, length: int, limit: int) -> None:
-        super().__init__("query_too_long", f"{length} bytes, limit {limit}")
-
-
-class Overloaded(GatewayError):
-    """Too many requests in flight: the sender should come back rather than wait in a queue."""
+class DedupUnavailable(GatewayError):
+    """A dedup backend (the store, Redis) cannot tell whether the event is new, and fails
+    closed: better no reward now (the sender retries) than two. Its reason is the backend's
+    (`store_unavailable`, `dedup_unavailable`: `BackendUnavailable.reason`)."""
 
     status = 503
-    outcome = Outcome.OVERLOADED
+    outcome = Outcome.STORE_ERROR
 
-    def __init__(self, limit: int) -> None:
-        super().__init__("overloaded", f"{limit} requests already in flight")
-        self.headers["Retry-After"] = "1"
+    def __init__(self, reason: str, detail: str) -> None:
+        self.reason = reason  # the backend's own, not the class's
+        super().__init__(detail)
+        self.headers["Retry-After"] = "5"
+
+
+# -- 8. forward, or store ------------------------------------------------------------------------
+
+
+class UpstreamUnavailable(GatewayError):
+    """The first upstream gave no usable answer: 502 (504 if it timed out)."""
+
+    status = 502
+    outcome = Outcome.UPSTREAM_ERROR
+
+
+class UpstreamDown(UpstreamUnavailable):
+    """Connection errors, or 502/503/504, on every attempt."""
+
+    reason = "upstream_unavailable"
+
+
+class UpstreamTimeout(UpstreamUnavailable):
+    status = 504
+    reason = "upstream_timeout"
+
+
+class UpstreamStatus(UpstreamUnavailable):
+    """The app answered something that is neither acceptance nor refusal (5xx, 3xx)."""
+
+    reason = "upstream_status"
+
+
+class UpstreamBadResponse(UpstreamUnavailable):
+    """An answer that is not clean HTTP, or that belongs to another event."""
+
+    reason = "upstream_bad_response"
 
 
 class StoreUnavailable(GatewayError):
@@ -173,20 +277,20 @@ class StoreUnavailable(GatewayError):
 
     status = 503
     outcome = Outcome.STORE_ERROR
+    reason = "store_unavailable"
 
     def __init__(self, detail: str) -> None:
-        super().__init__("store_unavailable", detail)
+        super().__init__(detail)
         self.headers["Retry-After"] = "5"
 
 
-class DedupUnavailable(GatewayError):
-    """A dedup backend (the store, Redis) cannot tell whether the event is new, and fails
-    closed: better no reward now (the sender retries) than two. `reason` names the backend's
-    failure (`store_unavailable`, `dedup_unavailable`)."""
+class Overloaded(GatewayError):
+    """Too many requests in flight: the sender should come back rather than wait in a queue."""
 
     status = 503
-    outcome = Outcome.STORE_ERROR
+    outcome = Outcome.OVERLOADED
+    reason = "overloaded"
 
-    def __init__(self, reason: str, detail: str) -> None:
-        super().__init__(reason, detail)
-        self.headers["Retry-After"] = "5"
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"{limit} requests already in flight")
+        self.headers["Retry-After"] = "1"

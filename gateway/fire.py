@@ -16,12 +16,14 @@ from collections.abc import Sequence
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
-from .addresses import parse_ip
+from .clientip import ClientAddressResolver
 from .config import GatewayConfig, RouteConfig
 from .dedup import RouteDedup
 from .errors import GatewayError
+from .observe import RequestRecord
 from .postback import CANONICAL_FIELDS
-from .route import CompiledRoute
+from .query import read_query
+from .route import STEPS, Arrival, CompiledRoute
 
 _EXAMPLE_VALUES = {
     "ymid": "",  # filled with a fresh id per call, so dedup never hides the test
@@ -53,7 +55,7 @@ def fire(
     if route.secret is not None and route.secret.query_param is not None:
         shown = target.update_query({route.secret.query_param: "****"})
     print(f"route {route.name}: GET {shown}")
-    for line in _predict(route, target, headers):
+    for line in _predict(config, route, target, headers):
         print(f"  {line}")
     return _send(target, headers)
 
@@ -89,40 +91,48 @@ def _as_monetag_sends(
     return query, headers
 
 
-def _predict(route: RouteConfig, target: URL, headers: dict[str, str]) -> list[str]:
-    """Each verification step's verdict, worked out with the gateway's own pieces."""
-    compiled = CompiledRoute(route, RouteDedup(1, 1))
+def _predict(
+    config: GatewayConfig, route: RouteConfig, target: URL, headers: dict[str, str]
+) -> list[str]:
+    """Each check's verdict, from the gateway's own `CompiledRoute.verify`."""
+    addresses = ClientAddressResolver(config.server.trusted_proxies)
+    compiled = CompiledRoute(route, RouteDedup(1, 1), addresses)
     host = target.host or "127.0.0.1"
-    client = parse_ip("127.0.0.1" if host == "localhost" else host)
-    lines = [
-        f"1 route      {route.path} ok",
-        f"2 client     {client} (if no proxy stands between)",
-    ]
-    if compiled.admits(client):
-        lines.append("3 allowlist  ok")
-    elif compiled.allowlist_log_only:
-        lines.append(f"3 allowlist  {client} not allowed, but log_only: let in")
-    else:
-        lines.append(f"3 allowlist  {client} NOT allowed: expect 403")
-    query = list(target.query.items())
+    peer = "127.0.0.1" if host == "localhost" else host
+    arrival = Arrival(peer, (), read_query(target), CIMultiDictProxy(CIMultiDict(headers)))
+    record = RequestRecord("fire")
     try:
-        compiled.check_secret(query, CIMultiDictProxy(CIMultiDict(headers)))
-        lines.append(
-            f"4 secret     first of {len(route.secret.keys)} key(s)"
-            if route.secret
-            else "4 secret     none"
-        )
-        postback = compiled.normalizer.normalize(compiled.without_secret(query).pairs)
-        lines.append(f"5 normalize  {postback.fields}")
-        compiled.validator.validate(postback)
-        lines.append("6 validate   ok")
-        compiled.check_match(postback)
-        lines.append("7 match      ok")
+        compiled.verify(arrival, record)
+        failure = None
     except GatewayError as error:
+        failure = error
+    lines = [f"1 route      {route.path} ok"]
+    for number, step in enumerate(record.passed, start=2):
+        lines.append(f"{number} {step:<10} {_verdict(step, route, record)}")
+    if failure is not None:
+        number, step = len(record.passed) + 2, STEPS[len(record.passed)]
         lines.append(
-            f"  stops here: {error.status} {error.outcome} ({error.detail or error.reason})"
+            f"{number} {step:<10} {failure.detail or failure.reason}; "
+            f"expect {failure.status} {failure.outcome} ({failure.reason})"
         )
     return lines
+
+
+def _verdict(step: str, route: RouteConfig, record: RequestRecord) -> str:
+    """What a check that passed found, as `fire` shows it."""
+    if step == "client":
+        return f"{record.client} (if no proxy stands between)"
+    if step == "allowlist":
+        return (
+            f"{record.client} not allowed, but log_only: let in"
+            if record.let_in_by_log_only
+            else "ok"
+        )
+    if step == "secret":
+        return f"first of {len(route.secret.keys)} key(s)" if route.secret else "none"
+    if step == "normalize":
+        return f"{record.fields}"
+    return "ok"
 
 
 def _send(target: URL, headers: dict[str, str]) -> int:

@@ -20,7 +20,7 @@ from functools import lru_cache
 from yarl import URL
 
 from .config import UpstreamConfig
-from .errors import UpstreamUnavailable
+from .errors import UpstreamBadResponse, UpstreamDown, UpstreamTimeout
 from .metrics import Metrics, status_class
 from .postback import CANONICAL_FIELDS, Postback
 from .upstream_client import Answer, BadResponse, UpstreamClient, UpstreamConnectionError
@@ -149,9 +149,7 @@ class Forwarder:
             elif result.retryable:
                 failure = result
             else:
-                raise UpstreamUnavailable(
-                    "upstream_bad_response", f"{upstream.label}: {result.detail}", timed_out=False
-                )
+                raise UpstreamBadResponse(f"{upstream.label}: {result.detail}")
             log.info(
                 "upstream attempt failed",
                 extra={
@@ -160,11 +158,8 @@ class Forwarder:
                     "failure": failure.detail,
                 },
             )
-        raise UpstreamUnavailable(
-            "upstream_timeout" if failure.timed_out else "upstream_unavailable",
-            f"{upstream.label}: {failure.detail} after {upstream.retries + 1} attempt(s)",
-            timed_out=failure.timed_out,
-        )
+        gave_up = UpstreamTimeout if failure.timed_out else UpstreamDown
+        raise gave_up(f"{upstream.label}: {failure.detail} after {upstream.retries + 1} attempt(s)")
 
     async def attempt_once(
         self, upstream: Upstream, postback: Postback, headers: Mapping[str, str]

@@ -16,12 +16,14 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from . import __version__
+from .errors import REJECTIONS, reasons_for
+from .observe import RequestRecord
 
 disable_created_metrics()  # type: ignore[no-untyped-call]  # the *_created samples only clutter a scrape here
 
 UNKNOWN_ROUTE = "unknown"
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
-REJECTION_REASONS = frozenset({"ip", "secret", "invalid", "filtered", "method"})
+REJECTION_REASONS = reasons_for(REJECTIONS)  # the closed label set, from the error classes
 
 
 def status_class(status: int) -> str:
@@ -164,21 +166,16 @@ class Metrics:
         self.reloads.labels("success").inc()
         self.last_reload.set(time.time())
 
-    def request_done(
-        self,
-        route: str | None,
-        outcome: str,
-        reason: str | None,
-        seconds: float,
-        dropped: int = 0,
-    ) -> None:
-        route = route or UNKNOWN_ROUTE
+    def request_done(self, record: RequestRecord, outcome: str, seconds: float) -> None:
+        """Count one answered request from what its record says."""
+        route = record.route or UNKNOWN_ROUTE
         self._child(self.requests, route, outcome).inc()
-        if dropped:
-            self._child(self.dropped_parameters, route).inc(dropped)
-        if outcome in ("invalid", "filtered"):
-            self._child(self.rejections, route, outcome).inc()
-        elif outcome == "rejected" and reason in REJECTION_REASONS:
+        if record.dropped:
+            self._child(self.dropped_parameters, route).inc(len(record.dropped))
+        if record.let_in_by_log_only:
+            self._child(self.log_only, route).inc()
+        if outcome in REJECTIONS:
+            reason = record.reason if record.reason in REJECTION_REASONS else "other"
             self._child(self.rejections, route, reason).inc()
         self._child(self.request_latency, route).observe(seconds)
 

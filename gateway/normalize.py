@@ -22,7 +22,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
-from .errors import InvalidPostback, Problem
+from .errors import AmbiguousFields, NotUtf8, Problem
 from .paramnames import comparable_set, poses_as
 from .postback import CANONICAL_FIELDS, ESTIMATED_PRICE, INTEGER_FIELDS, LOWERCASED_FIELDS, Postback
 
@@ -80,7 +80,7 @@ class Normalizer:
         """`pairs`: the query without the secret (`SecretCheck.scrub`); `undecodable`: names of
         parameters that were not UTF-8 (`query.Query`), refused here."""
         if undecodable:
-            raise InvalidPostback([Problem(name, NOT_UTF8) for name in undecodable])
+            raise NotUtf8([Problem(name, NOT_UTF8) for name in undecodable])
         fields: dict[str, str] = {}
         extras: list[tuple[str, str]] = []
         empty: set[str] = set()
@@ -108,6 +108,6 @@ class Normalizer:
             if fields.setdefault(canonical, value) != value:
                 ambiguous[canonical] = None
         if ambiguous:
-            raise InvalidPostback([Problem(name, AMBIGUOUS) for name in ambiguous])
+            raise AmbiguousFields([Problem(name, AMBIGUOUS) for name in ambiguous])
         sent_empty = frozenset(empty - fields.keys()) if empty else _NONE
         return Postback(fields, tuple(extras), sent_empty, tuple(dropped))

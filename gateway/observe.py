@@ -36,6 +36,8 @@ class RequestRecord:
     upstream_status: int | None = None
     caller_request_id: str | None = None  # the caller's X-Request-ID, for correlation only
     dropped: list[str] = field(default_factory=list)  # parameters not passed on (names only)
+    passed: list[str] = field(default_factory=list)  # the checks passed (route.STEPS)
+    let_in_by_log_only: bool = False  # allow_ips would have refused it (allow_ips_mode: log_only)
 
     def log_fields(self, status: int) -> dict[str, Any]:
         fields = self.fields or {}

@@ -81,7 +81,5 @@ def _finish(
     response.headers["X-Request-ID"] = record.request_id
     log_request(record, response.status)
     seconds = time.perf_counter() - record.started
-    runtime.metrics.request_done(
-        record.route, outcome, record.reason, seconds, dropped=len(record.dropped)
-    )
+    runtime.metrics.request_done(record, outcome, seconds)
     return response

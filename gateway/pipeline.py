@@ -14,17 +14,16 @@ from typing import Protocol
 
 from aiohttp import web
 
-from .addresses import IPAddress, address_text
 from .clientip import ClientAddressResolver
 from .config import GatewayConfig
 from .dedup import DedupKey, RouteDedup
 from .errors import (
     DuplicatePostback,
-    Forbidden,
     MethodNotAllowed,
     Outcome,
     QueryTooLong,
     RouteNotFound,
+    UpstreamStatus,
     UpstreamUnavailable,
 )
 from .forward import Forwarder, Upstream, UpstreamReply, delivery_headers
@@ -32,7 +31,7 @@ from .metrics import Metrics
 from .observe import RequestRecord
 from .postback import ESTIMATED_PRICE, REWARD_EVENT_TYPE, ZONE_ID, Postback
 from .query import read_query
-from .route import CompiledRoute
+from .route import Arrival, CompiledRoute
 from .upstream_client import UpstreamClient
 
 log = logging.getLogger("gateway.pipeline")
@@ -69,10 +68,11 @@ class Gateway:
         self._client = client
         self._metrics = metrics
         self._forwarder = Forwarder(client, metrics)
-        self._client_addresses = ClientAddressResolver(config.server.trusted_proxies)
+        client_addresses = ClientAddressResolver(config.server.trusted_proxies)
         self._max_query_length = config.server.max_query_length
         self.routes = {
-            route.path: CompiledRoute(route, dedup[route.name]) for route in config.routes
+            route.path: CompiledRoute(route, dedup[route.name], client_addresses)
+            for route in config.routes
         }
         self._active = 0
         self._idle = asyncio.Event()
@@ -93,23 +93,13 @@ class Gateway:
     async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
         record = request[RECORD]
         route = self._route_for(request, record)
-        query = read_query(request.rel_url)
-        clean = route.without_secret(query.pairs)  # all that is ever logged or passed on
-        record.query = clean.pairs
-        record.dropped = clean.removed
-
-        client = self._client_addresses.resolve(
-            request.remote, request.headers.getall("X-Forwarded-For", [])
+        arrival = Arrival(
+            request.remote,
+            request.headers.getall("X-Forwarded-For", []),
+            read_query(request.rel_url),
+            request.headers,
         )
-        record.client = address_text(client)
-        self._check_allowlist(route, client, record)
-        route.check_secret(query.pairs, request.headers)
-
-        postback = route.normalizer.normalize(clean.pairs, query.undecodable)
-        record.fields = postback.fields
-        record.dropped += postback.dropped
-        route.validator.validate(postback)
-        route.check_match(postback)
+        postback = route.verify(arrival, record)  # client, allowlist, secret, ..., match
 
         key = route.dedup_key(postback)
         if route.queued:
@@ -160,16 +150,6 @@ class Gateway:
             raise QueryTooLong(len(url.raw_query_string), self._max_query_length)
         return route
 
-    def _check_allowlist(
-        self, route: CompiledRoute, client: IPAddress, record: RequestRecord
-    ) -> None:
-        if route.admits(client):
-            return
-        if not route.allowlist_log_only:
-            raise Forbidden("ip", f"{client} is not in allow_ips")
-        record.detail = f"{client} is not in allow_ips (allow_ips_mode: log_only, let in)"
-        self._metrics.log_only.labels(route.name).inc()
-
     async def _deliver(
         self, upstream: Upstream, postback: Postback, headers: dict[str, str], record: RequestRecord
     ) -> UpstreamReply:
@@ -177,9 +157,7 @@ class Gateway:
         reply = await self._forwarder.send(upstream, postback, headers)
         record.upstream_status = reply.status
         if not (200 <= reply.status < 300 or 400 <= reply.status < 500):
-            raise UpstreamUnavailable(
-                "upstream_status", f"{upstream.label} answered {reply.status}", timed_out=False
-            )
+            raise UpstreamStatus(f"{upstream.label} answered {reply.status}")
         if not reply.delivered:
             record.reason = "upstream_refused"
         return reply

@@ -1,26 +1,50 @@
-"""A route compiled from its config: everything a request needs, decided once at load time."""
+"""A route compiled from its config: everything a request needs, decided once at load time,
+and `verify`, the checks of the product description in order (used by the pipeline and by
+`fire`, which predicts a postback's fate with the very same code)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
+
 from multidict import CIMultiDictProxy
 
-from .addresses import IPAddress
+from .addresses import IPAddress, address_text
+from .clientip import ClientAddressResolver
 from .config import RouteConfig
 from .config.model import AllowIpsMode, Delivery
 from .dedup import DedupKey, RouteDedup, dedup_key
-from .errors import Filtered
+from .errors import AddressNotAllowed, Filtered
 from .forward import Upstream
 from .normalize import Normalizer
+from .observe import RequestRecord
 from .postback import Postback
+from .query import Query
 from .secret import Pairs, Scrubbed
 from .validate import Validator
 
+# The checks `verify` runs, in order; `RequestRecord.passed` lists those a request passed.
+STEPS = ("client", "allowlist", "secret", "normalize", "validate", "match")
+
+
+@dataclass(frozen=True, slots=True)
+class Arrival:
+    """What a request brings to the checks, apart from its route."""
+
+    peer: str | None  # the TCP peer's address
+    forwarded_for: Sequence[str]  # X-Forwarded-For header lines, in order
+    query: Query
+    headers: CIMultiDictProxy[str]
+
 
 class CompiledRoute:
-    def __init__(self, config: RouteConfig, dedup: RouteDedup) -> None:
+    def __init__(
+        self, config: RouteConfig, dedup: RouteDedup, client_addresses: ClientAddressResolver
+    ) -> None:
         self.name = config.name
         self.path = config.path
         self.config = config
+        self._client_addresses = client_addresses
         self._allow_ips = config.allow_ips
         self.allowlist_log_only = config.allow_ips_mode == AllowIpsMode.LOG_ONLY
         self.queued = config.delivery == Delivery.QUEUED
@@ -36,12 +60,32 @@ class CompiledRoute:
         self.dedup = dedup
         self._dedup_fields = config.dedup.key
 
-    def admits(self, client: IPAddress) -> bool:
-        return self._allow_ips is None or client in self._allow_ips
+    def verify(self, arrival: Arrival, record: RequestRecord) -> Postback:
+        """The checks in order, each noting in `record` what it found: the postback to deliver,
+        or the failing step's error (a GatewayError)."""
+        clean = self.without_secret(arrival.query.pairs)  # all that is ever logged or passed on
+        record.query = clean.pairs
+        record.dropped = clean.removed
+        passed = record.passed
 
-    def check_secret(self, query: Pairs, headers: CIMultiDictProxy[str]) -> None:
+        client = self._client_addresses.resolve(arrival.peer, arrival.forwarded_for)
+        record.client = address_text(client)
+        passed.append("client")
+        self._check_allowlist(client, record)
+        passed.append("allowlist")
         if self._secret is not None:
-            self._secret.verify(query, headers)
+            self._secret.verify(arrival.query.pairs, arrival.headers)
+        passed.append("secret")
+
+        postback = self.normalizer.normalize(clean.pairs, arrival.query.undecodable)
+        record.fields = postback.fields
+        record.dropped += postback.dropped
+        passed.append("normalize")
+        self.validator.validate(postback)
+        passed.append("validate")
+        self.check_match(postback)
+        passed.append("match")
+        return postback
 
     def without_secret(self, query: Pairs) -> Scrubbed:
         """The query minus every trace of the key: what may be logged, normalized, forwarded."""
@@ -58,3 +102,11 @@ class CompiledRoute:
 
     def dedup_key(self, postback: Postback) -> DedupKey:
         return dedup_key(self.name, self._dedup_fields, postback)
+
+    def _check_allowlist(self, client: IPAddress, record: RequestRecord) -> None:
+        if self._allow_ips is None or client in self._allow_ips:
+            return
+        if not self.allowlist_log_only:
+            raise AddressNotAllowed(f"{client} is not in allow_ips")
+        record.let_in_by_log_only = True
+        record.detail = f"{client} is not in allow_ips (allow_ips_mode: log_only, let in)"

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from multidict import CIMultiDictProxy
 
-from .errors import Forbidden
+from .errors import SecretMissing, SecretRepeated, SecretWrong
 from .paramnames import comparable_set, poses_as
 
 Pairs = Sequence[tuple[str, str]]
@@ -85,11 +85,11 @@ class SecretCheck:
             assert self.header is not None
             presented = headers.getall(self.header, [])
         if not presented:
-            raise Forbidden("secret", f"missing from {self.location}")
+            raise SecretMissing(f"missing from {self.location}")
         if len(presented) > 1:
-            raise Forbidden("secret", f"given {len(presented)} times in {self.location}")
+            raise SecretRepeated(f"given {len(presented)} times in {self.location}")
         if not self._matches(presented[0]):
-            raise Forbidden("secret", f"wrong key in {self.location}")
+            raise SecretWrong(f"wrong key in {self.location}")
 
     def accepts(self, presented: str) -> bool:
         return self._matches(presented)

@@ -29,6 +29,7 @@ T = TypeVar("T")
 MAX_BATCH = 512
 SCHEMA_VERSION = 1
 
+
 class StoreError(Exception):
     """The store could not do what was asked (disk full, unwritable, corrupt...)."""
 

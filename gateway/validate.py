@@ -6,7 +6,7 @@ import re
 from collections.abc import Iterable
 from decimal import Decimal
 
-from .errors import InvalidPostback, Problem
+from .errors import InvalidFields, Problem
 from .postback import (
     ESTIMATED_PRICE,
     EVENT_TYPE,
@@ -63,4 +63,4 @@ class Validator:
                     Problem(name, f"must be at most {self._max_price} (max_estimated_price)")
                 )
         if problems:
-            raise InvalidPostback(problems)
+            raise InvalidFields(problems)

@@ -187,7 +187,7 @@ def test_garbage_hop_from_trusted_peer_is_forbidden(forwarded_for: list[str]) ->
     with pytest.raises(Forbidden) as caught:
         _resolver().resolve("10.0.0.1", forwarded_for)
 
-    assert caught.value.reason == "ip"
+    assert caught.value.reason == "xff_unparseable"
     assert "X-Forwarded-For" in caught.value.detail
 
 
@@ -244,7 +244,7 @@ def test_missing_peer_is_forbidden(peer: str | None) -> None:
     with pytest.raises(Forbidden) as caught:
         _resolver().resolve(peer, ["1.1.1.1"])
 
-    assert caught.value.reason == "ip"
+    assert caught.value.reason == "no_peer"
     assert caught.value.detail == "no peer address on the connection"
 
 
@@ -262,7 +262,7 @@ def test_unparseable_peer_is_forbidden(peer: str) -> None:
     with pytest.raises(Forbidden) as caught:
         _resolver().resolve(peer, [])
 
-    assert caught.value.reason == "ip"
+    assert caught.value.reason == "peer_unparseable"
     assert "peer" in caught.value.detail
 
 

@@ -51,7 +51,7 @@ async def test_fire_predicts_and_shows_a_rejection(start_upstream, start_gateway
     config_file.write_text(yaml_text)
     code, out, _ = await fire(config_file, "--route", "tapper", "--url", gateway.url)
     assert code == 1
-    assert "127.0.0.1 NOT allowed: expect 403" in out
+    assert "3 allowlist  127.0.0.1 is not in allow_ips; expect 403 rejected (ip_not_allowed)" in out
     assert "answer: 403, outcome rejected" in out
     assert upstream.received == []
 

@@ -305,7 +305,7 @@ def test_same_field_with_different_values_is_invalid(pairs: Pairs, problems: lis
         _normalizer().normalize(pairs)
 
     assert caught.value.problems == problems
-    assert caught.value.reason == "invalid"
+    assert caught.value.reason == "ambiguous_fields"
     assert caught.value.status == 400
 
 

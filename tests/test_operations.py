@@ -469,9 +469,9 @@ def test_metrics_move_by_exactly_what_was_sent(
     assert moved(requests, route="tapper", outcome="invalid") == 1
     assert moved(requests, route="unknown", outcome="not_found") == 1
     rejections = "gateway_rejections_total"
-    assert moved(rejections, route="tapper", reason="secret") == 1
-    assert moved(rejections, route="tapper", reason="invalid") == 1
-    assert moved(rejections, route="tapper", reason="ip") == 0
+    assert moved(rejections, route="tapper", reason="secret_wrong") == 1
+    assert moved(rejections, route="tapper", reason="invalid_fields") == 1
+    assert moved(rejections, route="tapper", reason="ip_not_allowed") == 0
     attempts = "gateway_upstream_attempts_total"
     assert moved(attempts, route="tapper", upstream=app.url, status_class="2xx") == 1
     durations = "gateway_request_duration_seconds_count"

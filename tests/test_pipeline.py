@@ -480,7 +480,7 @@ async def test_log_line_has_the_event_and_never_the_secret(
     lines = [json.loads(line) for line in output.splitlines() if "gateway.access" in line]
     assert [(line["outcome"], line["reason"]) for line in lines] == [
         ("forwarded", None),
-        ("rejected", "secret"),
+        ("rejected", "secret_wrong"),
     ]
     forwarded = lines[0]
     assert (forwarded["level"], forwarded["message"]) == ("info", "postback")

@@ -238,7 +238,7 @@ def test_verify_accepts_any_configured_key(
         ),
     ],
 )
-def test_verify_rejects_with_reason_secret(
+def test_verify_rejects_with_a_named_reason(
     check: SecretCheck,
     query: list[tuple[str, str]],
     headers: CIMultiDictProxy[str],
@@ -247,7 +247,8 @@ def test_verify_rejects_with_reason_secret(
     with pytest.raises(Forbidden) as caught:
         check.verify(query, headers)
 
-    assert caught.value.reason == "secret"
+    named = {"missing": "secret_missing", "given": "secret_repeated", "wrong": "secret_wrong"}
+    assert caught.value.reason == named[detail.split()[0]]
     assert caught.value.detail == detail
     assert caught.value.status == 403
 

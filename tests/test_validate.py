@@ -190,7 +190,7 @@ def test_invalid_postback_body_names_the_first_problem_and_lists_all() -> None:
     }
     assert json.loads(json.dumps(body)) == body
     assert caught.value.status == 400
-    assert caught.value.reason == "invalid"
+    assert caught.value.reason == "invalid_fields"
     assert caught.value.detail == (
         f"ymid: {REQUIRED}; zone_id: {WHOLE}; estimated_price: {DECIMAL}"
     )

@@ -63,9 +63,7 @@ class RouteDedup:
     def ttl(self) -> float:
         return self._delivered.ttl
 
-    def reconfigure(
-        self, ttl: float, max_entries: int, backends: Sequence[Backend] = ()
-    ) -> None:
+    def reconfigure(self, ttl: float, max_entries: int, backends: Sequence[Backend] = ()) -> None:
         """Apply a (re)loaded config, keeping what is remembered and what is in flight (in
         place, so reservations taken before a reload commit into the same memory; they keep the
         backends they started with)."""
