@@ -122,12 +122,12 @@ class Forwarder:
     def __init__(
         self,
         client: UpstreamClient,
-        metrics: Metrics | None = None,
+        metrics: Metrics,
         backoff_base: float = BACKOFF_BASE,
         backoff_cap: float = BACKOFF_CAP,
     ) -> None:
         self._client = client
-        self._metrics = metrics or Metrics()
+        self._metrics = metrics
         self._backoff_base = backoff_base
         self._backoff_cap = backoff_cap
 

@@ -43,9 +43,9 @@ def longest_delivery(config: GatewayConfig) -> float:
 
 
 class Runtime:
-    def __init__(self, config: GatewayConfig, metrics: Metrics | None = None) -> None:
+    def __init__(self, config: GatewayConfig, metrics: Metrics) -> None:
         self.config = config
-        self.metrics = metrics or Metrics()
+        self.metrics = metrics
         self.dedup: dict[str, RouteDedup] = {}  # by route name, across reloads
         self.draining = False
         self.in_flight = 0

@@ -11,6 +11,7 @@ from aiohttp import web
 
 from .app import admin_runner, public_runner
 from .config import GatewayConfig
+from .metrics import Metrics
 from .observe import configure_logging
 from .reload import ConfigWatcher
 from .runtime import Runtime
@@ -24,7 +25,7 @@ async def serve(config: GatewayConfig, config_path: str) -> None:
     configure_logging(config.logging.format, config.logging.level)
     for warning in config.warnings:
         log.warning("config warning", extra={"detail": warning})
-    runtime = Runtime(config)
+    runtime = Runtime(config, Metrics())
     server = config.server
     certificates = (
         CertificateReloader(server.tls, runtime.metrics.tls_reloaded) if server.tls else None

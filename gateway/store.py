@@ -19,7 +19,7 @@ import queue
 import sqlite3
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
@@ -67,21 +67,12 @@ class _Job(Generic[T]):
     future: asyncio.Future[T]
 
 
-@dataclass
-class StoreCounters:
-    commits: int = 0
-    operations: int = 0
-    failed_commits: int = 0
-    batch_sizes: list[int] = field(default_factory=list)  # the last few, for tests and logs
-
-
 class Store:
     def __init__(
         self, path: str, schema: str, on_commit: Callable[[bool], None] = lambda ok: None
     ) -> None:
         self.path = path
         self._schema = schema
-        self.counters = StoreCounters()
         self._on_commit = on_commit  # called from the writer thread: must be thread-safe
         self._jobs: queue.SimpleQueue[_Job[Any] | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
@@ -168,18 +159,14 @@ class Store:
                     connection.execute("RELEASE operation")
                     outcomes.append((None, _as_store_error(error)))
             connection.execute("COMMIT")
-            self.counters.commits += 1
             self._on_commit(True)
         except sqlite3.Error as error:
-            self.counters.failed_commits += 1
             self._on_commit(False)
             log.error("store commit failed", extra={"detail": str(error), "batch": len(batch)})
             with contextlib.suppress(sqlite3.Error):
                 if connection.in_transaction:
                     connection.execute("ROLLBACK")
             outcomes = [(None, _as_store_error(error))] * len(batch)
-        self.counters.operations += len(batch)
-        self.counters.batch_sizes = [*self.counters.batch_sizes[-99:], len(batch)]
         for job, (result, failure) in zip(batch, outcomes, strict=True):
             job.loop.call_soon_threadsafe(_settle, job.future, result, failure)
 

@@ -7,96 +7,44 @@ import json
 import socket
 import subprocess
 import textwrap
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 from aiohttp import web
-from multidict import MultiDict
 
 from gateway.app import public_runner
 from gateway.config import GatewayConfig, parse_config
 from gateway.durable import STORE_SCHEMA
+from gateway.metrics import Metrics
 from gateway.runtime import Runtime
 from gateway.store import Store
 from tests.processes import free_port
 from tests.rawupstream import start_server  # noqa: F401  (a fixture: raw upstreams)
+from tests.upstream import RecordingUpstream
+from tests.waiting import eventually
 
 SECRET = "s3cret-key-0123456789"
 
 
-@dataclass
-class Received:
-    """One request as the upstream saw it."""
-
-    path: str
-    query: MultiDict[str]
-    query_string: str
-    headers: dict[str, str]
-    answered: int | None = None  # the status sent back (None: connection dropped)
-
-
-# What the upstream does with one request: an HTTP status, ("sleep", seconds) then 200,
-# or "drop" to close the connection without answering.
-Behaviour = int | tuple[str, float] | str
-
-
-@dataclass
-class RecordingUpstream:
-    """A real HTTP server on 127.0.0.1 that records every request and follows a script."""
-
-    url: str = ""
-    received: list[Received] = field(default_factory=list)
-    script: list[Behaviour] = field(default_factory=list)
-    default: Behaviour = 200
-    body: str = "OK"
-
-    async def handle(self, request: web.Request) -> web.StreamResponse:
-        received = Received(
-            request.path, MultiDict(request.query), request.query_string, dict(request.headers)
-        )
-        self.received.append(received)
-        behaviour = self.script.pop(0) if self.script else self.default
-        if behaviour == "drop":
-            assert request.transport is not None
-            request.transport.close()
-            return web.Response()
-        if isinstance(behaviour, tuple):
-            await asyncio.sleep(behaviour[1])
-            received.answered = 200
-            return web.Response(text=self.body)
-        assert isinstance(behaviour, int)
-        received.answered = behaviour
-        return web.Response(status=behaviour, text=self.body if behaviour < 300 else "nope")
-
-
-UpstreamFactory = Callable[..., Awaitable[RecordingUpstream]]
+UpstreamFactory = Callable[..., RecordingUpstream]
 
 
 @pytest.fixture
-async def start_upstream() -> AsyncIterator[UpstreamFactory]:
-    runners: list[web.AppRunner] = []
+def start_upstream() -> Iterator[UpstreamFactory]:
+    """Start recording upstreams (`RecordingUpstream(**settings)`); all closed after the test."""
+    started: list[RecordingUpstream] = []
 
-    async def start(**settings: Any) -> RecordingUpstream:
-        upstream = RecordingUpstream(**settings)
-        app = web.Application()
-        app.router.add_route("*", "/{path:.*}", upstream.handle)
-        runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        runners.append(runner)
-        port = runner.addresses[0][1]
-        upstream.url = f"http://127.0.0.1:{port}"
-        return upstream
+    def start(**settings: Any) -> RecordingUpstream:
+        started.append(RecordingUpstream(**settings))
+        return started[-1]
 
     yield start
-    for runner in runners:
-        await runner.cleanup()
+    for upstream in started:
+        upstream.close()
 
 
 @dataclass
@@ -124,7 +72,7 @@ async def start_gateway() -> AsyncIterator[GatewayFactory]:
         host: str = "127.0.0.1",
     ) -> RunningGateway:
         config = parse_config(textwrap.dedent(yaml_text), {"MONETAG_SECRET": SECRET, **(env or {})})
-        runtime = Runtime(config)
+        runtime = Runtime(config, Metrics())
         await runtime.start()
         runner = public_runner(runtime)
         await runner.setup()
@@ -148,37 +96,38 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
         yield session
 
 
-def route_yaml(upstream_urls: list[str], extra: str = "", server: str = "", top: str = "") -> str:
-    """A config with one route `tapper` at /postback/tapper; `extra` adds route keys, `server`
-    server keys and `top` top-level sections (such as `store:`)."""
-    upstreams = "\n".join(
-        f"      - url: {url}\n        timeout: 1s\n        retries: 2" for url in upstream_urls
-    )
-    return (
-        f"{top}server:\n  listen: 127.0.0.1:0\n  admin_listen: 127.0.0.1:0\n{server}"
-        "routes:\n"
-        "  tapper:\n"
-        "    path: /postback/tapper\n"
-        "    allow_ips: [127.0.0.1, '::1']\n"
-        "    secret:\n"
-        "      query_param: token\n"
-        "      keys: ['${MONETAG_SECRET}']\n"
-        "    aliases: {event: event_type, uid: ymid, zone: zone_id}\n"
-        f"{extra}"
-        "    upstreams:\n"
-        f"{upstreams}\n"
-    )
-
-
 @pytest.fixture
 def db_path(tmp_path: Path) -> Path:
     return tmp_path / "gateway.db"
 
 
+class Commits:
+    """A Store's `on_commit` that keeps what it is told: True per commit, False per failed one.
+    How many operations share a commit is seen by comparing this with the operations run."""
+
+    def __init__(self) -> None:
+        self.results: list[bool] = []  # appended by the store's writer thread only
+
+    def __call__(self, ok: bool) -> None:
+        self.results.append(ok)
+
+    def __len__(self) -> int:
+        return len(self.results)
+
+    @property
+    def failed(self) -> int:
+        return self.results.count(False)
+
+
 @pytest.fixture
-async def store(db_path: Path) -> AsyncIterator[Store]:
-    """A real SQLite store in a fresh file."""
-    store = Store(str(db_path), STORE_SCHEMA)
+def commits() -> Commits:
+    return Commits()
+
+
+@pytest.fixture
+async def store(db_path: Path, commits: Commits) -> AsyncIterator[Store]:
+    """A real SQLite store in a fresh file; its commits are told to `commits`."""
+    store = Store(str(db_path), STORE_SCHEMA, on_commit=commits)
     await asyncio.wait_for(store.open(), 10)
     yield store
     await asyncio.wait_for(store.close(), 10)
@@ -199,13 +148,11 @@ class RedisServer:
              "--appendonly", "no", "--dir", str(self._directory)],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            with socket.socket() as probe:
-                if probe.connect_ex(("127.0.0.1", self.port)) == 0:
-                    return
-            time.sleep(0.02)
-        raise RuntimeError(f"redis-server did not start on port {self.port}")
+        eventually(self.accepts, timeout=10)
+
+    def accepts(self) -> bool:
+        with socket.socket() as probe:
+            return probe.connect_ex(("127.0.0.1", self.port)) == 0
 
     def stop(self) -> None:
         if self._process is not None:

@@ -5,11 +5,10 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,6 +33,20 @@ def command_env(secret: str, **extra: str) -> dict[str, str]:
     return {**env, "MONETAG_SECRET": secret, **extra}
 
 
+def gateway_command(
+    *args: str, env: dict[str, str], timeout: float = 30.0
+) -> subprocess.CompletedProcess[str]:
+    """`python -m gateway ARGS` from the repository, run to its end, its output as text."""
+    return subprocess.run(
+        [sys.executable, "-m", "gateway", *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
 def spawn_gateway(
     config: Path, env: dict[str, str], stdout: Path, stderr: Path
 ) -> subprocess.Popen[bytes]:
@@ -48,14 +61,28 @@ def spawn_gateway(
         )
 
 
-def wait_until(predicate: Callable[[], Any], seconds: float, interval: float = 0.02) -> Any:
-    """The first truthy value of `predicate` within `seconds`, else its last (falsy) value."""
-    deadline = time.monotonic() + seconds
-    while True:
-        value = predicate()
-        if value or time.monotonic() >= deadline:
-            return value
-        time.sleep(interval)
+@dataclass
+class GatewayProcess:
+    """A `python -m gateway run` process: where it listens, where its output goes."""
+
+    process: subprocess.Popen[bytes]
+    config: Path
+    public_port: int
+    admin_port: int
+    stdout: Path
+    stderr: Path
+
+    def stop(self, timeout: float = 10.0) -> int:
+        """SIGTERM, then the exit status; fails the test unless it exits within `timeout`."""
+        self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout=timeout)
+
+    def output(self) -> str:
+        return self.stdout.read_text(encoding="utf-8")
+
+    def json_lines(self) -> list[dict[str, Any]]:
+        """Its log, one JSON object per line (the default log format)."""
+        return [json.loads(line) for line in self.output().splitlines() if line.strip()]
 
 
 @dataclass

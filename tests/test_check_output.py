@@ -12,7 +12,9 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
+from tests.configedit import edited
 from tests.tlscerts import make_certificate
 
 REPO = Path(__file__).resolve().parents[1]
@@ -259,11 +261,9 @@ def test_check_says_which_upstreams_do_not_keep_connections(summary: tuple[str, 
 
 def test_check_names_the_certificate_when_tls_is_on(tmp_path: Path) -> None:
     certificate = make_certificate(tmp_path, "gateway")
-    tls = f"  tls: {{cert_file: '{certificate.cert_file}', key_file: '{certificate.key_file}'}}\n"
+    tls = {"cert_file": str(certificate.cert_file), "key_file": str(certificate.key_file)}
     path = tmp_path / "config.yaml"
-    path.write_text(
-        CONFIG.replace("  admin_listen: 127.0.0.1:9090\n", f"  admin_listen: 127.0.0.1:9090\n{tls}")
-    )
+    path.write_text(edited(yaml.safe_load(CONFIG), {"server.tls": tls}))
 
     result = check(path)
 

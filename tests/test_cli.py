@@ -4,21 +4,19 @@ from __future__ import annotations
 
 import json
 import re
-import signal
 import subprocess
-import sys
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from tests import processes
-from tests.processes import free_port, spawn_gateway
+from tests.processes import GatewayProcess as RunningGateway
+from tests.processes import free_port, gateway_command, spawn_gateway
+from tests.waiting import eventually
 
 REPO = Path(__file__).resolve().parents[1]
 COMMAND_TIMEOUT = 30.0
@@ -29,14 +27,8 @@ UPSTREAM_PASSWORD = "hunter2-password"
 
 def gateway(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     """Run `python -m gateway ARGS` from the repository and wait for it to finish."""
-    return subprocess.run(
-        [sys.executable, "-m", "gateway", *args],
-        cwd=REPO,
-        env=command_env() if env is None else env,
-        capture_output=True,
-        text=True,
-        timeout=COMMAND_TIMEOUT,
-    )
+    environment = command_env() if env is None else env
+    return gateway_command(*args, env=environment, timeout=COMMAND_TIMEOUT)
 
 
 def command_env(**extra: str) -> dict[str, str]:
@@ -211,34 +203,11 @@ def test_no_config_anywhere_says_how_to_pass_one(command: str) -> None:
 # -- run and health ---------------------------------------------------------------------------
 
 
-@dataclass
-class RunningGateway:
-    process: subprocess.Popen[bytes]
-    config: Path
-    public_port: int
-    admin_port: int
-    stdout: Path
-    stderr: Path
-
-    def stop(self) -> int:
-        """SIGTERM, then the exit status; fails the test unless it exits within a few seconds."""
-        self.process.send_signal(signal.SIGTERM)
-        return self.process.wait(timeout=5)
-
-    def log_lines(self) -> list[dict[str, Any]]:
-        text = self.stdout.read_text(encoding="utf-8")
-        return [json.loads(line) for line in text.splitlines() if line.strip()]
-
-
-def wait_until_healthy(running: RunningGateway, seconds: float = 10.0) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if running.process.poll() is not None:
-            return False
-        if gateway("health", "--config", str(running.config)).returncode == 0:
-            return True
-        time.sleep(0.2)
-    return False
+def is_healthy(running: RunningGateway) -> bool:
+    """Whether `health` says so; fails the test at once if the process has exited."""
+    if running.process.poll() is not None:
+        pytest.fail("gateway exited; stderr:\n" + running.stderr.read_text(encoding="utf-8"))
+    return gateway("health", "--config", str(running.config)).returncode == 0
 
 
 @pytest.fixture
@@ -250,10 +219,7 @@ def running(tmp_path: Path) -> Iterator[RunningGateway]:
     process = spawn_gateway(config, command_env(), stdout, stderr)
     gateway_process = RunningGateway(process, config, public_port, admin_port, stdout, stderr)
     try:
-        if not wait_until_healthy(gateway_process):
-            pytest.fail(
-                "gateway never became healthy; stderr:\n" + stderr.read_text(encoding="utf-8")
-            )
+        eventually(partial(is_healthy, gateway_process), 10.0, interval=0.2)
         yield gateway_process
     finally:
         if process.poll() is None:
@@ -288,7 +254,7 @@ def test_running_gateway_listens_on_the_public_port_without_admin_endpoints(
 
 
 def test_sigterm_stops_the_gateway_with_exit_0(running: RunningGateway) -> None:
-    assert running.stop() == 0
+    assert running.stop(timeout=5) == 0
 
     after = gateway("health", "--config", str(running.config))
     assert after.returncode != 0
@@ -296,9 +262,9 @@ def test_sigterm_stops_the_gateway_with_exit_0(running: RunningGateway) -> None:
 
 
 def test_run_logs_json_lines_with_listening_and_config_warnings(running: RunningGateway) -> None:
-    assert running.stop() == 0
+    assert running.stop(timeout=5) == 0
 
-    lines = running.log_lines()
+    lines = running.json_lines()
     listening = [line for line in lines if line.get("message") == "listening"]
     assert len(listening) == 1, lines
     assert f":{running.public_port}" in json.dumps(listening[0])

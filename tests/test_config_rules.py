@@ -6,16 +6,14 @@ from __future__ import annotations
 import hashlib
 import math
 import re
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from gateway.config import ConfigError, GatewayConfig, load_config, parse_config
+from gateway.config import ConfigError, load_config, parse_config
 from gateway.postback import CANONICAL_FIELDS
-from tests.configedit import DROP, assert_problem_at, edited
-from tests.configedit import problems_of as problems_in
+from tests.configedit import DROP, ConfigEdits, assert_problem_at, edited
 
 SECRET = "rules-secret-8c1f"  # the key, from the environment
 FILE_KEY = "file-key-77aa"  # a second key written in the file (rotation)
@@ -49,16 +47,8 @@ TEMPLATE = template_for(FILE_KEY)
 WITH_TEMPLATE: dict[str, Any] = {"routes.tapper.aliases": DROP, "routes.tapper.template": TEMPLATE}
 
 
-def config_with(changes: Mapping[str, Any]) -> str:
-    return edited(BASE, changes)
-
-
-def parse_with(changes: Mapping[str, Any], environ: Mapping[str, str] = ENV) -> GatewayConfig:
-    return parse_config(config_with(changes), environ)
-
-
-def problems_of(text: str, environ: Mapping[str, str] = ENV) -> list[str]:
-    return problems_in(text, environ)
+EDITS = ConfigEdits(BASE, ENV)
+config_with, parse_with, problems_of = EDITS.text, EDITS.parse, EDITS.problems
 
 
 # -- defaults ---------------------------------------------------------------------------------
@@ -636,12 +626,11 @@ def test_same_text_gives_the_same_checksum() -> None:
     [
         pytest.param(lambda text: text + "# a comment\n", id="comment-added"),
         pytest.param(lambda text: text + "\n", id="trailing-newline"),
-        pytest.param(lambda text: text.replace("/postback/tapper", "/postback/tapper2"),
+        pytest.param(lambda _: config_with({"routes.tapper.path": "/postback/tapper2"}),
                      id="value-changed"),
-        pytest.param(lambda text: text.replace("203.0.113.0/24", "203.0.113.0/25"),
+        pytest.param(lambda _: config_with({"routes.tapper.allow_ips": ["203.0.113.0/25"]}),
                      id="one-character-changed"),
-        pytest.param(lambda text: text.replace("server:\n", "server:\n  max_in_flight: 999\n"),
-                     id="key-added"),
+        pytest.param(lambda _: config_with({"server.max_in_flight": 999}), id="key-added"),
     ],
 )  # fmt: skip
 def test_any_edit_changes_the_checksum(edit: Any) -> None:
@@ -661,17 +650,19 @@ def test_load_config_checksum_matches_the_file_contents(tmp_path: Path) -> None:
 
 
 def test_log_only_allowlist_without_secret_is_an_open_door() -> None:
-    text = (
-        "routes:\n  tapper:\n    path: /p\n    allow_ips: [203.0.113.0/24]\n"
-        "    allow_ips_mode: log_only\n    upstreams: [{url: 'http://127.0.0.1:3000/'}]\n"
-    )
+    route = {
+        "path": "/p",
+        "allow_ips": ["203.0.113.0/24"],
+        "allow_ips_mode": "log_only",
+        "upstreams": [{"url": "http://127.0.0.1:3000/"}],
+    }
     with pytest.raises(ConfigError) as caught:
-        parse_config(text, {})
+        parse_config(edited({"routes": {"tapper": route}}, {}), {})
     assert caught.value.problems == [
         "routes.tapper: has neither an enforced allow_ips nor a secret: anyone could grant "
         "rewards; add one, or write `insecure: true` if that is really meant"
     ]
-    assert parse_config(text.replace("log_only\n", "log_only\n    insecure: true\n"), {})
+    assert parse_config(edited({"routes": {"tapper": route}}, {"routes.tapper.insecure": True}), {})
 
 
 def test_template_secret_in_braces_is_not_echoed() -> None:

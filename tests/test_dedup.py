@@ -9,20 +9,11 @@ import pytest
 from gateway.dedup import DedupKey, RouteDedup, dedup_key
 from gateway.errors import DuplicatePostback
 from gateway.postback import Postback
+from tests.clock import FakeClock
 
 KEY_FIELDS = ["ymid", "zone_id"]
 KEY: DedupKey = dedup_key("tapper", KEY_FIELDS, Postback({"ymid": "u1", "zone_id": "5"}))
 OTHER_KEY: DedupKey = dedup_key("tapper", KEY_FIELDS, Postback({"ymid": "u2", "zone_id": "5"}))
-
-
-class FakeClock:
-    """A monotonic clock the test moves by hand."""
-
-    def __init__(self, now: float = 1000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 async def _let_other_tasks_run() -> None:
@@ -238,7 +229,7 @@ async def test_delivered_key_is_forgotten_after_ttl(elapsed: float, duplicate: b
     async with memory.reserve(KEY) as reservation:
         reservation.commit()
 
-    clock.now += elapsed
+    clock.advance(elapsed)
 
     if duplicate:
         with pytest.raises(DuplicatePostback):
@@ -253,10 +244,10 @@ async def test_ttl_counts_from_delivery_not_from_reservation() -> None:
     clock = FakeClock()
     memory = RouteDedup(ttl=30, max_entries=100, clock=clock)
     async with memory.reserve(KEY) as reservation:
-        clock.now += 20  # forwarding took a while
+        clock.advance(20)  # forwarding took a while
         reservation.commit()
 
-    clock.now += 25  # 45 s after the reservation, 25 s after delivery
+    clock.advance(25)  # 45 s after the reservation, 25 s after delivery
 
     with pytest.raises(DuplicatePostback):
         async with memory.reserve(KEY):
@@ -268,11 +259,11 @@ async def test_recommitted_key_after_ttl_is_remembered_again() -> None:
     memory = RouteDedup(ttl=30, max_entries=100, clock=clock)
     async with memory.reserve(KEY) as reservation:
         reservation.commit()
-    clock.now += 31
+    clock.advance(31)
     async with memory.reserve(KEY) as reservation:
         reservation.commit()
 
-    clock.now += 29
+    clock.advance(29)
 
     with pytest.raises(DuplicatePostback):
         async with memory.reserve(KEY):

@@ -9,12 +9,14 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
+import yaml
 
+from tests.configedit import edited
 from tests.processes import free_port
+from tests.waiting import eventually
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -80,25 +82,21 @@ def test_image_commands_run_and_report_healthy(image_venv: Path, tmp_path: Path)
     cmd = exec_form(steps["CMD"])
     health = exec_form(steps["HEALTHCHECK"].split(" CMD ", 1)[1])
     public, admin = free_port(), free_port()
-    config = (REPO / "config.yaml").read_text()
-    config = config.replace("0.0.0.0:8080", f"127.0.0.1:{public}")
-    config = config.replace("127.0.0.1:9090", f"127.0.0.1:{admin}")
-    (tmp_path / "config.yaml").write_text(config)
+    shipped = yaml.safe_load((REPO / "config.yaml").read_text())
+    ports = {"server.listen": f"127.0.0.1:{public}", "server.admin_listen": f"127.0.0.1:{admin}"}
+    (tmp_path / "config.yaml").write_text(edited(shipped, ports))
     env = {
         "PATH": f"{image_venv / 'bin'}:/usr/bin:/bin",
         "GATEWAY_CONFIG": str(tmp_path / "config.yaml"),
         "MONETAG_SECRET": "container-secret-1234",
     }
     gateway = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+    def healthcheck_passes() -> bool:
+        return subprocess.run(health, env=env, capture_output=True, timeout=10).returncode == 0
+
     try:
-        deadline = time.monotonic() + 20
-        healthy = False
-        while time.monotonic() < deadline and not healthy:
-            healthy = (
-                subprocess.run(health, env=env, capture_output=True, timeout=10).returncode == 0
-            )
-            time.sleep(0.2)
-        assert healthy, "HEALTHCHECK never passed"
+        eventually(healthcheck_passes, 20, interval=0.2)
     finally:
         gateway.send_signal(signal.SIGTERM)
         output, _ = gateway.communicate(timeout=20)

@@ -1,7 +1,7 @@
 """The durable queue, end to end: the real `python -m gateway run` process and `queue` command.
 
 Every test starts the gateway as a subprocess on free loopback ports with a SQLite store in the
-test's temporary directory, in front of a real HTTP upstream (a threaded stdlib server in this
+test's temporary directory, in front of a real HTTP upstream (a `RecordingUpstream` in this
 process that records each request and answers as the test tells it). Crashes are real
 (SIGKILL), restarts reuse the same config and store, and a full disk is a real file-size limit
 on the gateway process. Every wait is bounded; every process is killed in a `finally`.
@@ -24,16 +24,19 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import IO, Any
-from urllib.parse import parse_qs, urlencode, urlsplit
+from urllib.parse import urlencode
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests import processes
-from tests.processes import Reply, free_port, http_get, spawn_gateway, wait_until
+from tests.conftest import UpstreamFactory
+from tests.gatewayconfig import gateway_config, route, upstream
+from tests.processes import Reply, free_port, gateway_command, http_get, spawn_gateway
+from tests.upstream import Answer, Received
+from tests.waiting import eventually
 
 REPO = Path(__file__).resolve().parents[1]
 SECRET = "durable-secret-value-456"
@@ -68,122 +71,23 @@ def metric_sum(text: str, name: str, **labels: str) -> float:
     )
 
 
-# -- a real upstream --------------------------------------------------------------------------
-
-# What the upstream answers: (request number, X-Idempotency-Key) -> (status, body, delay first)
-Answer = Callable[[int, str], tuple[int, str, float]]
-
-
-def always(status: int, body: str = "OK") -> Answer:
-    return lambda number, key: (status, body, 0.0)
-
-
-@dataclass(frozen=True)
-class Hit:
-    """One request the upstream received, and the status it answered."""
-
-    ymid: str
-    key: str
-    status: int
-
-
-class Recorder:
-    """A threaded HTTP server on 127.0.0.1 that records each request and answers per `answer`."""
-
-    def __init__(self, port: int = 0, answer: Answer | None = None) -> None:
-        self.answer: Answer = answer or always(200)
-        self.hits: list[Hit] = []
-        self._lock = threading.Lock()
-        owner = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                query = parse_qs(urlsplit(self.path).query)
-                key = self.headers.get("X-Idempotency-Key", "")
-                with owner._lock:
-                    status, body, delay = owner.answer(len(owner.hits), key)
-                    owner.hits.append(Hit(query.get("ymid", [""])[0], key, status))
-                if delay:
-                    time.sleep(delay)
-                payload = body.encode()
-                try:
-                    self.send_response(status)
-                    self.send_header("Content-Type", "text/plain")
-                    self.send_header("Content-Length", str(len(payload)))
-                    self.end_headers()
-                    self.wfile.write(payload)
-                except OSError:
-                    pass  # the gateway gave up waiting (timeout): nothing to answer
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-        self._thread.start()
-
-    @property
-    def port(self) -> int:
-        port: int = self._server.server_address[1]
-        return port
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/postback"
-
-    def snapshot(self) -> list[Hit]:
-        with self._lock:
-            return list(self.hits)
-
-    def ymids(self) -> set[str]:
-        return {hit.ymid for hit in self.snapshot()}
-
-    def keys(self) -> set[str]:
-        return {hit.key for hit in self.snapshot()}
-
-    def hits_for(self, ymid: str) -> list[Hit]:
-        return [hit for hit in self.snapshot() if hit.ymid == ymid]
-
-    def accepted_per_key(self) -> Counter[str]:
-        """How many times each idempotency key was answered 2xx."""
-        return Counter(hit.key for hit in self.snapshot() if 200 <= hit.status < 300)
-
-    def close(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(timeout=5)
-
-
 # -- the gateway process ----------------------------------------------------------------------
 
 
-def route_yaml(
-    name: str,
-    upstream_url: str,
+def durable_route(
+    app_url: str,
     *,
     delivery: str = "queued",
     timeout: str = "2s",
     queue: dict[str, str] | None = None,
-) -> str:
-    """Route `name` at /postback/NAME: loopback only, secret `token`, Monetag-style aliases."""
-    text = (
-        f"  {name}:\n"
-        f"    path: /postback/{name}\n"
-        "    allow_ips: [127.0.0.1]\n"
-        "    secret:\n"
-        "      query_param: token\n"
-        "      keys: ['${MONETAG_SECRET}']\n"
-        "    aliases: {uid: ymid, event: event_type, zone: zone_id}\n"
-        f"    delivery: {delivery}\n"
-    )
+) -> dict[str, Any]:
+    """A route as these tests use it: loopback only, one upstream without inline retries,
+    and (when queued) a queue that retries fast."""
+    settings: dict[str, Any] = {"delivery": delivery}
     if delivery == "queued":
-        settings = {**FAST_QUEUE, **(queue or {})}
-        text += "    queue: {" + ", ".join(f"{k}: {v}" for k, v in settings.items()) + "}\n"
-    return text + (
-        f"    upstreams:\n      - url: {upstream_url}\n        timeout: {timeout}\n"
-        "        retries: 0\n"
-    )
+        settings["queue"] = {**FAST_QUEUE, **(queue or {})}
+    app = upstream(app_url, timeout=timeout, retries=0)
+    return route([app], allow_ips=["127.0.0.1"], **settings)
 
 
 @dataclass(frozen=True)
@@ -262,29 +166,27 @@ def _drain(pipe: IO[bytes], sink_path: Path) -> None:
 
 
 class Harness:
-    """Configs, gateway processes and upstreams of one test; `close` ends all of them."""
+    """Configs and gateway processes of one test; `close` ends all of them."""
 
     def __init__(self, tmp: Path) -> None:
         self.tmp = tmp
         self.gateways: list[Gateway] = []
-        self.upstreams: list[Recorder] = []
         self._drains: list[threading.Thread] = []
 
-    def setup(self, routes: str, server: dict[str, str] | None = None) -> Setup:
+    def setup(
+        self, routes: dict[str, dict[str, Any]], server: dict[str, Any] | None = None
+    ) -> Setup:
         public_port, admin_port = free_port(), free_port()
         store = self.tmp / "gw.db"
-        settings = {"reload_interval": "0", "shutdown_grace": "3s", **(server or {})}
-        text = (
-            "server:\n"
-            f"  listen: 127.0.0.1:{public_port}\n"
-            f"  admin_listen: 127.0.0.1:{admin_port}\n"
-            + "".join(f"  {key}: {value}\n" for key, value in settings.items())
-            + f"store:\n  path: {json.dumps(str(store))}\n"
-            + "routes:\n"
-            + routes
-        )
+        settings = {
+            "listen": f"127.0.0.1:{public_port}",
+            "admin_listen": f"127.0.0.1:{admin_port}",
+            "reload_interval": 0,
+            "shutdown_grace": "3s",
+            **(server or {}),
+        }
         config = self.tmp / "config.yaml"
-        config.write_text(text, encoding="utf-8")
+        config.write_text(gateway_config(routes=routes, server=settings, store=store))
         return Setup(config, store, public_port, admin_port)
 
     def start(self, setup: Setup, file_size_limit: int | None = None) -> Gateway:
@@ -297,8 +199,7 @@ class Harness:
             process = self._spawn_limited(setup.config, file_size_limit, stdout, stderr)
         gateway = Gateway(process, setup, stdout, stderr)
         self.gateways.append(gateway)
-        if not wait_until(gateway.is_ready, START_TIMEOUT):
-            pytest.fail("gateway never became ready; stderr:\n" + stderr.read_text())
+        eventually(gateway.is_ready, START_TIMEOUT, explain=stderr.read_text)
         return gateway
 
     def _spawn_limited(
@@ -329,11 +230,6 @@ class Harness:
             self._drains.append(drain)
         return process
 
-    def upstream(self, port: int = 0, answer: Answer | None = None) -> Recorder:
-        recorder = Recorder(port, answer)
-        self.upstreams.append(recorder)
-        return recorder
-
     def close(self) -> None:
         for gateway in self.gateways:
             if gateway.process.poll() is None:
@@ -341,8 +237,6 @@ class Harness:
             gateway.process.wait(timeout=COMMAND_TIMEOUT)
         for drain in self._drains:
             drain.join(timeout=5)
-        for recorder in self.upstreams:
-            recorder.close()
 
 
 @pytest.fixture
@@ -358,14 +252,8 @@ def harness(tmp_path: Path) -> Iterator[Harness]:
 
 
 def queue(setup: Setup, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "gateway", "queue", "--config", str(setup.config), *args],
-        cwd=REPO,
-        env=command_env(),
-        capture_output=True,
-        text=True,
-        timeout=COMMAND_TIMEOUT,
-    )
+    config = str(setup.config)
+    return gateway_command("queue", "--config", config, *args, env=command_env())
 
 
 def queue_stats(setup: Setup) -> dict[str, dict[str, int]]:
@@ -425,41 +313,52 @@ def settled(setup: Setup, route: str, delivered: int) -> dict[str, int] | None:
     return dict(counts) if done else None
 
 
+def printed_stats(setup: Setup) -> Callable[[], str]:
+    """`queue stats` as printed, for a failure message."""
+    return lambda: queue(setup, "stats").stdout
+
+
 def assert_queued(reply: Reply) -> None:
     assert (reply.status, reply.outcome) == (200, "queued"), (reply.status, reply.body)
     assert reply.json() == {"outcome": "queued"}
 
 
-# -- 1: a crash loses nothing acknowledged ----------------------------------------------------
-
-
-def test_sigkill_then_restart_delivers_every_acknowledged_event(harness: Harness) -> None:
-    events = 30
-    upstream_port = free_port()  # nothing listens there until after the crash
-    setup = harness.setup(route_yaml("tapper", f"http://127.0.0.1:{upstream_port}/postback"))
-    gateway = harness.start(setup)
-    ymids = [f"crash-{number:02d}" for number in range(events)]
-
+def assert_all_queued(gateway: Gateway, route: str, ymids: list[str]) -> None:
+    """Send one postback per ymid, ten at a time; every one must be acknowledged as queued."""
     with ThreadPoolExecutor(max_workers=10) as pool:
-        replies = list(pool.map(lambda ymid: gateway.postback("tapper", ymid), ymids, timeout=30))
+        replies = list(pool.map(lambda ymid: gateway.postback(route, ymid), ymids, timeout=30))
     for reply in replies:
         assert_queued(reply)
 
+
+# -- 1: a crash loses nothing acknowledged ----------------------------------------------------
+
+
+def test_sigkill_then_restart_delivers_every_acknowledged_event(
+    harness: Harness, start_upstream: UpstreamFactory
+) -> None:
+    events = 30
+    upstream_port = free_port()  # nothing listens there until after the crash
+    setup = harness.setup({"tapper": durable_route(f"http://127.0.0.1:{upstream_port}/postback")})
+    gateway = harness.start(setup)
+    ymids = [f"crash-{number:02d}" for number in range(events)]
+
+    assert_all_queued(gateway, "tapper", ymids)
+
     gateway.crash()
     gateway = harness.start(setup)
-    app = harness.upstream(port=upstream_port)
+    app = start_upstream(port=upstream_port)
 
     def all_arrived() -> bool:
         return app.ymids() >= set(ymids) and len(app.keys()) >= events
 
-    assert wait_until(all_arrived, 15.0), (
-        f"missing after restart: {sorted(set(ymids) - app.ymids())}"
-    )
+    eventually(all_arrived, 15.0, explain=lambda: f"missing: {sorted(set(ymids) - app.ymids())}")
     assert app.ymids() == set(ymids)
     keys = app.keys()
     assert len(keys) == events and "" not in keys, keys
-    counts = wait_until(lambda: settled(setup, "tapper", events), 10.0)
-    assert counts, queue(setup, "stats").stdout
+    counts = eventually(
+        lambda: settled(setup, "tapper", events), 10.0, explain=printed_stats(setup)
+    )
     assert counts.get("delivered") == events and counts.get("pending", 0) == 0
     assert counts.get("dead", 0) == 0
 
@@ -467,32 +366,34 @@ def test_sigkill_then_restart_delivers_every_acknowledged_event(harness: Harness
 # -- 2: dedup survives a restart --------------------------------------------------------------
 
 
-def test_duplicates_are_recognised_after_a_restart(harness: Harness) -> None:
-    app = harness.upstream()
+def test_duplicates_are_recognised_after_a_restart(
+    harness: Harness, start_upstream: UpstreamFactory
+) -> None:
+    app = start_upstream()
     nowhere = f"http://127.0.0.1:{free_port()}/postback"
-    routes = (
-        route_yaml("direct", app.url, delivery="sync")
-        + route_yaml("queued", app.url)
-        + route_yaml("held", nowhere)  # never delivered: pending across the restart
-    )
+    routes = {
+        "direct": durable_route(app.postback_url, delivery="sync"),
+        "queued": durable_route(app.postback_url),
+        "held": durable_route(nowhere),  # never delivered: pending across the restart
+    }
     setup = harness.setup(routes)
     gateway = harness.start(setup)
 
     forwarded = gateway.postback("direct", "sync-1")
     assert (forwarded.status, forwarded.outcome) == (200, "forwarded")
-    assert len(app.hits_for("sync-1")) == 1
+    assert len(app.for_ymid("sync-1")) == 1
     assert_queued(gateway.postback("queued", "queued-1"))
     assert_queued(gateway.postback("held", "held-1"))
-    assert wait_until(lambda: settled(setup, "queued", 1), 10.0), queue(setup, "stats").stdout
+    eventually(lambda: settled(setup, "queued", 1), 10.0, explain=printed_stats(setup))
     assert gateway.stop() == 0
 
     gateway = harness.start(setup)
-    for route, ymid in (("direct", "sync-1"), ("queued", "queued-1"), ("held", "held-1")):
-        again = gateway.postback(route, ymid)
-        assert (again.status, again.outcome) == (200, "duplicate"), (route, again.body)
+    for name, ymid in (("direct", "sync-1"), ("queued", "queued-1"), ("held", "held-1")):
+        again = gateway.postback(name, ymid)
+        assert (again.status, again.outcome) == (200, "duplicate"), (name, again.body)
 
-    assert len(app.hits_for("sync-1")) == 1
-    assert len(app.hits_for("queued-1")) == 1
+    assert len(app.for_ymid("sync-1")) == 1
+    assert len(app.for_ymid("queued-1")) == 1
     stats = queue_stats(setup)
     assert stats["queued"] == {"delivered": 1}, stats  # no second event was queued
     assert stats["held"] == {"pending": 1}, stats
@@ -503,26 +404,24 @@ def test_duplicates_are_recognised_after_a_restart(harness: Harness) -> None:
 # -- 3: a flapping upstream gets each event exactly once --------------------------------------
 
 
-def test_flapping_upstream_gets_each_event_once(harness: Harness) -> None:
+def test_flapping_upstream_gets_each_event_once(
+    harness: Harness, start_upstream: UpstreamFactory
+) -> None:
     events = 20
-    app = harness.upstream(answer=lambda number, key: (503 if number % 2 == 0 else 200, "", 0.0))
-    setup = harness.setup(route_yaml("flap", app.url))
+    app = start_upstream(default=lambda number, request: 503 if number % 2 == 0 else 200)
+    setup = harness.setup({"flap": durable_route(app.postback_url)})
     gateway = harness.start(setup)
     ymids = [f"flap-{number:02d}" for number in range(events)]
 
-    with ThreadPoolExecutor(max_workers=10) as pool:
-        replies = list(pool.map(lambda ymid: gateway.postback("flap", ymid), ymids, timeout=30))
-    for reply in replies:
-        assert_queued(reply)
+    assert_all_queued(gateway, "flap", ymids)
 
-    counts = wait_until(lambda: settled(setup, "flap", events), 20.0)
-    assert counts, queue(setup, "stats").stdout
+    counts = eventually(lambda: settled(setup, "flap", events), 20.0, explain=printed_stats(setup))
     assert counts.get("dead", 0) == 0
     accepted = app.accepted_per_key()
     assert len(accepted) == events, accepted
     assert set(accepted.values()) == {1}, accepted  # no event was delivered twice
-    assert {hit.ymid for hit in app.snapshot() if hit.status == 200} == set(ymids)
-    assert any(hit.status == 503 for hit in app.snapshot())
+    assert {hit.ymid for hit in app.received if hit.answered == 200} == set(ymids)
+    assert any(hit.answered == 503 for hit in app.received)
 
     metrics = gateway.metrics()
     assert metric_sum(metrics, "gateway_deliveries_total", route="flap", result="retry") > 0
@@ -534,28 +433,31 @@ def test_flapping_upstream_gets_each_event_once(harness: Harness) -> None:
 # -- 4: an upstream slower than its timeout ---------------------------------------------------
 
 
-def test_upstream_slower_than_timeout_is_retried_until_delivered(harness: Harness) -> None:
+def test_upstream_slower_than_timeout_is_retried_until_delivered(
+    harness: Harness, start_upstream: UpstreamFactory
+) -> None:
     first_seen: set[str] = set()
 
-    def slow_at_first(number: int, key: str) -> tuple[int, str, float]:
-        if key in first_seen:
-            return 200, "OK", 0.0
-        first_seen.add(key)
-        return 200, "OK (too late)", 1.0
+    def slow_at_first(number: int, request: Received) -> Answer:
+        if request.key in first_seen:
+            return Answer(200, "OK")
+        first_seen.add(request.key)
+        return Answer(200, "OK (too late)", delay=1.0)
 
-    app = harness.upstream(answer=slow_at_first)
-    setup = harness.setup(route_yaml("slow", app.url, timeout="300ms"))
+    app = start_upstream(default=slow_at_first)
+    setup = harness.setup({"slow": durable_route(app.postback_url, timeout="300ms")})
     gateway = harness.start(setup)
     ymids = [f"slow-{number}" for number in range(3)]
     for ymid in ymids:
         assert_queued(gateway.postback("slow", ymid))
 
-    counts = wait_until(lambda: settled(setup, "slow", len(ymids)), 15.0)
-    assert counts, queue(setup, "stats").stdout
+    counts = eventually(
+        lambda: settled(setup, "slow", len(ymids)), 15.0, explain=printed_stats(setup)
+    )
     assert counts.get("dead", 0) == 0
     assert app.ymids() == set(ymids)
     for ymid in ymids:
-        assert len(app.hits_for(ymid)) >= 2, app.hits_for(ymid)
+        assert len(app.for_ymid(ymid)) >= 2, app.for_ymid(ymid)
     rows = queue_list(setup)
     assert sorted(row.ymid for row in rows) == sorted(ymids)
     assert all(row.state == "delivered" and row.attempts >= 2 for row in rows), rows
@@ -570,40 +472,44 @@ def test_upstream_slower_than_timeout_is_retried_until_delivered(harness: Harnes
 # -- 5-6: refused events are dead letters, unavailable upstreams are retried ------------------
 
 
-def test_refused_event_is_dead_lettered_then_redriven(harness: Harness) -> None:
-    app = harness.upstream(answer=always(400, "unknown user"))
-    setup = harness.setup(route_yaml("refused", app.url))
+def test_refused_event_is_dead_lettered_then_redriven(
+    harness: Harness, start_upstream: UpstreamFactory
+) -> None:
+    app = start_upstream(default=Answer(400, "unknown user"))
+    setup = harness.setup({"refused": durable_route(app.postback_url)})
     gateway = harness.start(setup)
     assert_queued(gateway.postback("refused", "dead-1"))
 
-    dead = wait_until(lambda: queue_list(setup, "--state", "dead"), 10.0)
+    dead = eventually(lambda: queue_list(setup, "--state", "dead"), 10.0)
     assert [row.ymid for row in dead] == ["dead-1"], dead
     assert dead[0].status == "400"
-    assert len(app.hits_for("dead-1")) == 1  # a 4xx is the app's answer: not retried
+    assert len(app.for_ymid("dead-1")) == 1  # a 4xx is the app's answer: not retried
     shown = queue(setup, "show", str(dead[0].event_id))
     assert shown.returncode == 0, shown.stdout + shown.stderr
     assert "400" in shown.stdout and "unknown user" in shown.stdout, shown.stdout
     assert "dead" in shown.stdout
 
-    app.answer = always(200)
+    app.default = 200
     redriven = queue(setup, "retry", "--dead")
     assert redriven.returncode == 0, redriven.stdout + redriven.stderr
     assert "1 delivery pending again" in redriven.stdout
 
     def delivered() -> bool:
-        return any(hit.status == 200 for hit in app.hits_for("dead-1"))
+        return any(hit.answered == 200 for hit in app.for_ymid("dead-1"))
 
-    assert wait_until(delivered, 10.0), app.snapshot()
-    counts = wait_until(lambda: settled(setup, "refused", 1), 10.0)
+    eventually(delivered, 10.0, explain=lambda: app.received)
+    counts = eventually(lambda: settled(setup, "refused", 1), 10.0, explain=printed_stats(setup))
     assert counts == {"delivered": 1}, queue(setup, "stats").stdout
     assert "dead:" not in queue(setup, "stats").stdout
     assert queue_list(setup, "--state", "dead") == []
     assert gateway.process.poll() is None
 
 
-def test_unavailable_upstream_is_retried_not_dead_lettered(harness: Harness) -> None:
-    app = harness.upstream(answer=always(503, "busy"))
-    setup = harness.setup(route_yaml("busy", app.url))
+def test_unavailable_upstream_is_retried_not_dead_lettered(
+    harness: Harness, start_upstream: UpstreamFactory
+) -> None:
+    app = start_upstream(default=Answer(503, "busy"))
+    setup = harness.setup({"busy": durable_route(app.postback_url)})
     gateway = harness.start(setup)
     assert_queued(gateway.postback("busy", "busy-1"))
 
@@ -611,17 +517,16 @@ def test_unavailable_upstream_is_retried_not_dead_lettered(harness: Harness) -> 
         rows = queue_list(setup)
         return rows if rows and rows[0].attempts >= 3 else None
 
-    rows = wait_until(attempted_thrice, 15.0)
-    assert rows, queue_list(setup)
+    rows = eventually(attempted_thrice, 15.0, explain=lambda: queue_list(setup))
     assert [(row.ymid, row.state, row.status) for row in rows] == [("busy-1", "pending", "503")]
-    assert len(app.hits_for("busy-1")) >= 3
+    assert len(app.for_ymid("busy-1")) >= 3
     assert queue_list(setup, "--state", "dead") == []
 
-    app.answer = always(200)
-    counts = wait_until(lambda: settled(setup, "busy", 1), 10.0)
+    app.default = 200
+    counts = eventually(lambda: settled(setup, "busy", 1), 10.0, explain=printed_stats(setup))
     assert counts == {"delivered": 1}, queue(setup, "stats").stdout
-    assert [hit.status for hit in app.hits_for("busy-1")][-1] == 200
-    assert app.accepted_per_key() == Counter({app.hits_for("busy-1")[0].key: 1})
+    assert [hit.answered for hit in app.for_ymid("busy-1")][-1] == 200
+    assert app.accepted_per_key() == Counter({app.for_ymid("busy-1")[0].key: 1})
     assert gateway.process.poll() is None
 
 
@@ -639,8 +544,8 @@ def test_full_disk_answers_503_and_acknowledges_only_what_is_stored(harness: Har
     limit = 384 * 1024
     nowhere = f"http://127.0.0.1:{free_port()}/postback"
     setup = harness.setup(
-        route_yaml("tapper", nowhere, queue={"retry_base": "1h", "retry_cap": "1h"}),
-        server={"max_query_length": "8000"},
+        {"tapper": durable_route(nowhere, queue={"retry_base": "1h", "retry_cap": "1h"})},
+        server={"max_query_length": 8000},
     )
     gateway = harness.start(setup, file_size_limit=limit)
     pid = gateway.process.pid
@@ -696,23 +601,11 @@ def test_unusable_store_path_stops_run_with_a_clear_message(tmp_path: Path) -> N
     blocker.write_text("not a directory\n")
     store = blocker / "gw.db"
     config = tmp_path / "config.yaml"
-    config.write_text(
-        "server:\n"
-        f"  listen: 127.0.0.1:{free_port()}\n"
-        f"  admin_listen: 127.0.0.1:{free_port()}\n"
-        f"store:\n  path: {json.dumps(str(store))}\n"
-        "routes:\n" + route_yaml("tapper", f"http://127.0.0.1:{free_port()}/postback"),
-        encoding="utf-8",
-    )
+    listeners = {"listen": f"127.0.0.1:{free_port()}", "admin_listen": f"127.0.0.1:{free_port()}"}
+    tapper = durable_route(f"http://127.0.0.1:{free_port()}/postback")
+    config.write_text(gateway_config(routes={"tapper": tapper}, server=listeners, store=store))
     started = time.monotonic()
-    result = subprocess.run(
-        [sys.executable, "-m", "gateway", "run", "--config", str(config)],
-        cwd=REPO,
-        env=command_env(),
-        capture_output=True,
-        text=True,
-        timeout=COMMAND_TIMEOUT,
-    )
+    result = gateway_command("run", "--config", str(config), env=command_env())
     assert time.monotonic() - started < 10.0
     assert result.returncode != 0
     lines = result.stderr.strip().splitlines()

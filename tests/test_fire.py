@@ -6,7 +6,8 @@ import asyncio
 import sys
 from pathlib import Path
 
-from tests.conftest import SECRET, route_yaml
+from tests.conftest import SECRET
+from tests.gatewayconfig import gateway_config
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -23,8 +24,8 @@ async def fire(config_file: Path, *arguments: str) -> tuple[int, str, str]:
 
 
 async def test_fire_sends_a_postback_the_way_monetag_would(start_upstream, start_gateway, tmp_path):
-    upstream = await start_upstream(body="granted")
-    yaml_text = route_yaml([upstream.url])
+    upstream = start_upstream(body="granted")
+    yaml_text = gateway_config(upstream.url)
     gateway = await start_gateway(yaml_text)
     config_file = tmp_path / "config.yaml"
     config_file.write_text(yaml_text)
@@ -44,8 +45,8 @@ async def test_fire_sends_a_postback_the_way_monetag_would(start_upstream, start
 
 
 async def test_fire_predicts_and_shows_a_rejection(start_upstream, start_gateway, tmp_path):
-    upstream = await start_upstream()
-    yaml_text = route_yaml([upstream.url]).replace("[127.0.0.1, '::1']", "[203.0.113.0/24]")
+    upstream = start_upstream()
+    yaml_text = gateway_config(upstream.url, allow_ips=["203.0.113.0/24"])
     gateway = await start_gateway(yaml_text)
     config_file = tmp_path / "config.yaml"
     config_file.write_text(yaml_text)
@@ -58,7 +59,7 @@ async def test_fire_predicts_and_shows_a_rejection(start_upstream, start_gateway
 
 async def test_fire_names_unknown_route(tmp_path):
     config_file = tmp_path / "config.yaml"
-    config_file.write_text(route_yaml(["http://127.0.0.1:9/"]))
+    config_file.write_text(gateway_config("http://127.0.0.1:9/"))
     code, _, err = await fire(config_file, "--route", "nope")
     assert code == 2
     assert "no route 'nope'; routes: tapper" in err

@@ -12,8 +12,10 @@ from yarl import URL
 from gateway.config import UpstreamConfig
 from gateway.errors import UpstreamUnavailable
 from gateway.forward import Forwarder, Upstream
+from gateway.metrics import Metrics
 from gateway.postback import Postback
 from gateway.upstream_client import UpstreamClient
+from tests.upstream import Answer
 
 POSTBACK = Postback({"ymid": "u 1&x", "event_type": "click"}, (("source", "a"), ("source", "b")))
 
@@ -50,9 +52,9 @@ def test_label_hides_userinfo_and_query():
 
 
 async def test_backoff_stays_within_cap(start_upstream):
-    app = await start_upstream(script=[503, 503, 503, 200])
+    app = start_upstream(script=[503, 503, 503, 200])
     async with closing_client() as session:
-        forwarder = Forwarder(session, backoff_base=0.01, backoff_cap=0.02)
+        forwarder = Forwarder(session, Metrics(), backoff_base=0.01, backoff_cap=0.02)
         delays = [forwarder._backoff(attempt) for attempt in range(1, 50)]
         assert all(0 <= delay <= 0.02 for delay in delays)
         assert len(set(delays)) > 1  # jitter
@@ -65,14 +67,16 @@ async def test_backoff_stays_within_cap(start_upstream):
     ("script", "reason", "timed_out"),
     [
         pytest.param([503, 503], "upstream_unavailable", False, id="status"),
-        pytest.param([("sleep", 1.0)] * 2, "upstream_timeout", True, id="timeout"),
-        pytest.param([("sleep", 1.0), 503], "upstream_unavailable", False, id="last-failure-wins"),
+        pytest.param([Answer(delay=1.0)] * 2, "upstream_timeout", True, id="timeout"),
+        pytest.param(
+            [Answer(delay=1.0), 503], "upstream_unavailable", False, id="last-failure-wins"
+        ),
     ],
 )
 async def test_spent_retries_raise_with_reason(start_upstream, script, reason, timed_out):
-    app = await start_upstream(script=list(script))
+    app = start_upstream(script=list(script))
     async with closing_client() as session:
-        forwarder = Forwarder(session, backoff_base=0.01)
+        forwarder = Forwarder(session, Metrics(), backoff_base=0.01)
         with pytest.raises(UpstreamUnavailable) as raised:
             await forwarder.send(upstream(app.url, retries=1, timeout=0.2), POSTBACK, {})
     assert raised.value.reason == reason
@@ -81,9 +85,11 @@ async def test_spent_retries_raise_with_reason(start_upstream, script, reason, t
 
 
 async def test_user_agent_and_given_headers_are_sent(start_upstream):
-    app = await start_upstream()
+    app = start_upstream()
     async with closing_client() as session:
-        await Forwarder(session).send(upstream(app.url), POSTBACK, {"X-Request-ID": "r1"})
+        await Forwarder(session, Metrics()).send(
+            upstream(app.url), POSTBACK, {"X-Request-ID": "r1"}
+        )
     headers = app.received[0].headers
     assert headers["User-Agent"] == "monetag-gateway"
     assert headers["X-Request-ID"] == "r1"

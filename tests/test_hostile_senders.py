@@ -12,6 +12,7 @@ import asyncio
 import json
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
@@ -24,58 +25,53 @@ from yarl import URL
 from gateway.app import admin_runner
 from gateway.paramnames import comparable_forms
 from tests.conftest import SECRET, GatewayFactory, RunningGateway, UpstreamFactory, access_lines
+from tests.gatewayconfig import MONETAG_ALIASES, gateway_config, route, upstream
+from tests.upstream import Received, RecordingUpstream
 
 ROTATED = "rotated-key-98765"  # a second accepted key
 GUARD = 10.0  # bound on every socket wait
 
 
-def hostile_yaml(upstream: str, server: str = "") -> str:
-    return f"""
-server:
-  listen: 127.0.0.1:0
-  admin_listen: 127.0.0.1:0
-  max_query_length: 300
-{server}
-routes:
-  tapper:
-    path: /postback/tapper
-    allow_ips: [127.0.0.1]
-    secret:
-      query_param: token
-      keys: ['${{MONETAG_SECRET}}', '{ROTATED}']
-    aliases: {{uid: ymid, event: event_type, zone: zone_id, value: reward_event_type,
-              amount: estimated_price}}
-    upstreams:
-      - url: {upstream}/postback?app=gw
-        timeout: 2s
-        retries: 0
-        rename: {{ymid: user_id, event_type: event}}
-        static_params: {{api_key: app-key-123}}
-  headerkey:
-    path: /postback/headerkey
-    allow_ips: [127.0.0.1]
-    secret:
-      header: X-Postback-Key
-      keys: ['${{MONETAG_SECRET}}']
-    aliases: {{uid: ymid, event: event_type}}
-    upstreams:
-      - url: {upstream}/postback
-        timeout: 2s
-        retries: 0
-"""
+def hostile_yaml(app: str, server: Mapping[str, Any] | None = None) -> str:
+    """`tapper`, whose app reads renamed fields, its own URL parameter and a static API key;
+    `headerkey`, whose secret comes in a header."""
+    tapper = route(
+        [
+            upstream(
+                f"{app}/postback?app=gw",
+                timeout="2s",
+                retries=0,
+                rename={"ymid": "user_id", "event_type": "event"},
+                static_params={"api_key": "app-key-123"},
+            )
+        ],
+        allow_ips=["127.0.0.1"],
+        secret={"query_param": "token", "keys": ["${MONETAG_SECRET}", ROTATED]},
+        aliases={**MONETAG_ALIASES, "value": "reward_event_type", "amount": "estimated_price"},
+    )
+    headerkey = route(
+        [upstream(f"{app}/postback", timeout="2s", retries=0)],
+        allow_ips=["127.0.0.1"],
+        secret={"header": "X-Postback-Key", "keys": ["${MONETAG_SECRET}"]},
+        aliases={"uid": "ymid", "event": "event_type"},
+    )
+    return gateway_config(
+        server={"max_query_length": 300, **(server or {})},
+        routes={"tapper": tapper, "headerkey": headerkey},
+    )
 
+
+Target = tuple[RunningGateway, RecordingUpstream]  # a gateway and the app behind it
 
 # the names the app behind `tapper` reads that the gateway itself writes
 WRITTEN = {"user_id", "event", "zone_id", "api_key", "app", "token"}
 
 
 @pytest.fixture
-async def target(
-    start_upstream: UpstreamFactory, start_gateway: GatewayFactory
-) -> tuple[RunningGateway, Any]:
-    upstream = await start_upstream()
-    gateway = await start_gateway(hostile_yaml(upstream.url))
-    return gateway, upstream
+async def target(start_upstream: UpstreamFactory, start_gateway: GatewayFactory) -> Target:
+    app = start_upstream()
+    gateway = await start_gateway(hostile_yaml(app.url))
+    return gateway, app
 
 
 async def get_raw_query(
@@ -88,6 +84,16 @@ async def get_raw_query(
 
 
 CLICK = f"uid=u1&event=click&zone=1&token={SECRET}"
+
+
+async def forwarded_with(target: Target, http: aiohttp.ClientSession, extra: str) -> Received:
+    """Send CLICK with `extra` added to its query, byte for byte; it must be forwarded, and
+    this is what the app received."""
+    gateway, app = target
+    answer = await get_raw_query(http, gateway, "/postback/tapper", f"{CLICK}&{extra}")
+    assert answer[:2] == (200, "forwarded")
+    (received,) = app.received
+    return received
 
 
 def metric(gateway: RunningGateway, name: str, **labels: str) -> float:
@@ -117,15 +123,16 @@ def metric(gateway: RunningGateway, name: str, **labels: str) -> float:
     ],
 )
 async def test_parameter_posing_as_a_name_the_gateway_writes_never_reaches_the_app(
-    name: str, target: tuple[RunningGateway, Any], http: aiohttp.ClientSession, capsys: Any
+    name: str,
+    target: Target,
+    http: aiohttp.ClientSession,
+    capsys: Any,
 ) -> None:
-    gateway, upstream = target
+    gateway, _ = target
     capsys.readouterr()
 
-    answer = await get_raw_query(http, gateway, "/postback/tapper", f"{CLICK}&{name}=victim")
+    received = await forwarded_with(target, http, f"{name}=victim")
 
-    assert answer[:2] == (200, "forwarded")
-    (received,) = upstream.received
     assert "victim" not in received.query_string
     app_reads = {
         key: received.query.getall(key)
@@ -149,7 +156,7 @@ def received_name(raw: str) -> str:
 
 
 async def test_unrelated_extras_still_pass_through(
-    target: tuple[RunningGateway, Any], http: aiohttp.ClientSession
+    target: Target, http: aiohttp.ClientSession
 ) -> None:
     gateway, upstream = target
 
@@ -177,17 +184,14 @@ async def test_unrelated_extras_still_pass_through(
 async def test_the_key_under_any_name_is_neither_logged_nor_forwarded(
     extra: str,
     dropped: list[str],
-    target: tuple[RunningGateway, Any],
+    target: Target,
     http: aiohttp.ClientSession,
     capsys: Any,
 ) -> None:
-    gateway, upstream = target
     capsys.readouterr()
 
-    answer = await get_raw_query(http, gateway, "/postback/tapper", f"{CLICK}&{extra}")
+    received = await forwarded_with(target, http, extra)
 
-    assert answer[:2] == (200, "forwarded")
-    (received,) = upstream.received
     assert SECRET not in received.query_string and ROTATED not in received.query_string
     assert "guess" not in received.query_string
     output = capsys.readouterr().out
@@ -197,7 +201,7 @@ async def test_the_key_under_any_name_is_neither_logged_nor_forwarded(
 
 
 async def test_key_of_a_header_route_sent_in_the_query_is_neither_logged_nor_forwarded(
-    target: tuple[RunningGateway, Any], http: aiohttp.ClientSession, capsys: Any
+    target: Target, http: aiohttp.ClientSession, capsys: Any
 ) -> None:
     gateway, upstream = target
     capsys.readouterr()
@@ -219,7 +223,7 @@ async def test_key_of_a_header_route_sent_in_the_query_is_neither_logged_nor_for
 
 
 async def test_a_rejected_request_logs_no_key_either(
-    target: tuple[RunningGateway, Any], http: aiohttp.ClientSession, capsys: Any
+    target: Target, http: aiohttp.ClientSession, capsys: Any
 ) -> None:
     gateway, _ = target
     capsys.readouterr()
@@ -297,7 +301,7 @@ async def test_malformed_request_gets_our_answer_one_short_log_line_and_a_metric
     request_bytes: bytes,
     status: int,
     problem: str,
-    target: tuple[RunningGateway, Any],
+    target: Target,
     capsys: Any,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -353,7 +357,7 @@ async def test_equivalent_values_are_one_event_for_dedup_and_the_app(
     queries: list[str],
     outcomes: list[str],
     app_zone: list[str],
-    target: tuple[RunningGateway, Any],
+    target: Target,
     http: aiohttp.ClientSession,
 ) -> None:
     gateway, upstream = target
@@ -383,7 +387,7 @@ async def test_estimated_price_beyond_the_limit_is_refused_and_never_counted(
     amount: str,
     status: int,
     revenue: float,
-    target: tuple[RunningGateway, Any],
+    target: Target,
     http: aiohttp.ClientSession,
 ) -> None:
     gateway, upstream = target
@@ -421,7 +425,10 @@ async def test_estimated_price_beyond_the_limit_is_refused_and_never_counted(
     ],
 )
 async def test_value_that_is_not_utf8_is_400_naming_the_parameter(
-    query: str, parameter: str, target: tuple[RunningGateway, Any], http: aiohttp.ClientSession
+    query: str,
+    parameter: str,
+    target: Target,
+    http: aiohttp.ClientSession,
 ) -> None:
     gateway, upstream = target
 
@@ -437,7 +444,7 @@ async def test_value_that_is_not_utf8_is_400_naming_the_parameter(
 
 
 async def test_valid_utf8_is_decoded_and_forwarded(
-    target: tuple[RunningGateway, Any], http: aiohttp.ClientSession
+    target: Target, http: aiohttp.ClientSession
 ) -> None:
     gateway, upstream = target
     ymid = "игрок-✓"
@@ -454,7 +461,7 @@ async def test_valid_utf8_is_decoded_and_forwarded(
 
 
 async def test_query_length_limit_counts_the_bytes_sent_not_the_decoded_text(
-    target: tuple[RunningGateway, Any], http: aiohttp.ClientSession
+    target: Target, http: aiohttp.ClientSession
 ) -> None:
     gateway, upstream = target
     escaped = f"{CLICK}&note=" + "%41" * 90  # 270 escaped bytes, 90 once decoded
@@ -482,7 +489,7 @@ async def test_query_length_limit_counts_the_bytes_sent_not_the_decoded_text(
     ],
 )
 async def test_route_matches_the_path_exactly_as_sent(
-    path: str, target: tuple[RunningGateway, Any], http: aiohttp.ClientSession
+    path: str, target: Target, http: aiohttp.ClientSession
 ) -> None:
     gateway, upstream = target
 
@@ -496,7 +503,7 @@ async def test_route_matches_the_path_exactly_as_sent(
 
 
 async def test_405_and_414_on_a_known_route_are_counted_under_that_route(
-    target: tuple[RunningGateway, Any], http: aiohttp.ClientSession
+    target: Target, http: aiohttp.ClientSession
 ) -> None:
     gateway, _ = target
 
@@ -510,7 +517,7 @@ async def test_405_and_414_on_a_known_route_are_counted_under_that_route(
 
 
 async def test_a_callers_request_id_is_logged_but_never_becomes_ours(
-    target: tuple[RunningGateway, Any], http: aiohttp.ClientSession, capsys: Any
+    target: Target, http: aiohttp.ClientSession, capsys: Any
 ) -> None:
     gateway, upstream = target
     capsys.readouterr()
@@ -531,7 +538,7 @@ async def test_a_callers_request_id_is_logged_but_never_becomes_ours(
 
 
 async def test_an_unsafe_caller_request_id_is_not_logged(
-    target: tuple[RunningGateway, Any], http: aiohttp.ClientSession, capsys: Any
+    target: Target, http: aiohttp.ClientSession, capsys: Any
 ) -> None:
     gateway, _ = target
     capsys.readouterr()
@@ -551,8 +558,8 @@ async def test_an_unsafe_caller_request_id_is_not_logged(
 async def test_connection_that_never_finishes_its_headers_is_closed_at_client_timeout(
     port_name: str, start_upstream: UpstreamFactory, start_gateway: GatewayFactory
 ) -> None:
-    upstream = await start_upstream()
-    gateway = await start_gateway(hostile_yaml(upstream.url, server="  client_timeout: 300ms"))
+    app = start_upstream()
+    gateway = await start_gateway(hostile_yaml(app.url, server={"client_timeout": "300ms"}))
     admin = admin_runner(gateway.runtime)
     await admin.setup()
     await web.TCPSite(admin, "127.0.0.1", 0).start()

@@ -13,7 +13,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.conftest import SECRET, GatewayFactory, RunningGateway, access_lines, route_yaml
+from tests.conftest import SECRET, GatewayFactory, RunningGateway, access_lines
+from tests.gatewayconfig import gateway_config, upstream
 from tests.rawupstream import (
     GUARD,
     OK,
@@ -34,13 +35,12 @@ def answer(head: str, body: bytes = b"ok") -> bytes:
 
 
 async def gateway_before(
-    server: RawServer, start_gateway: GatewayFactory, upstream: str = ""
+    server: RawServer, start_gateway: GatewayFactory, **settings: Any
 ) -> RunningGateway:
-    """A gateway whose route has no retries, in front of `server`."""
-    text = route_yaml([str(server.url("/postback"))]).replace("retries: 2", "retries: 0")
-    return await start_gateway(
-        text.replace("        timeout: 1s\n", f"        timeout: 1s\n{upstream}")
-    )
+    """A gateway whose route has no retries, in front of `server`; `settings` are the
+    upstream's other keys (keep_alive=...)."""
+    app = upstream(str(server.url("/postback")), retries=0, **settings)
+    return await start_gateway(gateway_config(app))
 
 
 async def postback(
@@ -146,8 +146,7 @@ async def test_late_second_answer_is_not_taken_for_the_next_event(
     first = await postback(http, gateway, "u1")
     (connection,) = server.accepted
     connection.go.set()  # the stale answer arrives while the connection sits idle
-    await until(connection.replied)
-    await asyncio.sleep(0.05)
+    await until(connection.client_closed)  # the gateway let go of the connection
     second = await postback(http, gateway, "u2")
 
     assert first[:3] == (200, "forwarded", b"ok")
@@ -165,7 +164,7 @@ async def test_late_answer_after_a_delay_is_not_taken_for_the_next_event(
     gateway = await gateway_before(server, start_gateway)
 
     first = await postback(http, gateway, "u1")
-    await asyncio.sleep(0.3)
+    await until(server.accepted[0].client_closed)  # the late bytes made the gateway let go
     second = await postback(http, gateway, "u2")
 
     assert (first[:2], second[:2]) == ((200, "forwarded"), (502, "upstream_error"))
@@ -281,7 +280,7 @@ async def test_keep_alive_false_opens_a_connection_per_postback_and_says_so(
     http: aiohttp.ClientSession,
 ) -> None:
     server = await start_server(default=send(OK))
-    gateway = await gateway_before(server, start_gateway, upstream="        keep_alive: false\n")
+    gateway = await gateway_before(server, start_gateway, keep_alive=False)
 
     answers = [await postback(http, gateway, f"u{n}") for n in range(3)]
 

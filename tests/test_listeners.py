@@ -14,62 +14,43 @@ import subprocess
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from threading import Thread
-from typing import Any, ClassVar
+from typing import Any
 
 import pytest
 
-from tests.processes import command_env, free_port, http_get, spawn_gateway, wait_until
+from tests.conftest import UpstreamFactory
+from tests.gatewayconfig import gateway_config, upstream
+from tests.processes import command_env, free_port, http_get, spawn_gateway
 from tests.tlscerts import Certificate, make_certificate
+from tests.upstream import RecordingUpstream
+from tests.waiting import eventually
 
 SECRET = "listener-secret-4567"
 START_TIMEOUT = 15.0
 
 
-class App(BaseHTTPRequestHandler):
-    """The app behind the gateway: answers OK and remembers each request line."""
-
-    received: ClassVar[list[str]] = []
-
-    def do_GET(self) -> None:
-        App.received.append(self.path)
-        self.send_response(200)
-        self.send_header("Content-Length", "2")
-        self.end_headers()
-        self.wfile.write(b"OK")
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-
 @pytest.fixture
-def app() -> Iterator[str]:
-    App.received = []
-    server = ThreadingHTTPServer(("127.0.0.1", 0), App)
-    Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/postback"
-    server.shutdown()
-    server.server_close()
+def app(start_upstream: UpstreamFactory) -> RecordingUpstream:
+    """The app behind the gateway."""
+    return start_upstream()
 
 
-def config(public: str, admin_port: int, app_url: str, server: str = "") -> str:
-    return f"""
-server:
-  listen: "{public}"
-  admin_listen: 127.0.0.1:{admin_port}
-  reload_interval: 100ms
-  shutdown_grace: 2s
-{server}
-routes:
-  tapper:
-    path: /postback/tapper
-    allow_ips: [127.0.0.1, "::1"]
-    secret: {{query_param: token, keys: ['${{MONETAG_SECRET}}']}}
-    aliases: {{uid: ymid, event: event_type}}
-    upstreams: [{{url: "{app_url}", timeout: 2s, retries: 0}}]
-"""
+def config(
+    public: str, admin_port: int, app: RecordingUpstream, server: dict[str, Any] | None = None
+) -> str:
+    settings = {
+        "listen": public,
+        "admin_listen": f"127.0.0.1:{admin_port}",
+        "reload_interval": "100ms",
+        "shutdown_grace": "2s",
+        **(server or {}),
+    }
+    return gateway_config(
+        upstream(app.postback_url, timeout="2s", retries=0),
+        server=settings,
+        aliases={"uid": "ymid", "event": "event_type"},
+    )
 
 
 Run = Callable[..., tuple[subprocess.Popen[bytes], int, Path]]
@@ -95,7 +76,7 @@ def run_gateway(tmp_path: Path) -> Iterator[Run]:
             except OSError:
                 return False
 
-        assert wait_until(ready, START_TIMEOUT, interval=0.05), stderr.read_text()
+        eventually(ready, START_TIMEOUT, interval=0.05, explain=stderr.read_text)
         return process, admin_port, stdout
 
     yield run
@@ -150,8 +131,8 @@ def install(certificate: Certificate, live: Certificate) -> None:
         os.replace(staged, target)
 
 
-def tls_settings(live: Certificate) -> str:
-    return f"  tls: {{cert_file: '{live.cert_file}', key_file: '{live.key_file}'}}"
+def tls_settings(live: Certificate) -> dict[str, Any]:
+    return {"tls": {"cert_file": str(live.cert_file), "key_file": str(live.key_file)}}
 
 
 @dataclass
@@ -167,7 +148,7 @@ class Renewal:
 
 
 @pytest.fixture
-def renewal(tmp_path: Path, app: str, run_gateway: Run) -> Renewal:
+def renewal(tmp_path: Path, app: RecordingUpstream, run_gateway: Run) -> Renewal:
     first, second = make_certificate(tmp_path, "first"), make_certificate(tmp_path, "second")
     live = Certificate(tmp_path / "live.crt", tmp_path / "live.key")
     install(first, live)
@@ -183,9 +164,7 @@ def test_public_port_serves_tls_and_picks_up_a_renewed_certificate(renewal: Rene
 
     assert tls_get(port, both) == (200, der_of(first))
     install(second, live)
-    renewed = wait_until(lambda: tls_get(port, both)[1] == der_of(second), 10, interval=0.1)
-
-    assert renewed, "the renewed certificate was never served"
+    eventually(lambda: tls_get(port, both)[1] == der_of(second), 10, interval=0.1)  # renewed
     assert tls_get(port, trusting(second))[0] == 200
     assert '"TLS certificate reloaded"' in stdout.read_text()
     metrics = http_get(admin, "/metrics").body.decode()
@@ -201,16 +180,16 @@ def test_a_certificate_that_does_not_load_leaves_the_old_one_serving(renewal: Re
     shutil.copyfile(second.cert_file, staged)
     os.replace(staged, live.cert_file)
     failed = 'gateway_tls_certificate_reloads_total{result="failure"} 1.0'
-    assert wait_until(lambda: failed in http_get(admin, "/metrics").body.decode(), 10)
+    eventually(lambda: failed in http_get(admin, "/metrics").body.decode(), 10)
     assert tls_get(port, trusting(first)) == (200, der_of(first))  # still the old pair
     assert '"TLS certificate not reloaded"' in stdout.read_text()
 
     install(second, live)  # the key arrives: the next check loads the pair
-    assert wait_until(lambda: tls_get(port, trusting(first, second))[1] == der_of(second), 10)
+    eventually(lambda: tls_get(port, trusting(first, second))[1] == der_of(second), 10)
 
 
 def test_tls_below_1_2_and_plain_http_are_refused(
-    tmp_path: Path, app: str, run_gateway: Run
+    tmp_path: Path, app: RecordingUpstream, run_gateway: Run
 ) -> None:
     live = make_certificate(tmp_path, "live")
     port, admin = free_port(), free_port()
@@ -233,7 +212,7 @@ def test_tls_below_1_2_and_plain_http_are_refused(
 
     with pytest.raises((http.client.HTTPException, OSError)):
         http_get(port, QUERY, timeout=5)  # plain HTTP gets no HTTP answer
-    assert len(App.received) == 1  # one event; the later good handshakes were duplicates
+    assert app.count() == 1  # one event; the later good handshakes were duplicates
     logs = stdout.read_text() + stdout.with_name("err0.log").read_text()
     assert "Traceback" not in logs
 
@@ -241,7 +220,7 @@ def test_tls_below_1_2_and_plain_http_are_refused(
 # -- both address families -------------------------------------------------------------------
 
 
-def test_star_listens_on_ipv4_and_ipv6(app: str, run_gateway: Run) -> None:
+def test_star_listens_on_ipv4_and_ipv6(app: RecordingUpstream, run_gateway: Run) -> None:
     port, admin = free_port(), free_port()
     run_gateway(config(f"*:{port}", admin, app), admin)
 
@@ -251,14 +230,14 @@ def test_star_listens_on_ipv4_and_ipv6(app: str, run_gateway: Run) -> None:
         response = connection.getresponse()
         assert (response.status, response.getheader("X-Gateway-Outcome")) == (200, "forwarded")
         connection.close()
-    assert len(App.received) == 2
+    assert app.count() == 2
 
 
 # -- what the process writes about requests that are not HTTP ----------------------------------
 
 
 def test_malformed_requests_write_one_short_line_each_and_never_the_key(
-    app: str, run_gateway: Run, tmp_path: Path
+    app: RecordingUpstream, run_gateway: Run, tmp_path: Path
 ) -> None:
     port, admin = free_port(), free_port()
     process, _, stdout = run_gateway(config(f"127.0.0.1:{port}", admin, app), admin)

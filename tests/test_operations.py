@@ -1,26 +1,24 @@
 """Operating the real `python -m gateway run` process: reload, metrics, drain, limits, logging.
 
 Every test starts the gateway as a subprocess on free loopback ports in front of a real HTTP
-upstream (a threaded stdlib server in this process) and talks to it over sockets. Every wait is
+upstream (a `RecordingUpstream` in this process) and talks to it over sockets. Every wait is
 bounded; every process is killed in a `finally` if a test leaves it running.
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import os
 import re
 import signal
 import socket
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
@@ -29,7 +27,11 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests import processes
-from tests.processes import Reply, free_port, http_get, spawn_gateway, wait_until
+from tests.conftest import UpstreamFactory
+from tests.gatewayconfig import gateway_config, route, upstream
+from tests.processes import Reply, free_port, gateway_command, http_get, spawn_gateway
+from tests.upstream import Answer
+from tests.waiting import eventually
 
 REPO = Path(__file__).resolve().parents[1]
 DASHBOARD = REPO / "dashboards" / "monetag-gateway.json"
@@ -48,14 +50,7 @@ def command_env() -> dict[str, str]:
 
 def check_checksum(config: Path) -> str:
     """The checksum `python -m gateway check` prints for a config file."""
-    result = subprocess.run(
-        [sys.executable, "-m", "gateway", "check", "--config", str(config)],
-        cwd=REPO,
-        env=command_env(),
-        capture_output=True,
-        text=True,
-        timeout=COMMAND_TIMEOUT,
-    )
+    result = gateway_command("check", "--config", str(config), env=command_env())
     assert result.returncode == 0, result.stderr
     match = re.search(r"checksum ([0-9a-f]{16})", result.stdout)
     assert match, result.stdout
@@ -90,115 +85,44 @@ class Scrape:
         return {name for name, _ in self.samples}
 
 
-# -- a real upstream --------------------------------------------------------------------------
-
-
-class Upstream:
-    """A threaded HTTP server on 127.0.0.1 that records each request, waits `delay`, answers."""
-
-    def __init__(self, delay: float = 0.0, body: str = "UPSTREAM-OK") -> None:
-        self.delay = delay
-        self.body = body
-        self.received: list[str] = []
-        self.arrived = threading.Event()
-        self._lock = threading.Lock()
-        owner = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                with owner._lock:
-                    owner.received.append(self.path)
-                owner.arrived.set()
-                if owner.delay:
-                    time.sleep(owner.delay)
-                payload = owner.body.encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "text/plain")
-                self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-        self._thread.start()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self._server.server_address[1]}/postback"
-
-    def count(self) -> int:
-        with self._lock:
-            return len(self.received)
-
-    def close(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(timeout=5)
-
-
-@pytest.fixture
-def upstream() -> Iterator[Callable[..., Upstream]]:
-    started: list[Upstream] = []
-
-    def start(**settings: Any) -> Upstream:
-        server = Upstream(**settings)
-        started.append(server)
-        return server
-
-    yield start
-    for server in started:
-        server.close()
-
-
 # -- the gateway process ----------------------------------------------------------------------
 
 
 def config_text(
     public_port: int,
     admin_port: int,
-    upstream_url: str,
+    app_url: str,
     *,
-    allow_ips: str = "127.0.0.1",
-    server: dict[str, str] | None = None,
+    allow_ips: list[str] | None = None,
+    server: dict[str, Any] | None = None,
     log_format: str = "json",
     upstream_timeout: str = "5s",
-    extra_routes: str = "",
+    extra_routes: dict[str, Any] | None = None,
 ) -> str:
     """One route `tapper` (allowlist, query secret `token`, one upstream) and server limits."""
-    settings = {"reload_interval": "0", "shutdown_grace": "5s", **(server or {})}
-    return (
-        "server:\n"
-        f"  listen: 127.0.0.1:{public_port}\n"
-        f"  admin_listen: 127.0.0.1:{admin_port}\n"
-        + "".join(f"  {key}: {value}\n" for key, value in settings.items())
-        + "logging:\n"
-        f"  format: {log_format}\n"
-        "routes:\n"
-        "  tapper:\n"
-        "    path: /postback/tapper\n"
-        f"    allow_ips: [{allow_ips}]\n"
-        "    secret:\n"
-        "      query_param: token\n"
-        "      keys: ['${MONETAG_SECRET}']\n"
-        "    upstreams:\n"
-        f"      - url: {upstream_url}\n"
-        f"        timeout: {upstream_timeout}\n"
-        "        retries: 0\n" + extra_routes
+    settings = {
+        "listen": f"127.0.0.1:{public_port}",
+        "admin_listen": f"127.0.0.1:{admin_port}",
+        "reload_interval": 0,
+        "shutdown_grace": "5s",
+        **(server or {}),
+    }
+    tapper = route(
+        [upstream(app_url, timeout=upstream_timeout, retries=0)],
+        allow_ips=allow_ips or ["127.0.0.1"],
+        aliases=None,
+    )
+    return gateway_config(
+        server=settings,
+        logging={"format": log_format},
+        routes={"tapper": tapper, **(extra_routes or {})},
     )
 
 
 @dataclass
-class GatewayProcess:
-    process: subprocess.Popen[bytes]
-    config: Path
-    public_port: int
-    admin_port: int
-    stdout: Path
-    stderr: Path
+class GatewayProcess(processes.GatewayProcess):
+    """The process, and how to rewrite its config from settings (`rewrite`)."""
+
     builder: Callable[..., str] = field(repr=False)
 
     # -- talking to it
@@ -228,23 +152,8 @@ class GatewayProcess:
         temporary.write_text(text, encoding="utf-8")
         os.replace(temporary, self.config)
 
-    def write_raw(self, text: str) -> None:
-        temporary = self.config.with_name(self.config.name + ".new")
-        temporary.write_text(text, encoding="utf-8")
-        os.replace(temporary, self.config)
-
     def signal(self, signum: int) -> None:
         self.process.send_signal(signum)
-
-    def stop(self, timeout: float = 10.0) -> int:
-        self.process.send_signal(signal.SIGTERM)
-        return self.process.wait(timeout=timeout)
-
-    def output(self) -> str:
-        return self.stdout.read_text(encoding="utf-8")
-
-    def json_lines(self) -> list[dict[str, Any]]:
-        return [json.loads(line) for line in self.output().splitlines() if line.strip()]
 
     def public_accepts(self) -> bool:
         try:
@@ -272,7 +181,7 @@ Launcher = Callable[..., GatewayProcess]
 
 
 @pytest.fixture
-def launch(tmp_path: Path, upstream: Callable[..., Upstream]) -> Iterator[Launcher]:
+def launch(tmp_path: Path) -> Iterator[Launcher]:
     """Start `python -m gateway run` on a config built by `config_text(**settings)`, ready."""
     started: list[GatewayProcess] = []
 
@@ -289,8 +198,7 @@ def launch(tmp_path: Path, upstream: Callable[..., Upstream]) -> Iterator[Launch
         process = spawn_gateway(config, command_env(), stdout, stderr)
         running = GatewayProcess(process, config, public_port, admin_port, stdout, stderr, builder)
         started.append(running)
-        if not wait_until(running.is_ready, START_TIMEOUT, interval=0.05):
-            pytest.fail("gateway never became ready; stderr:\n" + stderr.read_text())
+        eventually(running.is_ready, START_TIMEOUT, interval=0.05, explain=stderr.read_text)
         return running
 
     try:
@@ -307,14 +215,25 @@ def click(ymid: str, **extra: str) -> dict[str, str]:
     return {"ymid": ymid, "event_type": "click", "zone_id": "42", **extra}
 
 
+def first_forwarded(gw: GatewayProcess) -> Reply:
+    """Send a new click until one is answered 200 (a change has taken effect): that reply."""
+    attempts = itertools.count()
+
+    def forwarded() -> Reply | None:
+        reply = gw.postback(**click(f"after-{next(attempts)}"))
+        return reply if reply.status == 200 else None
+
+    return eventually(forwarded, 5.0, interval=0.05)
+
+
 # -- 1-4: live reload -------------------------------------------------------------------------
 
 
 def test_sighup_reload_changes_behaviour_and_checksum(
-    launch: Launcher, upstream: Callable[..., Upstream]
+    launch: Launcher, start_upstream: UpstreamFactory
 ) -> None:
-    app = upstream()
-    gw = launch(app.url, allow_ips="10.9.9.9")
+    app = start_upstream(body="UPSTREAM-OK")
+    gw = launch(app.postback_url, allow_ips=["10.9.9.9"])
     old_checksum = check_checksum(gw.config)
     assert gw.readyz() == (200, {"status": "ready", "config_checksum": old_checksum})
     before = gw.scrape()
@@ -323,19 +242,12 @@ def test_sighup_reload_changes_behaviour_and_checksum(
     assert (refused.status, refused.outcome) == (403, "rejected")
     assert app.count() == 0
 
-    gw.rewrite(allow_ips="127.0.0.1")
+    gw.rewrite(allow_ips=["127.0.0.1"])
     new_checksum = check_checksum(gw.config)
     assert new_checksum != old_checksum
     gw.signal(signal.SIGHUP)
 
-    attempts = iter(range(1000))
-
-    def forwarded() -> Reply | None:
-        reply = gw.postback(**click(f"after-{next(attempts)}"))
-        return reply if reply.status == 200 else None
-
-    reply = wait_until(forwarded, 5.0, interval=0.05)
-    assert reply, "the reloaded allowlist never let 127.0.0.1 in"
+    reply = first_forwarded(gw)  # the reloaded allowlist lets 127.0.0.1 in
     assert reply.outcome == "forwarded"
     assert reply.body == b"UPSTREAM-OK"
     assert gw.readyz() == (200, {"status": "ready", "config_checksum": new_checksum})
@@ -350,22 +262,21 @@ def test_sighup_reload_changes_behaviour_and_checksum(
 
 
 def test_invalid_edit_keeps_the_running_config(
-    launch: Launcher, upstream: Callable[..., Upstream]
+    launch: Launcher, start_upstream: UpstreamFactory
 ) -> None:
-    app = upstream()
-    gw = launch(app.url)
+    app = start_upstream()
+    gw = launch(app.postback_url)
     checksum = check_checksum(gw.config)
     assert gw.postback(**click("good-1")).status == 200
 
-    gw.write_raw(gw.config.read_text().replace("allow_ips: [127.0.0.1]", "allow_ips: [not-an-ip]"))
+    gw.rewrite(allow_ips=["not-an-ip"])
     gw.signal(signal.SIGHUP)
 
     def failed_once() -> Scrape | None:
         scrape = gw.scrape()
         return scrape if scrape.value("gateway_config_reloads_total", result="failure") else None
 
-    scrape = wait_until(failed_once, 5.0)
-    assert scrape, "no failed reload counted after SIGHUP with an invalid config"
+    scrape = eventually(failed_once, 5.0)
     assert scrape.value("gateway_config_reloads_total", result="failure") == 1.0
     assert scrape.value("gateway_config_reloads_total", result="success") == 1.0  # the start
 
@@ -388,41 +299,32 @@ def test_invalid_edit_keeps_the_running_config(
 
 
 def test_file_change_reloads_without_sighup(
-    launch: Launcher, upstream: Callable[..., Upstream]
+    launch: Launcher, start_upstream: UpstreamFactory
 ) -> None:
-    app = upstream()
+    app = start_upstream()
     server = {"reload_interval": "200ms"}
-    gw = launch(app.url, allow_ips="10.9.9.9", server=server)
+    gw = launch(app.postback_url, allow_ips=["10.9.9.9"], server=server)
     assert gw.postback(**click("before")).status == 403
 
-    gw.rewrite(allow_ips="127.0.0.1")
+    gw.rewrite(allow_ips=["127.0.0.1"])
     new_checksum = check_checksum(gw.config)
-    attempts = iter(range(1000))
-
-    def forwarded() -> Reply | None:
-        reply = gw.postback(**click(f"after-{next(attempts)}"))
-        return reply if reply.status == 200 else None
-
-    reply = wait_until(forwarded, 5.0, interval=0.05)
-    assert reply, "the file change was never picked up"
+    reply = first_forwarded(gw)  # the file change is picked up
     assert reply.outcome == "forwarded"
     assert gw.readyz()[1]["config_checksum"] == new_checksum
     reloaded = [line for line in gw.json_lines() if line.get("message") == "config reloaded"]
     assert [line.get("trigger") for line in reloaded] == ["file changed"], reloaded
 
 
-def test_dedup_memory_survives_a_reload(
-    launch: Launcher, upstream: Callable[..., Upstream]
-) -> None:
-    app = upstream()
-    gw = launch(app.url, upstream_timeout="5s")
+def test_dedup_memory_survives_a_reload(launch: Launcher, start_upstream: UpstreamFactory) -> None:
+    app = start_upstream()
+    gw = launch(app.postback_url, upstream_timeout="5s")
     first = gw.postback(**click("once"))
     assert (first.status, first.outcome) == (200, "forwarded")
 
     gw.rewrite(upstream_timeout="3s")
     new_checksum = check_checksum(gw.config)
     gw.signal(signal.SIGHUP)
-    assert wait_until(lambda: gw.readyz()[1]["config_checksum"] == new_checksum, 5.0)
+    eventually(lambda: gw.readyz()[1]["config_checksum"] == new_checksum, 5.0)
 
     again = gw.postback(**click("once"))
     assert (again.status, again.outcome) == (200, "duplicate")
@@ -434,10 +336,10 @@ def test_dedup_memory_survives_a_reload(
 
 
 def test_metrics_move_by_exactly_what_was_sent(
-    launch: Launcher, upstream: Callable[..., Upstream]
+    launch: Launcher, start_upstream: UpstreamFactory
 ) -> None:
-    app = upstream()
-    gw = launch(app.url)
+    app = start_upstream()
+    gw = launch(app.postback_url)
     before = gw.scrape()
     valued = click("valued-1", event_type="impression", reward_event_type="valued")
     valued["estimated_price"] = "0.0123"
@@ -473,7 +375,7 @@ def test_metrics_move_by_exactly_what_was_sent(
     assert moved(rejections, route="tapper", reason="invalid_fields") == 1
     assert moved(rejections, route="tapper", reason="ip_not_allowed") == 0
     attempts = "gateway_upstream_attempts_total"
-    assert moved(attempts, route="tapper", upstream=app.url, status_class="2xx") == 1
+    assert moved(attempts, route="tapper", upstream=app.postback_url, status_class="2xx") == 1
     durations = "gateway_request_duration_seconds_count"
     assert moved(durations, route="tapper") == 4
     assert moved(durations, route="unknown") == 1
@@ -513,22 +415,16 @@ def _dashboard_exprs(node: Any) -> Iterator[str]:
 
 
 def test_every_dashboard_metric_is_exposed(
-    launch: Launcher, upstream: Callable[..., Upstream]
+    launch: Launcher, start_upstream: UpstreamFactory
 ) -> None:
-    app = upstream()
-    log_only_route = (
-        "  spinner:\n"
-        "    path: /postback/spinner\n"
-        "    allow_ips: [10.9.9.9]\n"
-        "    allow_ips_mode: log_only\n"
-        "    secret:\n"
-        "      query_param: token\n"
-        "      keys: ['${MONETAG_SECRET}']\n"
-        "    upstreams:\n"
-        f"      - url: {app.url}\n"
-        "        retries: 0\n"
+    app = start_upstream()
+    spinner = route(
+        [{"url": app.postback_url, "retries": 0}],
+        allow_ips=["10.9.9.9"],
+        allow_ips_mode="log_only",
+        aliases=None,
     )
-    gw = launch(app.url, extra_routes=log_only_route)
+    gw = launch(app.postback_url, extra_routes={"spinner": spinner})
     valued = click("dash-1", reward_event_type="valued", estimated_price="0.01")
     assert gw.postback(**valued).outcome == "forwarded"
     assert gw.postback(**valued).outcome == "duplicate"
@@ -571,17 +467,16 @@ def _all_panels(node: dict[str, Any]) -> Iterator[dict[str, Any]]:
 
 
 def test_sigterm_drains_a_slow_request_then_exits_0(
-    launch: Launcher, upstream: Callable[..., Upstream]
+    launch: Launcher, start_upstream: UpstreamFactory
 ) -> None:
-    app = upstream(delay=1.5, body="SLOW-BUT-DONE")
+    app = start_upstream(default=Answer(delay=1.5), body="SLOW-BUT-DONE")
     grace = 5.0
-    gw = launch(app.url, server={"drain_delay": "500ms", "shutdown_grace": f"{grace}s"})
+    gw = launch(app.postback_url, server={"drain_delay": "500ms", "shutdown_grace": f"{grace}s"})
     checksum = gw.readyz()[1]["config_checksum"]
 
     with ThreadPoolExecutor(max_workers=1) as pool:
         pending = pool.submit(gw.postback, **click("slow-1"))
-        assert app.arrived.wait(5.0), "the postback never reached the upstream"
-        time.sleep(0.1)
+        eventually(app.count)  # the postback is at the upstream, held there
         signalled = time.monotonic()
         gw.signal(signal.SIGTERM)
 
@@ -594,7 +489,7 @@ def test_sigterm_drains_a_slow_request_then_exits_0(
                 return True  # admin is gone: stop looking
             return seen[-1][0] == 503
 
-        wait_until(draining, 3.0, interval=0.02)
+        eventually(draining, 3.0)
         reply = pending.result(timeout=grace + 5)
 
     assert (503, {"status": "draining", "config_checksum": checksum}) in seen, seen
@@ -612,10 +507,10 @@ def test_sigterm_drains_a_slow_request_then_exits_0(
 
 
 def test_overload_answers_503_with_retry_after(
-    launch: Launcher, upstream: Callable[..., Upstream]
+    launch: Launcher, start_upstream: UpstreamFactory
 ) -> None:
-    app = upstream(delay=1.0)
-    gw = launch(app.url, server={"max_in_flight": "2"})
+    app = start_upstream(default=Answer(delay=1.0))
+    gw = launch(app.postback_url, server={"max_in_flight": 2})
     barrier = threading.Barrier(6, timeout=5)
 
     def send(number: int) -> Reply:
@@ -643,9 +538,9 @@ def test_overload_answers_503_with_retry_after(
     assert scrape.value("gateway_requests_in_flight") == 0
 
 
-def test_long_query_is_answered_414(launch: Launcher, upstream: Callable[..., Upstream]) -> None:
-    app = upstream()
-    gw = launch(app.url, server={"max_query_length": "100"})
+def test_long_query_is_answered_414(launch: Launcher, start_upstream: UpstreamFactory) -> None:
+    app = start_upstream()
+    gw = launch(app.postback_url, server={"max_query_length": 100})
 
     long = gw.postback(**click("long-1", padding="p" * 200))
     assert (long.status, long.outcome) == (414, "invalid")
@@ -655,10 +550,10 @@ def test_long_query_is_answered_414(launch: Launcher, upstream: Callable[..., Up
 
 
 def test_slow_client_is_disconnected_after_client_timeout(
-    launch: Launcher, upstream: Callable[..., Upstream]
+    launch: Launcher, start_upstream: UpstreamFactory
 ) -> None:
-    app = upstream()
-    gw = launch(app.url, server={"client_timeout": "500ms"})
+    app = start_upstream()
+    gw = launch(app.postback_url, server={"client_timeout": "500ms"})
 
     with socket.create_connection(("127.0.0.1", gw.public_port), timeout=5) as client:
         client.sendall(b"GET /postback/tapper?")
@@ -685,9 +580,9 @@ def test_slow_client_is_disconnected_after_client_timeout(
 # -- 11: logging ------------------------------------------------------------------------------
 
 
-def test_text_log_format(launch: Launcher, upstream: Callable[..., Upstream]) -> None:
-    app = upstream()
-    gw = launch(app.url, log_format="text")
+def test_text_log_format(launch: Launcher, start_upstream: UpstreamFactory) -> None:
+    app = start_upstream()
+    gw = launch(app.postback_url, log_format="text")
     assert gw.postback(**click("text-1")).outcome == "forwarded"
     assert gw.stop() == 0
 

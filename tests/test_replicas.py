@@ -8,35 +8,29 @@ import sys
 import urllib.request
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import RedisServer
-from tests.processes import (
-    REPO,
-    command_env,
-    free_port,
-    http_get,
-    spawn_gateway,
-    wait_until,
-)
+from tests.gatewayconfig import gateway_config
+from tests.processes import REPO, command_env, free_port, http_get, spawn_gateway
+from tests.waiting import eventually
 
 SECRET = "replica-secret-12345"
 
 
 def config(public: int, admin: int, app: int, redis_url: str, policy: str) -> str:
-    return f"""
-server: {{listen: '127.0.0.1:{public}', admin_listen: '127.0.0.1:{admin}', reload_interval: 0}}
-routes:
-  tapper:
-    path: /postback/tapper
-    allow_ips: [127.0.0.1]
-    secret: {{query_param: token, keys: ['${{MONETAG_SECRET}}']}}
-    aliases: {{uid: ymid, event: event_type}}
-    dedup: {{backend: redis, redis_url: '{redis_url}', on_redis_error: {policy}}}
-    upstreams: [{{url: 'http://127.0.0.1:{app}/postback', timeout: 2s}}]
-"""
+    """One replica's config: its own ports, the shared Redis, the one demo app."""
+    listeners = {"listen": f"127.0.0.1:{public}", "admin_listen": f"127.0.0.1:{admin}"}
+    return gateway_config(
+        {"url": f"http://127.0.0.1:{app}/postback", "timeout": "2s"},
+        server={**listeners, "reload_interval": 0},
+        allow_ips=["127.0.0.1"],
+        aliases={"uid": "ymid", "event": "event_type"},
+        dedup={"backend": "redis", "redis_url": redis_url, "on_redis_error": policy},
+    )
 
 
 class Replicas:
@@ -58,8 +52,8 @@ class Replicas:
             self.ports.append(public)
             self.admin_ports.append(admin)
         for port in self.ports:
-            assert wait_until(lambda port=port: _answers(port), 15), f"replica on {port} down"
-        assert wait_until(lambda: self.rewards() is not None, 15), "demo app down"
+            eventually(partial(_answers, port), 15)
+        eventually(lambda: self.rewards() is not None, 15)  # the demo app is up
 
     def postback(self, replica: int, ymid: str) -> tuple[int, str | None]:
         reply = http_get(
@@ -129,7 +123,7 @@ def test_redis_stopped_fail_closed_refuses_then_recovers(
     assert replicas_closed.postback(1, "during") == (503, "store_error")
     assert replicas_closed.postback(0, "before")[0] == 200  # known locally: still a duplicate
     redis_server.start()
-    assert wait_until(lambda: replicas_closed.postback(1, "during") == (200, "forwarded"), 10)
+    eventually(lambda: replicas_closed.postback(1, "during") == (200, "forwarded"), 10)
     assert replicas_closed.postback(0, "during") == (200, "duplicate")
     rewards = replicas_closed.rewards() or []
     assert sorted(reward["ymid"] for reward in rewards) == ["before", "during"]

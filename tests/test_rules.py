@@ -6,8 +6,10 @@ import asyncio
 
 from prometheus_client import generate_latest
 
-from tests.conftest import SECRET, access_lines, route_yaml
+from tests.conftest import SECRET, access_lines
+from tests.gatewayconfig import gateway_config, upstream
 from tests.test_pipeline import CLICK, get
+from tests.upstream import Answer
 
 
 def sample(gateway, name: str, **labels: str) -> float:
@@ -17,9 +19,9 @@ def sample(gateway, name: str, **labels: str) -> float:
 
 
 async def test_match_forwards_only_paid_events(start_upstream, start_gateway, http):
-    upstream = await start_upstream()
-    rules = "    match: {reward_event_type: valued, event_type: [click, impression]}\n"
-    gateway = await start_gateway(route_yaml([upstream.url], extra=rules))
+    app = start_upstream()
+    match = {"reward_event_type": "valued", "event_type": ["click", "impression"]}
+    gateway = await start_gateway(gateway_config(app.url, match=match))
     paid = {**CLICK, "reward_event_type": "VALUED"}
     unpaid = {**CLICK, "uid": "user-2", "reward_event_type": "not_valued"}
     unsaid = {**CLICK, "uid": "user-3"}
@@ -28,40 +30,37 @@ async def test_match_forwards_only_paid_events(start_upstream, start_gateway, ht
         200, "filtered", '{"outcome": "filtered"}'
     )  # fmt: skip
     assert (await get(http, gateway.postback_url(), unsaid))[:2] == (200, "filtered")
-    assert [r.query["ymid"] for r in upstream.received] == ["user-1"]
+    assert [r.query["ymid"] for r in app.received] == ["user-1"]
     counted = sample(gateway, "gateway_rejections_total", route="tapper", reason="filtered")
     assert counted == 2
 
 
 async def test_filtered_event_is_not_remembered(start_upstream, start_gateway, http):
     """A filtered postback is not delivered, so it must not make a later one a duplicate."""
-    upstream = await start_upstream()
-    rules = "    match: {zone_id: 42}\n    dedup: {key: [ymid, event_type]}\n"
-    gateway = await start_gateway(route_yaml([upstream.url], extra=rules))
+    app = start_upstream()
+    config = gateway_config(app.url, match={"zone_id": 42}, dedup={"key": ["ymid", "event_type"]})
+    gateway = await start_gateway(config)
     assert (await get(http, gateway.postback_url(), {**CLICK, "zone": "7"}))[1] == "filtered"
     assert (await get(http, gateway.postback_url(), CLICK))[1] == "forwarded"
 
 
 async def test_drop_unknown_forwards_canonical_fields_only(start_upstream, start_gateway, http):
-    upstream = await start_upstream()
-    gateway = await start_gateway(route_yaml([upstream.url], extra="    drop_unknown: true\n"))
+    app = start_upstream()
+    gateway = await start_gateway(gateway_config(app.url, drop_unknown=True))
     params = {**CLICK, "utm": "x", "callback": "http://evil.example/"}
     assert (await get(http, gateway.postback_url(), params))[:2] == (200, "forwarded")
-    assert list(upstream.received[0].query) == ["ymid", "event_type", "zone_id"]
+    assert list(app.received[0].query) == ["ymid", "event_type", "zone_id"]
 
 
 async def test_static_params_are_added_and_cannot_be_overridden(
     start_upstream, start_gateway, http, capsys
 ):
-    upstream = await start_upstream()
-    config = route_yaml([upstream.url + "/cb"]).replace(
-        f"      - url: {upstream.url}/cb\n",
-        f"      - url: {upstream.url}/cb\n        static_params: {{api_key: app-key-31337}}\n",
-    )
+    app = start_upstream()
+    config = gateway_config(upstream(app.url + "/cb", static_params={"api_key": "app-key-31337"}))
     gateway = await start_gateway(config)
     params = {**CLICK, "api_key": "attacker"}
     assert (await get(http, gateway.postback_url(), params))[:2] == (200, "forwarded")
-    assert upstream.received[0].query.getall("api_key") == ["app-key-31337"]
+    assert app.received[0].query.getall("api_key") == ["app-key-31337"]
     logged = capsys.readouterr().out
     assert "gateway.access" in logged
     assert "app-key-31337" not in logged
@@ -69,27 +68,22 @@ async def test_static_params_are_added_and_cannot_be_overridden(
 
 
 async def test_template_derives_the_alias_map(start_upstream, start_gateway, http):
-    upstream = await start_upstream()
+    app = start_upstream()
     template = (
-        "    template: https://gw.example.com/postback/tapper?u={ymid}&e={event_type}"
-        "&z={zone_id}&token=${MONETAG_SECRET}\n"
+        "https://gw.example.com/postback/tapper?u={ymid}&e={event_type}"
+        "&z={zone_id}&token=${MONETAG_SECRET}"
     )
-    config = route_yaml([upstream.url]).replace(
-        "    aliases: {event: event_type, uid: ymid, zone: zone_id}\n", template
-    )
-    gateway = await start_gateway(config)
+    gateway = await start_gateway(gateway_config(app.url, aliases=None, template=template))
     params = {"u": "player-9", "e": "Impression", "z": "5", "token": SECRET}
     assert (await get(http, gateway.postback_url(), params))[:2] == (200, "forwarded")
-    assert dict(upstream.received[0].query) == {
+    assert dict(app.received[0].query) == {
         "ymid": "player-9", "event_type": "impression", "zone_id": "5"
     }  # fmt: skip
 
 
 async def test_log_only_allowlist_lets_in_and_counts(start_upstream, start_gateway, http, capsys):
-    upstream = await start_upstream()
-    config = route_yaml([upstream.url], extra="    allow_ips_mode: log_only\n").replace(
-        "[127.0.0.1, '::1']", "[203.0.113.0/24]"
-    )
+    app = start_upstream()
+    config = gateway_config(app.url, allow_ips=["203.0.113.0/24"], allow_ips_mode="log_only")
     gateway = await start_gateway(config)
     assert (await get(http, gateway.postback_url(), CLICK))[:2] == (200, "forwarded")
     assert sample(gateway, "gateway_allowlist_log_only_total", route="tapper") == 1
@@ -103,8 +97,8 @@ async def test_log_only_allowlist_lets_in_and_counts(start_upstream, start_gatew
 async def test_valued_revenue_is_summed_per_zone_once_delivered(
     start_upstream, start_gateway, http
 ):
-    upstream = await start_upstream(script=[503, 503, 503])
-    gateway = await start_gateway(route_yaml([upstream.url]))
+    app = start_upstream(script=[503, 503, 503])
+    gateway = await start_gateway(gateway_config(app.url))
     valued = {**CLICK, "reward_event_type": "valued", "estimated_price": "0.0125"}
     assert (await get(http, gateway.postback_url(), valued))[1] == "upstream_error"
     assert (
@@ -122,8 +116,8 @@ async def test_valued_revenue_is_summed_per_zone_once_delivered(
 
 
 async def test_dedup_evictions_before_ttl_are_counted(start_upstream, start_gateway, http):
-    upstream = await start_upstream()
-    gateway = await start_gateway(route_yaml([upstream.url], extra="    dedup: {max_entries: 2}\n"))
+    app = start_upstream()
+    gateway = await start_gateway(gateway_config(app.url, dedup={"max_entries": 2}))
     for number in range(5):
         await get(http, gateway.postback_url(), {**CLICK, "uid": f"user-{number}"})
     assert sample(gateway, "gateway_dedup_evictions_total", route="tapper") == 3
@@ -133,8 +127,8 @@ async def test_dedup_evictions_before_ttl_are_counted(start_upstream, start_gate
 
 
 async def test_overload_answers_503_with_retry_after(start_upstream, start_gateway, http):
-    upstream = await start_upstream(default=("sleep", 0.3))
-    gateway = await start_gateway(route_yaml([upstream.url], server="  max_in_flight: 2\n"))
+    app = start_upstream(default=Answer(delay=0.3))
+    gateway = await start_gateway(gateway_config(app.url, server={"max_in_flight": 2}))
     answers = []
 
     async def send(number: int) -> None:
@@ -144,4 +138,4 @@ async def test_overload_answers_503_with_retry_after(start_upstream, start_gatew
 
     await asyncio.gather(*(send(number) for number in range(5)))
     assert sorted(answers, key=str) == [(200, None)] * 2 + [(503, "1")] * 3
-    assert len(upstream.received) == 2
+    assert len(app.received) == 2

@@ -10,19 +10,21 @@ import redis.asyncio as redis
 from gateway.dedup import dedup_key
 from gateway.dedup.redis_reservations import PREFIX
 from gateway.postback import Postback
-from tests.conftest import route_yaml
+from tests.gatewayconfig import gateway_config, upstream
 from tests.test_pipeline import CLICK, get
+from tests.upstream import Answer
 
 
-def shared_yaml(upstream: str, redis_url: str, policy: str = "fail_closed", extra: str = "") -> str:
-    dedup = f"    dedup: {{backend: redis, redis_url: '{redis_url}', on_redis_error: {policy}}}\n"
-    return route_yaml([upstream], extra=dedup + extra)
+def shared_yaml(app: str | dict[str, object], redis_url: str, policy: str = "fail_closed") -> str:
+    """One route whose dedup is shared through Redis at `redis_url`."""
+    dedup = {"backend": "redis", "redis_url": redis_url, "on_redis_error": policy}
+    return gateway_config(app, dedup=dedup)
 
 
 async def test_two_replicas_forward_each_event_once(
     start_upstream, start_gateway, http, redis_server
 ):
-    app = await start_upstream(default=("sleep", 0.05))
+    app = start_upstream(default=Answer(delay=0.05))
     config = shared_yaml(app.url, redis_server.url)
     replicas = [await start_gateway(config), await start_gateway(config)]
     sends = [
@@ -39,7 +41,7 @@ async def test_two_replicas_forward_each_event_once(
 async def test_delivered_on_one_replica_is_a_duplicate_on_the_other(
     start_upstream, start_gateway, http, redis_server
 ):
-    app = await start_upstream()
+    app = start_upstream()
     config = shared_yaml(app.url, redis_server.url)
     first, second = await start_gateway(config), await start_gateway(config)
     assert (await get(http, first.postback_url(), CLICK))[1] == "forwarded"
@@ -50,7 +52,7 @@ async def test_delivered_on_one_replica_is_a_duplicate_on_the_other(
 async def test_failed_delivery_releases_the_reservation_for_any_replica(
     start_upstream, start_gateway, http, redis_server
 ):
-    app = await start_upstream(script=[500])
+    app = start_upstream(script=[500])
     config = shared_yaml(app.url, redis_server.url)
     first, second = await start_gateway(config), await start_gateway(config)
     assert (await get(http, first.postback_url(), CLICK))[:2] == (502, "upstream_error")
@@ -62,9 +64,8 @@ async def test_crashed_replicas_reservation_expires_by_itself(
     start_upstream, start_gateway, http, redis_server
 ):
     """A reservation whose owner died (no commit, no release) blocks only until it expires."""
-    app = await start_upstream()
-    config = shared_yaml(app.url, redis_server.url).replace("timeout: 1s", "timeout: 100ms")
-    config = config.replace("retries: 2", "retries: 0")
+    app = start_upstream()
+    config = shared_yaml(upstream(app.url, timeout="100ms", retries=0), redis_server.url)
     gateway = await start_gateway(config)
     key = dedup_key("tapper", ("ymid", "event_type", "zone_id"), Postback(
         {"ymid": "user-1", "event_type": "click", "zone_id": "42"}
@@ -82,7 +83,7 @@ async def test_crashed_replicas_reservation_expires_by_itself(
 async def test_redis_down_fail_closed_answers_503(
     start_upstream, start_gateway, http, redis_server
 ):
-    app = await start_upstream()
+    app = start_upstream()
     gateway = await start_gateway(shared_yaml(app.url, redis_server.url))
     redis_server.stop()
     status, outcome, body = await get(http, gateway.postback_url(), CLICK)
@@ -102,7 +103,7 @@ async def test_redis_down_fail_closed_answers_503(
 async def test_redis_down_fail_open_falls_back_to_local_memory(
     start_upstream, start_gateway, http, redis_server
 ):
-    app = await start_upstream()
+    app = start_upstream()
     gateway = await start_gateway(shared_yaml(app.url, redis_server.url, policy="fail_open"))
     redis_server.stop()
     assert (await get(http, gateway.postback_url(), CLICK))[:2] == (200, "forwarded")
@@ -119,7 +120,7 @@ async def test_restarted_redis_forgets_but_local_cache_still_knows(
 ):
     """Redis without persistence loses keys on restart; the replica's own cache still
     answers for events it delivered itself."""
-    app = await start_upstream()
+    app = start_upstream()
     gateway = await start_gateway(shared_yaml(app.url, redis_server.url))
     assert (await get(http, gateway.postback_url(), CLICK))[1] == "forwarded"
     redis_server.stop()

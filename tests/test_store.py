@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import threading
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ import pytest
 
 from gateway.durable import STORE_SCHEMA
 from gateway.store import SCHEMA_VERSION, Store, StoreError, connect
+from tests.conftest import Commits
 
 CREATE_ITEMS = "CREATE TABLE items (id INTEGER PRIMARY KEY, label TEXT NOT NULL UNIQUE)"
 CREATE_BLOBS = "CREATE TABLE blobs (id INTEGER PRIMARY KEY, data BLOB NOT NULL)"
@@ -49,13 +51,14 @@ async def _run(store: Store, operation: Callable[[sqlite3.Connection], Any]) -> 
 
 
 async def _run_in_one_batch(
-    store: Store, operations: list[Callable[[sqlite3.Connection], Any]]
+    store: Store, commits: Commits, operations: list[Callable[[sqlite3.Connection], Any]]
 ) -> list[Any]:
     """Queue `operations` while the writer is held by another one, so they form one batch.
 
     Returns each operation's result, or the exception its caller got.
     """
     entered, gate = threading.Event(), threading.Event()
+    commits_before = len(commits)
 
     def hold_the_writer(connection: sqlite3.Connection) -> None:
         entered.set()
@@ -69,7 +72,8 @@ async def _run_in_one_batch(
     gate.set()
     await asyncio.wait_for(holder, PATIENCE)
     results = await asyncio.wait_for(asyncio.gather(*callers, return_exceptions=True), PATIENCE)
-    assert store.counters.batch_sizes[-1] == len(operations), "not one batch"
+    # one commit for the holder alone, one for every operation queued behind it
+    assert len(commits) - commits_before == 2, "not one batch"
     return results
 
 
@@ -206,18 +210,25 @@ async def test_run_on_a_closed_store_raises_store_error(store: Store) -> None:
 # --- group commit ---------------------------------------------------------------------------
 
 
-async def test_concurrent_operations_share_commits(store: Store, db_path: Path) -> None:
+async def test_concurrent_operations_share_commits(
+    store: Store, db_path: Path, commits: Commits
+) -> None:
     await _run(store, _execute(CREATE_ITEMS))
-    commits_before = store.counters.commits
+    commits_before = len(commits)
+    runs: Counter[int] = Counter()
 
-    await asyncio.wait_for(
-        asyncio.gather(*(store.run(_insert_item(n, f"item-{n}")) for n in range(200))),
-        PATIENCE,
-    )
+    def insert(item_id: int) -> Callable[[sqlite3.Connection], None]:
+        def operation(connection: sqlite3.Connection) -> None:
+            runs[item_id] += 1
+            _insert_item(item_id, f"item-{item_id}")(connection)
 
-    assert store.counters.operations == 201  # the CREATE TABLE and the 200 inserts
-    assert store.counters.commits - commits_before <= 20
-    assert store.counters.failed_commits == 0
+        return operation
+
+    await asyncio.wait_for(asyncio.gather(*(store.run(insert(n)) for n in range(200))), PATIENCE)
+
+    assert runs == Counter(range(200))  # each of the 200 inserts ran once
+    assert len(commits) - commits_before <= 20
+    assert commits.failed == 0
     assert _ids_on_disk(db_path, "items") == set(range(200))
 
 
@@ -248,18 +259,19 @@ async def test_failing_operation_fails_only_its_caller(
     db_path: Path,
     failing: Callable[[sqlite3.Connection], None],
     expected: type[Exception],
+    commits: Commits,
 ) -> None:
     await _run(store, _execute(CREATE_ITEMS))
     await _run(store, _insert_item(0, "taken"))
 
     results = await _run_in_one_batch(
-        store, [_insert_item(1, "before"), failing, _insert_item(2, "after")]
+        store, commits, [_insert_item(1, "before"), failing, _insert_item(2, "after")]
     )
 
     assert results[0] is None
     assert isinstance(results[1], expected)
     assert results[2] is None
-    assert store.counters.failed_commits == 0
+    assert commits.failed == 0
     # the failing operation's own writes are rolled back with it, the others are on disk
     assert _ids_on_disk(db_path, "items") == {0, 1, 2}
 
@@ -274,11 +286,12 @@ async def test_constraint_violation_is_reported_as_store_error_with_sqlite_reaso
         await _run(store, _insert_item(1, "one again"))
 
 
-async def test_operation_result_is_returned_to_its_caller(store: Store) -> None:
+async def test_operation_result_is_returned_to_its_caller(store: Store, commits: Commits) -> None:
     await _run(store, _execute(CREATE_ITEMS))
     await _run(store, _insert_item(7, "seven"))
 
-    results = await _run_in_one_batch(store, [_item_ids, lambda connection: "plain value"])
+    operations = [_item_ids, lambda connection: "plain value"]
+    results = await _run_in_one_batch(store, commits, operations)
 
     assert results == [[7], "plain value"]
 

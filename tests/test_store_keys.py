@@ -17,6 +17,7 @@ from gateway.durable import STORE_SCHEMA
 from gateway.errors import DedupUnavailable, DuplicatePostback, Outcome
 from gateway.postback import Postback
 from gateway.store import Store
+from tests.clock import FakeClock
 
 KEY_FIELDS = ["ymid", "zone_id"]
 KEY: DedupKey = dedup_key("tapper", KEY_FIELDS, Postback({"ymid": "u1", "zone_id": "5"}))
@@ -25,16 +26,6 @@ THIRD_KEY: DedupKey = dedup_key("tapper", KEY_FIELDS, Postback({"ymid": "u3", "z
 TTL = 60.0
 # Bounds every await on the store: a hang fails the test instead of freezing the run.
 PATIENCE = 5.0
-
-
-class FakeClock:
-    """A wall clock the test moves by hand."""
-
-    def __init__(self, now: float = 1_700_000_000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 class SwitchableKeys(StoreKeys):
@@ -120,7 +111,7 @@ async def test_remembered_key_is_known_until_its_ttl_runs_out(
     keys: StoreKeys, clock: FakeClock, elapsed: float, known: bool
 ) -> None:
     await remember(keys, KEY, TTL)
-    clock.now += elapsed
+    clock.advance(elapsed)
 
     assert await contains(keys, KEY) is known
 
@@ -133,9 +124,9 @@ async def test_unknown_key_is_not_contained(keys: StoreKeys) -> None:
 
 async def test_remembering_again_extends_the_expiry(keys: StoreKeys, clock: FakeClock) -> None:
     await remember(keys, KEY, TTL)
-    clock.now += TTL / 2
+    clock.advance(TTL / 2)
     await remember(keys, KEY, TTL)
-    clock.now += TTL * 0.9
+    clock.advance(TTL * 0.9)
 
     assert await contains(keys, KEY) is True
 
@@ -154,7 +145,7 @@ async def test_purge_expired_deletes_only_expired_keys(
     await remember(keys, KEY, 10.0)
     await remember(keys, OTHER_KEY, 20.0)
     await remember(keys, THIRD_KEY, 30.0)
-    clock.now += 20.0  # KEY expired, OTHER_KEY expires exactly now, THIRD_KEY still live
+    clock.advance(20.0)  # KEY expired, OTHER_KEY expires exactly now, THIRD_KEY still live
 
     purged = await keys.purge_expired()
 
@@ -227,7 +218,7 @@ async def test_durable_key_is_remembered_for_the_memory_ttl(
 
 async def test_durable_key_expires_with_its_ttl(keys: StoreKeys, clock: FakeClock) -> None:
     await _deliver(backed_by(keys))
-    clock.now += TTL
+    clock.advance(TTL)
 
     assert await _is_new(backed_by(keys)) is True
 

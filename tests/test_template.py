@@ -73,21 +73,6 @@ def test_fixed_parameters_are_not_delivered_fields() -> None:
     assert template.fixed == {"event_type": "click", "token": SECRET}
 
 
-@pytest.mark.parametrize(
-    "text, names",
-    [
-        pytest.param(f"{HOST}/p?uid={{ymid}}&event={{event_type}}&token={SECRET}",
-                     {"ymid": "uid", "event_type": "event"}, id="inverse-of-the-aliases"),
-        pytest.param(f"{HOST}/p?ymid={{ymid}}", {"ymid": "ymid"}, id="canonical-name-kept"),
-        pytest.param(f"{HOST}/p?token={SECRET}", {}, id="no-macros"),
-    ],
-)  # fmt: skip
-def test_names_for_maps_each_canonical_field_to_monetags_parameter(
-    text: str, names: dict[str, str]
-) -> None:
-    assert parse_template(text).names_for() == names
-
-
 def test_secret_value_is_not_in_the_template_repr() -> None:
     template = parse_template(f"{HOST}/p?uid={{ymid}}&token={SECRET}")
     assert SECRET not in repr(template)

@@ -45,6 +45,7 @@ from tests.rawupstream import (
     trickle,
     until,
 )
+from tests.waiting import eventually_async
 
 TIMEOUT = 2.0  # the client's own timeout for one get, unless a test says otherwise
 REPO = Path(__file__).resolve().parent.parent
@@ -69,6 +70,11 @@ async def fetch(
     return await asyncio.wait_for(
         client.get(url, headers or {}, timeout, **options), timeout + GUARD
     )
+
+
+def idle_connections_open(client: UpstreamClient) -> bool:
+    """Whether the client still takes any of its idle connections for open (its private pool)."""
+    return any(connection.open for pool in client._idle.values() for connection in pool)
 
 
 def request_head(request: bytes) -> tuple[str, list[tuple[str, str]]]:
@@ -269,7 +275,7 @@ async def test_idle_connection_closed_by_server_is_replaced(start_server, client
     server = await start_server(send_and_close(OK))  # no Connection: close, closes when idle
     assert await fetch(client, server.url()) == Answer(200, b"ok", None)
     await until(server.accepted[0].server_closed)
-    await asyncio.sleep(0.05)  # the close has reached the client
+    await eventually_async(lambda: not idle_connections_open(client))  # the client saw it
     assert await fetch(client, server.url()) == Answer(200, b"ok", None)
     assert len(server.accepted) == 2
 
@@ -867,7 +873,7 @@ async def test_close_closes_idle_connections(start_server, client):
 async def test_connection_in_use_during_close_is_closed_after_its_answer(start_server, client):
     server = await start_server(answer_after(0.2))
     pending = asyncio.ensure_future(fetch(client, server.url()))
-    await asyncio.sleep(0.05)  # the request is out
+    await until((await server.connection(0)).asked)  # the request is out
     await client.close()
     assert await pending == Answer(200, b"ok", None)
     await until(server.accepted[0].client_closed)

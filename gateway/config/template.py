@@ -27,10 +27,6 @@ class PostbackTemplate:
     def delivers(self) -> frozenset[str]:
         return frozenset(self.aliases.values())
 
-    def names_for(self) -> dict[str, str]:
-        """canonical field -> the parameter name Monetag uses for it (the inverse map)."""
-        return {canonical: name for name, canonical in self.aliases.items()}
-
 
 def parse_template(text: str) -> PostbackTemplate:
     """Raises ValueError saying what is wrong (never quoting the URL: it holds the secret)."""
