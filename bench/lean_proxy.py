@@ -1,8 +1,9 @@
 """The second reference: a pass-through as lean as the gateway's own plumbing, checking nothing.
 
 aiohttp's low-level server with one handler (as the gateway's public port) forwarding the query
-string with the gateway's own upstream client (`gateway/upstream_client.py`). Set against the
-gateway, it shows what the checks themselves cost, apart from the HTTP machinery both share.
+string with the gateway's own upstream client (`gateway/forwarding/upstream_client.py`). Set
+against the gateway, it shows what the checks themselves cost, apart from the HTTP machinery
+both share.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from yarl import URL
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's gateway package
 
-from gateway.upstream_client import UpstreamClient
+from gateway.forwarding.upstream_client import UpstreamClient
 
 
 async def serve(port: int, upstream: str) -> None:

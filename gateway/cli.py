@@ -9,11 +9,11 @@ import sys
 import urllib.request
 from collections.abc import Sequence
 
-from . import queue_cli
 from .config import ConfigError, ListenAddress, load_config
+from .durable import queue_cli
+from .durable.store import StoreError
 from .fire import FireError, fire
-from .server import serve
-from .store import StoreError
+from .serving.server import serve
 from .summary import summarize
 
 EXIT_CONFIG_ERROR = 2

@@ -16,13 +16,13 @@ from collections.abc import Sequence
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
-from .clientip import ClientAddressResolver
+from .checks.clientip import ClientAddressResolver
+from .checks.query import read_query
 from .config import GatewayConfig, RouteConfig
 from .dedup import RouteDedup
 from .errors import GatewayError
 from .observe import RequestRecord
 from .postback import CANONICAL_FIELDS
-from .query import read_query
 from .route import STEPS, Arrival, CompiledRoute
 
 _EXAMPLE_VALUES = {

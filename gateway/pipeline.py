@@ -14,7 +14,8 @@ from typing import Protocol
 
 from aiohttp import web
 
-from .clientip import ClientAddressResolver
+from .checks.clientip import ClientAddressResolver
+from .checks.query import read_query
 from .config import GatewayConfig
 from .dedup import DedupKey, RouteDedup
 from .errors import (
@@ -26,13 +27,12 @@ from .errors import (
     UpstreamStatus,
     UpstreamUnavailable,
 )
-from .forward import Forwarder, Upstream, UpstreamReply, delivery_headers
+from .forwarding.forward import Forwarder, Upstream, UpstreamReply, delivery_headers
+from .forwarding.upstream_client import UpstreamClient
 from .metrics import Metrics
 from .observe import RequestRecord
 from .postback import ESTIMATED_PRICE, REWARD_EVENT_TYPE, ZONE_ID, Postback
-from .query import read_query
 from .route import Arrival, CompiledRoute
-from .upstream_client import UpstreamClient
 
 log = logging.getLogger("gateway.pipeline")
 

@@ -9,19 +9,19 @@ from dataclasses import dataclass
 
 from multidict import CIMultiDictProxy
 
-from .addresses import IPAddress, address_text
-from .clientip import ClientAddressResolver
+from .checks.addresses import IPAddress, address_text
+from .checks.clientip import ClientAddressResolver
+from .checks.normalize import Normalizer
+from .checks.query import Query
+from .checks.secret import Pairs, Scrubbed
+from .checks.validate import Validator
 from .config import RouteConfig
 from .config.model import AllowIpsMode, Delivery
 from .dedup import DedupKey, RouteDedup, dedup_key
 from .errors import AddressNotAllowed, Filtered
-from .forward import Upstream
-from .normalize import Normalizer
+from .forwarding.forward import Upstream
 from .observe import RequestRecord
 from .postback import Postback
-from .query import Query
-from .secret import Pairs, Scrubbed
-from .validate import Validator
 
 # The checks `verify` runs, in order; `RequestRecord.passed` lists those a request passed.
 STEPS = ("client", "allowlist", "secret", "normalize", "validate", "match")

@@ -18,12 +18,12 @@ from .config import GatewayConfig, RouteConfig
 from .config.model import DedupBackend, OnRedisError
 from .dedup import Backend, RouteDedup
 from .dedup.redis_reservations import RedisReservations, redis_client
-from .durable import Durable
-from .forward import BACKOFF_CAP
+from .durable.service import Durable
+from .forwarding.forward import BACKOFF_CAP
+from .forwarding.upstream_client import UpstreamClient
 from .metrics import Metrics
 from .observe import configure_logging
 from .pipeline import Gateway
-from .upstream_client import UpstreamClient
 
 log = logging.getLogger("gateway.runtime")
 MAX_UPSTREAM_CONNECTIONS = 256

@@ -16,12 +16,12 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from gateway.app import public_runner
 from gateway.config import GatewayConfig, parse_config
-from gateway.durable import STORE_SCHEMA
+from gateway.durable.service import STORE_SCHEMA
+from gateway.durable.store import Store
 from gateway.metrics import Metrics
 from gateway.runtime import Runtime
-from gateway.store import Store
+from gateway.serving.app import public_runner
 from tests.processes import free_port
 from tests.rawupstream import start_server  # noqa: F401  (a fixture: raw upstreams)
 from tests.upstream import RecordingUpstream

@@ -1,4 +1,4 @@
-"""Tests for gateway.addresses: strict IP parsing and compiled address sets."""
+"""Tests for gateway.checks.addresses: strict IP parsing and compiled address sets."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from ipaddress import IPv4Address, IPv6Address, ip_address
 
 import pytest
 
-from gateway.addresses import AddressSet, IndexedValueError, parse_ip
+from gateway.checks.addresses import AddressSet, IndexedValueError, parse_ip
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,4 @@
-"""Tests for gateway.clientip: which address is the client, and when X-Forwarded-For counts."""
+"""gateway.checks.clientip: which address is the client, and when X-Forwarded-For counts."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ from ipaddress import IPv4Address, IPv6Address, ip_address
 
 import pytest
 
-from gateway.addresses import AddressSet
-from gateway.clientip import ClientAddressResolver
+from gateway.checks.addresses import AddressSet
+from gateway.checks.clientip import ClientAddressResolver
 from gateway.errors import Forbidden
 
 TRUSTED = ["10.0.0.0/8", "2001:db8:aaaa::/48"]

@@ -11,10 +11,10 @@ from yarl import URL
 
 from gateway.config import UpstreamConfig
 from gateway.errors import UpstreamUnavailable
-from gateway.forward import Forwarder, Upstream
+from gateway.forwarding.forward import Forwarder, Upstream
+from gateway.forwarding.upstream_client import UpstreamClient
 from gateway.metrics import Metrics
 from gateway.postback import Postback
-from gateway.upstream_client import UpstreamClient
 from tests.upstream import Answer
 
 POSTBACK = Postback({"ymid": "u 1&x", "event_type": "click"}, (("source", "a"), ("source", "b")))

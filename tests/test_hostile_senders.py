@@ -22,8 +22,8 @@ import pytest
 from aiohttp import web
 from yarl import URL
 
-from gateway.app import admin_runner
-from gateway.paramnames import comparable_forms
+from gateway.checks.paramnames import comparable_forms
+from gateway.serving.app import admin_runner
 from tests.conftest import SECRET, GatewayFactory, RunningGateway, UpstreamFactory, access_lines
 from tests.gatewayconfig import MONETAG_ALIASES, gateway_config, route, upstream
 from tests.upstream import Received, RecordingUpstream

@@ -1,11 +1,11 @@
-"""Tests for gateway.normalize: incoming query pairs -> canonical Postback."""
+"""Tests for gateway.checks.normalize: incoming query pairs -> canonical Postback."""
 
 from __future__ import annotations
 
 import pytest
 
+from gateway.checks.normalize import NOT_UTF8, Normalizer, canonical_value
 from gateway.errors import InvalidPostback, Problem
-from gateway.normalize import NOT_UTF8, Normalizer, canonical_value
 from gateway.postback import Postback
 
 ALIASES = {"event": "event_type", "uid": "ymid", "zone": "zone_id"}

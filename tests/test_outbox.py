@@ -1,4 +1,4 @@
-"""Tests for gateway.outbox: events and their deliveries in a real SQLite file."""
+"""Tests for gateway.durable.outbox: events and their deliveries in a real SQLite file."""
 
 from __future__ import annotations
 
@@ -9,11 +9,11 @@ from typing import Any
 
 import pytest
 
-from gateway import outbox
-from gateway.durable import STORE_SCHEMA
-from gateway.outbox import DEAD, DELIVERED, MAX_KEPT_BODY, PENDING, Delivery, RouteStats
+from gateway.durable import outbox
+from gateway.durable.outbox import DEAD, DELIVERED, MAX_KEPT_BODY, PENDING, Delivery, RouteStats
+from gateway.durable.service import STORE_SCHEMA
+from gateway.durable.store import connect
 from gateway.postback import Postback
-from gateway.store import connect
 
 POSTBACK = Postback(
     {"ymid": "u1", "zone_id": "5", "event_type": "impression"}, (("custom", "a b"), ("x", "1"))

@@ -11,11 +11,11 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from gateway.app import public_runner
 from gateway.config import parse_config
 from gateway.demo_app import GRANTED, create_demo_app
 from gateway.metrics import Metrics
 from gateway.runtime import Runtime
+from gateway.serving.app import public_runner
 from tests.conftest import SECRET
 from tests.gatewayconfig import gateway_config, upstream
 from tests.upstream import DROP, Answer

@@ -1,11 +1,11 @@
-"""gateway.query: the raw query decoded strictly, and yarl's fast path giving the same pairs."""
+"""gateway.checks.query: the raw query decoded strictly, and yarl's fast path agreeing."""
 
 from __future__ import annotations
 
 import pytest
 from yarl import URL
 
-from gateway.query import Query, parse_query, read_query
+from gateway.checks.query import Query, parse_query, read_query
 
 
 @pytest.mark.parametrize(

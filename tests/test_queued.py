@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from gateway.deliverer import Deliverer
-from gateway.forward import Forwarder
+from gateway.durable.deliverer import Deliverer
+from gateway.durable.store import Store
+from gateway.forwarding.forward import Forwarder
+from gateway.forwarding.upstream_client import UpstreamClient
 from gateway.metrics import Metrics
-from gateway.store import Store
-from gateway.upstream_client import UpstreamClient
 from tests.conftest import RunningGateway
 from tests.gatewayconfig import gateway_config, upstream
 from tests.test_pipeline import CLICK, get

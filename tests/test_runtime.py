@@ -6,8 +6,8 @@ import asyncio
 
 from aiohttp import web
 
-from gateway.app import create_admin_app
 from gateway.config import parse_config
+from gateway.serving.app import create_admin_app
 from tests.conftest import SECRET
 from tests.gatewayconfig import gateway_config, route
 from tests.test_pipeline import CLICK, get

@@ -1,4 +1,4 @@
-"""Tests for gateway.secret: the shared key check and the Secret type that hides its value."""
+"""gateway.checks.secret: the shared key check, and the Secret type that hides its value."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from collections.abc import Callable
 import pytest
 from multidict import CIMultiDict, CIMultiDictProxy
 
+from gateway.checks.secret import KEY_AS_NAME, Secret, SecretCheck
 from gateway.errors import Forbidden
-from gateway.secret import KEY_AS_NAME, Secret, SecretCheck
 
 OLD_KEY = "old-key-0123456789"
 NEW_KEY = "new-key-9876543210"

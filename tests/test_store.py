@@ -1,4 +1,4 @@
-"""Tests for gateway.store: the SQLite file, its settings, and group commit on real files."""
+"""gateway.durable.store: the SQLite file, its settings, and group commit on real files."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from gateway.durable import STORE_SCHEMA
-from gateway.store import SCHEMA_VERSION, Store, StoreError, connect
+from gateway.durable.service import STORE_SCHEMA
+from gateway.durable.store import SCHEMA_VERSION, Store, StoreError, connect
 from tests.conftest import Commits
 
 CREATE_ITEMS = "CREATE TABLE items (id INTEGER PRIMARY KEY, label TEXT NOT NULL UNIQUE)"

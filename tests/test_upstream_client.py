@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 from yarl import URL
 
-from gateway.upstream_client import (
+from gateway.forwarding.upstream_client import (
     MAX_BODY_BYTES,
     MAX_HEAD_BYTES,
     Answer,
@@ -440,7 +440,7 @@ async def test_unreadable_answer_is_bad_response_at_once(start_server, client, r
 ONE_GET = """
 import asyncio, sys
 from yarl import URL
-from gateway.upstream_client import UpstreamClient
+from gateway.forwarding.upstream_client import UpstreamClient
 
 async def main() -> None:
     client = UpstreamClient()

@@ -1,4 +1,4 @@
-"""Tests for gateway.validate: field rules, each failure naming the parameter and the problem."""
+"""gateway.checks.validate: field rules, each failure naming the parameter and the problem."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ from decimal import Decimal
 
 import pytest
 
+from gateway.checks.normalize import Normalizer
+from gateway.checks.validate import Validator
 from gateway.errors import InvalidPostback, Problem
-from gateway.normalize import Normalizer
 from gateway.postback import Postback
-from gateway.validate import Validator
 
 REQUIRED = "is required"
 EMPTY = "must not be empty"

@@ -16,10 +16,10 @@ from typing import Any
 
 from yarl import URL
 
-from ..addresses import AddressSet
+from ..checks.addresses import AddressSet
+from ..checks.secret import SecretCheck
+from ..checks.validate import DEFAULT_MAX_ESTIMATED_PRICE
 from ..postback import CANONICAL_FIELDS, EVENT_TYPE, YMID, ZONE_ID
-from ..secret import SecretCheck
-from ..validate import DEFAULT_MAX_ESTIMATED_PRICE
 
 DEFAULT_REQUIRED: tuple[str, ...] = (YMID, EVENT_TYPE)
 DEFAULT_DEDUP_KEY: tuple[str, ...] = (YMID, EVENT_TYPE, ZONE_ID)

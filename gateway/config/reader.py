@@ -7,11 +7,11 @@ import ssl
 from types import MappingProxyType
 from typing import Any
 
-from ..addresses import AddressSet
+from ..checks.addresses import AddressSet
+from ..checks.secret import Secret, SecretCheck
+from ..checks.validate import value_problem
 from ..postback import CANONICAL_FIELDS, LOWERCASED_FIELDS
-from ..secret import Secret, SecretCheck
 from ..tls import describe_load_error, server_context
-from ..validate import value_problem
 from .model import (
     EVERY_ADDRESS,
     AllowIpsMode,

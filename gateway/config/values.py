@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 
 from yarl import URL
 
-from ..addresses import AddressSet, IndexedValueError
+from ..checks.addresses import AddressSet, IndexedValueError
 from ..postback import CANONICAL_FIELDS
 from .model import MAX_UPSTREAM_RETRIES, ListenAddress, yaml_keys
 

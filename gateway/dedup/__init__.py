@@ -6,8 +6,10 @@
   flight in this process, and the backends beyond it, asked in order.
 - `backend.py`: what a backend beyond this process is (`Backend`: claim, commit, release) and
   how it fails (`BackendUnavailable`).
-- `store_keys.py`: delivered keys in the store (dedup that survives a restart).
 - `redis_reservations.py`: reservations and delivered keys on Redis (shared by replicas).
+
+The store's own backend (delivered keys in the durable store) is `durable/keys.py`: what
+lives in the store is the store's.
 """
 
 from .backend import HELD, KNOWN, Backend, BackendUnavailable, Claim

@@ -14,30 +14,30 @@ import time
 from collections.abc import Iterable
 from functools import partial
 
-from . import outbox
-from .config import StoreConfig
-from .dedup import DedupKey, store_keys
+from ..config import StoreConfig
+from ..dedup import DedupKey
+from ..errors import StoreUnavailable
+from ..forwarding.forward import Forwarder
+from ..forwarding.upstream_client import UpstreamClient
+from ..metrics import Metrics
+from ..observe import RequestRecord
+from ..postback import Postback
+from ..route import CompiledRoute
+from . import keys, outbox
 from .deliverer import Deliverer
-from .errors import StoreUnavailable
-from .forward import Forwarder
-from .metrics import Metrics
-from .observe import RequestRecord
-from .postback import Postback
-from .route import CompiledRoute
 from .store import Store, StoreError
-from .upstream_client import UpstreamClient
 
 log = logging.getLogger("gateway.durable")
 STATS_EVERY_SECONDS = 5.0
 PURGE_EVERY_SECONDS = 60.0
-STORE_SCHEMA = outbox.SCHEMA + store_keys.SCHEMA  # the tables of a new store file
+STORE_SCHEMA = outbox.SCHEMA + keys.SCHEMA  # the tables of a new store file
 
 
 class Durable:
     def __init__(self, config: StoreConfig, metrics: Metrics) -> None:
         self._metrics = metrics
         self.store = Store(config.path, STORE_SCHEMA, on_commit=self._count_commit)
-        self.keys = store_keys.StoreKeys(self.store)  # the dedup backend of every route
+        self.keys = keys.StoreKeys(self.store)  # the dedup backend of every route
         self._client = UpstreamClient()
         self._deliverer = Deliverer(self.store, Forwarder(self._client, metrics), metrics)
         self._tasks: list[asyncio.Task[None]] = []

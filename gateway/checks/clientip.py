@@ -11,8 +11,8 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
+from ..errors import ForwardedForUnparseable, NoPeer, PeerUnparseable
 from .addresses import AddressSet, IPAddress, parse_ip
-from .errors import ForwardedForUnparseable, NoPeer, PeerUnparseable
 
 
 class ClientAddressResolver:

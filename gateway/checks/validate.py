@@ -6,8 +6,8 @@ import re
 from collections.abc import Iterable
 from decimal import Decimal
 
-from .errors import InvalidFields, Problem
-from .postback import (
+from ..errors import InvalidFields, Problem
+from ..postback import (
     ESTIMATED_PRICE,
     EVENT_TYPE,
     EVENT_TYPES,

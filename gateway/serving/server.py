@@ -9,13 +9,13 @@ import sys
 
 from aiohttp import web
 
+from ..config import GatewayConfig
+from ..metrics import Metrics
+from ..observe import configure_logging
+from ..reload import ConfigWatcher
+from ..runtime import Runtime
+from ..tls import CertificateReloader
 from .app import admin_runner, public_runner
-from .config import GatewayConfig
-from .metrics import Metrics
-from .observe import configure_logging
-from .reload import ConfigWatcher
-from .runtime import Runtime
-from .tls import CertificateReloader
 
 log = logging.getLogger("gateway")
 

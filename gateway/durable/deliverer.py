@@ -17,12 +17,18 @@ from collections import defaultdict
 from collections.abc import Callable, Sequence
 from functools import partial
 
+from ..config import QueueConfig
+from ..forwarding.forward import (
+    AttemptFailure,
+    Forwarder,
+    Upstream,
+    UpstreamReply,
+    delivery_headers,
+)
+from ..metrics import Metrics
+from ..route import CompiledRoute
 from . import outbox
-from .config import QueueConfig
-from .forward import AttemptFailure, Forwarder, Upstream, UpstreamReply, delivery_headers
-from .metrics import Metrics
 from .outbox import Attempt, Delivery
-from .route import CompiledRoute
 from .store import Store, StoreError
 
 log = logging.getLogger("gateway.deliverer")

@@ -27,7 +27,7 @@ from aiohttp.http_exceptions import (
     PayloadEncodingError,
 )
 
-from .errors import MalformedRequest
+from ..errors import MalformedRequest
 
 MAX_REQUEST_LINE = 64 * 1024  # above any max_query_length, which is answered 414 by routing
 MAX_HEADER_LINE = 8190  # aiohttp's default for one header line

@@ -12,8 +12,8 @@ import sqlite3
 from dataclasses import dataclass
 from typing import Any
 
-from .dedup import store_keys
-from .postback import Postback
+from ..postback import Postback
+from . import keys
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
@@ -79,7 +79,7 @@ def enqueue(
 ) -> int | None:
     """Store the event, a pending delivery per upstream and its dedup key, atomically; None
     (nothing written) if the dedup key is already stored and not expired: a duplicate."""
-    if store_keys.known(connection, dedup_key, now):
+    if keys.known(connection, dedup_key, now):
         return None
     cursor = connection.execute(
         "INSERT INTO events (route, idempotency_key, fields, extras, request_id, client,"
@@ -96,7 +96,7 @@ def enqueue(
         " VALUES (?, ?, 'pending', ?, ?, ?)",
         [(event_id, upstream, now, now, now) for upstream in upstreams],
     )
-    store_keys.remember(connection, dedup_key, dedup_expires_at)
+    keys.remember(connection, dedup_key, dedup_expires_at)
     return event_id
 
 

@@ -7,10 +7,10 @@ import logging
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from .errors import MalformedRequest
+from ..errors import MalformedRequest
+from ..runtime import Runtime
 from .http_server import MAX_HEADER_LINE, MAX_REQUEST_LINE, PublicServer, QuietHttpLogger
 from .outcome import answer, answer_malformed
-from .runtime import Runtime
 
 
 def public_runner(runtime: Runtime) -> web.ServerRunner:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from multidict import CIMultiDictProxy
 
-from .errors import SecretMissing, SecretRepeated, SecretWrong
+from ..errors import SecretMissing, SecretRepeated, SecretWrong
 from .paramnames import comparable_set, poses_as
 
 Pairs = Sequence[tuple[str, str]]

@@ -19,10 +19,10 @@ from functools import lru_cache
 
 from yarl import URL
 
-from .config import UpstreamConfig
-from .errors import UpstreamBadResponse, UpstreamDown, UpstreamTimeout
-from .metrics import Metrics, status_class
-from .postback import CANONICAL_FIELDS, Postback
+from ..config import UpstreamConfig
+from ..errors import UpstreamBadResponse, UpstreamDown, UpstreamTimeout
+from ..metrics import Metrics, status_class
+from ..postback import CANONICAL_FIELDS, Postback
 from .upstream_client import Answer, BadResponse, UpstreamClient, UpstreamConnectionError
 
 RETRYABLE_STATUSES = frozenset({502, 503, 504})

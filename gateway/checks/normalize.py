@@ -22,9 +22,15 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
-from .errors import AmbiguousFields, NotUtf8, Problem
+from ..errors import AmbiguousFields, NotUtf8, Problem
+from ..postback import (
+    CANONICAL_FIELDS,
+    ESTIMATED_PRICE,
+    INTEGER_FIELDS,
+    LOWERCASED_FIELDS,
+    Postback,
+)
 from .paramnames import comparable_set, poses_as
-from .postback import CANONICAL_FIELDS, ESTIMATED_PRICE, INTEGER_FIELDS, LOWERCASED_FIELDS, Postback
 
 _UNEXPANDED_MACRO = re.compile(r"\{[A-Za-z_]+\}")
 _DECIMAL = re.compile(r"([0-9]*)(?:\.([0-9]*))?")

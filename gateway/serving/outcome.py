@@ -10,10 +10,10 @@ import uuid
 
 from aiohttp import web
 
-from .errors import GatewayError, MalformedRequest, Outcome, Overloaded
-from .observe import RequestRecord, log_request
-from .pipeline import RECORD
-from .runtime import Runtime
+from ..errors import GatewayError, MalformedRequest, Outcome, Overloaded
+from ..observe import RequestRecord, log_request
+from ..pipeline import RECORD
+from ..runtime import Runtime
 
 log = logging.getLogger("gateway.outcome")
 

@@ -1,4 +1,4 @@
-"""Tests for gateway.dedup.store_keys, and for a route's dedup backed by it: across restarts."""
+"""gateway.durable.keys (delivered keys in the store), and a route's dedup backed by them."""
 
 from __future__ import annotations
 
@@ -10,13 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from gateway import outbox
 from gateway.dedup import HELD, Claim, DedupKey, RouteDedup, dedup_key
-from gateway.dedup.store_keys import StoreKeys, StoreKeysUnavailable
-from gateway.durable import STORE_SCHEMA
+from gateway.durable import outbox
+from gateway.durable.keys import StoreKeys, StoreKeysUnavailable
+from gateway.durable.service import STORE_SCHEMA
+from gateway.durable.store import Store
 from gateway.errors import DedupUnavailable, DuplicatePostback, Outcome
 from gateway.postback import Postback
-from gateway.store import Store
 from tests.clock import FakeClock
 
 KEY_FIELDS = ["ymid", "zone_id"]

@@ -12,10 +12,9 @@ import sqlite3
 import time
 from datetime import UTC, datetime
 
-from . import outbox
-from .config import GatewayConfig
-from .dedup import store_keys
-from .durable import STORE_SCHEMA
+from ..config import GatewayConfig
+from . import keys, outbox
+from .service import STORE_SCHEMA
 from .store import connect
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -77,7 +76,7 @@ def _stats(connection: sqlite3.Connection) -> int:
             else ""
         )
         print(f"route {item.route}: {counts}{oldest}")
-    print(f"dedup keys stored: {store_keys.count(connection)}")
+    print(f"dedup keys stored: {keys.count(connection)}")
     for row in connection.execute(
         "SELECT event_id, upstream, last_status, last_error FROM deliveries WHERE state = 'dead'"
         " ORDER BY updated_at DESC LIMIT 10"

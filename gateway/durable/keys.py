@@ -12,9 +12,9 @@ import sqlite3
 import time
 from collections.abc import Callable
 
-from ..store import Store, StoreError
-from .backend import HELD, KNOWN, BackendUnavailable, Claim
-from .key import DedupKey
+from ..dedup.backend import HELD, KNOWN, BackendUnavailable, Claim
+from ..dedup.key import DedupKey
+from .store import Store, StoreError
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS dedup_keys (

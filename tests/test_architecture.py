@@ -1,0 +1,65 @@
+"""The shape of the code, kept: which package may import which.
+
+Each package's docstring says what it owns; this says what it must not touch, by reading every
+module's imports. A new import that crosses a line fails here, where the fix is still cheap.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+GATEWAY = Path(__file__).resolve().parents[1] / "gateway"
+
+# package -> the parts of the gateway it must never import
+FORBIDDEN = {
+    "checks": {"dedup", "durable", "forwarding", "serving", "pipeline", "route", "runtime"},
+    "config": {"dedup", "durable", "forwarding", "serving", "pipeline", "route", "runtime"},
+    "dedup": {"durable", "forwarding", "serving", "pipeline", "route", "runtime", "config"},
+    "forwarding": {"dedup", "durable", "serving", "pipeline", "route", "runtime"},
+    "durable": {"serving", "pipeline", "runtime"},
+    "pipeline": {"durable", "serving", "runtime"},
+    "route": {"durable", "serving", "pipeline", "runtime"},
+    "runtime": {"serving"},
+}
+
+
+def imports_of(module: Path) -> set[str]:
+    """The gateway parts (first name under gateway/) a module imports."""
+    package = module.relative_to(GATEWAY).parts[:-1]
+    found = set()
+    for node in ast.walk(ast.parse(module.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.ImportFrom) and node.level:
+            base = list(package[: len(package) - (node.level - 1)])
+            target = [*base, *(node.module.split(".") if node.module else [])]
+            names = [target] if node.module else [[*base, alias.name] for alias in node.names]
+            found.update(parts[0] for parts in names if parts)
+        elif (
+            isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("gateway.")
+        ):
+            found.add(node.module.split(".")[1])
+    return found
+
+
+def part_of(module: Path) -> str:
+    first = module.relative_to(GATEWAY).parts[0]
+    return first.removesuffix(".py")
+
+
+@pytest.mark.parametrize(
+    "module",
+    sorted(GATEWAY.rglob("*.py")),
+    ids=lambda module: str(module.relative_to(GATEWAY)),
+)
+def test_no_module_imports_what_its_package_must_not_touch(module: Path) -> None:
+    own = part_of(module)
+    crossing = imports_of(module) & FORBIDDEN.get(own, set())
+    assert not crossing, f"{module.relative_to(GATEWAY)} imports {sorted(crossing)}"
+
+
+def test_the_rules_are_about_parts_that_exist() -> None:
+    parts = {part_of(module) for module in GATEWAY.rglob("*.py")}
+    named = set(FORBIDDEN) | {part for forbidden in FORBIDDEN.values() for part in forbidden}
+    assert named <= parts, named - parts
