@@ -138,16 +138,15 @@ class ValueReader:
         return text
 
     def param_name(self, value: Any, path: str) -> str | None:
-        text = self.string(value, path)
-        if text is not None and not _PARAM_NAME.fullmatch(text):
-            self.problem(path, f"{text!r} is not a usable query parameter name")
-            return None
-        return text
+        return self._name(value, path, _PARAM_NAME, "query parameter name")
 
     def header_name(self, value: Any, path: str) -> str | None:
+        return self._name(value, path, _HEADER_NAME, "header name")
+
+    def _name(self, value: Any, path: str, shape: re.Pattern[str], what: str) -> str | None:
         text = self.string(value, path)
-        if text is not None and not _HEADER_NAME.fullmatch(text):
-            self.problem(path, f"{text!r} is not a usable header name")
+        if text is not None and not shape.fullmatch(text):
+            self.problem(path, f"{text!r} is not a usable {what}")
             return None
         return text
 
