@@ -159,6 +159,20 @@ class Metrics:
     def watch_dedup(self, sizes: Callable[[], dict[str, int]]) -> None:
         self.registry.register(_DedupEntries(sizes))
 
+    def watch_store(self, available: Callable[[], bool]) -> None:
+        """`gateway_store_up`, read at scrape time; only where a store is configured."""
+        up = Gauge(
+            "gateway_store_up",
+            "1 while the durable store answers, 0 since an operation on it failed.",
+            registry=self.registry,
+        )
+        up.set_function(lambda: 1 if available() else 0)
+
+    def store_committed(self, ok: bool) -> None:
+        """A store transaction committed, or failed (called from the store's writer thread:
+        prometheus-client's counters are thread-safe)."""
+        (self.store_commits if ok else self.store_failures).inc()
+
     def tls_reloaded(self, ok: bool) -> None:
         self.tls_reloads.labels("success" if ok else "failure").inc()
 

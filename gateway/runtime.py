@@ -27,7 +27,7 @@ from .pipeline import Gateway
 
 log = logging.getLogger("gateway.runtime")
 MAX_UPSTREAM_CONNECTIONS = 256
-REDIS_HOLD_MARGIN = 5.0
+RESERVATION_MARGIN = 5.0
 
 
 def longest_delivery_of(route: RouteConfig) -> float:
@@ -127,15 +127,15 @@ class Runtime:
         """Where, beyond this process, the route's delivered events are known: the store's
         keys (restart-proof), then Redis (shared by replicas), in that order."""
         backends: list[Backend] = []
+        # longer than the slowest delivery, so only a crashed replica's reservation expires
+        hold = longest_delivery_of(route) + RESERVATION_MARGIN
         if self.durable is not None:
-            backends.append(self.durable.keys)
+            backends.append(self.durable.keys_for(hold))
         dedup = route.dedup
         if dedup.backend == DedupBackend.REDIS and dedup.redis_url is not None:
             client = self._redis_clients.get(dedup.redis_url)
             if client is None:
                 client = self._redis_clients[dedup.redis_url] = redis_client(dedup.redis_url)
-            # longer than the slowest delivery, so only a crashed replica's reservation expires
-            hold = longest_delivery_of(route) + REDIS_HOLD_MARGIN
             fail_open = dedup.on_redis_error == OnRedisError.FAIL_OPEN
             backends.append(RedisReservations(client, hold, self.metrics, fail_open=fail_open))
         return backends

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .config import GatewayConfig, RouteConfig
+from .config import GatewayConfig, RouteConfig, StoreConfig
 from .config.model import AllowIpsMode, DedupBackend
 from .postback import CANONICAL_FIELDS
 
@@ -17,14 +17,15 @@ def summarize(config: GatewayConfig, path: str) -> str:
         f"  max in flight {server.max_in_flight}, shutdown grace {server.shutdown_grace:g}s, "
         f"reload check every {server.reload_interval:g}s, "
         f"logs {config.logging.format}/{config.logging.level}",
+        f"  store {_store(config.store)}",
     ]
     for route in config.routes:
-        lines += _route_lines(route)
+        lines += _route_lines(route, config.store)
     lines += [f"warning: {warning}" for warning in config.warnings]
     return "\n".join(lines)
 
 
-def _route_lines(route: RouteConfig) -> list[str]:
+def _route_lines(route: RouteConfig, store: StoreConfig | None) -> list[str]:
     allow = f"{len(route.allow_ips)} entr(ies)" if route.allow_ips else "any address"
     if route.allow_ips and route.allow_ips_mode != AllowIpsMode.ENFORCE:
         allow += f" ({route.allow_ips_mode}: not enforced)"
@@ -44,7 +45,7 @@ def _route_lines(route: RouteConfig) -> list[str]:
         f"  match     {match or 'everything'}",
         f"  price     at most {route.max_estimated_price} USD per event",
         f"  dedup     key [{', '.join(route.dedup.key)}], ttl {route.dedup.ttl:g}s, "
-        f"max {route.dedup.max_entries} entries, {_dedup_backend(route)}",
+        f"max {route.dedup.max_entries} entries, {_dedup_backend(route, store)}",
     ]
     if route.drop_unknown:
         lines.append("  forwards  canonical fields only (drop_unknown)")
@@ -62,8 +63,19 @@ def _route_lines(route: RouteConfig) -> list[str]:
     return lines
 
 
-def _dedup_backend(route: RouteConfig) -> str:
+def _store(store: StoreConfig | None) -> str:
+    if store is None:
+        return "none (queued routes need one)"
+    if store.url is not None:
+        return f"PostgreSQL {store.shown}, shared by every replica"
+    return f"SQLite file {store.path}, this replica only"
+
+
+def _dedup_backend(route: RouteConfig, store: StoreConfig | None) -> str:
+    places = ["this process"]
+    if store is not None:
+        places.append("PostgreSQL (every replica)" if store.url is not None else "the store file")
     dedup = route.dedup
     if dedup.backend == DedupBackend.REDIS and dedup.redis_url is not None:
-        return f"shared on {dedup.redis_url.shown} ({dedup.on_redis_error})"
-    return "this process only"
+        places.append(f"Redis {dedup.redis_url.shown} ({dedup.on_redis_error})")
+    return ", then ".join(places)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import socket
 import subprocess
@@ -17,11 +18,12 @@ import pytest
 from aiohttp import web
 
 from gateway.config import GatewayConfig, parse_config
-from gateway.durable.service import STORE_SCHEMA
+from gateway.durable.sqlite_outbox import STORE_SCHEMA
 from gateway.durable.store import Store
 from gateway.metrics import Metrics
 from gateway.runtime import Runtime
 from gateway.serving.app import public_runner
+from tests.postgres import PostgresCluster
 from tests.processes import free_port
 from tests.rawupstream import start_server  # noqa: F401  (a fixture: raw upstreams)
 from tests.upstream import RecordingUpstream
@@ -168,6 +170,42 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresCluster]:
+    """One PostgreSQL server for the whole run, started on first use. Never skipped: the test
+    command installs PostgreSQL (see scripts/test)."""
+    yield from _running_cluster()
+
+
+_DATABASE_NUMBERS = itertools.count(1)
+
+
+@pytest.fixture
+def postgres_url(postgres: PostgresCluster) -> Iterator[str]:
+    """The URL of a new, empty database (`t_<n>`) on the shared server, this test's alone;
+    dropped after it, with whatever sessions the test left open."""
+    name = f"t_{next(_DATABASE_NUMBERS)}"
+    url = postgres.create_database(name)
+    yield url
+    postgres.drop_database(name)
+
+
+@pytest.fixture
+def own_postgres() -> Iterator[PostgresCluster]:
+    """A started PostgreSQL server of this test's own, which it may `stop`, `start` again or
+    `kill`; removed after it."""
+    yield from _running_cluster()
+
+
+def _running_cluster() -> Iterator[PostgresCluster]:
+    cluster = PostgresCluster()
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.remove()
 
 
 def access_lines(capsys: pytest.CaptureFixture[str]) -> list[dict[str, Any]]:

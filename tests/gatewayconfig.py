@@ -76,7 +76,7 @@ def gateway_config(
 
     Either `routes` by name, or the one route `tapper` made by `route(upstreams, **tapper)`.
     A route without `path` is served at /postback/NAME. `server` keys go over listeners on
-    free loopback ports; `store` is the store's path.
+    free loopback ports; `store` is the store's path, or a postgresql:// URL.
     """
     if routes is None:
         routes = {"tapper": route(upstreams, **tapper)}
@@ -86,7 +86,8 @@ def gateway_config(
     if logging is not None:
         document["logging"] = dict(logging)
     if store is not None:
-        document["store"] = {"path": str(store)}
+        is_url = str(store).startswith(("postgresql://", "postgres://"))
+        document["store"] = {"url": str(store)} if is_url else {"path": str(store)}
     if defaults is not None:
         document["defaults"] = dict(defaults)
     document["routes"] = {

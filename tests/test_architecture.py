@@ -63,3 +63,37 @@ def test_the_rules_are_about_parts_that_exist() -> None:
     parts = {part_of(module) for module in GATEWAY.rglob("*.py")}
     named = set(FORBIDDEN) | {part for forbidden in FORBIDDEN.values() for part in forbidden}
     assert named <= parts, named - parts
+
+
+# -- inside durable/: the two stores behind one protocol ------------------------------------------
+
+DURABLE = GATEWAY / "durable"
+POSTGRES_MODULES = {"postgres_outbox", "postgres_keys"}
+SQLITE_MODULES = {"sqlite_outbox", "store", "keys"}
+
+
+def durable_imports_of(module: Path) -> set[str]:
+    """The modules of durable/ (sibling names) and the libraries a durable module imports."""
+    found = set()
+    for node in ast.walk(ast.parse(module.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.ImportFrom) and node.level == 1:
+            found.update([node.module] if node.module else [a.name for a in node.names])
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            found.add(node.module.split(".")[0])
+        elif isinstance(node, ast.Import):
+            found.update(alias.name.split(".")[0] for alias in node.names)
+    return found
+
+
+@pytest.mark.parametrize("module", sorted(DURABLE.glob("*.py")), ids=lambda module: module.stem)
+def test_each_store_knows_only_the_outbox_protocol_not_the_other_store(module: Path) -> None:
+    """SQLite and PostgreSQL share `outbox.py` (the vocabulary and the protocol); only
+    `service.py` (which opens the configured one) and the package know both."""
+    imported = durable_imports_of(module)
+    if module.stem in POSTGRES_MODULES:
+        assert not imported & (SQLITE_MODULES | {"sqlite3"}), imported
+    elif module.stem in SQLITE_MODULES:
+        assert not imported & (POSTGRES_MODULES | {"asyncpg"}), imported
+    elif module.stem not in {"service", "__init__"}:
+        stores = POSTGRES_MODULES | SQLITE_MODULES | {"asyncpg", "sqlite3"}
+        assert not imported & stores, f"{module.name} should use the Outbox protocol"

@@ -1,345 +1,71 @@
 """The durable queue, end to end: the real `python -m gateway run` process and `queue` command.
 
-Every test starts the gateway as a subprocess on free loopback ports with a SQLite store in the
-test's temporary directory, in front of a real HTTP upstream (a `RecordingUpstream` in this
-process that records each request and answers as the test tells it). Crashes are real
-(SIGKILL), restarts reuse the same config and store, and a full disk is a real file-size limit
-on the gateway process. Every wait is bounded; every process is killed in a `finally`.
+Every test starts the gateway as a subprocess on free loopback ports with a store (an SQLite
+file in the test's temporary directory or, for the tests parametrized by `store`, a database
+on the test PostgreSQL) in front of a real HTTP upstream (a `RecordingUpstream` in this process
+that records each request and answers as the test tells it). Crashes are real (SIGKILL),
+restarts reuse the same config and store, and a full disk is a real file-size limit on the
+gateway process. Every wait is bounded; every process is killed in a `finally`.
 """
 
 from __future__ import annotations
 
 import json
 import re
-import resource
 import secrets
 import signal
-import socket
 import sqlite3
-import subprocess
-import sys
-import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
-from urllib.parse import urlencode
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
-from tests import processes
 from tests.conftest import UpstreamFactory
-from tests.gatewayconfig import gateway_config, route, upstream
-from tests.processes import Reply, free_port, gateway_command, http_get, spawn_gateway
+from tests.gatewayconfig import gateway_config
+from tests.processes import free_port, gateway_command
+from tests.queuedgateway import (
+    Harness,
+    Row,
+    assert_all_queued,
+    assert_queued,
+    command_env,
+    durable_route,
+    harness,
+    metric_sum,
+    printed_stats,
+    queue,
+    queue_list,
+    queue_stats,
+    settled,
+)  # fmt: skip
 from tests.upstream import Answer, Received
 from tests.waiting import eventually
 
-REPO = Path(__file__).resolve().parents[1]
-SECRET = "durable-secret-value-456"
-START_TIMEOUT = 15.0
-HTTP_TIMEOUT = 10.0
-COMMAND_TIMEOUT = 30.0
-STOP_TIMEOUT = 10.0
-FAST_QUEUE = {"retry_base": "100ms", "retry_cap": "500ms"}
+__all__ = ["harness"]  # the fixture, used by name
 
 
-# -- helpers ----------------------------------------------------------------------------------
-
-
-def command_env() -> dict[str, str]:
-    return processes.command_env(SECRET)
-
-
-def metric_samples(text: str) -> list[tuple[str, dict[str, str], float]]:
-    return [
-        (sample.name, sample.labels, sample.value)
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-    ]
-
-
-def metric_sum(text: str, name: str, **labels: str) -> float:
-    """The sum of every sample of `name` whose labels include `labels`."""
-    return sum(
-        value
-        for sample, sample_labels, value in metric_samples(text)
-        if sample == name and all(sample_labels.get(k) == v for k, v in labels.items())
-    )
-
-
-# -- the gateway process ----------------------------------------------------------------------
-
-
-def durable_route(
-    app_url: str,
-    *,
-    delivery: str = "queued",
-    timeout: str = "2s",
-    queue: dict[str, str] | None = None,
-) -> dict[str, Any]:
-    """A route as these tests use it: loopback only, one upstream without inline retries,
-    and (when queued) a queue that retries fast."""
-    settings: dict[str, Any] = {"delivery": delivery}
-    if delivery == "queued":
-        settings["queue"] = {**FAST_QUEUE, **(queue or {})}
-    app = upstream(app_url, timeout=timeout, retries=0)
-    return route([app], allow_ips=["127.0.0.1"], **settings)
-
-
-@dataclass(frozen=True)
-class Setup:
-    """A config file (fixed ports, one store) that survives the processes started on it."""
-
-    config: Path
-    store: Path
-    public_port: int
-    admin_port: int
-
-
-@dataclass
-class Gateway:
-    process: subprocess.Popen[bytes]
-    setup: Setup
-    stdout: Path
-    stderr: Path
-
-    def postback(self, route: str, ymid: str, **extra: str) -> Reply:
-        params = {"uid": ymid, "event": "click", "zone": "42", **extra, "token": SECRET}
-        return http_get(self.setup.public_port, f"/postback/{route}?{urlencode(params)}")
-
-    def admin(self, path: str) -> Reply:
-        return http_get(self.setup.admin_port, path)
-
-    def metrics(self) -> str:
-        reply = self.admin("/metrics")
-        assert reply.status == 200, reply
-        return reply.body.decode()
-
-    def output(self) -> str:
-        return self.stdout.read_text(encoding="utf-8", errors="replace")
-
-    def log_lines(self) -> list[dict[str, Any]]:
-        lines = []
-        for line in self.output().splitlines():
-            try:
-                parsed = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(parsed, dict):
-                lines.append(parsed)
-        return lines
-
-    def is_ready(self) -> bool:
-        if self.process.poll() is not None:
-            raise AssertionError(
-                f"gateway exited with {self.process.returncode}; stderr:\n"
-                + self.stderr.read_text(encoding="utf-8", errors="replace")
-                + "\nstdout:\n"
-                + self.output()
-            )
-        try:
-            ready = self.admin("/readyz").status == 200
-            with socket.create_connection(("127.0.0.1", self.setup.public_port), timeout=1):
-                return ready
-        except OSError:
-            return False
-
-    def crash(self) -> None:
-        """SIGKILL: no drain, no shutdown code, exactly like a power cut for the process."""
-        self.process.send_signal(signal.SIGKILL)
-        assert self.process.wait(timeout=STOP_TIMEOUT) == -signal.SIGKILL
-
-    def stop(self) -> int:
-        self.process.send_signal(signal.SIGTERM)
-        return self.process.wait(timeout=STOP_TIMEOUT)
-
-
-def _drain(pipe: IO[bytes], sink_path: Path) -> None:
-    with sink_path.open("ab") as sink:
-        for chunk in iter(lambda: pipe.read1(65536), b""):  # type: ignore[attr-defined]
-            sink.write(chunk)
-            sink.flush()
-
-
-class Harness:
-    """Configs and gateway processes of one test; `close` ends all of them."""
-
-    def __init__(self, tmp: Path) -> None:
-        self.tmp = tmp
-        self.gateways: list[Gateway] = []
-        self._drains: list[threading.Thread] = []
-
-    def setup(
-        self, routes: dict[str, dict[str, Any]], server: dict[str, Any] | None = None
-    ) -> Setup:
-        public_port, admin_port = free_port(), free_port()
-        store = self.tmp / "gw.db"
-        settings = {
-            "listen": f"127.0.0.1:{public_port}",
-            "admin_listen": f"127.0.0.1:{admin_port}",
-            "reload_interval": 0,
-            "shutdown_grace": "3s",
-            **(server or {}),
-        }
-        config = self.tmp / "config.yaml"
-        config.write_text(gateway_config(routes=routes, server=settings, store=store))
-        return Setup(config, store, public_port, admin_port)
-
-    def start(self, setup: Setup, file_size_limit: int | None = None) -> Gateway:
-        """`run --config`, ready to serve; with `file_size_limit`, under RLIMIT_FSIZE."""
-        index = len(self.gateways)
-        stdout, stderr = self.tmp / f"gateway{index}.out", self.tmp / f"gateway{index}.err"
-        if file_size_limit is None:
-            process = spawn_gateway(setup.config, command_env(), stdout, stderr)
-        else:
-            process = self._spawn_limited(setup.config, file_size_limit, stdout, stderr)
-        gateway = Gateway(process, setup, stdout, stderr)
-        self.gateways.append(gateway)
-        eventually(gateway.is_ready, START_TIMEOUT, explain=stderr.read_text)
-        return gateway
-
-    def _spawn_limited(
-        self, config: Path, limit: int, stdout: Path, stderr: Path
-    ) -> subprocess.Popen[bytes]:
-        """The same command as spawn_gateway, with a file-size limit on the process.
-
-        Its output goes through pipes (a pipe is not a file, so the limit does not silence the
-        log) to files written by this process.
-        """
-
-        def limit_file_size() -> None:
-            resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
-
-        process = subprocess.Popen(
-            [sys.executable, "-m", "gateway", "run", "--config", str(config)],
-            cwd=REPO,
-            env=command_env(),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            preexec_fn=limit_file_size,
-        )
-        assert process.stdout is not None and process.stderr is not None
-        for pipe, path in ((process.stdout, stdout), (process.stderr, stderr)):
-            path.touch()
-            drain = threading.Thread(target=_drain, args=(pipe, path), daemon=True)
-            drain.start()
-            self._drains.append(drain)
-        return process
-
-    def close(self) -> None:
-        for gateway in self.gateways:
-            if gateway.process.poll() is None:
-                gateway.process.kill()
-            gateway.process.wait(timeout=COMMAND_TIMEOUT)
-        for drain in self._drains:
-            drain.join(timeout=5)
-
-
-@pytest.fixture
-def harness(tmp_path: Path) -> Iterator[Harness]:
-    running = Harness(tmp_path)
-    try:
-        yield running
-    finally:
-        running.close()
-
-
-# -- the `queue` command ----------------------------------------------------------------------
-
-
-def queue(setup: Setup, *args: str) -> subprocess.CompletedProcess[str]:
-    config = str(setup.config)
-    return gateway_command("queue", "--config", config, *args, env=command_env())
-
-
-def queue_stats(setup: Setup) -> dict[str, dict[str, int]]:
-    """`queue stats` as {route: {state: deliveries}}; a state not printed is 0."""
-    result = queue(setup, "stats")
-    assert result.returncode == 0, result.stdout + result.stderr
-    routes: dict[str, dict[str, int]] = {}
-    for line in result.stdout.splitlines():
-        match = re.fullmatch(r"route (\S+): (.*)", line)
-        if not match:
-            continue
-        counts = routes.setdefault(match.group(1), Counter())
-        for part in match.group(2).split(", "):
-            state, _, number = part.partition(" ")
-            if number.isdigit():
-                counts[state] = int(number)
-    return routes
-
-
-@dataclass(frozen=True)
-class Row:
-    """One line of `queue list`."""
-
-    event_id: int
-    route: str
-    state: str
-    attempts: int
-    status: str
-    ymid: str
-    error: str
-
-
-def queue_list(setup: Setup, *args: str) -> list[Row]:
-    result = queue(setup, "list", *args)
-    assert result.returncode == 0, result.stdout + result.stderr
-    rows = []
-    for line in result.stdout.splitlines():
-        event_id, _, route, state, attempts, status, _, ymid, error = line.split("\t")
-        rows.append(
-            Row(
-                int(event_id),
-                route,
-                state,
-                int(attempts.removeprefix("attempts ")),
-                status.removeprefix("status "),
-                ymid.removeprefix("ymid="),
-                error,
-            )
-        )
-    return rows
-
-
-def settled(setup: Setup, route: str, delivered: int) -> dict[str, int] | None:
-    """The route's counts once `delivered` deliveries are recorded and none is pending."""
-    counts = queue_stats(setup).get(route, {})
-    done = counts.get("delivered", 0) == delivered and not counts.get("pending")
-    return dict(counts) if done else None
-
-
-def printed_stats(setup: Setup) -> Callable[[], str]:
-    """`queue stats` as printed, for a failure message."""
-    return lambda: queue(setup, "stats").stdout
-
-
-def assert_queued(reply: Reply) -> None:
-    assert (reply.status, reply.outcome) == (200, "queued"), (reply.status, reply.body)
-    assert reply.json() == {"outcome": "queued"}
-
-
-def assert_all_queued(gateway: Gateway, route: str, ymids: list[str]) -> None:
-    """Send one postback per ymid, ten at a time; every one must be acknowledged as queued."""
-    with ThreadPoolExecutor(max_workers=10) as pool:
-        replies = list(pool.map(lambda ymid: gateway.postback(route, ymid), ymids, timeout=30))
-    for reply in replies:
-        assert_queued(reply)
+@pytest.fixture(params=["sqlite", "postgres"])
+def store(request: pytest.FixtureRequest) -> str | None:
+    """Where the tests that hold on both stores keep their queue: the SQLite file in the
+    test's directory (None: the harness's default) or a database on the test PostgreSQL."""
+    if request.param == "sqlite":
+        return None
+    url: str = request.getfixturevalue("postgres_url")
+    return url
 
 
 # -- 1: a crash loses nothing acknowledged ----------------------------------------------------
 
 
 def test_sigkill_then_restart_delivers_every_acknowledged_event(
-    harness: Harness, start_upstream: UpstreamFactory
+    store: str | None, harness: Harness, start_upstream: UpstreamFactory
 ) -> None:
     events = 30
     upstream_port = free_port()  # nothing listens there until after the crash
-    setup = harness.setup({"tapper": durable_route(f"http://127.0.0.1:{upstream_port}/postback")})
+    setup = harness.setup(
+        {"tapper": durable_route(f"http://127.0.0.1:{upstream_port}/postback")}, store=store
+    )
     gateway = harness.start(setup)
     ymids = [f"crash-{number:02d}" for number in range(events)]
 
@@ -352,7 +78,8 @@ def test_sigkill_then_restart_delivers_every_acknowledged_event(
     def all_arrived() -> bool:
         return app.ymids() >= set(ymids) and len(app.keys()) >= events
 
-    eventually(all_arrived, 15.0, explain=lambda: f"missing: {sorted(set(ymids) - app.ymids())}")
+    # on PostgreSQL a delivery leased by the crashed process waits for its lease (timeout + 10s)
+    eventually(all_arrived, 30.0, explain=lambda: f"missing: {sorted(set(ymids) - app.ymids())}")
     assert app.ymids() == set(ymids)
     keys = app.keys()
     assert len(keys) == events and "" not in keys, keys
@@ -367,7 +94,7 @@ def test_sigkill_then_restart_delivers_every_acknowledged_event(
 
 
 def test_duplicates_are_recognised_after_a_restart(
-    harness: Harness, start_upstream: UpstreamFactory
+    store: str | None, harness: Harness, start_upstream: UpstreamFactory
 ) -> None:
     app = start_upstream()
     nowhere = f"http://127.0.0.1:{free_port()}/postback"
@@ -376,7 +103,7 @@ def test_duplicates_are_recognised_after_a_restart(
         "queued": durable_route(app.postback_url),
         "held": durable_route(nowhere),  # never delivered: pending across the restart
     }
-    setup = harness.setup(routes)
+    setup = harness.setup(routes, store=store)
     gateway = harness.start(setup)
 
     forwarded = gateway.postback("direct", "sync-1")
@@ -405,11 +132,11 @@ def test_duplicates_are_recognised_after_a_restart(
 
 
 def test_flapping_upstream_gets_each_event_once(
-    harness: Harness, start_upstream: UpstreamFactory
+    store: str | None, harness: Harness, start_upstream: UpstreamFactory
 ) -> None:
     events = 20
     app = start_upstream(default=lambda number, request: 503 if number % 2 == 0 else 200)
-    setup = harness.setup({"flap": durable_route(app.postback_url)})
+    setup = harness.setup({"flap": durable_route(app.postback_url)}, store=store)
     gateway = harness.start(setup)
     ymids = [f"flap-{number:02d}" for number in range(events)]
 
@@ -434,7 +161,7 @@ def test_flapping_upstream_gets_each_event_once(
 
 
 def test_upstream_slower_than_timeout_is_retried_until_delivered(
-    harness: Harness, start_upstream: UpstreamFactory
+    store: str | None, harness: Harness, start_upstream: UpstreamFactory
 ) -> None:
     first_seen: set[str] = set()
 
@@ -445,7 +172,7 @@ def test_upstream_slower_than_timeout_is_retried_until_delivered(
         return Answer(200, "OK (too late)", delay=1.0)
 
     app = start_upstream(default=slow_at_first)
-    setup = harness.setup({"slow": durable_route(app.postback_url, timeout="300ms")})
+    setup = harness.setup({"slow": durable_route(app.postback_url, timeout="300ms")}, store=store)
     gateway = harness.start(setup)
     ymids = [f"slow-{number}" for number in range(3)]
     for ymid in ymids:
@@ -473,10 +200,10 @@ def test_upstream_slower_than_timeout_is_retried_until_delivered(
 
 
 def test_refused_event_is_dead_lettered_then_redriven(
-    harness: Harness, start_upstream: UpstreamFactory
+    store: str | None, harness: Harness, start_upstream: UpstreamFactory
 ) -> None:
     app = start_upstream(default=Answer(400, "unknown user"))
-    setup = harness.setup({"refused": durable_route(app.postback_url)})
+    setup = harness.setup({"refused": durable_route(app.postback_url)}, store=store)
     gateway = harness.start(setup)
     assert_queued(gateway.postback("refused", "dead-1"))
 
@@ -502,14 +229,20 @@ def test_refused_event_is_dead_lettered_then_redriven(
     assert counts == {"delivered": 1}, queue(setup, "stats").stdout
     assert "dead:" not in queue(setup, "stats").stdout
     assert queue_list(setup, "--state", "dead") == []
+    kept = queue(setup, "purge", "--delivered", "--older-than", "1h")
+    assert "0 delivered event(s) purged" in kept.stdout, kept.stdout + kept.stderr
+    time.sleep(1.1)  # until the delivery was recorded more than a second ago
+    purged = queue(setup, "purge", "--delivered", "--older-than", "1s")
+    assert "1 delivered event(s) purged" in purged.stdout, purged.stdout + purged.stderr
+    assert "refused" not in queue_stats(setup)
     assert gateway.process.poll() is None
 
 
 def test_unavailable_upstream_is_retried_not_dead_lettered(
-    harness: Harness, start_upstream: UpstreamFactory
+    store: str | None, harness: Harness, start_upstream: UpstreamFactory
 ) -> None:
     app = start_upstream(default=Answer(503, "busy"))
-    setup = harness.setup({"busy": durable_route(app.postback_url)})
+    setup = harness.setup({"busy": durable_route(app.postback_url)}, store=store)
     gateway = harness.start(setup)
     assert_queued(gateway.postback("busy", "busy-1"))
 

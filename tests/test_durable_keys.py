@@ -11,9 +11,10 @@ from pathlib import Path
 import pytest
 
 from gateway.dedup import HELD, Claim, DedupKey, RouteDedup, dedup_key
-from gateway.durable import outbox
+from gateway.durable import sqlite_outbox
 from gateway.durable.keys import StoreKeys, StoreKeysUnavailable
-from gateway.durable.service import STORE_SCHEMA
+from gateway.durable.outbox import NewEvent
+from gateway.durable.sqlite_outbox import STORE_SCHEMA
 from gateway.durable.store import Store
 from gateway.errors import DedupUnavailable, DuplicatePostback, Outcome
 from gateway.postback import Postback
@@ -228,14 +229,12 @@ async def test_key_stored_with_a_queued_event_is_a_duplicate_after_restart(
 ) -> None:
     memory = backed_by(keys)
     async with memory.reserve(KEY, queued=True) as reservation:
-        await store.run(
-            lambda connection: outbox.enqueue(
-                connection, route="tapper", upstreams=["app"],
-                postback=Postback({"ymid": "u1", "zone_id": "5"}), idempotency_key=KEY.hex(),
-                request_id="req-1", client="203.0.113.7", now=clock.now, dedup_key=KEY,
-                dedup_expires_at=clock.now + TTL,
-            )
+        event = NewEvent(
+            route="tapper", upstreams=["app"], postback=Postback({"ymid": "u1", "zone_id": "5"}),
+            dedup_key=KEY, dedup_expires_at=clock.now + TTL, request_id="req-1",
+            client="203.0.113.7", accepted_at=clock.now,
         )  # fmt: skip
+        await store.run(lambda connection: sqlite_outbox.enqueue(connection, event))
         reservation.commit()
 
     assert await _is_new(backed_by(keys)) is False

@@ -1,85 +1,169 @@
-"""Tests for gateway.durable.outbox: events and their deliveries in a real SQLite file."""
+"""The outbox contract (gateway.durable.outbox.Outbox), through the interface, on every store.
+
+Each case runs on the SQLite file and on PostgreSQL (`outbox` is parametrized), and reads
+state back through the interface too (`listing`, `show`, `stats`, `count_keys`): what holds
+here holds for the service, the deliverer and the `queue` command whichever store they use.
+
+Two rules keep the cases valid on both stores:
+- Leases: on PostgreSQL a delivery `due` returns is leased (`lease` seconds from its `now`) and
+  not returned again until recorded or until `now` passes the lease. No case counts on getting
+  a delivery twice from `due` without recording it, unless it asks past the lease.
+- Time is the caller's: both stores compare the times passed in (`accepted_at`, `now`), never
+  their own clock, so the cases use small round numbers.
+"""
 
 from __future__ import annotations
 
-import sqlite3
-from collections.abc import Callable, Iterator
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from gateway.durable import outbox
-from gateway.durable.outbox import DEAD, DELIVERED, MAX_KEPT_BODY, PENDING, Delivery, RouteStats
-from gateway.durable.service import STORE_SCHEMA
-from gateway.durable.store import connect
+from gateway.config.model import PostgresUrl, StoreConfig
+from gateway.durable.outbox import (
+    DEAD,
+    DELIVERED,
+    MAX_KEPT_BODY,
+    PENDING,
+    RETRY,
+    Attempt,
+    Delivery,
+    DeliveryState,
+    NewEvent,
+    Outbox,
+    RouteStats,
+)
+from gateway.durable.service import open_outbox
 from gateway.postback import Postback
 
 POSTBACK = Postback(
     {"ymid": "u1", "zone_id": "5", "event_type": "impression"}, (("custom", "a b"), ("x", "1"))
 )
+KEY_TTL = 3600.0
+LEASE = 30.0
+FAR_FUTURE = 1e12  # a `now` at which every pending delivery is due
+EVERYTHING = 10_000  # a `limit` above what any case stores
+PATIENCE = 10.0  # bounds opening and closing a store: a hang fails instead of freezing the run
+
+
+@contextlib.asynccontextmanager
+async def opened(config: StoreConfig) -> AsyncIterator[Outbox]:
+    """The store `open_outbox` builds, opened, and closed after use."""
+    outbox = open_outbox(config)
+    await asyncio.wait_for(outbox.open(), PATIENCE)
+    try:
+        yield outbox
+    finally:
+        await asyncio.wait_for(outbox.close(), PATIENCE)
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+async def outbox(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Outbox]:
+    """An opened, empty outbox: an SQLite file in tmp_path, or a PostgreSQL database."""
+    if request.param == "sqlite":
+        config = StoreConfig(path=str(tmp_path / "outbox.db"))
+    else:
+        config = StoreConfig(url=PostgresUrl(request.getfixturevalue("postgres_url")))
+    async with opened(config) as store:
+        yield store
 
 
 @pytest.fixture
-def connection(tmp_path: Path) -> Iterator[sqlite3.Connection]:
-    connection = connect(str(tmp_path / "x.db"), STORE_SCHEMA)
-    yield connection
-    connection.close()
+async def postgres_outbox(postgres_url: str) -> AsyncIterator[Outbox]:
+    """An opened, empty outbox on PostgreSQL, for what only a shared store promises."""
+    async with opened(StoreConfig(url=PostgresUrl(postgres_url))) as store:
+        yield store
 
 
-def _enqueue(
-    connection: sqlite3.Connection,
-    *,
+def new_event(
     now: float,
+    *,
+    route: str = "tapper",
+    upstreams: tuple[str, ...] = ("app",),
+    key: bytes | None = None,
+) -> NewEvent:
+    """An event accepted at `now`, its dedup key kept KEY_TTL seconds."""
+    return NewEvent(
+        route=route,
+        upstreams=list(upstreams),
+        postback=POSTBACK,
+        dedup_key=key if key is not None else f"{route}-{now}".encode(),
+        dedup_expires_at=now + KEY_TTL,
+        request_id=f"req-{now}",
+        client="203.0.113.7",
+        accepted_at=now,
+    )
+
+
+async def enqueue(
+    outbox: Outbox,
+    now: float,
+    *,
     route: str = "tapper",
     upstreams: tuple[str, ...] = ("app",),
     key: bytes | None = None,
 ) -> int:
-    event_id = outbox.enqueue(
-        connection,
-        route=route,
-        upstreams=list(upstreams),
-        postback=POSTBACK,
-        idempotency_key=f"idem-{route}-{now}",
-        request_id=f"req-{now}",
-        client="203.0.113.7",
-        now=now,
-        dedup_key=key if key is not None else f"{route}-{now}".encode(),
-        dedup_expires_at=now + 3600,
-    )
-    assert event_id is not None
-    return event_id
+    """Enqueue a new event; its id (the newest event `listing` shows)."""
+    assert await outbox.enqueue(new_event(now, route=route, upstreams=upstreams, key=key))
+    (newest, *_) = await outbox.listing(None, None, 1)
+    return newest.event_id
 
 
-def _delivery_row(connection: sqlite3.Connection, event_id: int, upstream: str) -> dict[str, Any]:
-    cursor = connection.execute(
-        "SELECT * FROM deliveries WHERE event_id = ? AND upstream = ?", (event_id, upstream)
-    )
-    row = cursor.fetchone()
-    assert row is not None, f"no delivery ({event_id}, {upstream})"
-    return dict(zip([column[0] for column in cursor.description], row, strict=True))
-
-
-def _states(connection: sqlite3.Connection) -> dict[tuple[int, str], str]:
-    rows = connection.execute("SELECT event_id, upstream, state FROM deliveries")
-    return {(event_id, upstream): state for event_id, upstream, state in rows}
-
-
-def _delivery(
-    connection: sqlite3.Connection, event_id: int, upstream: str = "app", route: str = "tapper"
+async def claim(
+    outbox: Outbox, event_id: int, upstream: str = "app", route: str = "tapper"
 ) -> Delivery:
-    """The Delivery the deliverer would hold for this row (as `due` builds it)."""
-    found = [
-        delivery
-        for delivery in outbox.due(connection, route, upstream, float("inf"), 1000, frozenset())
-        if delivery.event_id == event_id
-    ]
-    assert found, f"({event_id}, {upstream}) is not pending"
+    """This one delivery from `due`, whenever it is due. Every other event is passed as busy,
+    so that no other delivery is leased on the way."""
+    others = frozenset(item.event_id for item in await outbox.listing(None, None, EVERYTHING))
+    found = await outbox.due(route, upstream, FAR_FUTURE, 1, others - {event_id}, lease=LEASE)
+    assert [delivery.event_id for delivery in found] == [event_id], (
+        f"({event_id}, {upstream}) is not pending"
+    )
     return found[0]
 
 
-def _due_ids(
-    connection: sqlite3.Connection,
+async def attempt(
+    outbox: Outbox,
+    event_id: int,
+    result: Attempt,
+    now: float,
+    upstream: str = "app",
+    route: str = "tapper",
+) -> None:
+    """Claim the delivery and record `result` at `now`, as the deliverer would."""
+    delivery = await claim(outbox, event_id, upstream, route)
+    assert await outbox.record(delivery, result, now), "a claimed delivery was not the caller's"
+
+
+def delivered(status: int = 200) -> Attempt:
+    return Attempt(DELIVERED, status=status)
+
+
+def retry(at: float, error: str = "timeout", status: int | None = None) -> Attempt:
+    return Attempt(RETRY, error=error, status=status, retry_at=at)
+
+
+def dead(error: str = "HTTP 400", status: int | None = 400, body: str | None = None) -> Attempt:
+    return Attempt(DEAD, error=error, status=status, body=body)
+
+
+async def state_of(outbox: Outbox, event_id: int, upstream: str = "app") -> DeliveryState:
+    shown = await outbox.show(event_id)
+    assert shown is not None, f"no event {event_id}"
+    (found,) = [delivery for delivery in shown.deliveries if delivery.upstream == upstream]
+    return found
+
+
+async def states(outbox: Outbox) -> dict[tuple[int, str], str]:
+    """(event, upstream) -> state of every delivery."""
+    listed = await outbox.listing(None, None, EVERYTHING)
+    return {(item.event_id, item.upstream): item.state for item in listed}
+
+
+async def due_ids(
+    outbox: Outbox,
     now: float,
     *,
     limit: int = 100,
@@ -87,49 +171,41 @@ def _due_ids(
     route: str = "tapper",
     upstream: str = "app",
 ) -> list[int]:
-    return [d.event_id for d in outbox.due(connection, route, upstream, now, limit, busy)]
+    due = await outbox.due(route, upstream, now, limit, busy, lease=LEASE)
+    return [delivery.event_id for delivery in due]
 
 
 # --- enqueue --------------------------------------------------------------------------------
 
 
-def test_enqueue_stores_event_deliveries_and_dedup_key(connection: sqlite3.Connection) -> None:
-    event_id = outbox.enqueue(
-        connection,
-        route="tapper",
-        upstreams=["app", "analytics"],
-        postback=POSTBACK,
-        idempotency_key="abc123",
-        request_id="req-1",
-        client="203.0.113.7",
-        now=100.0,
-        dedup_key=b"\x01key",
-        dedup_expires_at=160.0,
+async def test_enqueue_stores_event_deliveries_and_dedup_key(outbox: Outbox) -> None:
+    event = new_event(100.0, upstreams=("app", "analytics"), key=b"\x01key")
+
+    assert await outbox.enqueue(event) is True
+
+    (event_id,) = {item.event_id for item in await outbox.listing(None, None, EVERYTHING)}
+    shown = await outbox.show(event_id)
+    assert shown is not None
+    assert (shown.route, shown.idempotency_key, shown.request_id, shown.client) == (
+        "tapper",
+        b"\x01key".hex(),
+        "req-100.0",
+        "203.0.113.7",
     )
-
-    events = connection.execute(
-        "SELECT id, route, idempotency_key, request_id, client, created_at FROM events"
-    ).fetchall()
-    assert events == [(event_id, "tapper", "abc123", "req-1", "203.0.113.7", 100.0)]
-    for upstream in ("app", "analytics"):
-        row = _delivery_row(connection, event_id, upstream)
-        assert (row["state"], row["attempts"], row["next_attempt_at"], row["since"]) == (
-            PENDING,
-            0,
-            100.0,
-            100.0,
-        )
-        assert (row["last_error"], row["last_status"], row["last_body"]) == (None, None, None)
-    assert connection.execute("SELECT COUNT(*) FROM deliveries").fetchone() == (2,)
-    assert connection.execute("SELECT key, expires_at FROM dedup_keys").fetchall() == [
-        (b"\x01key", 160.0)
+    assert (shown.accepted_at, shown.postback) == (100.0, POSTBACK)
+    assert shown.deliveries == [
+        DeliveryState(upstream, PENDING, 0, None, None, None, 100.0)
+        for upstream in ("analytics", "app")
     ]
+    assert await outbox.count_keys() == 1
+    assert await outbox.purge_expired_keys(100.0 + KEY_TTL - 1) == 0, "key kept too briefly"
+    assert await outbox.purge_expired_keys(100.0 + KEY_TTL) == 1, "key kept too long"
 
 
-def test_enqueued_event_comes_back_unchanged_from_due(connection: sqlite3.Connection) -> None:
-    event_id = _enqueue(connection, now=100.0)
+async def test_enqueued_event_comes_back_unchanged_from_due(outbox: Outbox) -> None:
+    event_id = await enqueue(outbox, 100.0)
 
-    (delivery,) = outbox.due(connection, "tapper", "app", 100.0, 10, frozenset())
+    (delivery,) = await outbox.due("tapper", "app", 100.0, 10, frozenset(), lease=LEASE)
 
     assert delivery == Delivery(
         event_id=event_id,
@@ -140,33 +216,57 @@ def test_enqueued_event_comes_back_unchanged_from_due(connection: sqlite3.Connec
         postback=POSTBACK,
         request_id="req-100.0",
         client="203.0.113.7",
-        idempotency_key="idem-tapper-100.0",
+        idempotency_key=b"tapper-100.0".hex(),
     )
 
 
-def test_enqueue_gives_each_event_its_own_id(connection: sqlite3.Connection) -> None:
-    first = _enqueue(connection, now=100.0)
-    second = _enqueue(connection, now=101.0)
+async def test_enqueue_gives_each_event_its_own_id(outbox: Outbox) -> None:
+    first = await enqueue(outbox, 100.0)
+    second = await enqueue(outbox, 101.0)
 
     assert first != second
-    assert connection.execute("SELECT COUNT(*) FROM events").fetchone() == (2,)
+    assert {event_id for event_id, _ in await states(outbox)} == {first, second}
+
+
+@pytest.mark.parametrize(
+    ("again_at", "accepted"),
+    [
+        pytest.param(200.0, False, id="while-the-key-is-kept"),
+        pytest.param(100.0 + KEY_TTL - 0.5, False, id="just-before-the-key-expires"),
+        pytest.param(100.0 + KEY_TTL, True, id="when-the-key-expires"),
+        pytest.param(5000.0, True, id="long-after-the-key-expired"),
+    ],
+)
+async def test_enqueue_of_a_known_key_writes_nothing_and_says_so(
+    outbox: Outbox, again_at: float, accepted: bool
+) -> None:
+    first = await enqueue(outbox, 100.0, key=b"same-event")
+
+    again = await outbox.enqueue(new_event(again_at, key=b"same-event"))
+
+    assert again is accepted
+    events = {event_id for event_id, _ in await states(outbox)}
+    assert len(events - {first}) == (1 if accepted else 0)
+    assert await outbox.count_keys() == 1
+    if not accepted:  # nothing written: not even a later expiry for the known key
+        assert await outbox.purge_expired_keys(100.0 + KEY_TTL) == 1
 
 
 # --- due ------------------------------------------------------------------------------------
 
 
-def test_due_returns_oldest_first(connection: sqlite3.Connection) -> None:
-    newest = _enqueue(connection, now=100.0)
-    oldest = _enqueue(connection, now=50.0)
-    middle = _enqueue(connection, now=75.0)
+async def test_due_returns_oldest_first(outbox: Outbox) -> None:
+    newest = await enqueue(outbox, 100.0)
+    oldest = await enqueue(outbox, 50.0)
+    middle = await enqueue(outbox, 75.0)
 
-    assert _due_ids(connection, 200.0) == [oldest, middle, newest]
+    assert await due_ids(outbox, 200.0) == [oldest, middle, newest]
 
 
-def test_due_respects_limit(connection: sqlite3.Connection) -> None:
-    ids = [_enqueue(connection, now=float(n)) for n in range(5)]
+async def test_due_respects_limit(outbox: Outbox) -> None:
+    ids = [await enqueue(outbox, float(n)) for n in range(5)]
 
-    assert _due_ids(connection, 200.0, limit=2) == ids[:2]
+    assert await due_ids(outbox, 200.0, limit=2) == ids[:2]
 
 
 @pytest.mark.parametrize(
@@ -178,73 +278,55 @@ def test_due_respects_limit(connection: sqlite3.Connection) -> None:
         pytest.param([0, 1, 2, 3], 10, [], id="all-busy"),
     ],
 )
-def test_due_skips_busy_events(
-    connection: sqlite3.Connection,
-    busy_positions: list[int],
-    limit: int,
-    expected_positions: list[int],
+async def test_due_skips_busy_events(
+    outbox: Outbox, busy_positions: list[int], limit: int, expected_positions: list[int]
 ) -> None:
-    ids = [_enqueue(connection, now=float(n)) for n in range(4)]
+    ids = [await enqueue(outbox, float(n)) for n in range(4)]
     busy = frozenset(ids[position] for position in busy_positions)
 
-    due = _due_ids(connection, 200.0, limit=limit, busy=busy)
+    due = await due_ids(outbox, 200.0, limit=limit, busy=busy)
 
     assert due == [ids[position] for position in expected_positions]
 
 
-def test_due_busy_ids_of_other_upstreams_do_not_shrink_the_batch(
-    connection: sqlite3.Connection,
-) -> None:
-    ids = [_enqueue(connection, now=float(n)) for n in range(3)]
-    elsewhere = _enqueue(connection, now=10.0, upstreams=("analytics",))
+async def test_due_busy_ids_of_other_upstreams_do_not_shrink_the_batch(outbox: Outbox) -> None:
+    ids = [await enqueue(outbox, float(n)) for n in range(3)]
+    elsewhere = await enqueue(outbox, 10.0, upstreams=("analytics",))
 
-    due = _due_ids(connection, 200.0, limit=3, busy=frozenset({elsewhere}))
+    due = await due_ids(outbox, 200.0, limit=3, busy=frozenset({elsewhere}))
 
     assert due == ids
 
 
-def _retry_later(connection: sqlite3.Connection, event_id: int) -> None:
-    outbox.mark_retry(connection, _delivery(connection, event_id), "timeout", None, 500.0, 150.0)
-
-
-def _deliver(connection: sqlite3.Connection, event_id: int) -> None:
-    outbox.mark_delivered(connection, _delivery(connection, event_id), 200, 150.0)
-
-
-def _kill(connection: sqlite3.Connection, event_id: int) -> None:
-    outbox.mark_dead(connection, _delivery(connection, event_id), "HTTP 400", 400, "no", 150.0)
-
-
 @pytest.mark.parametrize(
-    "make_not_due",
+    "result",
     [
-        pytest.param(_retry_later, id="retry-not-yet-due"),
-        pytest.param(_deliver, id="delivered"),
-        pytest.param(_kill, id="dead"),
+        pytest.param(retry(at=500.0), id="retry-not-yet-due"),
+        pytest.param(delivered(), id="delivered"),
+        pytest.param(dead(), id="dead"),
     ],
 )
-def test_due_skips_deliveries_not_due(
-    connection: sqlite3.Connection, make_not_due: Callable[[sqlite3.Connection, int], None]
-) -> None:
-    skipped = _enqueue(connection, now=100.0)
-    kept = _enqueue(connection, now=101.0)
+async def test_due_skips_deliveries_not_due(outbox: Outbox, result: Attempt) -> None:
+    skipped = await enqueue(outbox, 100.0)
+    kept = await enqueue(outbox, 101.0)
 
-    make_not_due(connection, skipped)
+    await attempt(outbox, skipped, result, now=150.0)
 
-    assert _due_ids(connection, 200.0) == [kept]
+    assert await due_ids(outbox, 200.0) == [kept]
 
 
-def test_due_skips_events_accepted_after_now(connection: sqlite3.Connection) -> None:
-    now_due = _enqueue(connection, now=100.0)
-    _enqueue(connection, now=300.0)
+async def test_due_skips_events_accepted_after_now(outbox: Outbox) -> None:
+    now_due = await enqueue(outbox, 100.0)
+    await enqueue(outbox, 300.0)
 
-    assert _due_ids(connection, 200.0) == [now_due]
+    assert await due_ids(outbox, 200.0) == [now_due]
 
 
-def test_due_is_inclusive_at_the_due_time(connection: sqlite3.Connection) -> None:
-    event_id = _enqueue(connection, now=100.0)
+async def test_due_is_inclusive_at_the_due_time(outbox: Outbox) -> None:
+    event_id = await enqueue(outbox, 100.0)
 
-    assert _due_ids(connection, 100.0) == [event_id]
+    assert await due_ids(outbox, 99.5) == []
+    assert await due_ids(outbox, 100.0) == [event_id]
 
 
 @pytest.mark.parametrize(
@@ -254,40 +336,56 @@ def test_due_is_inclusive_at_the_due_time(connection: sqlite3.Connection) -> Non
         pytest.param("tapper", "analytics", id="other-upstream"),
     ],
 )
-def test_due_returns_only_the_asked_route_and_upstream(
-    connection: sqlite3.Connection, route: str, upstream: str
+async def test_due_returns_only_the_asked_route_and_upstream(
+    outbox: Outbox, route: str, upstream: str
 ) -> None:
-    _enqueue(connection, now=100.0, route="tapper", upstreams=("app",))
+    await enqueue(outbox, 100.0, route="tapper", upstreams=("app",))
 
-    assert _due_ids(connection, 200.0, route=route, upstream=upstream) == []
+    assert await due_ids(outbox, 200.0, route=route, upstream=upstream) == []
 
 
-def test_retried_delivery_is_due_again_at_its_next_attempt(connection: sqlite3.Connection) -> None:
-    event_id = _enqueue(connection, now=100.0)
-    _retry_later(connection, event_id)  # next attempt at 500
+async def test_retried_delivery_is_due_again_at_its_next_attempt(outbox: Outbox) -> None:
+    event_id = await enqueue(outbox, 100.0)
+    await attempt(outbox, event_id, retry(at=500.0), now=150.0)
 
-    assert _due_ids(connection, 499.0) == []
-    (delivery,) = outbox.due(connection, "tapper", "app", 500.0, 10, frozenset())
+    assert await due_ids(outbox, 499.0) == []
+    (delivery,) = await outbox.due("tapper", "app", 500.0, 10, frozenset(), lease=LEASE)
     assert (delivery.event_id, delivery.attempts, delivery.since) == (event_id, 1, 100.0)
 
 
-# --- marking the result of an attempt -------------------------------------------------------
+# --- recording the result of an attempt -----------------------------------------------------
 
 
-def test_mark_delivered_records_success(connection: sqlite3.Connection) -> None:
-    event_id = _enqueue(connection, now=100.0)
-    outbox.mark_retry(connection, _delivery(connection, event_id), "timeout", 504, 110.0, 105.0)
+@pytest.mark.parametrize(
+    "result",
+    [
+        pytest.param(delivered(), id="delivered"),
+        pytest.param(retry(at=500.0), id="retry"),
+        pytest.param(dead(), id="dead"),
+    ],
+)
+async def test_record_of_the_callers_delivery_says_it_was_recorded(
+    outbox: Outbox, result: Attempt
+) -> None:
+    await enqueue(outbox, 100.0)
+    (delivery,) = await outbox.due("tapper", "app", 100.0, 10, frozenset(), lease=LEASE)
 
-    outbox.mark_delivered(connection, _delivery(connection, event_id), 200, 120.0)
+    assert await outbox.record(delivery, result, 110.0) is True
 
-    row = _delivery_row(connection, event_id, "app")
-    assert (row["state"], row["attempts"], row["last_status"], row["last_error"]) == (
+
+async def test_record_delivered_records_success(outbox: Outbox) -> None:
+    event_id = await enqueue(outbox, 100.0)
+    await attempt(outbox, event_id, retry(at=110.0, error="timeout", status=504), now=105.0)
+
+    await attempt(outbox, event_id, delivered(200), now=120.0)
+
+    state = await state_of(outbox, event_id)
+    assert (state.state, state.attempts, state.last_status, state.last_error) == (
         DELIVERED,
         2,
         200,
         None,
     )
-    assert row["updated_at"] == 120.0
 
 
 @pytest.mark.parametrize(
@@ -297,30 +395,28 @@ def test_mark_delivered_records_success(connection: sqlite3.Connection) -> None:
         pytest.param("connection refused", None, id="no-answer"),
     ],
 )
-def test_mark_retry_keeps_pending_and_records_the_failure(
-    connection: sqlite3.Connection, error: str, status: int | None
+async def test_record_retry_keeps_pending_and_records_the_failure(
+    outbox: Outbox, error: str, status: int | None
 ) -> None:
-    event_id = _enqueue(connection, now=100.0)
+    event_id = await enqueue(outbox, 100.0)
 
-    outbox.mark_retry(connection, _delivery(connection, event_id), error, status, 130.0, 110.0)
+    await attempt(outbox, event_id, retry(at=130.0, error=error, status=status), now=110.0)
 
-    row = _delivery_row(connection, event_id, "app")
-    assert row["state"] == PENDING
-    assert row["attempts"] == 1
-    assert (row["last_error"], row["last_status"]) == (error, status)
-    assert (row["next_attempt_at"], row["updated_at"], row["since"]) == (130.0, 110.0, 100.0)
+    state = await state_of(outbox, event_id)
+    assert (state.state, state.attempts, state.next_attempt_at) == (PENDING, 1, 130.0)
+    assert (state.last_error, state.last_status) == (error, status)
+    (again,) = await outbox.due("tapper", "app", 130.0, 10, frozenset(), lease=LEASE)
+    assert again.since == 100.0, "a retry must not restart the age of the delivery"
 
 
-def test_mark_retry_counts_every_attempt(connection: sqlite3.Connection) -> None:
-    event_id = _enqueue(connection, now=100.0)
+async def test_record_retry_counts_every_attempt(outbox: Outbox) -> None:
+    event_id = await enqueue(outbox, 100.0)
 
-    for attempt in range(3):
-        outbox.mark_retry(
-            connection, _delivery(connection, event_id), f"try {attempt}", 500, 100.0, 100.0
-        )
+    for number in range(3):
+        await attempt(outbox, event_id, retry(at=100.0, error=f"try {number}"), now=100.0)
 
-    row = _delivery_row(connection, event_id, "app")
-    assert (row["attempts"], row["last_error"]) == (3, "try 2")
+    state = await state_of(outbox, event_id)
+    assert (state.attempts, state.last_error) == (3, "try 2")
 
 
 @pytest.mark.parametrize(
@@ -334,31 +430,30 @@ def test_mark_retry_counts_every_attempt(connection: sqlite3.Connection) -> None
         pytest.param("\u00e9" * (MAX_KEPT_BODY + 5), "\u00e9" * MAX_KEPT_BODY, id="non-ascii"),
     ],
 )
-def test_mark_dead_records_the_failure_and_keeps_a_bounded_body(
-    connection: sqlite3.Connection, body: str | None, kept: str | None
+async def test_record_dead_records_the_failure_and_keeps_a_bounded_body(
+    outbox: Outbox, body: str | None, kept: str | None
 ) -> None:
-    event_id = _enqueue(connection, now=100.0)
+    event_id = await enqueue(outbox, 100.0)
 
-    outbox.mark_dead(connection, _delivery(connection, event_id), "HTTP 400", 400, body, 140.0)
+    await attempt(outbox, event_id, dead("HTTP 400", 400, body), now=140.0)
 
-    row = _delivery_row(connection, event_id, "app")
-    assert (row["state"], row["attempts"], row["last_error"], row["last_status"]) == (
+    state = await state_of(outbox, event_id)
+    assert (state.state, state.attempts, state.last_error, state.last_status) == (
         DEAD,
         1,
         "HTTP 400",
         400,
     )
-    assert row["last_body"] == kept
-    assert row["updated_at"] == 140.0
+    assert state.last_body == kept
 
 
-def test_marking_one_upstream_leaves_the_others(connection: sqlite3.Connection) -> None:
-    event_id = _enqueue(connection, now=100.0, upstreams=("app", "analytics"))
-    other = _enqueue(connection, now=101.0, upstreams=("app",))
+async def test_recording_one_upstream_leaves_the_others(outbox: Outbox) -> None:
+    event_id = await enqueue(outbox, 100.0, upstreams=("app", "analytics"))
+    other = await enqueue(outbox, 101.0, upstreams=("app",))
 
-    outbox.mark_dead(connection, _delivery(connection, event_id), "HTTP 400", 400, None, 110.0)
+    await attempt(outbox, event_id, dead(), now=110.0)
 
-    assert _states(connection) == {
+    assert await states(outbox) == {
         (event_id, "app"): DEAD,
         (event_id, "analytics"): PENDING,
         (other, "app"): PENDING,
@@ -369,26 +464,23 @@ def test_marking_one_upstream_leaves_the_others(connection: sqlite3.Connection) 
 
 
 @pytest.fixture
-def dead_letters(connection: sqlite3.Connection) -> dict[str, int]:
+async def dead_letters(outbox: Outbox) -> dict[str, int]:
     """Route tapper: `two_dead` (app dead, analytics dead), `mixed` (app dead, analytics
-    delivered), `retrying` (app pending after 2 attempts). Route other: `elsewhere` (dead)."""
+    delivered), `retrying` (app pending after 2 attempts, next at 900). Route other:
+    `elsewhere` (dead)."""
     ids = {
-        "two_dead": _enqueue(connection, now=10.0, upstreams=("app", "analytics")),
-        "mixed": _enqueue(connection, now=11.0, upstreams=("app", "analytics")),
-        "retrying": _enqueue(connection, now=12.0),
-        "elsewhere": _enqueue(connection, now=13.0, route="other"),
+        "two_dead": await enqueue(outbox, 10.0, upstreams=("app", "analytics")),
+        "mixed": await enqueue(outbox, 11.0, upstreams=("app", "analytics")),
+        "retrying": await enqueue(outbox, 12.0),
+        "elsewhere": await enqueue(outbox, 13.0, route="other"),
     }
     for upstream in ("app", "analytics"):
-        outbox.mark_dead(
-            connection, _delivery(connection, ids["two_dead"], upstream), "e", 500, "b", 20.0
-        )
-    outbox.mark_dead(connection, _delivery(connection, ids["mixed"]), "e", 500, "b", 20.0)
-    outbox.mark_delivered(connection, _delivery(connection, ids["mixed"], "analytics"), 200, 20.0)
+        await attempt(outbox, ids["two_dead"], dead("e", 500, "b"), 20.0, upstream)
+    await attempt(outbox, ids["mixed"], dead("e", 500, "b"), 20.0)
+    await attempt(outbox, ids["mixed"], delivered(), 20.0, "analytics")
     for _ in range(2):
-        outbox.mark_retry(connection, _delivery(connection, ids["retrying"]), "e", 500, 900.0, 20.0)
-    outbox.mark_dead(
-        connection, _delivery(connection, ids["elsewhere"], route="other"), "e", 500, "b", 20.0
-    )
+        await attempt(outbox, ids["retrying"], retry(at=900.0, error="e", status=500), 20.0)
+    await attempt(outbox, ids["elsewhere"], dead("e", 500, "b"), 20.0, route="other")
     return ids
 
 
@@ -412,39 +504,37 @@ def dead_letters(connection: sqlite3.Connection) -> dict[str, int]:
         pytest.param({"route": "nope"}, set(), id="unknown-route"),
     ],
 )  # fmt: skip
-def test_redrive_resets_the_selected_deliveries(
-    connection: sqlite3.Connection,
+async def test_redrive_resets_the_selected_deliveries(
+    outbox: Outbox,
     dead_letters: dict[str, int],
     selector: dict[str, str],
     expected: set[tuple[str, str]],
 ) -> None:
-    names = {event_id: name for name, event_id in dead_letters.items()}
-    before = {
-        (names[event_id], upstream): _delivery_row(connection, event_id, upstream)
-        for event_id, upstream in _states(connection)
-    }
+    before = {name: await outbox.show(event_id) for name, event_id in dead_letters.items()}
     event_id = dead_letters[selector["event"]] if "event" in selector else None
 
-    count = outbox.redrive(connection, 1000.0, event_id=event_id, route=selector.get("route"))
+    count = await outbox.redrive(1000.0, event_id=event_id, route=selector.get("route"))
 
     assert count == len(expected)
-    for (name, upstream), old in before.items():
-        row = _delivery_row(connection, dead_letters[name], upstream)
-        if (name, upstream) in expected:
-            assert (row["state"], row["attempts"]) == (PENDING, 0)
-            assert (row["since"], row["next_attempt_at"], row["updated_at"]) == (1000.0,) * 3
-        else:
-            assert row == old, f"{name}/{upstream} changed"
+    for name, old in before.items():
+        assert old is not None
+        for old_state in old.deliveries:
+            state = await state_of(outbox, dead_letters[name], old_state.upstream)
+            if (name, old_state.upstream) in expected:
+                assert (state.state, state.attempts, state.next_attempt_at) == (PENDING, 0, 1000.0)
+            else:
+                assert state == old_state, f"{name}/{old_state.upstream} changed"
 
 
-def test_redriven_dead_letters_are_due_with_a_fresh_budget(
-    connection: sqlite3.Connection, dead_letters: dict[str, int]
+async def test_redriven_dead_letters_are_due_with_a_fresh_budget(
+    outbox: Outbox, dead_letters: dict[str, int]
 ) -> None:
-    assert _due_ids(connection, 1000.0) == [dead_letters["retrying"]]
+    assert await due_ids(outbox, 1000.0) == [dead_letters["retrying"]]
 
-    outbox.redrive(connection, 1000.0)
+    await outbox.redrive(1000.0)
 
-    due = outbox.due(connection, "tapper", "app", 1000.0, 10, frozenset())
+    # past the lease the first `due` took on `retrying`, so that it is due again too
+    due = await outbox.due("tapper", "app", 1000.0 + LEASE, 10, frozenset(), lease=LEASE)
     assert {(d.event_id, d.attempts, d.since) for d in due} == {
         (dead_letters["two_dead"], 0, 1000.0),
         (dead_letters["mixed"], 0, 1000.0),
@@ -452,167 +542,197 @@ def test_redriven_dead_letters_are_due_with_a_fresh_budget(
     }
 
 
-def test_redrive_keeps_last_error_for_the_record(
-    connection: sqlite3.Connection, dead_letters: dict[str, int]
+async def test_redrive_keeps_last_error_for_the_record(
+    outbox: Outbox, dead_letters: dict[str, int]
 ) -> None:
-    outbox.redrive(connection, 1000.0, event_id=dead_letters["two_dead"])
+    await outbox.redrive(1000.0, event_id=dead_letters["two_dead"])
 
-    row = _delivery_row(connection, dead_letters["two_dead"], "app")
-    assert row["last_error"] == "e"
+    state = await state_of(outbox, dead_letters["two_dead"], "app")
+    assert (state.state, state.last_error) == (PENDING, "e")
 
 
 # --- purge_delivered ------------------------------------------------------------------------
 
 
-def test_purge_delivered_removes_only_old_fully_delivered_events(
-    connection: sqlite3.Connection,
-) -> None:
-    old_done = _enqueue(connection, now=10.0, upstreams=("app", "analytics"))
-    new_done = _enqueue(connection, now=11.0, upstreams=("app", "analytics"))
-    half_done = _enqueue(connection, now=12.0, upstreams=("app", "analytics"))
-    done_and_dead = _enqueue(connection, now=13.0, upstreams=("app", "analytics"))
-    untouched = _enqueue(connection, now=14.0)
-    for upstream in ("app", "analytics"):
-        outbox.mark_delivered(connection, _delivery(connection, old_done, upstream), 200, 50.0)
-    outbox.mark_delivered(connection, _delivery(connection, new_done, "app"), 200, 50.0)
-    outbox.mark_delivered(connection, _delivery(connection, new_done, "analytics"), 200, 300.0)
-    outbox.mark_delivered(connection, _delivery(connection, half_done, "app"), 200, 50.0)
-    outbox.mark_delivered(connection, _delivery(connection, done_and_dead, "app"), 200, 50.0)
-    outbox.mark_dead(
-        connection, _delivery(connection, done_and_dead, "analytics"), "e", 400, None, 50.0
-    )
+async def test_purge_delivered_removes_only_old_fully_delivered_events(outbox: Outbox) -> None:
+    both = ("app", "analytics")
+    old_done = await enqueue(outbox, 10.0, upstreams=both)
+    new_done = await enqueue(outbox, 11.0, upstreams=both)
+    half_done = await enqueue(outbox, 12.0, upstreams=both)
+    done_and_dead = await enqueue(outbox, 13.0, upstreams=both)
+    untouched = await enqueue(outbox, 14.0)
+    for upstream in both:
+        await attempt(outbox, old_done, delivered(), 50.0, upstream)
+    await attempt(outbox, new_done, delivered(), 50.0, "app")
+    await attempt(outbox, new_done, delivered(), 300.0, "analytics")
+    await attempt(outbox, half_done, delivered(), 50.0, "app")
+    await attempt(outbox, done_and_dead, delivered(), 50.0, "app")
+    await attempt(outbox, done_and_dead, dead("e", 400), 50.0, "analytics")
 
-    removed = outbox.purge_delivered(connection, older_than=200.0)
+    removed = await outbox.purge_delivered(older_than=200.0)
 
     assert removed == 1
-    events = {row[0] for row in connection.execute("SELECT id FROM events")}
-    assert events == {new_done, half_done, done_and_dead, untouched}
-    delivery_events = {event_id for event_id, _ in _states(connection)}
+    assert await outbox.show(old_done) is None
+    remaining = {new_done, half_done, done_and_dead, untouched}
+    assert all([await outbox.show(event_id) is not None for event_id in remaining])
+    delivery_events = {event_id for event_id, _ in await states(outbox)}
     assert old_done not in delivery_events, "the purged event's deliveries were left behind"
-    assert delivery_events == events
+    assert delivery_events == remaining
 
 
-def test_purge_delivered_cutoff_is_exclusive(connection: sqlite3.Connection) -> None:
-    event_id = _enqueue(connection, now=10.0)
-    outbox.mark_delivered(connection, _delivery(connection, event_id), 200, 200.0)
+async def test_purge_delivered_cutoff_is_exclusive(outbox: Outbox) -> None:
+    event_id = await enqueue(outbox, 10.0)
+    await attempt(outbox, event_id, delivered(), 200.0)
 
-    assert outbox.purge_delivered(connection, older_than=200.0) == 0
-    assert outbox.purge_delivered(connection, older_than=200.5) == 1
+    assert await outbox.purge_delivered(older_than=200.0) == 0
+    assert await outbox.purge_delivered(older_than=200.5) == 1
 
 
 # --- bury_orphans ---------------------------------------------------------------------------
 
 
-def test_bury_orphans_dead_letters_deliveries_without_a_configured_target(
-    connection: sqlite3.Connection,
+async def test_bury_orphans_dead_letters_deliveries_without_a_configured_target(
+    outbox: Outbox,
 ) -> None:
-    kept = _enqueue(connection, now=10.0, route="tapper", upstreams=("app", "retired"))
-    gone_route = _enqueue(connection, now=11.0, route="removed", upstreams=("app",))
-    delivered = _enqueue(connection, now=12.0, route="removed", upstreams=("done",))
-    outbox.mark_delivered(
-        connection, _delivery(connection, delivered, "done", route="removed"), 200, 20.0
-    )
-    dead = _enqueue(connection, now=13.0, route="removed", upstreams=("failed",))
-    outbox.mark_dead(
-        connection, _delivery(connection, dead, "failed", route="removed"), "HTTP 400", 400, "", 20
-    )
+    kept = await enqueue(outbox, 10.0, route="tapper", upstreams=("app", "retired"))
+    gone_route = await enqueue(outbox, 11.0, route="removed", upstreams=("app",))
+    done = await enqueue(outbox, 12.0, route="removed", upstreams=("done",))
+    await attempt(outbox, done, delivered(), 20.0, "done", route="removed")
+    failed = await enqueue(outbox, 13.0, route="removed", upstreams=("failed",))
+    await attempt(outbox, failed, dead("HTTP 400", 400, ""), 20.0, "failed", route="removed")
 
-    buried = outbox.bury_orphans(connection, {"tapper": ["app"], "other": ["retired"]}, now=30.0)
+    buried = await outbox.bury_orphans({"tapper": ["app"], "other": ["retired"]}, now=30.0)
 
     assert buried == 2
-    assert _states(connection) == {
+    assert await states(outbox) == {
         (kept, "app"): PENDING,
         (kept, "retired"): DEAD,
         (gone_route, "app"): DEAD,
-        (delivered, "done"): DELIVERED,
-        (dead, "failed"): DEAD,
+        (done, "done"): DELIVERED,
+        (failed, "failed"): DEAD,
     }
     for event_id, upstream in [(kept, "retired"), (gone_route, "app")]:
-        row = _delivery_row(connection, event_id, upstream)
-        assert "no longer in config" in row["last_error"]
-        assert row["updated_at"] == 30.0
-    assert _delivery_row(connection, dead, "failed")["last_error"] == "HTTP 400"
+        error = (await state_of(outbox, event_id, upstream)).last_error
+        assert error is not None
+        assert "no longer in config" in error
+    assert (await state_of(outbox, failed, "failed")).last_error == "HTTP 400"
 
 
-def test_bury_orphans_leaves_everything_when_all_targets_are_configured(
-    connection: sqlite3.Connection,
+async def test_bury_orphans_leaves_everything_when_all_targets_are_configured(
+    outbox: Outbox,
 ) -> None:
-    first = _enqueue(connection, now=10.0, route="tapper", upstreams=("app", "analytics"))
-    second = _enqueue(connection, now=11.0, route="other", upstreams=("app",))
-    before = {
-        key: _delivery_row(connection, *key)
-        for key in [(first, "app"), (first, "analytics"), (second, "app")]
-    }
+    first = await enqueue(outbox, 10.0, route="tapper", upstreams=("app", "analytics"))
+    second = await enqueue(outbox, 11.0, route="other", upstreams=("app",))
+    before = [await outbox.show(first), await outbox.show(second)]
 
-    buried = outbox.bury_orphans(
-        connection, {"tapper": ["app", "analytics"], "other": ["app"]}, now=30.0
-    )
+    buried = await outbox.bury_orphans({"tapper": ["app", "analytics"], "other": ["app"]}, 30.0)
 
     assert buried == 0
-    assert {key: _delivery_row(connection, *key) for key in before} == before
+    assert [await outbox.show(first), await outbox.show(second)] == before
 
 
-def test_buried_orphans_can_be_redriven(connection: sqlite3.Connection) -> None:
-    event_id = _enqueue(connection, now=10.0, route="tapper", upstreams=("app",))
-    outbox.bury_orphans(connection, {}, now=30.0)
+async def test_buried_orphans_can_be_redriven(outbox: Outbox) -> None:
+    event_id = await enqueue(outbox, 10.0, route="tapper", upstreams=("app",))
+    await outbox.bury_orphans({}, now=30.0)
 
-    assert outbox.redrive(connection, 40.0, route="tapper") == 1
-    assert _due_ids(connection, 40.0) == [event_id]
+    assert await outbox.redrive(40.0, route="tapper") == 1
+    assert await due_ids(outbox, 40.0) == [event_id]
 
 
 # --- stats ----------------------------------------------------------------------------------
 
 
-def test_stats_counts_by_route_and_state_with_oldest_pending(
-    connection: sqlite3.Connection,
-) -> None:
-    delivered_oldest = _enqueue(connection, now=10.0, route="tapper")
-    dead_old = _enqueue(connection, now=5.0, route="tapper")
-    _enqueue(connection, now=50.0, route="tapper", upstreams=("app", "analytics"))
-    _enqueue(connection, now=100.0, route="tapper")
-    only_delivered = _enqueue(connection, now=1.0, route="other")
-    outbox.mark_delivered(connection, _delivery(connection, delivered_oldest), 200, 20.0)
-    outbox.mark_dead(connection, _delivery(connection, dead_old), "e", 400, None, 20.0)
-    outbox.mark_delivered(
-        connection, _delivery(connection, only_delivered, route="other"), 200, 20.0
-    )
+async def test_stats_counts_by_route_and_state_with_oldest_pending(outbox: Outbox) -> None:
+    delivered_oldest = await enqueue(outbox, 10.0, route="tapper")
+    dead_old = await enqueue(outbox, 5.0, route="tapper")
+    await enqueue(outbox, 50.0, route="tapper", upstreams=("app", "analytics"))
+    await enqueue(outbox, 100.0, route="tapper")
+    only_delivered = await enqueue(outbox, 1.0, route="other")
+    await attempt(outbox, delivered_oldest, delivered(), 20.0)
+    await attempt(outbox, dead_old, dead("e", 400), 20.0)
+    await attempt(outbox, only_delivered, delivered(), 20.0, route="other")
 
-    assert outbox.stats(connection) == [
+    assert await outbox.stats() == [
         RouteStats("other", {DELIVERED: 1}, None),
         RouteStats("tapper", {DELIVERED: 1, DEAD: 1, PENDING: 3}, 50.0),
     ]
 
 
-def test_stats_oldest_pending_counts_from_acceptance_not_from_retries(
-    connection: sqlite3.Connection,
+async def test_stats_oldest_pending_counts_from_acceptance_not_from_retries(
+    outbox: Outbox,
 ) -> None:
-    event_id = _enqueue(connection, now=10.0)
-    outbox.mark_retry(connection, _delivery(connection, event_id), "e", 500, 90.0, 80.0)
+    event_id = await enqueue(outbox, 10.0)
+    await attempt(outbox, event_id, retry(at=90.0, error="e", status=500), now=80.0)
 
-    (only,) = outbox.stats(connection)
+    (only,) = await outbox.stats()
 
     assert only.oldest_pending_at == 10.0
 
 
-def test_stats_of_an_empty_outbox_is_empty(connection: sqlite3.Connection) -> None:
-    assert outbox.stats(connection) == []
+async def test_stats_of_an_empty_outbox_is_empty(outbox: Outbox) -> None:
+    assert await outbox.stats() == []
 
 
-def test_enqueue_of_a_stored_key_writes_nothing_and_says_so(
-    connection: sqlite3.Connection,
+# --- dedup keys -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("now", "purged"),
+    [
+        pytest.param(100.0, 0, id="none-expired"),
+        pytest.param(100.0 + KEY_TTL - 0.5, 0, id="just-before-the-first-expiry"),
+        pytest.param(100.0 + KEY_TTL, 1, id="at-its-expiry-a-key-is-purged"),
+        pytest.param(102.0 + KEY_TTL, 3, id="all-expired"),
+    ],
+)
+async def test_purge_expired_keys_removes_keys_past_their_expiry(
+    outbox: Outbox, now: float, purged: int
 ) -> None:
-    _enqueue(connection, now=100.0, key=b"same-event")
-    again = outbox.enqueue(
-        connection, route="tapper", upstreams=["app"], postback=POSTBACK,
-        idempotency_key="idem-again", request_id="req-again", client="203.0.113.7",
-        now=200.0, dedup_key=b"same-event", dedup_expires_at=3800.0,
-    )  # fmt: skip
-    assert again is None
-    assert connection.execute("SELECT COUNT(*) FROM events").fetchone() == (1,)
-    # once the key has expired, the same event is accepted again
-    later = outbox.enqueue(
-        connection, route="tapper", upstreams=["app"], postback=POSTBACK,
-        idempotency_key="idem-later", request_id="req-later", client="203.0.113.7",
-        now=5000.0, dedup_key=b"same-event", dedup_expires_at=8600.0,
-    )  # fmt: skip
-    assert later is not None
+    """Keys expire at 100, 101 and 102 + KEY_TTL; purging them leaves the events."""
+    ids = [await enqueue(outbox, accepted) for accepted in (100.0, 101.0, 102.0)]
+
+    assert await outbox.purge_expired_keys(now) == purged
+
+    assert await outbox.count_keys() == 3 - purged
+    assert {event_id for event_id, _ in await states(outbox)} == set(ids)
+
+
+async def test_count_keys_counts_one_per_event_whatever_its_upstreams(outbox: Outbox) -> None:
+    assert await outbox.count_keys() == 0
+
+    await enqueue(outbox, 100.0, upstreams=("app", "analytics"))
+    await enqueue(outbox, 101.0)
+
+    assert await outbox.count_keys() == 2
+
+
+# --- leases (PostgreSQL: several processes share the store) ---------------------------------
+
+
+async def test_a_leased_delivery_is_not_claimed_again_until_its_lease_ends(
+    postgres_outbox: Outbox,
+) -> None:
+    """Only where processes share the store: SQLite does not promise it (its one process
+    keeps track of its attempts with `busy`)."""
+    event_id = await enqueue(postgres_outbox, 100.0)
+    assert await due_ids(postgres_outbox, 100.0) == [event_id]
+
+    assert await due_ids(postgres_outbox, 100.0) == [], "claimed twice at the same time"
+    assert await due_ids(postgres_outbox, 100.0 + LEASE - 0.5) == [], "lease ended early"
+
+    assert await due_ids(postgres_outbox, 100.0 + LEASE) == [event_id], "lease never ended"
+
+
+async def test_a_record_after_another_process_took_the_delivery_over_is_refused(
+    postgres_outbox: Outbox, postgres_url: str
+) -> None:
+    """A process whose lease ran out (it hung) records nothing over the one that took over."""
+    event_id = await enqueue(postgres_outbox, 100.0)
+    (late,) = await postgres_outbox.due("tapper", "app", 100.0, 10, frozenset(), lease=LEASE)
+    async with opened(StoreConfig(url=PostgresUrl(postgres_url))) as other:
+        (current,) = await other.due("tapper", "app", 100.0 + LEASE, 10, frozenset(), lease=LEASE)
+
+        assert await postgres_outbox.record(late, delivered(), 140.0) is False
+        assert (await state_of(other, event_id)).state == PENDING, "the stale record was written"
+        assert await other.record(current, delivered(), 150.0) is True
+    assert (await state_of(postgres_outbox, event_id)).state == DELIVERED

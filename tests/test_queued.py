@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from gateway.durable.deliverer import Deliverer
-from gateway.durable.store import Store
+from gateway.durable.sqlite_outbox import SqliteOutbox
 from gateway.forwarding.forward import Forwarder
 from gateway.forwarding.upstream_client import UpstreamClient
 from gateway.metrics import Metrics
@@ -22,7 +22,16 @@ from tests.waiting import eventually_async
 FAST_RETRIES = {"retry_base": "50ms", "retry_cap": "200ms"}
 
 
-def queued_yaml(upstreams: list[str], store: Path, **queue: object) -> str:
+@pytest.fixture(params=["sqlite", "postgres"])
+def store_at(request: pytest.FixtureRequest, tmp_path: Path) -> str | Path:
+    """Where the queue is kept: an SQLite file, or a database on the test PostgreSQL."""
+    if request.param == "sqlite":
+        return tmp_path / "gw.db"
+    url: str = request.getfixturevalue("postgres_url")
+    return url
+
+
+def queued_yaml(upstreams: list[str], store: str | Path, **queue: object) -> str:
     """One queued route in front of `upstreams`, retrying fast, its queue kept in `store`."""
     return gateway_config(
         *(upstream(url, timeout="300ms") for url in upstreams),
@@ -37,11 +46,11 @@ def keys_of(app: RecordingUpstream) -> list[str]:
 
 
 async def test_queued_postback_is_acknowledged_then_delivered_everywhere(
-    start_upstream, start_gateway, http, tmp_path
+    start_upstream, start_gateway, http, store_at
 ):
     app = start_upstream()
     analytics = start_upstream()
-    gateway = await start_gateway(queued_yaml([app.url, analytics.url], tmp_path / "gw.db"))
+    gateway = await start_gateway(queued_yaml([app.url, analytics.url], store_at))
     assert await get(http, gateway.postback_url(), CLICK) == (
         200, "queued", '{"outcome": "queued"}'
     )  # fmt: skip
@@ -53,10 +62,10 @@ async def test_queued_postback_is_acknowledged_then_delivered_everywhere(
 
 
 async def test_app_down_then_up_receives_every_event_once_by_key(
-    start_upstream, start_gateway, http, tmp_path
+    start_upstream, start_gateway, http, store_at
 ):
     app = start_upstream(default=503)
-    gateway = await start_gateway(queued_yaml([app.url], tmp_path / "gw.db"))
+    gateway = await start_gateway(queued_yaml([app.url], store_at))
     for number in range(20):
         params = {**CLICK, "uid": f"user-{number}"}
         assert (await get(http, gateway.postback_url(), params))[:2] == (200, "queued")
@@ -70,11 +79,11 @@ async def test_app_down_then_up_receives_every_event_once_by_key(
 
 
 async def test_one_upstream_down_does_not_hold_back_another(
-    start_upstream, start_gateway, http, tmp_path
+    start_upstream, start_gateway, http, store_at
 ):
     down = start_upstream(default=Answer(delay=1.0))
     up = start_upstream()
-    gateway = await start_gateway(queued_yaml([down.url, up.url], tmp_path / "gw.db"))
+    gateway = await start_gateway(queued_yaml([down.url, up.url], store_at))
     for number in range(30):
         await get(http, gateway.postback_url(), {**CLICK, "uid": f"user-{number}"})
     await eventually_async(lambda: len(up.received) == 30, timeout=3)
@@ -82,10 +91,10 @@ async def test_one_upstream_down_does_not_hold_back_another(
 
 
 async def test_refused_event_is_dead_lettered_with_status_and_body(
-    start_upstream, start_gateway, http, tmp_path
+    start_upstream, start_gateway, http, store_at
 ):
     app = start_upstream(default=400, body="unknown user")
-    gateway = await start_gateway(queued_yaml([app.url], tmp_path / "gw.db"))
+    gateway = await start_gateway(queued_yaml([app.url], store_at))
     assert (await get(http, gateway.postback_url(), CLICK))[1] == "queued"
     await eventually_async(lambda: len(app.received) == 1)
     await asyncio.sleep(0.3)  # time for a wrong retry to show
@@ -97,10 +106,10 @@ async def test_refused_event_is_dead_lettered_with_status_and_body(
 
 
 async def test_408_429_and_5xx_are_retried_until_delivered(
-    start_upstream, start_gateway, http, tmp_path
+    start_upstream, start_gateway, http, store_at
 ):
     app = start_upstream(script=[408, 429, 500, 503, DROP])
-    gateway = await start_gateway(queued_yaml([app.url], tmp_path / "gw.db"))
+    gateway = await start_gateway(queued_yaml([app.url], store_at))
     assert (await get(http, gateway.postback_url(), CLICK))[1] == "queued"
     await eventually_async(lambda: len(app.received) == 6)
     await asyncio.sleep(0.3)  # time for a wrong extra delivery to show
@@ -108,20 +117,19 @@ async def test_408_429_and_5xx_are_retried_until_delivered(
     assert len(set(keys_of(app))) == 1
 
 
-async def test_gives_up_after_max_attempts(start_upstream, start_gateway, http, tmp_path):
+async def test_gives_up_after_max_attempts(start_upstream, start_gateway, http, store_at):
     app = start_upstream(default=503)
-    gateway = await start_gateway(queued_yaml([app.url], tmp_path / "gw.db", max_attempts=3))
+    gateway = await start_gateway(queued_yaml([app.url], store_at, max_attempts=3))
     await get(http, gateway.postback_url(), CLICK)
     await eventually_async(lambda: len(app.received) == 3)
     await asyncio.sleep(0.5)  # time for a wrong fourth attempt to show
     assert len(app.received) == 3
 
 
-async def test_restart_remembers_delivered_events(start_upstream, start_gateway, http, tmp_path):
+async def test_restart_remembers_delivered_events(start_upstream, start_gateway, http, store_at):
     """A new process on the same store: both sync and queued routes still know the event."""
     app = start_upstream()
-    store = tmp_path / "gw.db"
-    sync_config = gateway_config(app.url, store=store)
+    sync_config = gateway_config(app.url, store=store_at)
     first = await start_gateway(sync_config)
     assert (await get(http, first.postback_url(), CLICK))[1] == "forwarded"
     await first.runtime.close(1)
@@ -131,15 +139,15 @@ async def test_restart_remembers_delivered_events(start_upstream, start_gateway,
     # a sync route also sends the event's idempotency key
     assert len(app.received[0].key) == 32
     await second.runtime.close(1)
-    queued = await start_gateway(queued_yaml([app.url], store))
+    queued = await start_gateway(queued_yaml([app.url], store_at))
     assert (await get(http, queued.postback_url(), CLICK))[1] == "duplicate"
 
 
 async def test_concurrent_identical_queued_postbacks_are_stored_once(
-    start_upstream, start_gateway, http, tmp_path
+    start_upstream, start_gateway, http, store_at
 ):
     app = start_upstream()
-    gateway = await start_gateway(queued_yaml([app.url], tmp_path / "gw.db"))
+    gateway = await start_gateway(queued_yaml([app.url], store_at))
     answers = await asyncio.gather(*(get(http, gateway.postback_url(), CLICK) for _ in range(20)))
     assert Counter(outcome for _, outcome, _ in answers) == {"queued": 1, "duplicate": 19}
     await eventually_async(lambda: len(app.received) == 1)
@@ -147,9 +155,9 @@ async def test_concurrent_identical_queued_postbacks_are_stored_once(
     assert len(app.received) == 1
 
 
-async def test_acknowledgements_share_commits(start_upstream, start_gateway, http, tmp_path):
+async def test_acknowledgements_share_commits(start_upstream, start_gateway, http, store_at):
     app = start_upstream()
-    gateway = await start_gateway(queued_yaml([app.url], tmp_path / "gw.db"))
+    gateway = await start_gateway(queued_yaml([app.url], store_at))
     before = commits(gateway)
     answers = await asyncio.gather(
         *(get(http, gateway.postback_url(), {**CLICK, "uid": f"u{n}"}) for n in range(100))
@@ -166,12 +174,13 @@ def commits(gateway: RunningGateway) -> float:
     return value or 0.0
 
 
-async def test_deliverer_stops_when_cancelled_as_it_is_woken(store: Store) -> None:
+async def test_deliverer_stops_when_cancelled_as_it_is_woken(tmp_path: Path) -> None:
     """On Python 3.11 `asyncio.wait_for` swallows a cancellation that lands in the same tick as
     the event it waits for; the deliverer's loop then never ended and the gateway hung after
     SIGTERM (seen under CPU load, when that tick is crowded)."""
     client = UpstreamClient()
-    deliverer = Deliverer(store, Forwarder(client, Metrics()), Metrics())
+    outbox = SqliteOutbox(str(tmp_path / "gw.db"))  # never opened: there are no routes
+    deliverer = Deliverer(outbox, Forwarder(client, Metrics()), Metrics())
     running = asyncio.create_task(deliverer.run())
     await asyncio.sleep(0)  # it runs to its wait for work: with no routes there is none
 
@@ -183,9 +192,10 @@ async def test_deliverer_stops_when_cancelled_as_it_is_woken(store: Store) -> No
     await client.close()
 
 
-async def test_deliverer_stop_ends_its_loop(store: Store) -> None:
+async def test_deliverer_stop_ends_its_loop(tmp_path: Path) -> None:
     client = UpstreamClient()
-    deliverer = Deliverer(store, Forwarder(client, Metrics()), Metrics())
+    outbox = SqliteOutbox(str(tmp_path / "gw.db"))  # never opened: there are no routes
+    deliverer = Deliverer(outbox, Forwarder(client, Metrics()), Metrics())
     running = asyncio.create_task(deliverer.run())
     await asyncio.sleep(0)  # it runs to its wait for work
 

@@ -1,10 +1,18 @@
-"""Dedup shared by replicas on a real redis-server: two gateways, one reward."""
+"""Dedup shared by replicas: two gateways, one reward.
+
+The promise is the same on both shared backends, so its tests run on each, for real: Redis
+(`dedup: {backend: redis}`) and the PostgreSQL store (`store: {url: ...}`, no Redis). What
+only Redis has (its failure policies, a restarted Redis) is tested on Redis below;
+PostgreSQL's own cases are in test_postgres_dedup.py.
+"""
 
 from __future__ import annotations
 
 import asyncio
 from collections import Counter
+from collections.abc import Callable
 
+import pytest
 import redis.asyncio as redis
 
 from gateway.dedup import dedup_key
@@ -21,11 +29,24 @@ def shared_yaml(app: str | dict[str, object], redis_url: str, policy: str = "fai
     return gateway_config(app, dedup=dedup)
 
 
+SharedConfig = Callable[[str | dict[str, object]], str]
+
+
+@pytest.fixture(params=["redis", "postgres"])
+def shared_config(request: pytest.FixtureRequest) -> SharedConfig:
+    """A config maker: one sync route whose dedup is shared by every replica on a backend."""
+    if request.param == "redis":
+        redis_url = request.getfixturevalue("redis_server").url
+        return lambda app: shared_yaml(app, redis_url)
+    store_url = request.getfixturevalue("postgres_url")
+    return lambda app: gateway_config(app, store=store_url)
+
+
 async def test_two_replicas_forward_each_event_once(
-    start_upstream, start_gateway, http, redis_server
+    start_upstream, start_gateway, http, shared_config: SharedConfig
 ):
     app = start_upstream(default=Answer(delay=0.05))
-    config = shared_yaml(app.url, redis_server.url)
+    config = shared_config(app.url)
     replicas = [await start_gateway(config), await start_gateway(config)]
     sends = [
         get(http, replicas[n % 2].postback_url(), {**CLICK, "uid": f"user-{event}"})
@@ -39,10 +60,10 @@ async def test_two_replicas_forward_each_event_once(
 
 
 async def test_delivered_on_one_replica_is_a_duplicate_on_the_other(
-    start_upstream, start_gateway, http, redis_server
+    start_upstream, start_gateway, http, shared_config: SharedConfig
 ):
     app = start_upstream()
-    config = shared_yaml(app.url, redis_server.url)
+    config = shared_config(app.url)
     first, second = await start_gateway(config), await start_gateway(config)
     assert (await get(http, first.postback_url(), CLICK))[1] == "forwarded"
     assert (await get(http, second.postback_url(), CLICK))[1] == "duplicate"
@@ -50,10 +71,10 @@ async def test_delivered_on_one_replica_is_a_duplicate_on_the_other(
 
 
 async def test_failed_delivery_releases_the_reservation_for_any_replica(
-    start_upstream, start_gateway, http, redis_server
+    start_upstream, start_gateway, http, shared_config: SharedConfig
 ):
     app = start_upstream(script=[500])
-    config = shared_yaml(app.url, redis_server.url)
+    config = shared_config(app.url)
     first, second = await start_gateway(config), await start_gateway(config)
     assert (await get(http, first.postback_url(), CLICK))[:2] == (502, "upstream_error")
     assert (await get(http, second.postback_url(), CLICK))[:2] == (200, "forwarded")

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from gateway.durable.service import STORE_SCHEMA
+from gateway.durable.sqlite_outbox import STORE_SCHEMA
 from gateway.durable.store import SCHEMA_VERSION, Store, StoreError, connect
 from tests.conftest import Commits
 

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from aiohttp import web
@@ -31,6 +32,7 @@ class Received:
     query_string: str
     headers: CIMultiDict[str]
     answered: int | None = None
+    at: float = field(default_factory=time.monotonic)  # when it arrived
 
     @property
     def ymid(self) -> str:

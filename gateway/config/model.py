@@ -198,11 +198,32 @@ class QueueConfig:
     retry_cap: float = 600.0  # longest backoff
 
 
+class PostgresUrl(str):
+    """A PostgreSQL URL, which may carry a password: never shown whole."""
+
+    def __repr__(self) -> str:
+        return "PostgresUrl('***')"
+
+    @property
+    def shown(self) -> str:
+        """For logs and `check`: scheme, host, port and database, without credentials."""
+        url = URL(self)
+        return str(url.with_user(None).with_password(None).with_query(None))
+
+
 @dataclass(frozen=True)
 class StoreConfig:
-    """The embedded SQLite store: durable queue and dedup keys that survive restarts."""
+    """The durable store: the queue of queued routes and dedup keys that survive restarts.
+    Exactly one of `path` (an embedded SQLite file, one replica) or `url` (PostgreSQL, shared
+    by every replica)."""
 
-    path: str
+    path: str | None = None
+    url: PostgresUrl | None = field(default=None, repr=False)
+
+    @property
+    def shown(self) -> str:
+        """What `check` and logs may print."""
+        return self.url.shown if self.url is not None else f"sqlite file {self.path}"
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ from .model import (
     LoggingConfig,
     LogLevel,
     OnRedisError,
+    PostgresUrl,
     QueueConfig,
     RedisUrl,
     RouteConfig,
@@ -69,7 +70,7 @@ class DocumentReader(ValueReader):
                 if route.delivery == Delivery.QUEUED:
                     self.problem(
                         f"routes.{route.name}.delivery",
-                        "queued delivery needs a top-level `store: {path: ...}`",
+                        "queued delivery needs a top-level `store:` (path or url)",
                     )
         return GatewayConfig(server, routes, tuple(self.warnings), logging, store=store)
 
@@ -86,13 +87,26 @@ class DocumentReader(ValueReader):
                 )
 
     def store(self, value: Any, path: str) -> StoreConfig | None:
-        values = self.section(value, path, StoreConfig, {"path": self.string}, required=("path",))
+        readers: dict[str, Reader] = {"path": self.string, "url": self.postgres_url}
+        values = self.section(value, path, StoreConfig, readers)
         if values is None:
             return None
-        if not values["path"].strip():
+        if ("path" in values) == ("url" in values):
+            self.problem(path, "give exactly one of path (SQLite) or url (PostgreSQL)")
+            return None
+        if "path" in values and not values["path"].strip():
             self.problem(key_path(path, "path"), "is empty")
             return None
         return StoreConfig(**values)
+
+    def postgres_url(self, value: Any, path: str) -> PostgresUrl | None:
+        text = self.string(value, path, secret=True)
+        if text is None:
+            return None
+        if not text.startswith(("postgresql://", "postgres://")):
+            self.problem(path, "must start with postgresql:// (or postgres://)")
+            return None
+        return PostgresUrl(text)
 
     def queue(self, value: Any, path: str) -> QueueConfig | None:
         readers: dict[str, Reader] = {

@@ -15,7 +15,6 @@ import random
 import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
-from functools import partial
 
 from ..config import QueueConfig
 from ..forwarding.forward import (
@@ -27,25 +26,25 @@ from ..forwarding.forward import (
 )
 from ..metrics import Metrics
 from ..route import CompiledRoute
-from . import outbox
-from .outbox import Attempt, Delivery
-from .store import Store, StoreError
+from .outbox import DEAD, DELIVERED, RETRY, Attempt, Delivery, Outbox, StoreError
 
 log = logging.getLogger("gateway.deliverer")
 
 POLL_SECONDS = 1.0
+RECORD_RETRY_SECONDS = 0.5  # while the store cannot take an attempt's result
+LEASE_MARGIN = 10.0  # beyond an attempt's timeout: recording its result must fit in too
 RETRYABLE_4XX = frozenset({408, 429})
 
 
 class Deliverer:
     def __init__(
         self,
-        store: Store,
+        outbox: Outbox,
         forwarder: Forwarder,
         metrics: Metrics,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self._store = store
+        self._outbox = outbox
         self._routes: Sequence[CompiledRoute] = ()
         self._forwarder = forwarder
         self._metrics = metrics
@@ -66,12 +65,16 @@ class Deliverer:
 
     async def run(self) -> None:
         """Dispatch due deliveries until `stop()` (or cancellation)."""
+        failing = False  # logged once per outage, not at every turn
         while not self._stopping:
             self._wake.clear()
             try:
                 await self._dispatch()
+                failing = False
             except StoreError as error:
-                log.error("cannot read the outbox", extra={"detail": str(error)})
+                if not failing:
+                    log.error("cannot read the outbox", extra={"detail": str(error)})
+                failing = True
             # asyncio.timeout, not wait_for: on Python 3.11 wait_for swallows a cancellation
             # that arrives as the event is set, and this loop would never end (a gateway that
             # hung for good after SIGTERM under load)
@@ -99,11 +102,11 @@ class Deliverer:
                 free = route.config.queue.concurrency - len(busy)
                 if free <= 0:
                     continue
-                due = partial(
-                    outbox.due, route=route.name, upstream=upstream.label, now=now,
-                    limit=free, busy=frozenset(busy),
-                )  # fmt: skip
-                for delivery in await self._store.run(due):
+                lease = upstream.timeout + LEASE_MARGIN  # one attempt, then it is recorded
+                due = await self._outbox.due(
+                    route.name, upstream.label, now, free, frozenset(busy), lease
+                )
+                for delivery in due:
                     busy.add(delivery.event_id)
                     task = asyncio.create_task(self._deliver(route, upstream, delivery))
                     self._attempts.add(task)
@@ -117,12 +120,16 @@ class Deliverer:
             result = await self._forwarder.attempt_once(upstream, delivery.postback, headers)
             now = self._clock()
             attempt = self._judge(route.config.queue, delivery, result, now)
-            await self._store.run(partial(outbox.record_attempt, delivery=delivery,
-                                          attempt=attempt, now=now))  # fmt: skip
+            if not await self._record(delivery, attempt, now):
+                log.warning(
+                    "delivery taken over by another replica before its result was recorded",
+                    extra={"event_id": delivery.event_id, "upstream": upstream.label},
+                )
+                return
             self._metrics.deliveries.labels(route.name, upstream.label, attempt.state).inc()
             if attempt.retry_at is not None:  # look again when it is due, not at the next poll
                 asyncio.get_running_loop().call_later(attempt.retry_at - now, self.wake)
-            if attempt.state == outbox.DEAD:
+            if attempt.state == DEAD:
                 log.warning(
                     "delivery dead-lettered",
                     extra={"event_id": delivery.event_id, "upstream": upstream.label,
@@ -130,9 +137,30 @@ class Deliverer:
                 )  # fmt: skip
         except StoreError as error:
             log.error("cannot record a delivery", extra={"detail": str(error)})
+        except Exception:  # a bug: said loudly; the delivery stays pending, tried again later
+            log.exception("delivery failed", extra={"event_id": delivery.event_id})
         finally:
             self._busy[(route.name, upstream.label)].discard(delivery.event_id)
             self.wake()
+
+    async def _record(self, delivery: Delivery, attempt: Attempt, now: float) -> bool:
+        """Record the attempt's result, trying again while the store is unavailable (until
+        shutdown): a delivered event whose result is not recorded would be sent again. The
+        delivery stays busy here meanwhile, and its lease keeps other replicas off it."""
+        try:
+            return await self._outbox.record(delivery, attempt, now)
+        except StoreError as error:
+            log.error(
+                "cannot record a delivery; trying again until the store answers",
+                extra={"event_id": delivery.event_id, "detail": str(error)},
+            )
+        while not self._stopping:
+            await asyncio.sleep(RECORD_RETRY_SECONDS)
+            with contextlib.suppress(StoreError):
+                recorded = await self._outbox.record(delivery, attempt, now)
+                log.info("delivery recorded", extra={"event_id": delivery.event_id})
+                return recorded
+        raise StoreError("shutting down before the store answered")
 
     def _judge(
         self,
@@ -144,18 +172,18 @@ class Deliverer:
         """Delivered; dead (refused for good, or out of attempts or time); or retry later."""
         if isinstance(result, UpstreamReply):
             if result.delivered:
-                return Attempt(outbox.DELIVERED, status=result.status)
+                return Attempt(DELIVERED, status=result.status)
             if 400 <= result.status < 500 and result.status not in RETRYABLE_4XX:
                 body = result.body.decode(errors="replace")
                 error = f"refused: {result.status}"
-                return Attempt(outbox.DEAD, error=error, status=result.status, body=body)
+                return Attempt(DEAD, error=error, status=result.status, body=body)
         status = result.status if isinstance(result, UpstreamReply) else None
         error = _describe(result)
         attempts = delivery.attempts + 1
         if attempts >= queue.max_attempts or now - delivery.since >= queue.max_age:
-            return Attempt(outbox.DEAD, error=f"gave up after {attempts}: {error}", status=status)
+            return Attempt(DEAD, error=f"gave up after {attempts}: {error}", status=status)
         delay = random.uniform(0, min(queue.retry_cap, queue.retry_base * 2 ** (attempts - 1)))
-        return Attempt(outbox.RETRY, error=error, status=status, retry_at=now + delay)
+        return Attempt(RETRY, error=error, status=status, retry_at=now + delay)
 
 
 def _describe(result: UpstreamReply | AttemptFailure) -> str:

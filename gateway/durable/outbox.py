@@ -1,55 +1,50 @@
-"""The durable outbox of a `delivery: queued` route: accepted events and their deliveries.
+"""The outbox of `delivery: queued` routes: what it holds, and what every store offers it.
 
-One row per accepted event, one delivery row per (event, upstream) with its own state:
-`pending` (to send, at `next_attempt_at`), `delivered`, or `dead` (given up; re-drivable).
-These functions take a connection and run inside a Store batch; the CLI calls them directly.
+One event per accepted postback, one delivery per (event, upstream) with its own state:
+`pending` (to send, at `next_attempt_at`), `delivered`, or `dead` (given up; re-drivable). An
+event, its deliveries and its dedup key are written in one transaction: the acknowledgement
+promises all three. `Outbox` is the interface: the embedded SQLite file (`sqlite_outbox.py`)
+and PostgreSQL shared by replicas (`postgres_outbox.py`) each implement it, and the service,
+the deliverer and the `queue` command use nothing else.
 """
 
 from __future__ import annotations
 
 import json
-import sqlite3
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
 
+from ..dedup import Backend, DedupKey
 from ..postback import Postback
-from . import keys
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS events (
-    id INTEGER PRIMARY KEY,
-    route TEXT NOT NULL,
-    idempotency_key TEXT NOT NULL,
-    fields TEXT NOT NULL,
-    extras TEXT NOT NULL,
-    request_id TEXT NOT NULL,
-    client TEXT NOT NULL,
-    created_at REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS deliveries (
-    event_id INTEGER NOT NULL REFERENCES events(id) ON DELETE CASCADE,
-    upstream TEXT NOT NULL,
-    state TEXT NOT NULL,
-    attempts INTEGER NOT NULL DEFAULT 0,
-    next_attempt_at REAL NOT NULL,
-    since REAL NOT NULL,
-    last_error TEXT,
-    last_status INTEGER,
-    last_body TEXT,
-    updated_at REAL NOT NULL,
-    PRIMARY KEY (event_id, upstream)
-);
-CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries(state, next_attempt_at);
-"""
 
 PENDING = "pending"
 DELIVERED = "delivered"
 DEAD = "dead"
 RETRY = "retry"  # an attempt's result, not a state: the delivery stays pending
-MAX_KEPT_BODY = 2000
+STATES = (PENDING, DELIVERED, DEAD)
+MAX_KEPT_BODY = 2000  # of an app's answer kept with a dead letter
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
+class NewEvent:
+    """A verified postback a queued route accepts, with what its acknowledgement promises."""
+
+    route: str
+    upstreams: Sequence[str]  # labels of the route's upstreams: one delivery each
+    postback: Postback
+    dedup_key: DedupKey
+    dedup_expires_at: float
+    request_id: str
+    client: str
+    accepted_at: float
+
+    @property
+    def idempotency_key(self) -> str:
+        return self.dedup_key.hex()
+
+
+@dataclass(frozen=True, slots=True)
 class Delivery:
     """One event to send to one upstream."""
 
@@ -64,71 +59,6 @@ class Delivery:
     idempotency_key: str
 
 
-def enqueue(
-    connection: sqlite3.Connection,
-    *,
-    route: str,
-    upstreams: list[str],
-    postback: Postback,
-    idempotency_key: str,
-    request_id: str,
-    client: str,
-    now: float,
-    dedup_key: bytes,
-    dedup_expires_at: float,
-) -> int | None:
-    """Store the event, a pending delivery per upstream and its dedup key, atomically; None
-    (nothing written) if the dedup key is already stored and not expired: a duplicate."""
-    if keys.known(connection, dedup_key, now):
-        return None
-    cursor = connection.execute(
-        "INSERT INTO events (route, idempotency_key, fields, extras, request_id, client,"
-        " created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-        (
-            route, idempotency_key, json.dumps(postback.fields), json.dumps(postback.extras),
-            request_id, client, now,
-        ),
-    )  # fmt: skip
-    event_id = cursor.lastrowid
-    assert event_id is not None
-    connection.executemany(
-        "INSERT INTO deliveries (event_id, upstream, state, next_attempt_at, since, updated_at)"
-        " VALUES (?, ?, 'pending', ?, ?, ?)",
-        [(event_id, upstream, now, now, now) for upstream in upstreams],
-    )
-    keys.remember(connection, dedup_key, dedup_expires_at)
-    return event_id
-
-
-def due(
-    connection: sqlite3.Connection,
-    route: str,
-    upstream: str,
-    now: float,
-    limit: int,
-    busy: frozenset[int],
-) -> list[Delivery]:
-    """Pending deliveries to this upstream whose time has come, oldest first, minus `busy`."""
-    rows = connection.execute(
-        "SELECT e.id, e.route, d.upstream, d.attempts, d.since, e.fields, e.extras,"
-        " e.request_id, e.client, e.idempotency_key"
-        " FROM deliveries d JOIN events e ON e.id = d.event_id"
-        " WHERE d.state = 'pending' AND e.route = ? AND d.upstream = ? AND d.next_attempt_at <= ?"
-        " ORDER BY d.next_attempt_at LIMIT ?",
-        (route, upstream, now, limit + len(busy)),
-    ).fetchall()
-    deliveries = [_delivery_of(row) for row in rows if row[0] not in busy]
-    return deliveries[:limit]
-
-
-def _delivery_of(row: tuple[Any, ...]) -> Delivery:
-    event_id, route, upstream, attempts, since, fields, extras, request_id, client, key = row
-    postback = Postback(
-        json.loads(fields), tuple((name, value) for name, value in json.loads(extras))
-    )
-    return Delivery(event_id, route, upstream, attempts, since, postback, request_id, client, key)
-
-
 @dataclass(frozen=True, slots=True)
 class Attempt:
     """What one delivery attempt came to: DELIVERED, DEAD (with why), or RETRY at `retry_at`."""
@@ -140,99 +70,60 @@ class Attempt:
     retry_at: float | None = None
 
 
-def record_attempt(
-    connection: sqlite3.Connection, delivery: Delivery, attempt: Attempt, now: float
-) -> None:
-    if attempt.state == DELIVERED:
-        assert attempt.status is not None
-        mark_delivered(connection, delivery, attempt.status, now)
-    elif attempt.state == DEAD:
-        mark_dead(connection, delivery, attempt.error or "", attempt.status, attempt.body, now)
-    else:
-        assert attempt.retry_at is not None
-        error = attempt.error or ""
-        mark_retry(connection, delivery, error, attempt.status, attempt.retry_at, now)
-
-
-def mark_delivered(
-    connection: sqlite3.Connection, delivery: Delivery, status: int, now: float
-) -> None:
-    connection.execute(
-        "UPDATE deliveries SET state = 'delivered', attempts = attempts + 1, last_status = ?,"
-        " last_error = NULL, updated_at = ? WHERE event_id = ? AND upstream = ?",
-        (status, now, delivery.event_id, delivery.upstream),
-    )
-
-
-def mark_retry(
-    connection: sqlite3.Connection,
-    delivery: Delivery,
-    error: str,
-    status: int | None,
-    next_attempt_at: float,
-    now: float,
-) -> None:
-    connection.execute(
-        "UPDATE deliveries SET attempts = attempts + 1, last_error = ?, last_status = ?,"
-        " next_attempt_at = ?, updated_at = ? WHERE event_id = ? AND upstream = ?",
-        (error, status, next_attempt_at, now, delivery.event_id, delivery.upstream),
-    )
-
-
-def mark_dead(
-    connection: sqlite3.Connection,
-    delivery: Delivery,
-    error: str,
-    status: int | None,
-    body: str | None,
-    now: float,
-) -> None:
-    connection.execute(
-        "UPDATE deliveries SET state = 'dead', attempts = attempts + 1, last_error = ?,"
-        " last_status = ?, last_body = ?, updated_at = ? WHERE event_id = ? AND upstream = ?",
-        (
-            error, status, body[:MAX_KEPT_BODY] if body else body, now, delivery.event_id,
-            delivery.upstream,
-        ),
-    )  # fmt: skip
-
-
-def bury_orphans(connection: sqlite3.Connection, targets: dict[str, list[str]], now: float) -> int:
-    """Dead-letter pending deliveries whose route or upstream is no longer configured.
-
-    `targets` maps each queued route to its upstream labels. They stay re-drivable with
-    `queue retry --dead` once the config has them again.
-    """
-    pending = connection.execute(
-        "SELECT d.event_id, d.upstream, e.route FROM deliveries d"
-        " JOIN events e ON e.id = d.event_id WHERE d.state = 'pending'"
-    ).fetchall()
-    orphans = [
-        (event_id, upstream)
-        for event_id, upstream, route in pending
-        if upstream not in targets.get(route, [])
-    ]
-    connection.executemany(
-        "UPDATE deliveries SET state = 'dead', last_error = 'route or upstream no longer in"
-        " config', updated_at = ? WHERE event_id = ? AND upstream = ?",
-        [(now, event_id, upstream) for event_id, upstream in orphans],
-    )
-    return len(orphans)
-
-
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class RouteStats:
     route: str
     counts: dict[str, int]  # state -> deliveries
     oldest_pending_at: float | None
 
 
-def stats(connection: sqlite3.Connection) -> list[RouteStats]:
-    rows = connection.execute(
-        "SELECT e.route, d.state, COUNT(*),"
-        " MIN(CASE WHEN d.state = 'pending' THEN e.created_at END)"
-        " FROM deliveries d JOIN events e ON e.id = d.event_id GROUP BY e.route, d.state"
-    ).fetchall()
+@dataclass(frozen=True, slots=True)
+class Listed:
+    """One delivery in `queue list`."""
+
+    event_id: int
+    accepted_at: float
+    route: str
+    upstream: str
+    state: str
+    attempts: int
+    last_status: int | None
+    last_error: str | None
+    ymid: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryState:
+    upstream: str
+    state: str
+    attempts: int
+    last_status: int | None
+    last_error: str | None
+    last_body: str | None
+    next_attempt_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class Shown:
+    """One event in `queue show`, with each of its deliveries."""
+
+    event_id: int
+    route: str
+    idempotency_key: str
+    request_id: str
+    client: str
+    accepted_at: float
+    postback: Postback
+    deliveries: list[DeliveryState] = field(default_factory=list)
+
+
+def postback_of(fields: str, extras: str) -> Postback:
+    """A postback as the outbox keeps it: its fields and extras as JSON text."""
+    return Postback(json.loads(fields), tuple((name, value) for name, value in json.loads(extras)))
+
+
+def routes_stats(rows: Sequence[tuple[str, str, int, float | None]]) -> list[RouteStats]:
+    """(route, state, count, oldest pending acceptance) rows -> one RouteStats per route."""
     by_route: dict[str, RouteStats] = {}
     for route, state, count, oldest in rows:
         current = by_route.setdefault(route, RouteStats(route, {}, None))
@@ -242,30 +133,88 @@ def stats(connection: sqlite3.Connection) -> list[RouteStats]:
     return sorted(by_route.values(), key=lambda item: item.route)
 
 
-def redrive(
-    connection: sqlite3.Connection,
-    now: float,
-    event_id: int | None = None,
-    route: str | None = None,
-) -> int:
-    """Dead (or one event's undelivered) deliveries back to pending, with a fresh budget."""
-    where, args = "state = 'dead'", list[object]()
-    if event_id is not None:
-        where, args = "state != 'delivered' AND event_id = ?", [event_id]
-    if route is not None:
-        where += " AND event_id IN (SELECT id FROM events WHERE route = ?)"
-        args.append(route)
-    return connection.execute(
-        "UPDATE deliveries SET state = 'pending', attempts = 0, next_attempt_at = ?, since = ?,"
-        f" updated_at = ? WHERE {where}",
-        [now, now, now, *args],
-    ).rowcount
+class StoreError(Exception):
+    """The store could not do what was asked (disk full, unreachable, failing over...)."""
 
 
-def purge_delivered(connection: sqlite3.Connection, older_than: float) -> int:
-    """Forget events delivered to every upstream before `older_than`; returns events removed."""
-    return connection.execute(
-        "DELETE FROM events WHERE id IN (SELECT event_id FROM deliveries GROUP BY event_id"
-        " HAVING SUM(state != 'delivered') = 0 AND MAX(updated_at) < ?)",
-        (older_than,),
-    ).rowcount
+class Outbox(Protocol):
+    """A durable store of queued events. Every method raises StoreError when the store fails."""
+
+    @property
+    def available(self) -> bool:
+        """Whether the last operation reached the store (False until it answers again)."""
+        ...
+
+    def keys_for(self, hold: float) -> Backend:
+        """The dedup backend that lives in this store, for a route whose deliveries take at
+        most `hold` seconds (where replicas share the store, a reservation outlives that only
+        if its holder died)."""
+        ...
+
+    async def open(self) -> None:
+        """Connect, and create or upgrade the schema."""
+        ...
+
+    async def close(self) -> None: ...
+
+    async def ping(self) -> None:
+        """The cheapest round trip to the store: StoreError if it cannot be reached."""
+        ...
+
+    async def enqueue(self, event: NewEvent) -> bool:
+        """Store the event, its deliveries and its dedup key in one transaction; False (and
+        nothing written) if the key is already known: a duplicate."""
+        ...
+
+    async def due(
+        self,
+        route: str,
+        upstream: str,
+        now: float,
+        limit: int,
+        busy: frozenset[int],
+        lease: float,
+    ) -> list[Delivery]:
+        """Claim pending deliveries to this upstream whose time has come, oldest first, minus
+        `busy` (those this process is attempting already). A claimed delivery is this
+        process's for `lease` seconds or until recorded: where several processes share the
+        store, no other one gets it meanwhile, and if this one dies the lease runs out and
+        another takes it over. (One process alone: SQLite needs no lease.)"""
+        ...
+
+    async def record(self, delivery: Delivery, attempt: Attempt, now: float) -> bool:
+        """Record an attempt's result on its delivery; False, and nothing recorded, if the
+        delivery was no longer this process's (its lease ran out and another took it)."""
+        ...
+
+    async def bury_orphans(self, targets: Mapping[str, Sequence[str]], now: float) -> int:
+        """Dead-letter pending deliveries whose route or upstream (`targets`: route -> upstream
+        labels) is no longer configured; they stay re-drivable."""
+        ...
+
+    async def stats(self) -> list[RouteStats]: ...
+
+    async def redrive(
+        self, now: float, event_id: int | None = None, route: str | None = None
+    ) -> int:
+        """Dead deliveries (or one event's undelivered ones) back to pending, fresh budget."""
+        ...
+
+    async def purge_delivered(self, older_than: float) -> int:
+        """Forget events delivered to every upstream before `older_than`; how many."""
+        ...
+
+    async def purge_expired_keys(self, now: float) -> int: ...
+
+    async def count_keys(self) -> int: ...
+
+    async def listing(self, state: str | None, route: str | None, limit: int) -> list[Listed]:
+        """Deliveries, newest event first."""
+        ...
+
+    async def show(self, event_id: int) -> Shown | None: ...
+
+    def on_work(self, wake: Callable[[], None]) -> None:
+        """Call `wake` whenever another process may have made work due (PostgreSQL: NOTIFY);
+        within this process the service wakes the deliverer itself."""
+        ...

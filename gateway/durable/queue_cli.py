@@ -1,21 +1,19 @@
 """`monetag-gateway queue ...`: look into the outbox and re-drive dead letters.
 
-Works on the store file directly (SQLite in WAL mode lets it run beside the gateway); the
-running gateway's deliverer picks re-driven deliveries up within a second.
+Works on the store beside the running gateway (the SQLite file in WAL mode, or PostgreSQL);
+the running gateway's deliverer picks re-driven deliveries up within a second.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import sqlite3
+import asyncio
 import time
 from datetime import UTC, datetime
 
 from ..config import GatewayConfig
-from . import keys, outbox
-from .service import STORE_SCHEMA
-from .store import connect
+from .outbox import DEAD, PENDING, STATES, Outbox, StoreError
+from .service import open_outbox
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
@@ -24,7 +22,7 @@ def add_arguments(command: argparse.ArgumentParser) -> None:
     actions = command.add_subparsers(dest="action", required=True)
     actions.add_parser("stats", help="deliveries by state, oldest pending, dead letters")
     listing = actions.add_parser("list", help="deliveries, newest first")
-    listing.add_argument("--state", choices=[outbox.PENDING, outbox.DELIVERED, outbox.DEAD])
+    listing.add_argument("--state", choices=STATES)
     listing.add_argument("--route")
     listing.add_argument("--limit", type=int, default=50)
     show = actions.add_parser("show", help="one event with its deliveries")
@@ -43,32 +41,38 @@ def run(config: GatewayConfig, args: argparse.Namespace) -> int:
     if config.store is None:
         print("this config has no `store:`, so there is no queue")
         return 2
+    if args.action == "purge":
+        _seconds(args.older_than)  # a bad duration is refused before touching the store
+    return asyncio.run(_run(open_outbox(config.store), args))
+
+
+async def _run(outbox: Outbox, args: argparse.Namespace) -> int:
     try:
-        connection = connect(config.store.path, STORE_SCHEMA)
-    except sqlite3.Error as error:
-        print(f"cannot open store {config.store.path}: {error}")
+        await outbox.open()
+    except StoreError as error:
+        print(f"cannot open the store: {error}")
         return 2
     try:
         if args.action == "stats":
-            return _stats(connection)
+            return await _stats(outbox)
         if args.action == "list":
-            return _list(connection, args.state, args.route, args.limit)
+            return await _list(outbox, args.state, args.route, args.limit)
         if args.action == "show":
-            return _show(connection, args.id)
+            return await _show(outbox, args.id)
         if args.action == "retry":
-            count = outbox.redrive(connection, time.time(), args.id, args.route)
+            count = await outbox.redrive(time.time(), args.id, args.route)
             print(f"{count} deliver{'y' if count == 1 else 'ies'} pending again")
             return 0 if count else 1
         cutoff = time.time() - _seconds(args.older_than)
-        print(f"{outbox.purge_delivered(connection, cutoff)} delivered event(s) purged")
+        print(f"{await outbox.purge_delivered(cutoff)} delivered event(s) purged")
         return 0
     finally:
-        connection.close()
+        await outbox.close()
 
 
-def _stats(connection: sqlite3.Connection) -> int:
+async def _stats(outbox: Outbox) -> int:
     now = time.time()
-    for item in outbox.stats(connection):
+    for item in await outbox.stats():
         counts = ", ".join(f"{state} {count}" for state, count in sorted(item.counts.items()))
         oldest = (
             f", oldest pending {now - item.oldest_pending_at:.0f}s"
@@ -76,60 +80,46 @@ def _stats(connection: sqlite3.Connection) -> int:
             else ""
         )
         print(f"route {item.route}: {counts}{oldest}")
-    print(f"dedup keys stored: {keys.count(connection)}")
-    for row in connection.execute(
-        "SELECT event_id, upstream, last_status, last_error FROM deliveries WHERE state = 'dead'"
-        " ORDER BY updated_at DESC LIMIT 10"
-    ):
-        print(f"dead: event {row[0]} -> {row[1]}: {row[3]}")
+    print(f"dedup keys stored: {await outbox.count_keys()}")
+    for row in await outbox.listing(DEAD, None, 10):
+        print(f"dead: event {row.event_id} -> {row.upstream}: {row.last_error}")
     return 0
 
 
-def _list(connection: sqlite3.Connection, state: str | None, route: str | None, limit: int) -> int:
-    rows = connection.execute(
-        "SELECT e.id, e.route, d.upstream, d.state, d.attempts, d.last_status, d.last_error,"
-        " e.created_at, e.fields FROM deliveries d JOIN events e ON e.id = d.event_id"
-        " WHERE (? IS NULL OR d.state = ?) AND (? IS NULL OR e.route = ?)"
-        " ORDER BY e.id DESC LIMIT ?",
-        (state, state, route, route, limit),
-    ).fetchall()
-    for event_id, route_name, upstream, row_state, attempts, status, error, created, fields in rows:
-        ymid = json.loads(fields).get("ymid")
+async def _list(outbox: Outbox, state: str | None, route: str | None, limit: int) -> int:
+    for row in await outbox.listing(state, route, limit):
         print(
-            f"{event_id}\t{_when(created)}\t{route_name}\t{row_state}\tattempts {attempts}"
-            f"\tstatus {status}\t{upstream}\tymid={ymid}\t{error or ''}"
+            f"{row.event_id}\t{_when(row.accepted_at)}\t{row.route}\t{row.state}"
+            f"\tattempts {row.attempts}\tstatus {row.last_status}\t{row.upstream}"
+            f"\tymid={row.ymid}\t{row.last_error or ''}"
         )
     return 0
 
 
-def _show(connection: sqlite3.Connection, event_id: int) -> int:
-    event = connection.execute(
-        "SELECT route, idempotency_key, request_id, client, created_at, fields, extras"
-        " FROM events WHERE id = ?",
-        (event_id,),
-    ).fetchone()
+async def _show(outbox: Outbox, event_id: int) -> int:
+    event = await outbox.show(event_id)
     if event is None:
         print(f"no event {event_id}")
         return 1
-    route, key, request_id, client, created, fields, extras = event
-    print(f"event {event_id} on route {route}, accepted {_when(created)}")
-    print(f"  idempotency key {key}, request id {request_id}, client {client}")
-    print(f"  fields {json.loads(fields)}")
-    if json.loads(extras):
-        print(f"  extras {json.loads(extras)}")
-    for row in connection.execute(
-        "SELECT upstream, state, attempts, last_status, last_error, last_body, next_attempt_at"
-        " FROM deliveries WHERE event_id = ?",
-        (event_id,),
-    ):
-        upstream, state, attempts, status, error, body, next_at = row
-        print(f"  -> {upstream}: {state}, {attempts} attempt(s), last status {status}")
-        if error:
-            print(f"     last error: {error}")
-        if body:
-            print(f"     last body: {body[:300]}")
-        if state == outbox.PENDING:
-            print(f"     next attempt {_when(next_at)}")
+    print(f"event {event_id} on route {event.route}, accepted {_when(event.accepted_at)}")
+    print(
+        f"  idempotency key {event.idempotency_key}, request id {event.request_id},"
+        f" client {event.client}"
+    )
+    print(f"  fields {event.postback.fields}")
+    if event.postback.extras:
+        print(f"  extras {[list(pair) for pair in event.postback.extras]}")
+    for delivery in event.deliveries:
+        print(
+            f"  -> {delivery.upstream}: {delivery.state}, {delivery.attempts} attempt(s),"
+            f" last status {delivery.last_status}"
+        )
+        if delivery.last_error:
+            print(f"     last error: {delivery.last_error}")
+        if delivery.last_body:
+            print(f"     last body: {delivery.last_body[:300]}")
+        if delivery.state == PENDING:
+            print(f"     next attempt {_when(delivery.next_attempt_at)}")
     return 0
 
 

@@ -1,8 +1,9 @@
 """Everything that needs the store, started and stopped as one: the outbox of queued routes,
 the deliverer, dedup keys that survive restarts, and their housekeeping.
 
-The runtime hands it the routes of each config it loads (`serve`); it owns the store, the
-deliverer and its own upstream pool, and never reaches back into the gateway.
+The runtime hands it the routes of each config it loads (`serve`); it owns the store (an
+`Outbox`: the SQLite file or PostgreSQL), the deliverer and its own upstream pool, and never
+reaches back into the gateway.
 """
 
 from __future__ import annotations
@@ -12,10 +13,9 @@ import contextlib
 import logging
 import time
 from collections.abc import Iterable
-from functools import partial
 
 from ..config import StoreConfig
-from ..dedup import DedupKey
+from ..dedup import Backend, DedupKey
 from ..errors import StoreUnavailable
 from ..forwarding.forward import Forwarder
 from ..forwarding.upstream_client import UpstreamClient
@@ -23,28 +23,48 @@ from ..metrics import Metrics
 from ..observe import RequestRecord
 from ..postback import Postback
 from ..route import CompiledRoute
-from . import keys, outbox
 from .deliverer import Deliverer
-from .store import Store, StoreError
+from .outbox import NewEvent, Outbox, StoreError
+from .postgres_outbox import PostgresOutbox
+from .sqlite_outbox import SqliteOutbox
 
 log = logging.getLogger("gateway.durable")
 STATS_EVERY_SECONDS = 5.0
+PROBE_EVERY_SECONDS = 1.0  # while the store is unavailable: notice its return quickly
 PURGE_EVERY_SECONDS = 60.0
-STORE_SCHEMA = outbox.SCHEMA + keys.SCHEMA  # the tables of a new store file
+
+
+def open_outbox(config: StoreConfig, metrics: Metrics | None = None) -> Outbox:
+    """The outbox the config names (not opened yet)."""
+    on_commit = metrics.store_committed if metrics is not None else (lambda ok: None)
+    if config.url is not None:
+        return PostgresOutbox(config.url, on_commit=on_commit)
+    assert config.path is not None  # the config reader requires one of the two
+    return SqliteOutbox(config.path, on_commit=on_commit)
 
 
 class Durable:
     def __init__(self, config: StoreConfig, metrics: Metrics) -> None:
         self._metrics = metrics
-        self.store = Store(config.path, STORE_SCHEMA, on_commit=self._count_commit)
-        self.keys = keys.StoreKeys(self.store)  # the dedup backend of every route
+        self.outbox = open_outbox(config, metrics)
         self._client = UpstreamClient()
-        self._deliverer = Deliverer(self.store, Forwarder(self._client, metrics), metrics)
+        self._deliverer = Deliverer(self.outbox, Forwarder(self._client, metrics), metrics)
         self._tasks: list[asyncio.Task[None]] = []
+        metrics.watch_store(lambda: self.available)
+
+    @property
+    def available(self) -> bool:
+        """Whether the store answered the last time it was used (or probed)."""
+        return self.outbox.available
+
+    def keys_for(self, hold: float) -> Backend:
+        """The dedup backend that lives in the store, for a route (see `Outbox.keys_for`)."""
+        return self.outbox.keys_for(hold)
 
     async def start(self, routes: Iterable[CompiledRoute]) -> None:
         """Open the store (StoreError if it cannot be) and resume what a crash left pending."""
-        await self.store.open()
+        await self.outbox.open()
+        self.outbox.on_work(self._deliverer.wake)
         await self.serve(routes)
         self._tasks = [
             asyncio.create_task(self._deliverer.run()),
@@ -57,8 +77,7 @@ class Durable:
         queued = [route for route in routes if route.queued]
         self._deliverer.serve(queued)
         targets = {route.name: [upstream.label for upstream in route.upstreams] for route in queued}
-        bury = partial(outbox.bury_orphans, targets=targets, now=time.time())
-        if buried := await self.store.run(bury):
+        if buried := await self.outbox.bury_orphans(targets, time.time()):
             log.warning("deliveries without a configured upstream dead-lettered",
                         extra={"count": buried})  # fmt: skip
 
@@ -69,20 +88,23 @@ class Durable:
         already stored (a duplicate, checked in the same transaction). StoreUnavailable if the
         store failed."""
         now = time.time()
-        accept = partial(
-            outbox.enqueue, route=route.name, upstreams=[u.label for u in route.upstreams],
-            postback=postback, idempotency_key=key.hex(), request_id=record.request_id,
-            client=record.client or "", now=now, dedup_key=key,
+        event = NewEvent(
+            route=route.name,
+            upstreams=[upstream.label for upstream in route.upstreams],
+            postback=postback,
+            dedup_key=key,
             dedup_expires_at=now + route.config.dedup.ttl,
-        )  # fmt: skip
+            request_id=record.request_id,
+            client=record.client or "",
+            accepted_at=now,
+        )
         try:
-            event_id = await self.store.run(accept)
+            accepted = await self.outbox.enqueue(event)
         except StoreError as error:
             raise StoreUnavailable(str(error)) from None
-        if event_id is None:
-            return False
-        self._deliverer.wake()
-        return True
+        if accepted:
+            self._deliverer.wake()
+        return accepted
 
     async def close(self, grace: float) -> None:
         self._deliverer.stop()  # ends by itself, even if a cancellation were lost
@@ -93,23 +115,34 @@ class Durable:
                 await task
         await self._deliverer.finish(grace)
         await self._client.close()
-        await self.store.close()
+        await self.outbox.close()
 
     async def _housekeeping(self) -> None:
+        """Queue gauges every few seconds, expired keys every minute; while the store is
+        unavailable, a probe every second, so readiness returns as soon as the store does.
+        An outage is logged when it starts and when it ends, not at every probe."""
         last_purge = 0.0
+        reported = False
         while True:
             try:
+                if not self.outbox.available:
+                    await self.outbox.ping()
+                    log.warning("store reachable again")
+                    reported = False
                 await self._refresh_queue_metrics()
                 if time.monotonic() - last_purge >= PURGE_EVERY_SECONDS:
                     last_purge = time.monotonic()
-                    await self.keys.purge_expired()
+                    await self.outbox.purge_expired_keys(time.time())
             except StoreError as error:
-                log.error("store housekeeping failed", extra={"detail": str(error)})
-            await asyncio.sleep(STATS_EVERY_SECONDS)
+                if not reported:
+                    log.error("store unavailable", extra={"detail": str(error)})
+                    reported = True
+            pause = STATS_EVERY_SECONDS if self.outbox.available else PROBE_EVERY_SECONDS
+            await asyncio.sleep(pause)
 
     async def _refresh_queue_metrics(self) -> None:
         now = time.time()
-        snapshot = await self.store.run(outbox.stats)
+        snapshot = await self.outbox.stats()
         self._metrics.queue_snapshot(
             [
                 (
@@ -120,6 +153,3 @@ class Durable:
                 for item in snapshot
             ]
         )
-
-    def _count_commit(self, ok: bool) -> None:
-        (self._metrics.store_commits if ok else self._metrics.store_failures).inc()

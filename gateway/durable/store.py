@@ -23,15 +23,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
+from .outbox import StoreError
+
 log = logging.getLogger("gateway.store")
+__all__ = ["Store", "StoreError", "connect"]
 
 T = TypeVar("T")
 MAX_BATCH = 512
 SCHEMA_VERSION = 1
-
-
-class StoreError(Exception):
-    """The store could not do what was asked (disk full, unwritable, corrupt...)."""
 
 
 def connect(path: str, schema: str) -> sqlite3.Connection:
@@ -76,6 +75,7 @@ class Store:
         self._on_commit = on_commit  # called from the writer thread: must be thread-safe
         self._jobs: queue.SimpleQueue[_Job[Any] | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
+        self.available = True  # the last operation succeeded
 
     async def open(self) -> None:
         """Create the file and schema (raises StoreError) and start the writer thread."""
@@ -111,7 +111,13 @@ class Store:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
         self._jobs.put(_Job(operation, loop, future))
-        return await future
+        try:
+            result = await future
+        except StoreError:
+            self.available = False
+            raise
+        self.available = True
+        return result
 
     def _serve(self, loop: asyncio.AbstractEventLoop, ready: asyncio.Future[None]) -> None:
         try:

@@ -42,11 +42,17 @@ def create_admin_app(runtime: Runtime) -> web.Application:
         return web.json_response({"status": "alive"})
 
     async def readyz(request: web.Request) -> web.Response:
-        if runtime.ready:
+        durable = runtime.durable
+        store_up = durable is None or durable.available
+        if runtime.ready and store_up:
             status, code = "ready", 200
+        elif runtime.ready:
+            status, code = "store_unavailable", 503  # postbacks would get 503 store_error
         else:
             status, code = ("draining" if runtime.draining else "starting"), 503
         body = {"status": status, "config_checksum": runtime.config.checksum}
+        if durable is not None:
+            body["store"] = "up" if store_up else "down"
         return web.json_response(body, status=code)
 
     async def metrics(request: web.Request) -> web.Response:
