@@ -1,38 +1,221 @@
-"""No Docker daemon runs here: check that the compose set-up is consistent with itself."""
+"""No Docker daemon runs here: check that the compose set-up is consistent with itself.
+
+docker-compose.yml runs nginx, two identical gateway replicas sharing a PostgreSQL store, and
+the demo app; deploy/gateway.yaml is the replicas' config and deploy/nginx.conf nginx's.
+"""
 
 from __future__ import annotations
 
+import ipaddress
+import re
+import shlex
 import subprocess
 import sys
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import yaml
 
-from tests.processes import REPO, command_env
+from gateway.config import GatewayConfig, load_config
+from tests.processes import REPO, command_env, free_port
+
+COMPOSE_FILE = REPO / "docker-compose.yml"
+GATEWAY_YAML = REPO / "deploy/gateway.yaml"
+GATEWAYS = ("gateway-1", "gateway-2")
+PASSWORD = "pg-pass-Zq81xw"  # POSTGRES_PASSWORD: must never appear in `check`'s output
+SECRET = "compose-secret-123"
+_COMPOSE_VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::([?-])([^}]*))?\}")
 
 
-def test_compose_runs_two_replicas_redis_and_the_app_behind_one_port() -> None:
-    compose = yaml.safe_load((REPO / "docker-compose.yml").read_text())
-    services = compose["services"]
-    assert set(services) == {"lb", "gateway-1", "gateway-2", "redis", "app"}
+def compose() -> dict[str, Any]:
+    document: dict[str, Any] = yaml.safe_load(COMPOSE_FILE.read_text())
+    return document
+
+
+def interpolate(text: str, environ: Mapping[str, str]) -> str:
+    """What `docker compose` makes of ${NAME}, ${NAME:?message} and ${NAME:-default}."""
+
+    def value_of(match: re.Match[str]) -> str:
+        name, kind, rest = match.groups()
+        if environ.get(name):
+            return environ[name]
+        assert kind == "-", f"compose would refuse to start without {name}"
+        return rest
+
+    return _COMPOSE_VARIABLE.sub(value_of, text)
+
+
+def compose_env() -> dict[str, str]:
+    """The gateway containers' environment, as compose sets it from the shell's."""
+    shell = {"MONETAG_SECRET": SECRET, "POSTGRES_PASSWORD": PASSWORD}
+    environment = compose()["services"]["gateway-1"]["environment"]
+    return {name: interpolate(value, shell) for name, value in environment.items()}
+
+
+def gateway_config(**overrides: str) -> GatewayConfig:
+    return load_config(GATEWAY_YAML, {**compose_env(), **overrides})
+
+
+def container_config_path() -> str:
+    """Where the image reads its config (the Dockerfile's GATEWAY_CONFIG)."""
+    found = re.search(r"GATEWAY_CONFIG=(\S+)", (REPO / "Dockerfile").read_text())
+    assert found is not None
+    return found.group(1)
+
+
+def walkthrough() -> list[str]:
+    """The commands of the header comment, without their own comments."""
+    commands = []
+    for line in COMPOSE_FILE.read_text().splitlines():
+        if not line.startswith("#"):
+            break
+        command = line.lstrip("# ").split("   #", 1)[0].strip()
+        if command.startswith(("docker ", "curl ", "export ")):
+            commands.append(command)
+    return commands
+
+
+def test_compose_runs_two_replicas_postgres_and_the_app_behind_one_port() -> None:
+    services = compose()["services"]
+    assert set(services) == {"lb", "gateway-1", "gateway-2", "postgres", "app"}
     assert services["gateway-1"] == services["gateway-2"]
     assert services["lb"]["ports"] == ["8080:80"]
+    assert set(services["lb"]["depends_on"]) == set(GATEWAYS)
+    # Redis stays a documented option, not part of this set-up (comments aside)
+    assert "redis" not in repr(compose()).lower()
+    assert "redis" not in repr(yaml.safe_load(GATEWAY_YAML.read_text())).lower()
+
+
+def test_nginx_sends_to_both_replicas_on_their_public_port() -> None:
     nginx = (REPO / "deploy/nginx.conf").read_text()
-    assert "server gateway-1:8080;" in nginx and "server gateway-2:8080;" in nginx
+    block = re.search(r"upstream gateways \{(.*?)\}", nginx, re.DOTALL)
+    assert block is not None
+    servers = re.findall(r"^\s*server\s+(\S+);", block.group(1), re.MULTILINE)
+    port = gateway_config().server.listen.port
+    assert servers == [f"{name}:{port}" for name in GATEWAYS]
+    assert "proxy_pass http://gateways;" in nginx
+    assert "proxy_next_upstream off;" in nginx  # a postback is never resent by nginx itself
+
+
+def test_gateways_trust_the_lb_and_reach_the_app() -> None:
+    document = compose()
+    services = document["services"]
     lb_address = services["lb"]["networks"]["gateway-net"]["ipv4_address"]
-    gateway_config = yaml.safe_load((REPO / "deploy/gateway.yaml").read_text())
-    assert gateway_config["server"]["trusted_proxies"] == [lb_address]
-    app_command = services["app"]["command"]
-    assert f"http://app:{app_command[-1]}/postback" in (REPO / "deploy/gateway.yaml").read_text()
+    subnet = document["networks"]["gateway-net"]["ipam"]["config"][0]["subnet"]
+    assert ipaddress.ip_address(lb_address) in ipaddress.ip_network(subnet)
+    raw = yaml.safe_load(GATEWAY_YAML.read_text())
+    assert raw["server"]["trusted_proxies"] == [lb_address]
+    config = gateway_config()
+    assert config.server.admin_listen.host == "0.0.0.0"
+    app_port = services["app"]["command"][-1]
+    [route] = config.routes
+    assert [str(upstream.url) for upstream in route.upstreams] == [
+        f"http://app:{app_port}/postback"
+    ]
+    gateway = services["gateway-1"]
+    assert gateway["volumes"] == [f"./deploy/gateway.yaml:{container_config_path()}:ro"]
+    assert gateway["depends_on"]["app"] == {"condition": "service_started"}
 
 
-def test_compose_gateway_config_passes_check(tmp_path: Path) -> None:
+def test_postgres_is_healthy_before_the_gateways_start_and_keeps_its_data() -> None:
+    document = compose()
+    postgres = document["services"]["postgres"]
+    assert postgres["image"] == "postgres:16-alpine"
+    [volume] = postgres["volumes"]
+    name, mount = volume.split(":")
+    assert name in document["volumes"] and mount == "/var/lib/postgresql/data"
+    assert "pg_isready" in postgres["healthcheck"]["test"]
+    gateway = document["services"]["gateway-1"]
+    assert gateway["depends_on"]["postgres"] == {"condition": "service_healthy"}
+
+
+def test_store_url_names_the_postgres_service_its_user_and_database() -> None:
+    services = compose()["services"]
+    postgres_env = services["postgres"]["environment"]
+    assert postgres_env["POSTGRES_PASSWORD"].startswith("${POSTGRES_PASSWORD:?")
+    gateway_env = services["gateway-1"]["environment"]
+    assert gateway_env["MONETAG_SECRET"].startswith("${MONETAG_SECRET:?")
+    store_url = urlsplit(compose_env()["STORE_URL"])
+    assert store_url.scheme == "postgresql"
+    assert (store_url.hostname, store_url.port) == ("postgres", 5432)
+    assert store_url.username == postgres_env["POSTGRES_USER"]
+    assert store_url.password == PASSWORD
+    assert store_url.path == f"/{postgres_env['POSTGRES_DB']}"
+    config = gateway_config()
+    assert config.store is not None and config.store.url == compose_env()["STORE_URL"]
+
+
+def test_replicas_stop_after_draining_and_queue_with_a_short_retry_cap() -> None:
+    config = gateway_config()
+    grace = compose()["services"]["gateway-1"]["stop_grace_period"]
+    assert grace.endswith("s")
+    assert int(grace[:-1]) > config.server.drain_delay + config.server.shutdown_grace
+    assert config.server.drain_delay > 0
+    [route] = config.routes
+    assert route.delivery == "queued"
+    assert route.dedup.backend == "memory" and route.dedup.redis_url is None
+    assert route.queue.retry_cap <= 60  # the walkthrough says "within ~30s"
+
+
+def test_compose_gateway_config_passes_check() -> None:
     result = subprocess.run(
         [sys.executable, "-m", "gateway", "check", "--config", "deploy/gateway.yaml"],
         cwd=REPO, capture_output=True, text=True, timeout=30,
-        env=command_env("compose-secret-123", REDIS_URL="redis://:redis-pass-777@redis:6379/0"),
+        env=command_env(SECRET, STORE_URL=compose_env()["STORE_URL"]),
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
+    assert (
+        "  store PostgreSQL postgresql://postgres:5432/gateway, shared by every replica"
+        in result.stdout
+    )
     assert "dedup     key [ymid, event_type, zone_id]" in result.stdout
-    assert "shared on redis://redis:6379/0 (fail_closed)" in result.stdout
-    assert "redis-pass-777" not in result.stdout + result.stderr
+    assert "this process, then PostgreSQL (every replica)" in result.stdout
+    assert "Redis" not in result.stdout
+    assert PASSWORD not in result.stdout + result.stderr
+    assert SECRET not in result.stdout + result.stderr
+
+
+def test_walkthrough_postback_matches_the_route_and_the_lb_port() -> None:
+    commands = walkthrough()
+    [export] = [command for command in commands if command.startswith("export ")]
+    shell = dict(word.split("=", 1) for word in shlex.split(export)[1:])
+    assert set(shell) == {"MONETAG_SECRET", "POSTGRES_PASSWORD"}
+    [curl] = [command for command in commands if command.startswith("curl ")]
+    url = urlsplit(shlex.split(curl)[-1])
+    assert url.port == int(compose()["services"]["lb"]["ports"][0].split(":")[0])
+    [route] = gateway_config().routes
+    assert url.path == route.path
+    query = parse_qs(url.query)
+    secret_param = route.secret.query_param if route.secret else None
+    assert secret_param is not None
+    assert query.pop(secret_param) == [shell["MONETAG_SECRET"]]
+    assert {route.aliases[name] for name in query} == set(route.dedup.key)
+    for step in (
+        "docker compose stop app",
+        "docker compose kill gateway-1",
+        "docker compose start app",
+        "docker compose logs app",
+    ):
+        assert step in commands
+
+
+def test_walkthrough_queue_command_is_one_the_cli_accepts(tmp_path: Path) -> None:
+    """Run as written, against a PostgreSQL that is not there: the CLI parses it and gets as
+    far as opening the store (an argument in the wrong place would stop it earlier)."""
+    [exec_command] = [command for command in walkthrough() if " exec " in command]
+    words = shlex.split(exec_command)
+    assert words[:4] == ["docker", "compose", "exec", "gateway-2"]
+    assert words[4:7] == ["python", "-m", "gateway"]
+    arguments = words[7:]
+    assert arguments[arguments.index("--config") + 1] == container_config_path()
+    arguments[arguments.index("--config") + 1] = str(GATEWAY_YAML)
+    nowhere = f"postgresql://gateway:{PASSWORD}@127.0.0.1:{free_port()}/gateway"
+    result = subprocess.run(
+        [sys.executable, "-m", "gateway", *arguments],
+        cwd=REPO, capture_output=True, text=True, timeout=60,
+        env=command_env(SECRET, STORE_URL=nowhere),
+    )  # fmt: skip
+    assert "cannot open the store" in result.stdout, result.stderr
+    assert PASSWORD not in result.stdout + result.stderr

@@ -1,0 +1,233 @@
+"""No cluster here: check that the manifests in deploy/kubernetes/ agree with each other, with
+the gateway config in their ConfigMap (which must pass `check`) and with the Dockerfile."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+import yaml
+
+from gateway.config import GatewayConfig, load_config
+from tests.configedit import edited
+from tests.processes import REPO, command_env
+from tests.tlscerts import make_certificate
+
+K8S = REPO / "deploy/kubernetes"
+PASSWORD = "k8s-pg-pass-Yv42qe"  # in STORE_URL: must never appear in `check`'s output
+SECRET = "k8s-monetag-secret-5150"
+API_VERSIONS = {"Deployment": "apps/v1", "Service": "v1", "ConfigMap": "v1", "Secret": "v1"}
+
+
+def manifests() -> dict[str, dict[str, Any]]:
+    """Every object in deploy/kubernetes/*.yaml by kind (one of each)."""
+    objects: dict[str, dict[str, Any]] = {}
+    for path in sorted(K8S.glob("*.yaml")):
+        if path.name == "kustomization.yaml":
+            continue
+        for document in yaml.safe_load_all(path.read_text()):
+            assert document["kind"] not in objects, f"a second {document['kind']} in {path}"
+            objects[document["kind"]] = document
+    return objects
+
+
+def pod_spec() -> dict[str, Any]:
+    spec: dict[str, Any] = manifests()["Deployment"]["spec"]["template"]["spec"]
+    return spec
+
+
+def container(name: str) -> dict[str, Any]:
+    found: list[dict[str, Any]] = [
+        item for item in pod_spec()["containers"] if item["name"] == name
+    ]
+    assert len(found) == 1, f"one container named {name}"
+    return found[0]
+
+
+def port_named(name: str) -> int:
+    ports = container("gateway")["ports"]
+    [number] = [port["containerPort"] for port in ports if port["name"] == name]
+    assert isinstance(number, int)
+    return number
+
+
+def config_text() -> str:
+    text: str = manifests()["ConfigMap"]["data"]["config.yaml"]
+    return text
+
+
+def gateway_env() -> dict[str, str]:
+    """The gateway container's environment, each variable from its Secret key."""
+    secret = manifests()["Secret"]
+    values = {**secret.get("stringData", {}), **secret.get("data", {})}
+    environ = {}
+    for variable in container("gateway")["env"]:
+        reference = variable["valueFrom"]["secretKeyRef"]
+        assert reference["name"] == secret["metadata"]["name"]
+        environ[variable["name"]] = values[reference["key"]]
+    return environ
+
+
+@pytest.fixture
+def local_config(tmp_path: Path) -> Path:
+    """The ConfigMap's config.yaml with its TLS files replaced by a fresh self-signed pair."""
+    certificate = make_certificate(tmp_path / "tls", "gateway")
+    changes = {
+        "server.tls.cert_file": str(certificate.cert_file),
+        "server.tls.key_file": str(certificate.key_file),
+    }
+    path = tmp_path / "config.yaml"
+    path.write_text(edited(yaml.safe_load(config_text()), changes))
+    return path
+
+
+def store_url() -> str:
+    return f"postgresql://gateway:{PASSWORD}@postgres.example.internal:5432/gateway"
+
+
+def loaded(path: Path) -> GatewayConfig:
+    return load_config(path, {"STORE_URL": store_url(), "MONETAG_SECRET": SECRET})
+
+
+def dockerfile_uid() -> int:
+    text = (REPO / "Dockerfile").read_text()
+    assert re.search(r"^USER gateway$", text, re.MULTILINE)
+    found = re.search(r"useradd [^\n]*--uid (\d+)[^\n]* gateway\b", text)
+    assert found is not None
+    return int(found.group(1))
+
+
+def test_kustomization_applies_every_manifest() -> None:
+    kustomization = yaml.safe_load((K8S / "kustomization.yaml").read_text())
+    files = {path.name for path in K8S.glob("*.yaml")} - {"kustomization.yaml"}
+    assert set(kustomization["resources"]) == files
+    objects = manifests()
+    assert set(objects) == set(API_VERSIONS)  # no PostgreSQL: operators bring their own
+    for kind, document in objects.items():
+        assert document["apiVersion"] == API_VERSIONS[kind]
+    assert "postgres" not in repr(pod_spec()).lower()
+
+
+def test_deployment_runs_two_pods_of_app_and_gateway_behind_the_service() -> None:
+    objects = manifests()
+    deployment = objects["Deployment"]["spec"]
+    assert deployment["replicas"] == 2
+    labels = deployment["template"]["metadata"]["labels"]
+    assert deployment["selector"]["matchLabels"].items() <= labels.items()
+    assert objects["Service"]["spec"]["selector"].items() <= labels.items()
+    assert [item["name"] for item in pod_spec()["containers"]] == ["app", "gateway"]
+    assert container("app")["image"] == container("gateway")["image"]
+
+
+def test_configmap_config_passes_check_without_showing_the_password(local_config: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "gateway", "check", "--config", str(local_config)],
+        cwd=REPO, capture_output=True, text=True, timeout=30,
+        env=command_env(SECRET, STORE_URL=store_url()),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert (
+        "  store PostgreSQL postgresql://postgres.example.internal:5432/gateway, "
+        "shared by every replica" in result.stdout
+    )
+    assert "this process, then PostgreSQL (every replica)" in result.stdout
+    assert "  tls on," in result.stdout
+    assert PASSWORD not in result.stdout + result.stderr
+    assert SECRET not in result.stdout + result.stderr
+
+
+def test_secret_provides_every_variable_the_config_needs(local_config: Path) -> None:
+    environ = gateway_env()
+    assert set(environ) == {"STORE_URL", "MONETAG_SECRET"}
+    assert urlsplit(environ["STORE_URL"]).scheme == "postgresql"
+    config = load_config(local_config, environ)  # every ${NAME} is set from the Secret
+    assert config.store is not None and config.store.url == environ["STORE_URL"]
+    needed = set(re.findall(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}", config_text()))
+    assert needed == set(environ)
+
+
+def test_termination_grace_covers_drain_and_shutdown(local_config: Path) -> None:
+    server = loaded(local_config).server
+    grace = pod_spec()["terminationGracePeriodSeconds"]
+    assert server.drain_delay > 0
+    assert grace > server.drain_delay + server.shutdown_grace
+    assert grace <= server.drain_delay + server.shutdown_grace + 30  # a margin, not a guess
+
+
+def test_probes_use_the_named_admin_port(local_config: Path) -> None:
+    server = loaded(local_config).server
+    gateway = container("gateway")
+    assert gateway["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "admin"}
+    assert gateway["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "admin"}
+    assert port_named("admin") == server.admin_listen.port
+    assert server.admin_listen.host == "0.0.0.0"  # kubelet probes the pod's address
+
+
+def test_service_exposes_the_public_port_and_keeps_the_client_address(
+    local_config: Path,
+) -> None:
+    config = loaded(local_config)
+    service = manifests()["Service"]["spec"]
+    [port] = service["ports"]
+    assert port["targetPort"] == "public"
+    assert port_named("public") == config.server.listen.port
+    assert "admin" not in repr(service)  # the admin port stays inside the cluster
+    # nothing in front to trust: the Service must not hide Monetag's address behind a node's
+    assert not config.server.trusted_proxies
+    assert service["externalTrafficPolicy"] == "Local"
+
+
+def test_gateway_forwards_to_the_app_container_over_loopback(local_config: Path) -> None:
+    [route] = loaded(local_config).routes
+    assert route.delivery == "queued"
+    [upstream] = route.upstreams
+    command = container("app")["command"]
+    assert upstream.url.host == "127.0.0.1" == command[command.index("--host") + 1]
+    assert upstream.url.port == int(command[command.index("--port") + 1])
+
+
+def test_mounts_match_the_image_and_the_config() -> None:
+    spec = pod_spec()
+    volumes = {volume["name"]: volume for volume in spec["volumes"]}
+    mounts = {mount["name"]: mount for mount in container("gateway")["volumeMounts"]}
+    image_config = re.search(r"GATEWAY_CONFIG=(\S+)", (REPO / "Dockerfile").read_text())
+    assert image_config is not None
+    directory, _, file_name = image_config.group(1).rpartition("/")
+    assert mounts["config"]["mountPath"] == directory
+    assert "subPath" not in mounts["config"]  # a subPath mount never sees ConfigMap edits
+    assert volumes["config"]["configMap"]["name"] == manifests()["ConfigMap"]["metadata"]["name"]
+    assert file_name in manifests()["ConfigMap"]["data"]
+    tls = yaml.safe_load(config_text())["server"]["tls"]
+    assert tls == {
+        "cert_file": f"{mounts['tls']['mountPath']}/tls.crt",  # a kubernetes.io/tls Secret's
+        "key_file": f"{mounts['tls']['mountPath']}/tls.key",  # two keys
+    }
+    assert "secret" in volumes["tls"]
+    assert all(mount.get("readOnly") for mount in mounts.values())
+
+
+def test_containers_run_as_the_image_user_read_only_with_requests() -> None:
+    spec = pod_spec()
+    assert spec["securityContext"]["runAsNonRoot"] is True
+    # USER gateway is a name, which runAsNonRoot cannot verify: the uid must be given
+    assert spec["securityContext"]["runAsUser"] == dockerfile_uid()
+    for item in spec["containers"]:
+        context = item["securityContext"]
+        assert context["readOnlyRootFilesystem"] is True
+        assert context["allowPrivilegeEscalation"] is False
+        assert context["capabilities"]["drop"] == ["ALL"]
+        assert {"cpu", "memory"} <= set(item["resources"]["requests"])
+
+
+def test_readme_explains_the_placeholders_and_each_file() -> None:
+    readme = (K8S / "README.md").read_text()
+    assert container("gateway")["image"] in readme
+    for path in K8S.glob("*.yaml"):
+        assert path.name in readme
+    for name in ("/readyz", "/healthz", "terminationGracePeriodSeconds", "PostgreSQL"):
+        assert name in readme
