@@ -1,11 +1,16 @@
-"""What every benchmark script needs: free ports, waiting for a listener, the machine's name."""
+"""What every benchmark needs: free ports, waiting for a listener, the machine's name, wrk."""
 
 from __future__ import annotations
 
 import os
 import platform
+import re
 import socket
+import subprocess
 import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
 
 
 def free_port() -> int:
@@ -26,3 +31,37 @@ def wait_for_port(port: int, seconds: float = 20) -> None:
 
 def machine() -> str:
     return f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
+
+
+def run_wrk(url: str, connections: int, seconds: float, run_name: str) -> dict[str, float]:
+    """wrk's load on URL (which has a query: bench/unique_ymid.lua appends `&uid=`)."""
+    command = [
+        "wrk", "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--latency",
+        "-s", str(HERE / "unique_ymid.lua"), url, "--", run_name,
+    ]  # fmt: skip
+    output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
+    socket_errors = re.search(
+        r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", output
+    )
+    return {
+        "requests_per_second": float(_number(r"Requests/sec:\s+([\d.]+)", output)),
+        "p50_ms": _latency(output, "50%"),
+        "p99_ms": _latency(output, "99%"),
+        "requests": float(_number(r"(\d+) requests in", output)),
+        "non_2xx": float(errors.group(1)) if errors else 0.0,
+        "socket_errors": float(sum(map(int, socket_errors.groups()))) if socket_errors else 0.0,
+    }
+
+
+def _number(pattern: str, output: str) -> str:
+    match = re.search(pattern, output)
+    assert match, output
+    return match.group(1)
+
+
+def _latency(output: str, percentile: str) -> float:
+    match = re.search(rf"^\s+{percentile}\s+([\d.]+)(us|ms|s)\s*$", output, re.MULTILINE)
+    assert match, output
+    value, unit = float(match.group(1)), match.group(2)
+    return value * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]

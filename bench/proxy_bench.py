@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import shutil
 import statistics
 import subprocess
@@ -35,7 +34,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from common import free_port, machine, wait_for_port  # noqa: E402
+from common import free_port, machine, run_wrk, wait_for_port  # noqa: E402
 
 SECRET = "bench-secret-0123456789"
 CONNECTIONS = (1, 32)
@@ -66,28 +65,6 @@ def gateway_config(public: int, upstream: int, store: Path | None, allowlist: in
     if store is not None:
         text = f"store: {{path: '{store}'}}\n" + text + route.format(name="queued")
     return text
-
-
-def run_wrk(url: str, connections: int, seconds: float, run_name: str) -> dict[str, float]:
-    command = [
-        "wrk", "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--latency",
-        "-s", str(HERE / "unique_ymid.lua"), url, "--", run_name,
-    ]  # fmt: skip
-    output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
-    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
-    return {
-        "requests_per_second": float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1)),  # type: ignore[union-attr]
-        "p50_ms": _latency(output, "50%"),
-        "p99_ms": _latency(output, "99%"),
-        "non_2xx": float(errors.group(1)) if errors else 0.0,
-    }
-
-
-def _latency(output: str, percentile: str) -> float:
-    match = re.search(rf"^\s+{percentile}\s+([\d.]+)(us|ms|s)\s*$", output, re.MULTILINE)
-    assert match, output
-    value, unit = float(match.group(1)), match.group(2)
-    return value * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
 
 
 def main() -> None:

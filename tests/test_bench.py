@@ -10,19 +10,52 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 
-def test_ack_throughput_script_runs_and_reports_both_modes(tmp_path: Path) -> None:
+def test_ack_throughput_script_runs_every_mode_on_both_stores(tmp_path: Path) -> None:
     output = tmp_path / "ack.json"
     result = subprocess.run(
         [sys.executable, "bench/ack_throughput.py", "--seconds", "0.5", "--rounds", "1",
          "--concurrency", "4", "--output", str(output)],
-        cwd=REPO, capture_output=True, text=True, timeout=120,
+        cwd=REPO, capture_output=True, text=True, timeout=180,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
-    assert "queued/sync requests/s:" in result.stdout
+    for line in (
+        "queued/sync requests/s:",
+        "postgres_queued/queued requests/s:",
+        "target postgres_queued/queued >= 0.5 at 32 connections:",
+        "target postgres_queued p99 < 20 ms at 32 connections:",
+    ):
+        assert line in result.stdout
     report = json.loads(output.read_text())
     assert report["failures"] == 0
-    for mode in ("sync", "queued"):
-        assert report["summary"][mode]["requests_per_second"] > 0
+    assert report["settings"]["modes"] == ["sync", "queued", "postgres_sync", "postgres_queued"]
+    for mode in ("sync", "queued", "postgres_sync", "postgres_queued"):
+        summary = report["summary"][mode]
+        assert summary["requests_per_second"] > 0 and summary["failures"] == 0, mode
+        assert ("drain_seconds" in summary) == mode.endswith("queued"), mode
+        assert len(report["runs"][mode]) == 1
+    assert set(report["ratios"]) == {
+        "postgres_queued/queued",
+        "queued/sync",
+        "postgres_queued/sync",
+    }
+    assert len(report["targets"]) == 2
+    for verdict in report["targets"].values():
+        assert isinstance(verdict["met"], bool)
+        assert verdict["applies"] is False  # 4 connections: the targets are for 32
+    # the comparison is honest only if PostgreSQL, like SQLite, fsyncs at every commit
+    assert report["postgres"]["fsync"] == "on"
+    assert report["postgres"]["synchronous_commit"] == "on"
+
+
+def test_ack_throughput_script_refuses_an_unknown_mode(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "bench/ack_throughput.py", "--modes", "queued,postgres_qeued",
+         "--output", str(tmp_path / "ack.json")],
+        cwd=REPO, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert "postgres_qeued" in result.stderr
+    assert not (tmp_path / "ack.json").exists()
 
 
 def test_proxy_bench_runs_every_target_and_reports_ratios(tmp_path: Path) -> None:
