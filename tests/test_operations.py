@@ -1,8 +1,11 @@
-"""Operating the real `python -m gateway run` process: reload, metrics, drain, limits, logging.
+"""Operating the real `python -m gateway run` process: reload, metrics, dashboard, drain,
+limits, logging.
 
-Every test starts the gateway as a subprocess on free loopback ports in front of a real HTTP
-upstream (a `RecordingUpstream` in this process) and talks to it over sockets. Every wait is
-bounded; every process is killed in a `finally` if a test leaves it running.
+Every test of the process starts the gateway as a subprocess on free loopback ports in front of
+a real HTTP upstream (a `RecordingUpstream` in this process) and talks to it over sockets. Every
+wait is bounded; every process is killed in a `finally` if a test leaves it running. The
+dashboard's rows and layout are checked on its JSON alone, its metric names against the
+gateway's metrics registry and against a running gateway's /metrics.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import signal
 import socket
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -26,8 +30,10 @@ from urllib.parse import urlencode
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from gateway.durable.outbox import DEAD, DELIVERED, PENDING, RETRY
+from gateway.metrics import Metrics
 from tests import processes
-from tests.conftest import UpstreamFactory
+from tests.conftest import RedisServer, UpstreamFactory
 from tests.gatewayconfig import gateway_config, route, upstream
 from tests.processes import Reply, free_port, gateway_command, http_get, spawn_gateway
 from tests.upstream import Answer
@@ -84,6 +90,14 @@ class Scrape:
     def sample_names(self) -> set[str]:
         return {name for name, _ in self.samples}
 
+    @property
+    def label_names(self) -> dict[str, set[str]]:
+        """Every sample name, and the label names its samples carry."""
+        names: dict[str, set[str]] = {}
+        for name, labels in self.samples:
+            names.setdefault(name, set()).update(label for label, _ in labels)
+        return names
+
 
 # -- the gateway process ----------------------------------------------------------------------
 
@@ -98,8 +112,10 @@ def config_text(
     log_format: str = "json",
     upstream_timeout: str = "5s",
     extra_routes: dict[str, Any] | None = None,
+    store: str | None = None,
 ) -> str:
-    """One route `tapper` (allowlist, query secret `token`, one upstream) and server limits."""
+    """One route `tapper` (allowlist, query secret `token`, one upstream) and server limits;
+    with `store` (an SQLite file), the durable store that queued routes need."""
     settings = {
         "listen": f"127.0.0.1:{public_port}",
         "admin_listen": f"127.0.0.1:{admin_port}",
@@ -116,6 +132,7 @@ def config_text(
         server=settings,
         logging={"format": log_format},
         routes={"tapper": tapper, **(extra_routes or {})},
+        store=store,
     )
 
 
@@ -401,6 +418,77 @@ def _version() -> str:
     return match.group(1)
 
 
+# -- 6: the dashboard -------------------------------------------------------------------------
+
+DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
+GRID_WIDTH = 24
+METRIC_USE = re.compile(r"\b(gateway_[a-z0-9_]+)(?:\{([^}]*)\})?")  # a name, its {matchers}
+MATCHER_LABEL = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)\s*(?:=~|!~|!=|=)")
+GROUPING = re.compile(r"\bby\s*\(([^)]*)\)")
+TARGET_LABELS = frozenset({"instance", "job"})  # Prometheus adds them to every scraped sample
+ROUTE_FILTER = 'route=~"$route"'
+# what one metric family of the registry is exposed as, by its type (text format)
+SAMPLE_SUFFIXES = {
+    "counter": ("_total",),
+    "gauge": ("",),
+    "histogram": ("_bucket", "_count", "_sum"),
+}
+
+# The rows for the durable queue, the store and Redis:
+# row title -> panel title -> (unit, what the panel's queries must contain).
+PanelSpec = tuple[str, tuple[str, ...]]
+REQUIRED_ROWS: dict[str, dict[str, PanelSpec]] = {
+    "Queue (delivery: queued)": {
+        "Queue depth (pending) by route": (
+            "short", ("gateway_queue_deliveries{", f'state="{PENDING}"', ROUTE_FILTER)
+        ),
+        "Oldest pending delivery age by route": (
+            "s", ("gateway_queue_oldest_pending_age_seconds{", ROUTE_FILTER)
+        ),
+        "Deliveries/s by result": (
+            "reqps", ("by (result)", "rate(gateway_deliveries_total{", ROUTE_FILTER)
+        ),
+        "Dead letters by route": (
+            "short", ("gateway_queue_deliveries{", f'state="{DEAD}"', ROUTE_FILTER)
+        ),
+    },
+    "Store": {
+        "Store up": ("short", ("gateway_store_up",)),
+        "Store commits/s": ("ops", ("rate(gateway_store_commits_total[",)),
+        "Store failures/s": ("ops", ("rate(gateway_store_failures_total[",)),
+    },
+    "Redis (shared dedup)": {
+        "Redis latency p50 / p99 by operation": (
+            "s",
+            (
+                "histogram_quantile(0.5, sum by (le, operation) "
+                "(rate(gateway_redis_duration_seconds_bucket[",
+                "histogram_quantile(0.99, sum by (le, operation) "
+                "(rate(gateway_redis_duration_seconds_bucket[",
+            ),
+        ),
+        "Redis errors/s by operation": (
+            "ops", ("by (operation)", "rate(gateway_redis_errors_total[")
+        ),
+        "Dedup fallbacks/s by route (fail_open)": (
+            "reqps", ("rate(gateway_dedup_fallbacks_total{", ROUTE_FILTER)
+        ),
+    },
+}  # fmt: skip
+
+
+def load_dashboard() -> dict[str, Any]:
+    dashboard: dict[str, Any] = json.loads(DASHBOARD.read_text(encoding="utf-8"))
+    return dashboard
+
+
+def _all_panels(node: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """Every panel, rows and the panels a collapsed row holds included."""
+    for panel in node.get("panels", []):
+        yield panel
+        yield from _all_panels(panel)
+
+
 def _dashboard_exprs(node: Any) -> Iterator[str]:
     """Every PromQL string of the dashboard: panel target `expr`s and variable queries."""
     if isinstance(node, dict):
@@ -414,17 +502,174 @@ def _dashboard_exprs(node: Any) -> Iterator[str]:
             yield from _dashboard_exprs(item)
 
 
-def test_every_dashboard_metric_is_exposed(
-    launch: Launcher, start_upstream: UpstreamFactory
-) -> None:
-    app = start_upstream()
-    spinner = route(
-        [{"url": app.postback_url, "retries": 0}],
-        allow_ips=["10.9.9.9"],
-        allow_ips_mode="log_only",
-        aliases=None,
+def target_exprs(dashboard: dict[str, Any]) -> list[str]:
+    return [
+        target["expr"]
+        for panel in _all_panels(dashboard)
+        for target in panel.get("targets", [])
+        if "expr" in target
+    ]
+
+
+def metric_names(dashboard: dict[str, Any]) -> set[str]:
+    """Every gateway_ sample name a panel or a variable reads."""
+    return {name for expr in _dashboard_exprs(dashboard) for name, _ in METRIC_USE.findall(expr)}
+
+
+def defined_sample_names() -> set[str]:
+    """The sample names the gateway's Metrics can expose, from its own registry, with every
+    metric registered only under some config (the store's) registered too."""
+    metrics = Metrics()
+    metrics.watch_store(lambda: True)
+    metrics.watch_dedup(lambda: {})
+    names: set[str] = set()
+    for family in metrics.registry.collect():
+        assert family.type in SAMPLE_SUFFIXES, f"{family.name}: type {family.type} not mapped"
+        names.update(family.name + suffix for suffix in SAMPLE_SUFFIXES[family.type])
+    return names
+
+
+def undefined_metrics(dashboard: dict[str, Any]) -> list[str]:
+    return sorted(metric_names(dashboard) - defined_sample_names())
+
+
+def label_problems(exprs: list[str], labels_of: dict[str, set[str]]) -> list[str]:
+    """What a query asks of labels its metrics do not have: a matcher or a `by` on a missing
+    label (the panel would be silently empty), or a metric with a route label the Route
+    variable does not filter."""
+    problems = []
+    for expr in exprs:
+        uses = METRIC_USE.findall(expr)
+        available = set(TARGET_LABELS).union(*(labels_of.get(name, set()) for name, _ in uses))
+        for name, matchers in uses:
+            labels = labels_of.get(name, set())
+            problems += [
+                f"{name} has no label {label!r}: {expr}"
+                for label in MATCHER_LABEL.findall(matchers)
+                if label not in labels
+            ]
+            if "route" in labels and ROUTE_FILTER not in matchers:
+                problems.append(f"{name} is not filtered by $route: {expr}")
+        for grouping in GROUPING.findall(expr):
+            labels = {label.strip() for label in grouping.split(",") if label.strip()}
+            problems += [f"no metric has {label!r}: {expr}" for label in labels - available]
+    return problems
+
+
+def rows_of(dashboard: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
+    """Each row's panels, by row title: a collapsed row holds its own, an open one has the
+    panels placed below it, down to the next row."""
+    rows: dict[str, list[dict[str, Any]]] = {}
+    current: list[dict[str, Any]] | None = None
+    placed = sorted(dashboard["panels"], key=lambda p: (p["gridPos"]["y"], p["gridPos"]["x"]))
+    for panel in placed:
+        if panel["type"] == "row":
+            assert panel["title"] not in rows, f"two rows titled {panel['title']!r}"
+            current = rows[panel["title"]] = list(panel.get("panels", []))
+        elif current is not None:
+            current.append(panel)
+    return rows
+
+
+def row_problems(dashboard: dict[str, Any]) -> list[str]:
+    """Each of REQUIRED_ROWS missing, or its panels missing, in another unit, or not reading
+    what they should."""
+    rows = rows_of(dashboard)
+    problems = []
+    for row_title, wanted in REQUIRED_ROWS.items():
+        if row_title not in rows:
+            problems.append(f"no row {row_title!r}")
+            continue
+        panels = {panel["title"]: panel for panel in rows[row_title]}
+        for title, (unit, needles) in wanted.items():
+            panel = panels.get(title)
+            if panel is None:
+                problems.append(f"row {row_title!r} has no panel {title!r}")
+                continue
+            actual = panel.get("fieldConfig", {}).get("defaults", {}).get("unit")
+            if actual != unit:
+                problems.append(f"{title!r}: unit {actual!r}, not {unit!r}")
+            exprs = "\n".join(target.get("expr", "") for target in panel.get("targets", []))
+            problems += [
+                f"{title!r} does not read {needle!r}" for needle in needles if needle not in exprs
+            ]
+    return problems
+
+
+def _overlap(a: dict[str, int], b: dict[str, int]) -> bool:
+    return (
+        a["x"] < b["x"] + b["w"]
+        and b["x"] < a["x"] + a["w"]
+        and a["y"] < b["y"] + b["h"]
+        and b["y"] < a["y"] + a["h"]
     )
-    gw = launch(app.postback_url, extra_routes={"spinner": spinner})
+
+
+def layout_problems(dashboard: dict[str, Any]) -> list[str]:
+    """Panel ids used twice; panels outside the 24-column grid or on top of each other (among
+    the dashboard's own panels, and among those each collapsed row holds)."""
+    ids = Counter(panel.get("id") for panel in _all_panels(dashboard))
+    problems = [f"panel id {pid!r} used {count} times" for pid, count in ids.items() if count > 1]
+    groups = [dashboard["panels"]] + [
+        row["panels"] for row in dashboard["panels"] if row["type"] == "row" and row["panels"]
+    ]
+    for group in groups:
+        for panel in group:
+            grid = panel["gridPos"]
+            if min(grid["x"], grid["y"]) < 0 or min(grid["w"], grid["h"]) <= 0:
+                problems.append(f"{panel['title']!r}: gridPos {grid}")
+            elif grid["x"] + grid["w"] > GRID_WIDTH:
+                problems.append(f"{panel['title']!r} is wider than the grid: {grid}")
+        problems += [
+            f"{a['title']!r} {a['gridPos']} overlaps {b['title']!r} {b['gridPos']}"
+            for a, b in itertools.combinations(group, 2)
+            if _overlap(a["gridPos"], b["gridPos"])
+        ]
+    return problems
+
+
+def convention_problems(dashboard: dict[str, Any]) -> list[str]:
+    """A panel or a query not on the `datasource` variable; a schema other than 39."""
+    problems = []
+    if dashboard.get("schemaVersion") != 39:
+        problems.append(f"schemaVersion {dashboard.get('schemaVersion')!r}, not 39")
+    for panel in _all_panels(dashboard):
+        if panel["type"] == "row":
+            continue
+        sources = [panel.get("datasource")] + [t.get("datasource") for t in panel["targets"]]
+        if any(source != DATASOURCE for source in sources):
+            problems.append(f"{panel['title']!r} is not on ${{datasource}}: {sources}")
+    return problems
+
+
+def test_every_dashboard_metric_is_defined_by_the_gateway() -> None:
+    """Cheap and complete: against the Metrics registry, store-only and Redis-only ones too."""
+    dashboard = load_dashboard()
+    assert metric_names(dashboard), "no gateway_ metric in the dashboard"
+    defined = defined_sample_names()
+    assert {"gateway_store_up", "gateway_redis_duration_seconds_bucket"} <= defined
+    undefined = undefined_metrics(dashboard)
+    assert not undefined, f"dashboard metrics gateway/metrics.py does not define: {undefined}"
+
+
+def test_every_dashboard_metric_is_exposed(
+    launch: Launcher, start_upstream: UpstreamFactory, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """A gateway with every feature the dashboard shows (a log_only route, a queued route on
+    a store, a route deduplicating through Redis with fail_open) and traffic through each has a
+    sample of every metric the dashboard reads, with the labels its queries use."""
+    app = start_upstream()
+    once = [{"url": app.postback_url, "retries": 0}]
+    spinner = route(once, allow_ips=["10.9.9.9"], allow_ips_mode="log_only", aliases=None)
+    queue = {"retry_base": "100ms", "retry_cap": "500ms"}
+    queued = route(once, allow_ips=["127.0.0.1"], delivery="queued", queue=queue, aliases=None)
+    redis_dedup = {"backend": "redis", "redis_url": redis_server.url, "on_redis_error": "fail_open"}
+    shared = route(once, allow_ips=["127.0.0.1"], dedup=redis_dedup, aliases=None)
+    gw = launch(
+        app.postback_url,
+        store=str(tmp_path / "gateway.db"),
+        extra_routes={"spinner": spinner, "queued": queued, "shared": shared},
+    )
     valued = click("dash-1", reward_event_type="valued", estimated_price="0.01")
     assert gw.postback(**valued).outcome == "forwarded"
     assert gw.postback(**valued).outcome == "duplicate"
@@ -432,35 +677,142 @@ def test_every_dashboard_metric_is_exposed(
     assert gw.postback(**click("dash-3", zone_id="x")).outcome == "invalid"
     assert gw.postback("/nope", **click("dash-4")).outcome == "not_found"
     assert gw.postback("/postback/spinner", **click("dash-5")).outcome == "forwarded"
+    assert gw.postback("/postback/queued", **click("dash-6")).outcome == "queued"
+    assert gw.postback("/postback/shared", **click("dash-7")).outcome == "forwarded"
+    redis_server.stop()  # fail_open: Redis errors, then dedup by this replica's memory only
+    assert gw.postback("/postback/shared", **click("dash-8")).outcome == "forwarded"
 
-    dashboard = json.loads(DASHBOARD.read_text(encoding="utf-8"))
-    target_exprs = [
-        target["expr"]
-        for panel in _all_panels(dashboard)
-        for target in panel.get("targets", [])
-        if "expr" in target
-    ]
-    assert target_exprs, "the dashboard has no PromQL targets"
-    used = {
-        name
-        for expr in [*target_exprs, *_dashboard_exprs(dashboard)]
-        for name in re.findall(r"\bgateway_[a-z0-9_]+", expr)
-    }
+    dashboard = load_dashboard()
+    exprs = target_exprs(dashboard)
+    assert exprs, "the dashboard has no PromQL targets"
+    used = metric_names(dashboard)
     assert used, "no gateway_ metric in the dashboard"
 
-    scrape = gw.scrape()
-    declared = set(re.findall(r"^# (?:HELP|TYPE) (gateway_[a-z0-9_]+)", scrape.text, re.M))
-    missing = sorted(name for name in used if name not in scrape.sample_names | declared)
-    assert not missing, f"dashboard metrics absent from /metrics: {missing}"
-    # with the traffic above every family the dashboard reads has at least one sample
-    without_samples = sorted(name for name in used if name not in scrape.sample_names)
-    assert not without_samples, f"dashboard metrics with no samples: {without_samples}"
+    def every_one_sampled() -> Scrape | None:  # the queue gauges follow every few seconds
+        scrape = gw.scrape()
+        return scrape if used <= scrape.sample_names else None
+
+    def unsampled() -> str:
+        return f"dashboard metrics with no samples: {sorted(used - gw.scrape().sample_names)}"
+
+    scrape = eventually(every_one_sampled, 15.0, interval=0.2, explain=unsampled)
+    delivered = {"route": "queued", "upstream": app.postback_url, "result": DELIVERED}
+    assert scrape.value("gateway_deliveries_total", **delivered) == 1
+    assert scrape.value("gateway_store_up") == 1
+    assert scrape.value("gateway_dedup_fallbacks_total", route="shared") == 1
+    problems = label_problems(exprs, scrape.label_names)
+    assert not problems, "\n".join(problems)
 
 
-def _all_panels(node: dict[str, Any]) -> Iterator[dict[str, Any]]:
-    for panel in node.get("panels", []):
-        yield panel
-        yield from _all_panels(panel)
+def test_dashboard_has_queue_store_and_redis_rows() -> None:
+    dashboard = load_dashboard()
+    problems = row_problems(dashboard)
+    assert not problems, "\n".join(problems)
+    panels = {panel["title"]: panel for panel in _all_panels(dashboard)}
+
+    results = panels["Deliveries/s by result"]["fieldConfig"]["overrides"]
+    colored = {override["matcher"]["options"] for override in results}
+    assert colored == {DELIVERED, RETRY, DEAD}  # the deliverer's results, each its own colour
+
+    store_up = panels["Store up"]
+    assert store_up["type"] == "stat"
+    mapped = {
+        value: (mapping["text"], mapping["color"])
+        for entry in store_up["fieldConfig"]["defaults"]["mappings"]
+        for value, mapping in entry["options"].items()
+    }
+    assert mapped == {"0": ("down", "red"), "1": ("up", "green")}
+    steps = store_up["fieldConfig"]["defaults"]["thresholds"]["steps"]
+    assert [(step["color"], step["value"]) for step in steps] == [("red", None), ("green", 1)]
+
+
+def test_dashboard_layout_ids_and_datasource() -> None:
+    dashboard = load_dashboard()
+    problems = layout_problems(dashboard) + convention_problems(dashboard)
+    assert not problems, "\n".join(problems)
+
+
+def _panel(dashboard: dict[str, Any], title: str) -> dict[str, Any]:
+    return next(panel for panel in _all_panels(dashboard) if panel["title"] == title)
+
+
+def _overlapping(dashboard: dict[str, Any]) -> None:
+    _panel(dashboard, "Store commits/s")["gridPos"]["x"] = 3
+
+
+def _wider_than_the_grid(dashboard: dict[str, Any]) -> None:
+    _panel(dashboard, "Store failures/s")["gridPos"]["w"] = 10
+
+
+def _id_twice(dashboard: dict[str, Any]) -> None:
+    _panel(dashboard, "Store up")["id"] = _panel(dashboard, "Build info")["id"]
+
+
+def _panel_gone(dashboard: dict[str, Any]) -> None:
+    dashboard["panels"].remove(_panel(dashboard, "Dead letters by route"))
+
+
+def _row_renamed(dashboard: dict[str, Any]) -> None:
+    _panel(dashboard, "Redis (shared dedup)")["title"] = "Redis"
+
+
+def _wrong_state(dashboard: dict[str, Any]) -> None:
+    target = _panel(dashboard, "Queue depth (pending) by route")["targets"][0]
+    target["expr"] = target["expr"].replace(f'"{PENDING}"', '"waiting"')
+
+
+def _metric_renamed(dashboard: dict[str, Any]) -> None:
+    target = _panel(dashboard, "Oldest pending delivery age by route")["targets"][0]
+    target["expr"] = target["expr"].replace("oldest_pending_age", "oldest_age")
+
+
+def _counter_without_total(dashboard: dict[str, Any]) -> None:
+    target = _panel(dashboard, "Store commits/s")["targets"][0]
+    target["expr"] = target["expr"].replace("commits_total", "commits")
+
+
+def _own_datasource(dashboard: dict[str, Any]) -> None:
+    _panel(dashboard, "Store up")["targets"][0]["datasource"] = {"uid": "prometheus-prod"}
+
+
+@pytest.mark.parametrize(
+    ("spoil", "check"),
+    [
+        (_overlapping, layout_problems),
+        (_wider_than_the_grid, layout_problems),
+        (_id_twice, layout_problems),
+        (_panel_gone, row_problems),
+        (_row_renamed, row_problems),
+        (_wrong_state, row_problems),
+        (_own_datasource, convention_problems),
+        (_metric_renamed, undefined_metrics),
+        (_counter_without_total, undefined_metrics),
+    ],
+    ids=lambda value: getattr(value, "__name__", "").strip("_"),
+)
+def test_the_dashboard_checks_catch(
+    spoil: Callable[[dict[str, Any]], None], check: Callable[[dict[str, Any]], list[str]]
+) -> None:
+    dashboard = load_dashboard()
+    assert check(dashboard) == []
+    spoil(dashboard)
+    assert check(dashboard) != []
+
+
+def test_the_label_check_catches() -> None:
+    labels_of = {
+        "gateway_store_commits_total": set(),
+        "gateway_queue_deliveries": {"route", "state"},
+        "gateway_redis_errors_total": {"operation"},
+    }
+    assert label_problems(['sum(gateway_queue_deliveries{route=~"$route"})'], labels_of) == []
+    spoiled = [
+        'sum(rate(gateway_store_commits_total{route=~"$route"}[5m]))',  # no such label
+        "sum by (route) (rate(gateway_redis_errors_total[5m]))",  # grouped by a missing label
+        'max by (route) (gateway_queue_deliveries{state="pending"})',  # Route not applied
+    ]
+    for expr in spoiled:
+        assert label_problems([expr], labels_of), expr
 
 
 # -- 7: drain ---------------------------------------------------------------------------------
