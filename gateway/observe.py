@@ -17,6 +17,30 @@ _STANDARD_ATTRIBUTES = frozenset(logging.LogRecord("", 0, "", 0, "", None, None)
 }
 
 
+BODY_HEAD_BYTES = 200  # of the app's answer, kept with an attempt for the inspector
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamAttempt:
+    """One try at delivering a postback: what the app answered, or why nothing came."""
+
+    upstream: str  # the upstream's label
+    status: int | None  # None: no answer (timeout, connection error, bad response)
+    error: str | None
+    latency_ms: float
+    body_head: str = ""  # the answer's first bytes, undecodable ones replaced
+    at: float = field(default_factory=time.time)
+
+    @classmethod
+    def answered(cls, upstream: str, status: int, body: bytes, seconds: float) -> UpstreamAttempt:
+        head = body[:BODY_HEAD_BYTES].decode("utf-8", errors="replace")
+        return cls(upstream, status, None, round(seconds * 1000, 2), head)
+
+    @classmethod
+    def failed(cls, upstream: str, error: str, seconds: float) -> UpstreamAttempt:
+        return cls(upstream, None, error, round(seconds * 1000, 2))
+
+
 @dataclass
 class RequestRecord:
     """What the pipeline learned about one request, filled in step by step and logged at the end.
@@ -27,6 +51,7 @@ class RequestRecord:
     request_id: str
     started: float = field(default_factory=time.perf_counter)
     route: str | None = None
+    peer: str | None = None  # the TCP peer, which the client address was resolved from
     client: str | None = None
     outcome: str | None = None
     reason: str | None = None
@@ -38,6 +63,7 @@ class RequestRecord:
     dropped: list[str] = field(default_factory=list)  # parameters not passed on (names only)
     passed: list[str] = field(default_factory=list)  # the checks passed (route.STEPS)
     let_in_by_log_only: bool = False  # allow_ips would have refused it (allow_ips_mode: log_only)
+    attempts: list[UpstreamAttempt] = field(default_factory=list)  # the sync path's tries
 
     def log_fields(self, status: int) -> dict[str, Any]:
         fields = self.fields or {}

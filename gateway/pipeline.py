@@ -110,7 +110,7 @@ class Gateway:
             if reply.delivered:
                 reservation.commit()
                 self._delivered(route, postback)
-                self._send_copies(route.upstreams[1:], postback, headers)
+                self._send_copies(route.upstreams[1:], postback, headers, record)
         record.outcome = Outcome.FORWARDED
         return web.Response(
             status=reply.status,
@@ -154,7 +154,7 @@ class Gateway:
         self, upstream: Upstream, postback: Postback, headers: dict[str, str], record: RequestRecord
     ) -> UpstreamReply:
         """The first upstream's reply when it is the app's answer (2xx or 4xx)."""
-        reply = await self._forwarder.send(upstream, postback, headers)
+        reply = await self._forwarder.send(upstream, postback, headers, record.attempts)
         record.upstream_status = reply.status
         if not (200 <= reply.status < 300 or 400 <= reply.status < 500):
             raise UpstreamStatus(f"{upstream.label} answered {reply.status}")
@@ -169,19 +169,28 @@ class Gateway:
             )
 
     def _send_copies(
-        self, upstreams: tuple[Upstream, ...], postback: Postback, headers: dict[str, str]
+        self,
+        upstreams: tuple[Upstream, ...],
+        postback: Postback,
+        headers: dict[str, str],
+        record: RequestRecord,
     ) -> None:
-        """Copies to the other upstreams go in the background; failures are logged only."""
+        """Copies to the other upstreams go in the background; failures are logged only
+        (and their tries noted in the record, which the inspector may still show)."""
         for upstream in upstreams:
-            task = asyncio.create_task(self._send_copy(upstream, postback, headers))
+            task = asyncio.create_task(self._send_copy(upstream, postback, headers, record))
             self._copies.add(task)
             task.add_done_callback(self._copies.discard)
 
     async def _send_copy(
-        self, upstream: Upstream, postback: Postback, headers: dict[str, str]
+        self,
+        upstream: Upstream,
+        postback: Postback,
+        headers: dict[str, str],
+        record: RequestRecord,
     ) -> None:
         try:
-            reply = await self._forwarder.send(upstream, postback, headers)
+            reply = await self._forwarder.send(upstream, postback, headers, record.attempts)
         except UpstreamUnavailable as error:
             log.warning("copy not delivered", extra=_copy_log(headers, upstream, error.detail))
             return

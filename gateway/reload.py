@@ -43,6 +43,7 @@ class ConfigWatcher:
                 config = load_config(self._path)
             except ConfigError as error:
                 self._runtime.metrics.reloads.labels("failure").inc()
+                self._runtime.reload_error = error.problems
                 log.error(
                     "config reload failed; the running config stays",
                     extra={"trigger": trigger, "problems": error.problems},

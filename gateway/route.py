@@ -68,6 +68,7 @@ class CompiledRoute:
         record.dropped = clean.removed
         passed = record.passed
 
+        record.peer = arrival.peer
         client = self._client_addresses.resolve(arrival.peer, arrival.forwarded_for)
         record.client = address_text(client)
         passed.append("client")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 import redis.asyncio as redis
 
@@ -21,6 +22,7 @@ from .dedup.redis_reservations import RedisReservations, redis_client
 from .durable.service import Durable
 from .forwarding.forward import BACKOFF_CAP
 from .forwarding.upstream_client import UpstreamClient
+from .inspector.journal import Journal
 from .metrics import Metrics
 from .observe import configure_logging
 from .pipeline import Gateway
@@ -54,7 +56,14 @@ class Runtime:
         self._retiring: set[asyncio.Task[None]] = set()
         self._redis_clients: dict[str, redis.Redis] = {}
         self._store = config.store  # changing it needs a restart
-        self.durable = Durable(config.store, self.metrics) if config.store else None
+        self.journal = Journal(config.server.recent_postbacks)  # for the inspector
+        self.loaded_at = time.time()  # when the running config was loaded
+        self.reload_error: list[str] | None = None  # the problems of the last failed reload
+        self.durable = (
+            Durable(config.store, self.metrics, on_attempt=self.journal.attempted)
+            if config.store
+            else None
+        )
         self.metrics.watch_dedup(lambda: {name: len(dedup) for name, dedup in self.dedup.items()})
 
     @property
@@ -81,6 +90,8 @@ class Runtime:
             log.warning("store changes take effect at the next restart")
         self._gateway = self._build(config)
         self.config = config
+        self.loaded_at, self.reload_error = time.time(), None
+        self.journal.resize(config.server.recent_postbacks)
         if self.durable is not None:
             await self.durable.serve(self._gateway.routes.values())
         configure_logging(config.logging.format, config.logging.level)

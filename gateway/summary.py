@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from .config import GatewayConfig, RouteConfig, StoreConfig
-from .config.model import AllowIpsMode, DedupBackend
+from .config.model import AllowIpsMode, DedupBackend, ServerConfig
 from .postback import CANONICAL_FIELDS
 
 
@@ -18,6 +18,7 @@ def summarize(config: GatewayConfig, path: str) -> str:
         f"reload check every {server.reload_interval:g}s, "
         f"logs {config.logging.format}/{config.logging.level}",
         f"  store {_store(config.store)}",
+        f"  inspector http://{server.admin_listen}/ {_inspector(server)}",
     ]
     for route in config.routes:
         lines += _route_lines(route, config.store)
@@ -61,6 +62,14 @@ def _route_lines(route: RouteConfig, store: StoreConfig | None) -> list[str]:
             f"retries {upstream.retries}{rename}{static})"
         )
     return lines
+
+
+def _inspector(server: ServerConfig) -> str:
+    access = "admin_token required" if server.admin_token else "open: no admin_token"
+    metrics = ", /metrics too" if server.metrics_need_token else ""
+    kept = server.recent_postbacks
+    recent = f"keeps the last {kept} postbacks" if kept else "recent list off"
+    return f"({access}{metrics}; {recent})"
 
 
 def _store(store: StoreConfig | None) -> str:

@@ -74,6 +74,7 @@ def test_proxy_bench_runs_every_target_and_reports_ratios(tmp_path: Path) -> Non
         "gateway_sync",
         "gateway_queued",
         "gateway_sync_big_allowlist",
+        "gateway_sync_recent_off",
         "baseline_sync",
     ):
         for connections in ("1", "32"):
@@ -84,6 +85,7 @@ def test_proxy_bench_runs_every_target_and_reports_ratios(tmp_path: Path) -> Non
     assert "gateway_sync/lean c=32" in report["ratios"]
     assert "gateway_sync/baseline_sync c=32" in report["ratios"]
     assert "big allowlist/one entry c=32" in report["ratios"]
+    assert "inspector list on/off c=32" in report["ratios"]
     assert "ratios (req/s higher is better" in result.stdout
 
 
@@ -112,3 +114,19 @@ def test_instructions_script_counts_both_checkouts(tmp_path: Path) -> None:
     assert counts["this"] > 10_000 and counts["baseline"] > 10_000
     assert 0.5 < report["this_over_baseline"] < 2  # the same code, counted twice
     assert "this/baseline:" in result.stdout
+
+
+def test_inspector_pages_script_reports_weight_and_times_of_every_view(tmp_path: Path) -> None:
+    output = tmp_path / "pages.json"
+    result = subprocess.run(
+        [sys.executable, "bench/inspector_pages.py", "--postbacks", "40", "--times", "3",
+         "--output", str(output)],
+        cwd=REPO, capture_output=True, text=True, timeout=180,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    report = json.loads(output.read_text())
+    assert set(report["pages"]) == {"overview", "postbacks", "postback", "queue"}
+    for numbers in report["pages"].values():
+        assert numbers["html_bytes"] > 500  # the page itself, not a login redirect
+        assert numbers["served_p50_ms"] > 0
+    assert set(report["rendered_ms"]) == set(report["pages"])  # ./scripts/test installs chromium

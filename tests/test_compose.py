@@ -26,6 +26,7 @@ GATEWAY_YAML = REPO / "deploy/gateway.yaml"
 GATEWAYS = ("gateway-1", "gateway-2")
 PASSWORD = "pg-pass-Zq81xw"  # POSTGRES_PASSWORD: must never appear in `check`'s output
 SECRET = "compose-secret-123"
+ADMIN_TOKEN = "compose-admin-token-0123"  # 16 characters or more
 _COMPOSE_VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::([?-])([^}]*))?\}")
 
 
@@ -49,7 +50,7 @@ def interpolate(text: str, environ: Mapping[str, str]) -> str:
 
 def compose_env() -> dict[str, str]:
     """The gateway containers' environment, as compose sets it from the shell's."""
-    shell = {"MONETAG_SECRET": SECRET, "POSTGRES_PASSWORD": PASSWORD}
+    shell = {"MONETAG_SECRET": SECRET, "POSTGRES_PASSWORD": PASSWORD, "ADMIN_TOKEN": ADMIN_TOKEN}
     environment = compose()["services"]["gateway-1"]["environment"]
     return {name: interpolate(value, shell) for name, value in environment.items()}
 
@@ -163,7 +164,7 @@ def test_compose_gateway_config_passes_check() -> None:
     result = subprocess.run(
         [sys.executable, "-m", "gateway", "check", "--config", "deploy/gateway.yaml"],
         cwd=REPO, capture_output=True, text=True, timeout=30,
-        env=command_env(SECRET, STORE_URL=compose_env()["STORE_URL"]),
+        env=command_env(SECRET, STORE_URL=compose_env()["STORE_URL"], ADMIN_TOKEN=ADMIN_TOKEN),
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert (
@@ -181,7 +182,7 @@ def test_walkthrough_postback_matches_the_route_and_the_lb_port() -> None:
     commands = walkthrough()
     [export] = [command for command in commands if command.startswith("export ")]
     shell = dict(word.split("=", 1) for word in shlex.split(export)[1:])
-    assert set(shell) == {"MONETAG_SECRET", "POSTGRES_PASSWORD"}
+    assert set(shell) == {"MONETAG_SECRET", "POSTGRES_PASSWORD", "ADMIN_TOKEN"}
     [curl] = [command for command in commands if command.startswith("curl ")]
     url = urlsplit(shlex.split(curl)[-1])
     assert url.port == int(compose()["services"]["lb"]["ports"][0].split(":")[0])
@@ -215,7 +216,7 @@ def test_walkthrough_queue_command_is_one_the_cli_accepts(tmp_path: Path) -> Non
     result = subprocess.run(
         [sys.executable, "-m", "gateway", *arguments],
         cwd=REPO, capture_output=True, text=True, timeout=60,
-        env=command_env(SECRET, STORE_URL=nowhere),
+        env=command_env(SECRET, STORE_URL=nowhere, ADMIN_TOKEN=ADMIN_TOKEN),
     )  # fmt: skip
     assert "cannot open the store" in result.stdout, result.stderr
     assert PASSWORD not in result.stdout + result.stderr

@@ -741,6 +741,7 @@ def reference_environment(certificate: Certificate) -> dict[str, str]:
         "TLS_KEY_FILE": str(certificate.key_file),
         "APP_API_KEY": "app-key",
         "REDIS_URL": "redis://127.0.0.1:6379/0",
+        "ADMIN_TOKEN": "reference-admin-token-0123",
     }
 
 

@@ -21,6 +21,7 @@ from tests.tlscerts import make_certificate
 K8S = REPO / "deploy/kubernetes"
 PASSWORD = "k8s-pg-pass-Yv42qe"  # in STORE_URL: must never appear in `check`'s output
 SECRET = "k8s-monetag-secret-5150"
+ADMIN_TOKEN = "k8s-admin-token-0123456"
 API_VERSIONS = {"Deployment": "apps/v1", "Service": "v1", "ConfigMap": "v1", "Secret": "v1"}
 
 
@@ -91,7 +92,8 @@ def store_url() -> str:
 
 
 def loaded(path: Path) -> GatewayConfig:
-    return load_config(path, {"STORE_URL": store_url(), "MONETAG_SECRET": SECRET})
+    environ = {"STORE_URL": store_url(), "MONETAG_SECRET": SECRET, "ADMIN_TOKEN": ADMIN_TOKEN}
+    return load_config(path, environ)
 
 
 def dockerfile_uid() -> int:
@@ -128,7 +130,7 @@ def test_configmap_config_passes_check_without_showing_the_password(local_config
     result = subprocess.run(
         [sys.executable, "-m", "gateway", "check", "--config", str(local_config)],
         cwd=REPO, capture_output=True, text=True, timeout=30,
-        env=command_env(SECRET, STORE_URL=store_url()),
+        env=command_env(SECRET, STORE_URL=store_url(), ADMIN_TOKEN=ADMIN_TOKEN),
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert (
@@ -143,7 +145,7 @@ def test_configmap_config_passes_check_without_showing_the_password(local_config
 
 def test_secret_provides_every_variable_the_config_needs(local_config: Path) -> None:
     environ = gateway_env()
-    assert set(environ) == {"STORE_URL", "MONETAG_SECRET"}
+    assert set(environ) == {"STORE_URL", "MONETAG_SECRET", "ADMIN_TOKEN"}
     assert urlsplit(environ["STORE_URL"]).scheme == "postgresql"
     config = load_config(local_config, environ)  # every ${NAME} is set from the Secret
     assert config.store is not None and config.store.url == environ["STORE_URL"]

@@ -118,6 +118,12 @@ class ServerConfig:
     max_query_length: int = 4096  # longer query strings are answered 414
     reload_interval: float = 2.0  # how often the config file is checked; 0 = only SIGHUP
     tls: TlsConfig | None = None  # terminate TLS on the public port (1.2 and newer)
+    # The inspector on the admin port: its token (from the environment), whether /metrics
+    # needs it too, and how many recent postbacks each process keeps in memory (0: none).
+    admin_token: str | None = field(default=None, repr=False)
+    admin_insecure: bool = False  # a non-loopback admin port without a token, on purpose
+    metrics_need_token: bool = False
+    recent_postbacks: int = 1000
 
 
 @dataclass(frozen=True)

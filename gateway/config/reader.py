@@ -38,6 +38,7 @@ from .model import (
 from .template import PostbackTemplate, parse_template
 from .values import Reader, ValueReader, key_path
 
+MIN_ADMIN_TOKEN = 16  # characters: guessing it over the network must be hopeless
 _ROUTE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
 
 
@@ -133,6 +134,8 @@ class DocumentReader(ValueReader):
             "shutdown_grace": self.duration_or_zero, "drain_delay": self.duration_or_zero,
             "client_timeout": self.duration, "max_query_length": self.positive_int,
             "reload_interval": self.duration_or_zero, "tls": self.tls,
+            "admin_token": self.admin_token, "admin_insecure": self.boolean,
+            "metrics_need_token": self.boolean, "recent_postbacks": self.count,
         }  # fmt: skip
         values = self.section(value, path, ServerConfig, readers)
         if values is None:
@@ -141,7 +144,31 @@ class DocumentReader(ValueReader):
         if _overlap(server.listen, server.admin_listen):
             self.problem(key_path(path, "admin_listen"), "must not share server.listen's port")
             return None
+        if server.admin_token is None and not server.admin_listen.loopback:
+            if not server.admin_insecure:
+                self.problem(
+                    key_path(path, "admin_listen"),
+                    f"{server.admin_listen} is reachable from other machines: set "
+                    "server.admin_token (e.g. ${ADMIN_TOKEN}) to protect the inspector and its "
+                    "actions, or admin_insecure: true if something else protects the port",
+                )
+                return None
+            self.warnings.append(
+                f"server.admin_listen: {server.admin_listen} without admin_token "
+                "(admin_insecure: true): anyone who reaches it sees recent postbacks and "
+                "can re-send dead letters"
+            )
+        if server.metrics_need_token and server.admin_token is None:
+            self.problem(key_path(path, "metrics_need_token"), "needs server.admin_token")
+            return None
         return server
+
+    def admin_token(self, value: Any, path: str) -> str | None:
+        token = self.string(value, path, secret=True)
+        if token is not None and len(token) < MIN_ADMIN_TOKEN:
+            self.problem(path, f"must be at least {MIN_ADMIN_TOKEN} characters")
+            return None
+        return token
 
     def tls(self, value: Any, path: str) -> TlsConfig | None:
         """Certificate and key files (PEM), loaded now so a bad pair is a config error."""

@@ -191,6 +191,14 @@ class ValueReader:
             return None
         return number
 
+    def count(self, value: Any, path: str) -> int | None:
+        """A whole number, 0 allowed (0 turns the thing counted off)."""
+        number = self.integer(value, path)
+        if number is not None and number < 0:
+            self.problem(path, "must be 0 or more")
+            return None
+        return number
+
     def choice(self, value: Any, path: str, choices: type[E]) -> E | None:
         """One of an enum's values, written as the value (`queued`, `fail_open`)."""
         text = self.string(value, path)

@@ -22,9 +22,11 @@ from ..forwarding.forward import (
     Forwarder,
     Upstream,
     UpstreamReply,
+    attempt_of,
     delivery_headers,
 )
 from ..metrics import Metrics
+from ..observe import UpstreamAttempt
 from ..route import CompiledRoute
 from .outbox import DEAD, DELIVERED, RETRY, Attempt, Delivery, Outbox, StoreError
 
@@ -43,8 +45,10 @@ class Deliverer:
         forwarder: Forwarder,
         metrics: Metrics,
         clock: Callable[[], float] = time.time,
+        on_attempt: Callable[[str, UpstreamAttempt], None] = lambda request_id, attempt: None,
     ) -> None:
         self._outbox = outbox
+        self._on_attempt = on_attempt  # told of every try, by the event's request id
         self._routes: Sequence[CompiledRoute] = ()
         self._forwarder = forwarder
         self._metrics = metrics
@@ -117,7 +121,10 @@ class Deliverer:
             headers = delivery_headers(
                 delivery.request_id, delivery.client, delivery.idempotency_key
             )
+            started = time.perf_counter()
             result = await self._forwarder.attempt_once(upstream, delivery.postback, headers)
+            tried = attempt_of(upstream, result, time.perf_counter() - started)
+            self._on_attempt(delivery.request_id, tried)
             now = self._clock()
             attempt = self._judge(route.config.queue, delivery, result, now)
             if not await self._record(delivery, attempt, now):

@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from ..config import StoreConfig
 from ..dedup import Backend, DedupKey
@@ -20,7 +20,7 @@ from ..errors import StoreUnavailable
 from ..forwarding.forward import Forwarder
 from ..forwarding.upstream_client import UpstreamClient
 from ..metrics import Metrics
-from ..observe import RequestRecord
+from ..observe import RequestRecord, UpstreamAttempt
 from ..postback import Postback
 from ..route import CompiledRoute
 from .deliverer import Deliverer
@@ -44,11 +44,17 @@ def open_outbox(config: StoreConfig, metrics: Metrics | None = None) -> Outbox:
 
 
 class Durable:
-    def __init__(self, config: StoreConfig, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        config: StoreConfig,
+        metrics: Metrics,
+        on_attempt: Callable[[str, UpstreamAttempt], None] = lambda request_id, attempt: None,
+    ) -> None:
         self._metrics = metrics
         self.outbox = open_outbox(config, metrics)
         self._client = UpstreamClient()
-        self._deliverer = Deliverer(self.outbox, Forwarder(self._client, metrics), metrics)
+        forwarder = Forwarder(self._client, metrics)
+        self._deliverer = Deliverer(self.outbox, forwarder, metrics, on_attempt=on_attempt)
         self._tasks: list[asyncio.Task[None]] = []
         metrics.watch_store(lambda: self.available)
 
@@ -105,6 +111,16 @@ class Durable:
         if accepted:
             self._deliverer.wake()
         return accepted
+
+    async def redrive(self, event_id: int | None = None, route: str | None = None) -> int:
+        """`queue retry` from inside the gateway (the inspector's button): dead deliveries,
+        or one event's undelivered ones, pending again with a fresh budget, and the deliverer
+        woken for them. How many. StoreError if the store failed."""
+        count = await self.outbox.redrive(time.time(), event_id, route)
+        if count:
+            self._deliverer.wake()
+            log.info("deliveries re-driven", extra={"count": count, "event_id": event_id})
+        return count
 
     async def close(self, grace: float) -> None:
         self._deliverer.stop()  # ends by itself, even if a cancellation were lost

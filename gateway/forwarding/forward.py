@@ -22,6 +22,7 @@ from yarl import URL
 from ..config import UpstreamConfig
 from ..errors import UpstreamBadResponse, UpstreamDown, UpstreamTimeout
 from ..metrics import Metrics, status_class
+from ..observe import UpstreamAttempt
 from ..postback import CANONICAL_FIELDS, Postback
 from .upstream_client import Answer, BadResponse, UpstreamClient, UpstreamConnectionError
 
@@ -55,6 +56,15 @@ class AttemptFailure:
     detail: str
     timed_out: bool
     retryable: bool = True  # connect errors and timeouts; not a malformed response
+
+
+def attempt_of(
+    upstream: Upstream, result: UpstreamReply | AttemptFailure, seconds: float
+) -> UpstreamAttempt:
+    """An attempt's result as the inspector shows it."""
+    if isinstance(result, UpstreamReply):
+        return UpstreamAttempt.answered(upstream.label, result.status, result.body, seconds)
+    return UpstreamAttempt.failed(upstream.label, result.detail, seconds)
 
 
 def delivery_headers(request_id: str, client: str, idempotency_key: str) -> dict[str, str]:
@@ -132,16 +142,24 @@ class Forwarder:
         self._backoff_cap = backoff_cap
 
     async def send(
-        self, upstream: Upstream, postback: Postback, headers: Mapping[str, str]
+        self,
+        upstream: Upstream,
+        postback: Postback,
+        headers: Mapping[str, str],
+        tries: list[UpstreamAttempt] | None = None,
     ) -> UpstreamReply:
-        """The upstream's reply, or UpstreamUnavailable once retries are spent."""
+        """The upstream's reply, or UpstreamUnavailable once retries are spent. Each try is
+        noted in `tries`, if given (the request's record, for the inspector)."""
         url = upstream.url_for(postback)
         request_headers = _with_user_agent(headers)
         failure = AttemptFailure("", timed_out=False)
         for attempt in range(upstream.retries + 1):
             if attempt:
                 await asyncio.sleep(self._backoff(attempt))
+            started = time.perf_counter()
             result = await self._try(upstream, url, request_headers)
+            if tries is not None:
+                tries.append(attempt_of(upstream, result, time.perf_counter() - started))
             if isinstance(result, UpstreamReply):
                 if result.status not in RETRYABLE_STATUSES:
                     return result

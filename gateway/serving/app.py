@@ -8,6 +8,8 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from ..errors import MalformedRequest
+from ..inspector.access import guard
+from ..inspector.views import Inspector, security_headers
 from ..runtime import Runtime
 from .http_server import MAX_HEADER_LINE, MAX_REQUEST_LINE, PublicServer, QuietHttpLogger
 from .outcome import answer, answer_malformed
@@ -35,8 +37,9 @@ def public_runner(runtime: Runtime) -> web.ServerRunner:
 
 
 def create_admin_app(runtime: Runtime) -> web.Application:
-    """Health, readiness and metrics on the admin port; never on the public one."""
-    admin = web.Application()
+    """Health, readiness, metrics and the inspector on the admin port; never on the public
+    one. The token (server.admin_token) guards all but the probes."""
+    admin = web.Application(middlewares=[security_headers, guard(lambda: runtime.config.server)])
 
     async def healthz(request: web.Request) -> web.Response:
         return web.json_response({"status": "alive"})
@@ -63,6 +66,7 @@ def create_admin_app(runtime: Runtime) -> web.Application:
     admin.router.add_get("/healthz", healthz)
     admin.router.add_get("/readyz", readyz)
     admin.router.add_get("/metrics", metrics)
+    Inspector(runtime).add_to(admin)
     return admin
 
 

@@ -82,4 +82,5 @@ def _finish(
     log_request(record, response.status)
     seconds = time.perf_counter() - record.started
     runtime.metrics.request_done(record, outcome, seconds)
+    runtime.journal.add(record, response.status, seconds)
     return response

@@ -1,0 +1,148 @@
+"""One postback as the inspector tells it: each step's verdict, and the curl line to replay it.
+
+Everything here is data for the templates, which escape it; nothing here builds HTML. The
+key's value is never at hand (the record holds the query without it): where it travelled is
+said, and the curl line leaves it to the shell as `$MONETAG_SECRET`.
+"""
+
+from __future__ import annotations
+
+import shlex
+from dataclasses import dataclass
+from urllib.parse import urlencode
+
+from ..config import GatewayConfig, RouteConfig
+from ..errors import Outcome
+from ..route import STEPS
+from .journal import Entry
+
+PASSED, FAILED, SKIPPED, NOTED = "passed", "failed", "skipped", "noted"
+_AFTER_CHECKS = {  # outcome -> the step that decided it, once every check had passed
+    Outcome.DUPLICATE: "dedup",
+    Outcome.UPSTREAM_ERROR: "deliver",
+    Outcome.STORE_ERROR: "deliver",
+    Outcome.FORWARDED: "deliver",
+    Outcome.QUEUED: "deliver",
+}
+
+
+@dataclass(frozen=True)
+class Step:
+    name: str
+    state: str  # PASSED, FAILED, SKIPPED or NOTED
+    verdict: str
+
+
+def steps(entry: Entry, config: GatewayConfig) -> list[Step]:
+    """Every step's verdict, in the order the gateway took them."""
+    record = entry.record
+    route = next((r for r in config.routes if r.name == record.route), None)
+    if record.route is None:
+        return [Step("route", FAILED, record.detail or f"{record.outcome}: {record.reason}")]
+    told = [
+        Step("route", PASSED, f"{record.route} ({route.path if route else 'no longer in config'})")
+    ]
+    passed = record.passed
+    for step in STEPS:
+        if step in passed:
+            told.append(Step(step, PASSED, _verdict(step, entry, route)))
+        elif len(told) == len(passed) + 1 and record.outcome not in _AFTER_CHECKS:
+            told.append(Step(step, FAILED, _failure(entry)))
+        else:
+            told.append(Step(step, SKIPPED, "not reached"))
+    if len(passed) < len(STEPS):
+        return told
+    told.append(_dedup(entry))
+    told.append(_delivery(entry))
+    return told
+
+
+def _verdict(step: str, entry: Entry, route: RouteConfig | None) -> str:
+    record = entry.record
+    if step == "client":
+        if record.peer and record.peer != record.client:
+            return (
+                f"{record.client}, from X-Forwarded-For: the peer {record.peer} is a trusted proxy"
+            )
+        return f"{record.client}, the TCP peer (no trusted proxy in between)"
+    if step == "allowlist":
+        if record.let_in_by_log_only:
+            return f"{record.client} is not allowed, let in by allow_ips_mode: log_only"
+        if route is not None and route.allow_ips is None:
+            return "no allow_ips on this route: any address"
+        return f"{record.client} is allowed"
+    if step == "secret":
+        if route is None or route.secret is None:
+            return "no secret on this route"
+        return f"a valid key in the {_secret_location(route)} (its value is never kept)"
+    if step == "normalize":
+        dropped = f"; not passed on: {', '.join(record.dropped)}" if record.dropped else ""
+        return f"{len(record.fields or {})} canonical field(s){dropped}"
+    return "ok"
+
+
+def _failure(entry: Entry) -> str:
+    record = entry.record
+    return f"{record.outcome} ({record.reason}): {record.detail or 'no detail'}"
+
+
+def _dedup(entry: Entry) -> Step:
+    record = entry.record
+    if record.outcome == Outcome.DUPLICATE:
+        return Step("dedup", FAILED, f"a duplicate: {record.detail or 'already delivered'}")
+    return Step("dedup", PASSED, "new: not delivered before")
+
+
+def _delivery(entry: Entry) -> Step:
+    record = entry.record
+    if record.outcome == Outcome.DUPLICATE:
+        return Step("deliver", SKIPPED, "duplicates are not forwarded")
+    if record.outcome == Outcome.QUEUED:
+        done = len(entry.queued_attempts)
+        return Step(
+            "deliver",
+            PASSED,
+            f"stored, then delivered in the background ({done} attempt(s) seen here)",
+        )
+    if record.outcome == Outcome.FORWARDED:
+        status = record.upstream_status
+        state = PASSED if status is not None and 200 <= status < 300 else NOTED
+        return Step("deliver", state, f"the app answered {status}")
+    return Step("deliver", FAILED, _failure(entry))
+
+
+def _secret_location(route: RouteConfig) -> str:
+    secret = route.secret
+    assert secret is not None
+    if secret.query_param is not None:
+        return f"query parameter {secret.query_param!r}"
+    return f"header {secret.header!r}"
+
+
+def curl_line(entry: Entry, config: GatewayConfig) -> str | None:
+    """The command that sends this postback to the gateway again, the key from the shell."""
+    record = entry.record
+    route = next((r for r in config.routes if r.name == record.route), None)
+    if route is None or record.query is None:
+        return None
+    listen = config.server.listen
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1", "*": "127.0.0.1"}.get(
+        listen.host, listen.host
+    )
+    authority = f"[{host}]:{listen.port}" if ":" in host else f"{host}:{listen.port}"
+    scheme = "https" if config.server.tls else "http"
+    url = f"{scheme}://{authority}{route.path}?{urlencode(record.query)}"
+    words = ["curl", "-sS"]
+    secret = route.secret
+    if secret is not None and secret.query_param is not None:
+        joiner = "&" if record.query else ""
+        return " ".join(
+            [
+                *words,
+                shlex.quote(f"{url}{joiner}{urlencode({secret.query_param: ''})}")
+                + '"$MONETAG_SECRET"',
+            ]
+        )
+    if secret is not None and secret.header is not None:
+        words += ["-H", shlex.quote(f"{secret.header}: ") + '"$MONETAG_SECRET"']
+    return " ".join([*words, shlex.quote(url)])

@@ -1,0 +1,323 @@
+"""The inspector's pages on the admin port: overview, recent postbacks, one postback, queue.
+
+Every value shown came from an unauthenticated sender, so pages are rendered by Jinja2 with
+autoescaping on for every template, the live list is filled by a script that sets text (never
+HTML), and every answer carries a Content-Security-Policy that allows no inline script or
+style and nothing from elsewhere: a value that gets through as markup still cannot run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import jinja2
+from aiohttp import web
+from yarl import URL
+
+from ..durable.outbox import StoreError
+from ..errors import Outcome
+from ..runtime import Runtime
+from .access import (
+    COOKIE,
+    action_allowed,
+    form_token,
+    safe_next,
+    same_site,
+    session_value,
+    signed_in,
+    token_matches,
+)
+from .charts import outcome_chart, percentile
+from .journal import Entry, Filters
+from .present import curl_line, steps
+
+log = logging.getLogger("gateway.inspector")
+
+HERE = Path(__file__).parent
+CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "connect-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+)
+SECURITY_HEADERS = {
+    "Content-Security-Policy": CSP,
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "X-Frame-Options": "DENY",
+    "Cache-Control": "no-store",
+}
+PAGE_SIZE = 200  # rows on the list page; the live updates add to them
+OUTCOMES = (
+    Outcome.FORWARDED, Outcome.QUEUED, Outcome.DUPLICATE, Outcome.REJECTED, Outcome.INVALID,
+    Outcome.FILTERED, Outcome.UPSTREAM_ERROR, Outcome.STORE_ERROR, Outcome.NOT_FOUND,
+    Outcome.OVERLOADED,
+)  # fmt: skip
+QUEUE_LISTED = 100  # pending and dead deliveries shown on the queue page, each
+
+_templates = jinja2.Environment(
+    loader=jinja2.FileSystemLoader(HERE / "templates"),
+    autoescape=True,  # every template, whatever its name
+    undefined=jinja2.StrictUndefined,
+)
+_templates.filters["clock"] = lambda at: time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(at))
+# static files carry a digest of their content, so a new release is never served stale
+_VERSIONS = {
+    path.name: hashlib.sha256(path.read_bytes()).hexdigest()[:12]
+    for path in (HERE / "static").iterdir()
+}
+_templates.globals["static"] = lambda name: f"/static/{name}?v={_VERSIONS[name]}"
+
+
+@web.middleware
+async def security_headers(request: web.Request, handler: Any) -> web.StreamResponse:
+    try:
+        response: web.StreamResponse = await handler(request)
+    except web.HTTPException as error:
+        error.headers.update(SECURITY_HEADERS)
+        raise
+    response.headers.update(SECURITY_HEADERS)
+    return response
+
+
+class Inspector:
+    """The pages, reading the runtime (config, journal, store) at each request."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self._runtime = runtime
+
+    def add_to(self, app: web.Application) -> None:
+        app.router.add_get("/", self.overview)
+        app.router.add_get("/postbacks", self.postbacks)
+        app.router.add_get("/postbacks.json", self.postbacks_json)
+        app.router.add_get("/postbacks/{number:[0-9]{1,18}}", self.postback)
+        app.router.add_get("/queue", self.queue)
+        app.router.add_post("/queue/retry", self.retry)
+        app.router.add_get("/login", self.login_page)
+        app.router.add_post("/login", self.login)
+        app.router.add_post("/logout", self.logout)
+        app.router.add_static("/static", HERE / "static")
+
+    # -- pages -------------------------------------------------------------------------------
+
+    async def overview(self, request: web.Request) -> web.Response:
+        runtime = self._runtime
+        journal = runtime.journal
+        now = time.time()
+        stats = await self._queue_stats()
+        routes = []
+        for route in runtime.config.routes:
+            minutes = journal.last_hour(route.name, now)
+            outcomes: Counter[str] = Counter()
+            reasons: Counter[str] = Counter()
+            statuses: Counter[str] = Counter()
+            latency = [sum(counts) for counts in zip(*(m.latency for m in minutes), strict=True)]
+            app_latency = [
+                sum(counts) for counts in zip(*(m.app_latency for m in minutes), strict=True)
+            ]
+            for minute in minutes:
+                outcomes.update(minute.outcomes)
+                reasons.update(minute.reasons)
+                statuses.update(minute.app_statuses)
+            dedup = runtime.dedup.get(route.name)
+            routes.append({
+                "name": route.name,
+                "path": route.path,
+                "delivery": route.delivery.value,
+                "chart": outcome_chart(minutes, OUTCOMES),
+                "outcomes": outcomes.most_common(),
+                "reasons": reasons.most_common(),
+                "statuses": sorted(statuses.items()),
+                "p50": percentile(latency, 0.5),
+                "p99": percentile(latency, 0.99),
+                "app_p50": percentile(app_latency, 0.5),
+                "app_p99": percentile(app_latency, 0.99),
+                "total": sum(outcomes.values()),
+                "dedup_entries": len(dedup) if dedup is not None else 0,
+                "queue": stats.get(route.name),
+            })  # fmt: skip
+        return self._render(request, "overview.html", {
+            "routes": routes,
+            "checksum": runtime.config.checksum,
+            "loaded_at": runtime.loaded_at,
+            "reload_error": runtime.reload_error,
+            "store": self._store_state(),
+            "recent": journal.capacity,
+            "now": now,
+        })  # fmt: skip
+
+    async def postbacks(self, request: web.Request) -> web.Response:
+        filters = _filters(request)
+        entries = self._runtime.journal.recent(filters, limit=PAGE_SIZE)
+        return self._render(request, "postbacks.html", {
+            "entries": [_row(entry) for entry in entries],
+            "filters": filters,
+            "routes": [route.name for route in self._runtime.config.routes],
+            "outcomes": OUTCOMES,
+            "newest": self._runtime.journal.newest,
+            "recent": self._runtime.journal.capacity,
+        })  # fmt: skip
+
+    async def postbacks_json(self, request: web.Request) -> web.Response:
+        """Rows newer than `after`, for the list page's live updates (polled)."""
+        try:
+            after = int(request.query.get("after", "0"))
+        except ValueError:
+            raise web.HTTPBadRequest(text="after: expected a whole number") from None
+        entries = self._runtime.journal.recent(_filters(request), after=after, limit=PAGE_SIZE)
+        body = {"newest": self._runtime.journal.newest, "rows": [_row(e) for e in entries]}
+        return web.json_response(body)
+
+    async def postback(self, request: web.Request) -> web.Response:
+        entry = self._runtime.journal.get(int(request.match_info["number"]))
+        if entry is None:
+            raise web.HTTPNotFound(
+                text="no such postback in memory: only the last "
+                f"{self._runtime.journal.capacity} are kept"
+            )
+        config = self._runtime.config
+        record = entry.record
+        return self._render(request, "postback.html", {
+            "entry": entry,
+            "row": _row(entry),
+            "steps": steps(entry, config),
+            "curl": curl_line(entry, config),
+            "fields": sorted((record.fields or {}).items()),
+            "query": record.query or [],
+            "attempts": entry.attempts,
+        })  # fmt: skip
+
+    async def queue(self, request: web.Request) -> web.Response:
+        durable = self._runtime.durable
+        context: dict[str, Any] = {"store": self._store_state(), "error": None}
+        context.update(stats={}, pending=[], dead=[], message=request.query.get("done"))
+        if durable is not None:
+            try:
+                context["stats"] = await self._queue_stats()
+                context["pending"] = await durable.outbox.listing("pending", None, QUEUE_LISTED)
+                context["dead"] = await durable.outbox.listing("dead", None, QUEUE_LISTED)
+            except StoreError as error:
+                context["error"] = str(error)
+        return self._render(request, "queue.html", context)
+
+    async def retry(self, request: web.Request) -> web.Response:
+        """Re-drive one event's dead deliveries, or every dead letter (of a route): the same
+        operation as `monetag-gateway queue retry`."""
+        form = await request.post()
+        server = self._runtime.config.server
+        if not action_allowed(request, server, str(form.get("form_token", ""))):
+            log.warning("inspector action refused: cross-site or without the form token")
+            raise web.HTTPForbidden(text="refused: not from the inspector's own page")
+        durable = self._runtime.durable
+        if durable is None:
+            raise web.HTTPConflict(text="no store: nothing is queued")
+        event = str(form.get("event_id", ""))
+        if event and not event.isdigit():
+            raise web.HTTPBadRequest(text="event_id: expected a whole number")
+        route = str(form.get("route", "")) or None
+        try:
+            count = await durable.redrive(int(event) if event else None, route)
+        except StoreError as error:
+            raise web.HTTPServiceUnavailable(text=f"the store failed: {error}") from None
+        log.info("inspector re-drove deliveries", extra={"count": count})
+        raise web.HTTPSeeOther(
+            URL("/queue").with_query(done=f"{count} delivery(ies) pending again")
+        )
+
+    # -- signing in --------------------------------------------------------------------------
+
+    async def login_page(self, request: web.Request) -> web.Response:
+        context = {"next": safe_next(request.query.get("next", "/")), "failed": False}
+        return self._render(request, "login.html", context)
+
+    async def login(self, request: web.Request) -> web.Response:
+        server = self._runtime.config.server
+        form = await request.post()
+        target = safe_next(str(form.get("next", "/")))
+        if not same_site(request):
+            raise web.HTTPForbidden(text="refused: sign-in from another site")
+        cookie = session_value(server)
+        if cookie is None:
+            raise web.HTTPSeeOther(target)  # no token configured: nothing to sign in to
+        if not token_matches(server, str(form.get("token", ""))):
+            log.warning("inspector sign-in with a wrong token")
+            response = self._render(request, "login.html", {"next": target, "failed": True})
+            response.set_status(401)
+            return response
+        response = web.HTTPSeeOther(target)
+        response.set_cookie(
+            COOKIE, cookie, httponly=True, samesite="Strict", secure=request.secure, path="/"
+        )
+        raise response
+
+    async def logout(self, request: web.Request) -> web.Response:
+        if not same_site(request):
+            raise web.HTTPForbidden(text="refused: sign-out from another site")
+        response = web.HTTPSeeOther("/login")
+        response.del_cookie(COOKIE, path="/")
+        raise response
+
+    # -- helpers -----------------------------------------------------------------------------
+
+    def _render(self, request: web.Request, name: str, context: dict[str, Any]) -> web.Response:
+        server = self._runtime.config.server
+        page = {
+            "form_token": form_token(server),
+            "signed_in": server.admin_token is not None and signed_in(request, server),
+            "queued": any(r.delivery.value == "queued" for r in self._runtime.config.routes),
+            "path": request.path,
+        }
+        text = _templates.get_template(name).render(**page, **context)
+        return web.Response(text=text, content_type="text/html")
+
+    def _store_state(self) -> str | None:
+        durable = self._runtime.durable
+        if durable is None:
+            return None
+        return "up" if durable.available else "down"
+
+    async def _queue_stats(self) -> dict[str, dict[str, Any]]:
+        durable = self._runtime.durable
+        if durable is None:
+            return {}
+        try:
+            snapshot = await durable.outbox.stats()
+        except StoreError:
+            return {}
+        now = time.time()
+        return {
+            item.route: {
+                "counts": dict(item.counts),
+                "oldest_seconds": now - item.oldest_pending_at if item.oldest_pending_at else None,
+            }
+            for item in snapshot
+        }
+
+
+def _filters(request: web.Request) -> Filters:
+    """The list's filters, from the page's query."""
+    query = request.query
+    return Filters(*(query.get(name, "")[:200] for name in ("route", "outcome", "reason", "text")))
+
+
+def _row(entry: Entry) -> dict[str, Any]:
+    """One line of the list, as JSON-able data (the live updates send the same)."""
+    record = entry.record
+    fields = record.fields or {}
+    return {
+        "number": entry.number,
+        "at": time.strftime("%H:%M:%S", time.gmtime(entry.at)) + f".{int(entry.at % 1 * 1000):03d}",
+        "route": record.route or "",
+        "outcome": record.outcome or "",
+        "reason": record.reason or "",
+        "status": entry.status,
+        "ymid": fields.get("ymid", ""),
+        "telegram_id": fields.get("telegram_id", ""),
+        "event_type": fields.get("event_type", ""),
+        "client": record.client or "",
+        "request_id": record.request_id,
+        "latency_ms": entry.latency_ms,
+    }
