@@ -9,7 +9,10 @@ connection, each with a new ymid, and the counters are dumped. With --baseline D
 is done for the gateway of another checkout (`git worktree add /tmp/before HEAD~1`) and the
 ratio printed.
 
-    .venv/bin/python bench/instructions.py [--requests 2000] [--baseline DIR]
+    .venv/bin/python bench/instructions.py [--requests 2000] [--baseline DIR] [--recent N]
+
+--recent 0 turns the inspector's list of recent postbacks off in this checkout's gateway, to
+price it (use a --warmup above 1000 so the list is full and evicting while counted).
 
 Needs valgrind (Debian: apt-get install -y valgrind). Kernel work (system calls) is not counted.
 """
@@ -66,10 +69,12 @@ def wait_until_ready(port: int, seconds: float = 120) -> None:
             time.sleep(0.5)
 
 
-def instructions_per_postback(checkout: Path, requests: int, warmup: int, workdir: Path) -> float:
+def instructions_per_postback(
+    checkout: Path, requests: int, warmup: int, workdir: Path, recent: int = 1000
+) -> float:
     upstream, public = free_port(), free_port()
     config = workdir / f"{checkout.name}-{public}.yaml"
-    config.write_text(gateway_config(public, upstream, None))
+    config.write_text(gateway_config(public, upstream, None, recent=recent))
     dump = workdir / f"callgrind-{public}.out"
     fast = subprocess.Popen([sys.executable, str(HERE / "fast_upstream.py"), str(upstream)])
     gateway = subprocess.Popen(
@@ -103,6 +108,10 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--warmup", type=int, default=300)
     parser.add_argument("--baseline", help="another checkout to count the same way")
+    parser.add_argument(
+        "--recent", type=int, default=1000,
+        help="server.recent_postbacks of this checkout's gateway (0: the inspector's list off)",
+    )  # fmt: skip
     parser.add_argument("--output", default=str(HERE / "results" / "instructions.json"))
     args = parser.parse_args()
     if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
@@ -112,7 +121,9 @@ def main() -> None:
     if args.baseline:
         checkouts["baseline"] = Path(args.baseline).resolve()
     counts = {
-        name: instructions_per_postback(path, args.requests, args.warmup, workdir)
+        name: instructions_per_postback(
+            path, args.requests, args.warmup, workdir, args.recent if name == "this" else 1000
+        )
         for name, path in checkouts.items()
     }
     for name, count in counts.items():

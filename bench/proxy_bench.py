@@ -40,8 +40,13 @@ SECRET = "bench-secret-0123456789"
 CONNECTIONS = (1, 32)
 
 
-def gateway_config(public: int, upstream: int, store: Path | None, allowlist: int = 1) -> str:
+def gateway_config(
+    public: int, upstream: int, store: Path | None, allowlist: int = 1, recent: int = 1000
+) -> str:
     """A gateway with a sync route, and with a store also a queued one.
+
+    recent: server.recent_postbacks, the inspector's list (0 = off); left out at its default
+    (1000), so a --baseline checkout older than the key reads the same config.
 
     allowlist > 1: that many CIDRs in allow_ips (loopback and /24 networks), to price a large
     allowlist. With a store, the sync route's dedup keys are also written to it (durable dedup).
@@ -57,9 +62,10 @@ def gateway_config(public: int, upstream: int, store: Path | None, allowlist: in
     delivery: {{name}}
     upstreams: [{{{{url: 'http://127.0.0.1:{upstream}/postback'}}}}]
 """
+    recent_setting = "" if recent == 1000 else f", recent_postbacks: {recent}"
     text = (
         f"server: {{listen: '127.0.0.1:{public}', admin_listen: '127.0.0.1:{free_port()}', "
-        "max_in_flight: 100000, reload_interval: 0}\n"
+        f"max_in_flight: 100000, reload_interval: 0{recent_setting}}}\n"
         "routes:" + route.format(name="sync")
     )
     if store is not None:
@@ -92,13 +98,15 @@ def main() -> None:
         "plain": (free_port(), None, 1),
         "store": (free_port(), workdir / "gw.db", 1),
         "big_allowlist": (free_port(), None, args.allowlist),
+        "recent_off": (free_port(), None, 1),  # the inspector's list off: its cost per postback
     }
     configs = []
     if args.baseline:
         gateways["baseline"] = (free_port(), None, 1)
     for name, (port, store, allowlist) in gateways.items():
         configs.append(workdir / f"{name}.yaml")
-        configs[-1].write_text(gateway_config(port, upstream, store, allowlist))
+        recent = 0 if name == "recent_off" else 1000
+        configs[-1].write_text(gateway_config(port, upstream, store, allowlist, recent))
     checkout = {name: HERE.parent for name in gateways}
     if args.baseline:
         checkout["baseline"] = Path(args.baseline).resolve()
@@ -113,6 +121,7 @@ def main() -> None:
         "gateway_sync_with_store": f"http://127.0.0.1:{gateways['store'][0]}/sync{query}",
         "gateway_sync_big_allowlist": f"http://127.0.0.1:{gateways['big_allowlist'][0]}/sync"
         f"{query}",
+        "gateway_sync_recent_off": f"http://127.0.0.1:{gateways['recent_off'][0]}/sync{query}",
     }
     if args.baseline:
         targets["baseline_sync"] = f"http://127.0.0.1:{gateways['baseline'][0]}/sync{query}"
@@ -192,6 +201,7 @@ def summarize(runs: dict[str, dict[int, list[dict[str, float]]]], args: argparse
           for ours in ("gateway_sync", "gateway_queued") for reference in ("naive", "lean")),
         ("gateway_sync/baseline_sync", "gateway_sync", "baseline_sync"),
         ("big allowlist/one entry", "gateway_sync_big_allowlist", "gateway_sync"),
+        ("inspector list on/off", "gateway_sync", "gateway_sync_recent_off"),
     ]  # fmt: skip
     for label, ours, reference in pairs:
         if ours not in median or reference not in median:
