@@ -46,11 +46,10 @@ class Entry:
     record: RequestRecord
     status: int  # the gateway's answer
     latency_ms: float
-    queued_attempts: list[UpstreamAttempt] = field(default_factory=list)  # by the deliverer
 
     @property
     def attempts(self) -> list[UpstreamAttempt]:
-        return self.record.attempts + self.queued_attempts
+        return self.record.attempts  # the sync path's, then the deliverer's
 
     def matches(self, filters: Filters) -> bool:
         record, text = self.record, filters.text
@@ -130,7 +129,7 @@ class Journal:
         process still remembers; a replica delivering another's event has none)."""
         entry = self._by_request.get(request_id)
         if entry is not None:
-            entry.queued_attempts.append(attempt)
+            entry.record.attempts.append(attempt)
         route = entry.record.route if entry is not None else None
         if route is not None:
             self._minute(route, int(attempt.at // 60)).app_attempt(attempt)

@@ -98,7 +98,7 @@ def _delivery(entry: Entry) -> Step:
     if record.outcome == Outcome.DUPLICATE:
         return Step("deliver", SKIPPED, "duplicates are not forwarded")
     if record.outcome == Outcome.QUEUED:
-        done = len(entry.queued_attempts)
+        done = len(entry.attempts)
         return Step(
             "deliver",
             PASSED,
