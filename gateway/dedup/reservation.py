@@ -15,8 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Callable, Sequence
 
 from ..errors import DedupUnavailable, DuplicatePostback
 from .backend import Backend, BackendUnavailable, Claim
@@ -38,6 +37,34 @@ class Reservation:
 
     def commit(self) -> None:
         self.committed = True
+
+
+class Holding:
+    """`async with dedup.reserve(key) as reservation:` the key is this request's inside."""
+
+    __slots__ = ("_dedup", "_finished", "_held", "_key", "_queued", "_reservation")
+
+    def __init__(self, dedup: RouteDedup, key: DedupKey, queued: bool) -> None:
+        self._dedup, self._key, self._queued = dedup, key, queued
+        self._reservation = Reservation()
+        self._held: Held = []
+
+    async def __aenter__(self) -> Reservation:
+        dedup, key = self._dedup, self._key
+        self._finished = await dedup._take(key)
+        try:
+            backends = [b for b in dedup._backends if not (self._queued and b.in_store)]
+            if await dedup._known_beyond(key, backends, self._held):
+                self._reservation.commit()  # known elsewhere: remember it here and where held
+                raise DuplicatePostback()
+        except BaseException:
+            await self.__aexit__(None, None, None)
+            raise
+        return self._reservation
+
+    async def __aexit__(self, *_: object) -> None:
+        committed = self._reservation.committed
+        await self._dedup._let_go(self._key, self._finished, committed, self._held)
 
 
 class RouteDedup:
@@ -70,12 +97,17 @@ class RouteDedup:
         self._delivered.reconfigure(ttl, max_entries)
         self._backends = tuple(backends)
 
-    @asynccontextmanager
-    async def reserve(self, key: DedupKey, *, queued: bool = False) -> AsyncIterator[Reservation]:
-        """Hold `key` while the body delivers; raise DuplicatePostback if it was delivered.
+    def reserve(self, key: DedupKey, *, queued: bool = False) -> Holding:
+        """Hold `key` while the body of `async with` delivers; DuplicatePostback if it was
+        delivered. (A class rather than @asynccontextmanager: it runs for every postback,
+        and the generator machinery cost a few percent of the gateway's instructions.)
 
         `queued`: the caller stores the event and checks and writes its key in the store in
         one transaction, so backends that live in the store are not claimed here."""
+        return Holding(self, key, queued)
+
+    async def _take(self, key: DedupKey) -> asyncio.Future[bool]:
+        """Wait for an identical postback in flight here; mark this one in flight."""
         while True:
             if key in self._delivered:
                 raise DuplicatePostback()
@@ -86,20 +118,16 @@ class RouteDedup:
             await asyncio.shield(earlier)
         finished: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         self._in_flight[key] = finished
-        reservation = Reservation()
-        held: Held = []
+        return finished
+
+    async def _let_go(
+        self, key: DedupKey, finished: asyncio.Future[bool], committed: bool, held: Held
+    ) -> None:
         try:
-            backends = [b for b in self._backends if not (queued and b.in_store)]
-            if await self._known_beyond(key, backends, held):
-                reservation.commit()  # known elsewhere: remember it here, and where we hold it
-                raise DuplicatePostback()
-            yield reservation
+            await self._settle(key, committed, held)
         finally:
-            try:
-                await self._settle(key, reservation.committed, held)
-            finally:
-                del self._in_flight[key]
-                finished.set_result(reservation.committed)
+            del self._in_flight[key]
+            finished.set_result(committed)
 
     async def _known_beyond(self, key: DedupKey, backends: Sequence[Backend], held: Held) -> bool:
         """Claim the key from each backend in order (adding to `held`); True if one knows it.
