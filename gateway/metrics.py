@@ -9,7 +9,6 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 from decimal import Decimal, InvalidOperation
-from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -17,6 +16,7 @@ from prometheus_client.registry import Collector
 
 from . import __version__
 from .errors import REJECTIONS, reasons_for
+from .hotmetrics import CounterFamily, HistogramFamily, HotPathCollector
 from .observe import RequestRecord
 
 disable_created_metrics()  # type: ignore[no-untyped-call]  # the *_created samples only clutter a scrape here
@@ -48,27 +48,25 @@ class _DedupEntries(Collector):
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
-        self._children: dict[tuple[str, ...], Any] = {}
         r = self.registry
-        self.requests = Counter(
-            "gateway_requests", "Postback requests by route and outcome.",
-            ["route", "outcome"], registry=r,
-        )  # fmt: skip
-        self.rejections = Counter(
-            "gateway_rejections", "Requests not forwarded, by reason.",
-            ["route", "reason"], registry=r,
-        )  # fmt: skip
-        self.upstream_attempts = Counter(
+        # updated by every postback: plain counts, read at scrape time (hotmetrics.py)
+        self.requests = CounterFamily(
+            "gateway_requests", "Postback requests by route and outcome.", ("route", "outcome")
+        )
+        self.rejections = CounterFamily(
+            "gateway_rejections", "Requests not forwarded, by reason.", ("route", "reason")
+        )
+        self.upstream_attempts = CounterFamily(
             "gateway_upstream_attempts", "Attempts to reach an upstream, by status class.",
-            ["route", "upstream", "status_class"], registry=r,
+            ("route", "upstream", "status_class"),
         )  # fmt: skip
-        self.upstream_latency = Histogram(
+        self.upstream_latency = HistogramFamily(
             "gateway_upstream_attempt_duration_seconds", "Duration of one upstream attempt.",
-            ["route", "upstream"], buckets=LATENCY_BUCKETS, registry=r,
+            ("route", "upstream"), LATENCY_BUCKETS,
         )  # fmt: skip
-        self.request_latency = Histogram(
+        self.request_latency = HistogramFamily(
             "gateway_request_duration_seconds", "End-to-end duration of a postback request.",
-            ["route"], buckets=LATENCY_BUCKETS, registry=r,
+            ("route",), LATENCY_BUCKETS,
         )  # fmt: skip
         self.dedup_evictions = Counter(
             "gateway_dedup_evictions",
@@ -90,10 +88,10 @@ class Metrics:
             "Sum of estimated_price of delivered valued events (compare with Monetag revenue).",
             ["route", "zone_id"], registry=r,
         )  # fmt: skip
-        self.log_only = Counter(
+        self.log_only = CounterFamily(
             "gateway_allowlist_log_only",
             "Requests allow_ips would have rejected while the route is in log_only mode.",
-            ["route"], registry=r,
+            ("route",),
         )  # fmt: skip
         self.deliveries = Counter(
             "gateway_deliveries", "Queued delivery attempts by result (delivered, retry, dead).",
@@ -122,11 +120,15 @@ class Metrics:
             "gateway_redis_errors", "Redis dedup operations that failed.", ["operation"],
             registry=r,
         )  # fmt: skip
-        self.dropped_parameters = Counter(
+        self.dropped_parameters = CounterFamily(
             "gateway_dropped_parameters",
             "Incoming parameters not passed on: posing as a name the gateway writes, or "
-            "carrying the key.", ["route"], registry=r,
+            "carrying the key.", ("route",),
         )  # fmt: skip
+        r.register(HotPathCollector((
+            self.requests, self.rejections, self.upstream_attempts, self.upstream_latency,
+            self.request_latency, self.log_only, self.dropped_parameters,
+        )))  # fmt: skip
         self.malformed = Counter(
             "gateway_malformed_requests",
             "Requests refused before routing because they are not valid HTTP, by problem.",
@@ -147,14 +149,6 @@ class Metrics:
         for result in ("success", "failure"):
             self.reloads.labels(result)
             self.tls_reloads.labels(result)
-
-    def _child(self, metric: Counter | Histogram, *labels: str) -> Any:
-        """`metric.labels(*labels)`, remembered: labels() costs microseconds on the hot path."""
-        key = (metric._name, *labels)
-        child = self._children.get(key)
-        if child is None:
-            child = self._children[key] = metric.labels(*labels)
-        return child
 
     def watch_dedup(self, sizes: Callable[[], dict[str, int]]) -> None:
         self.registry.register(_DedupEntries(sizes))
@@ -182,16 +176,16 @@ class Metrics:
 
     def request_done(self, record: RequestRecord, outcome: str, seconds: float) -> None:
         """Count one answered request from what its record says."""
-        route = record.route or UNKNOWN_ROUTE
-        self._child(self.requests, route, outcome).inc()
+        route = (record.route or UNKNOWN_ROUTE,)
+        self.requests.inc((*route, outcome))
         if record.dropped:
-            self._child(self.dropped_parameters, route).inc(len(record.dropped))
+            self.dropped_parameters.inc(route, len(record.dropped))
         if record.let_in_by_log_only:
-            self._child(self.log_only, route).inc()
+            self.log_only.inc(route)
         if outcome in REJECTIONS:
             reason = record.reason if record.reason in REJECTION_REASONS else "other"
-            self._child(self.rejections, route, reason).inc()
-        self._child(self.request_latency, route).observe(seconds)
+            self.rejections.inc((*route, reason))
+        self.request_latency.observe(route, seconds)
 
     def valued_event_delivered(self, route: str, zone_id: str | None, price: str | None) -> None:
         try:
@@ -208,5 +202,5 @@ class Metrics:
             self.queue_oldest.labels(route).set(oldest_age or 0)
 
     def upstream_attempt(self, route: str, upstream: str, result: str, seconds: float) -> None:
-        self._child(self.upstream_attempts, route, upstream, result).inc()
-        self._child(self.upstream_latency, route, upstream).observe(seconds)
+        self.upstream_attempts.inc((route, upstream, result))
+        self.upstream_latency.observe((route, upstream), seconds)
