@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 import sys
@@ -66,6 +67,11 @@ async def serve(config: GatewayConfig, config_path: str) -> None:
             server.listen.port,
             ssl_context=certificates.context if certificates else None,
         ).start()
+        # What exists now (modules, config, pools) lives as long as the process: moved out of
+        # the collector's sight, so a collection scans only what requests left behind (p99 at
+        # 32 connections: README, Performance).
+        gc.collect()
+        gc.freeze()
         log.info(
             "listening",
             extra={
