@@ -5,8 +5,11 @@ from __future__ import annotations
 import os
 import platform
 import re
+import shutil
 import socket
 import subprocess
+import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -65,3 +68,42 @@ def _latency(output: str, percentile: str) -> float:
     assert match, output
     value, unit = float(match.group(1)), match.group(2)
     return value * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+
+
+NGINX_CONFIG = """
+worker_processes 1;
+daemon off;
+pid {workdir}/nginx.pid;
+error_log {workdir}/error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off;
+  keepalive_requests 10000000;
+  client_body_temp_path {workdir}/body;
+  proxy_temp_path {workdir}/proxy;
+  fastcgi_temp_path {workdir}/fastcgi;
+  uwsgi_temp_path {workdir}/uwsgi;
+  scgi_temp_path {workdir}/scgi;
+  server {{
+    listen 127.0.0.1:{port};
+    location / {{ default_type text/plain; return 200 "OK"; }}
+  }}
+}}
+"""
+
+
+def start_upstream(port: int) -> tuple[subprocess.Popen[bytes], str]:
+    """The app behind the proxies: nginx answering `OK` when it is installed (one worker, a
+    few percent of a core at these rates), else bench/fast_upstream.py, whose Python takes
+    CPU the comparison needs. Returns the process and which one it is."""
+    nginx = shutil.which("nginx") or (
+        "/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None
+    )
+    if nginx is None:
+        command = [sys.executable, str(HERE / "fast_upstream.py"), str(port)]
+        return subprocess.Popen(command), "python (bench/fast_upstream.py)"
+    workdir = Path(tempfile.mkdtemp(prefix="bench-nginx-"))
+    config = workdir / "nginx.conf"
+    config.write_text(NGINX_CONFIG.format(workdir=workdir, port=port))
+    process = subprocess.Popen([nginx, "-c", str(config), "-e", str(workdir / "error.log")])
+    return process, "nginx"

@@ -34,7 +34,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from common import free_port, machine, run_wrk, wait_for_port  # noqa: E402
+from common import free_port, machine, run_wrk, start_upstream, wait_for_port  # noqa: E402
 
 SECRET = "bench-secret-0123456789"
 CONNECTIONS = (1, 32)
@@ -127,9 +127,11 @@ def main() -> None:
         targets["baseline_sync"] = f"http://127.0.0.1:{gateways['baseline'][0]}/sync{query}"
     if args.targets:
         targets = {name: url for name, url in targets.items() if name in args.targets.split(",")}
+    app, app_kind = start_upstream(upstream)
+    print(f"upstream: {app_kind}")
     with (workdir / "gateway.log").open("wb") as log:
         processes = [
-            subprocess.Popen([sys.executable, str(HERE / "fast_upstream.py"), str(upstream)]),
+            app,
             *(
                 subprocess.Popen(
                     [
@@ -171,12 +173,23 @@ def main() -> None:
         for process in processes:
             process.wait(timeout=30)
 
-    report = summarize(runs, args)
+    report = summarize(runs, args, app_kind)
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     Path(args.output).write_text(json.dumps(report, indent=2))
 
 
-def summarize(runs: dict[str, dict[int, list[dict[str, float]]]], args: argparse.Namespace) -> dict:  # type: ignore[type-arg]
+# Issue 13's targets, judged from this run: (ratio, measure, connections, at least / at most)
+TARGETS = (
+    ("gateway_sync/lean", "requests_per_second", 32, ">=", 0.5),
+    ("gateway_sync/naive", "requests_per_second", 32, ">=", 1.2),
+    ("gateway_sync/naive", "p99", 32, "<=", 1.0),
+    ("gateway_sync/naive", "p50", 1, "<=", 1.1),
+)
+
+
+def summarize(
+    runs: dict[str, dict[int, list[dict[str, float]]]], args: argparse.Namespace, upstream: str
+) -> dict:  # type: ignore[type-arg]
     median = {
         name: {
             c: {key: statistics.median(run[key] for run in results) for key in results[0]}
@@ -185,14 +198,18 @@ def summarize(runs: dict[str, dict[int, list[dict[str, float]]]], args: argparse
         for name, by_connections in runs.items()
     }
     print(
-        f"median of {args.rounds} run(s) of {args.seconds:g} s; "
+        f"{time.strftime('%Y-%m-%d %H:%M')}  {machine()}; upstream {upstream}; median of "
+        f"{args.rounds} run(s) of {args.seconds:g} s (req/s min-max of the runs beside it); "
         f"gateway_sync_big_allowlist has {args.allowlist} CIDRs in allow_ips"
     )
-    print(f"{'target':<28}{'conns':>6}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'non-2xx':>9}")
+    print(f"{'target':<28}{'conns':>6}{'req/s':>10}{'min-max':>14}{'p50 ms':>9}{'p99 ms':>9}"
+          f"{'non-2xx':>9}")  # fmt: skip
     for name, by_connections in median.items():
         for c, numbers in by_connections.items():
+            rates = [run["requests_per_second"] for run in runs[name][c]]
+            spread = f"{min(rates):.0f}-{max(rates):.0f}"
             print(
-                f"{name:<28}{c:>6}{numbers['requests_per_second']:>10.0f}"
+                f"{name:<28}{c:>6}{numbers['requests_per_second']:>10.0f}{spread:>14}"
                 f"{numbers['p50_ms']:>9.2f}{numbers['p99_ms']:>9.2f}{numbers['non_2xx']:>9.0f}"
             )
     ratios = {}
@@ -219,12 +236,24 @@ def summarize(runs: dict[str, dict[int, list[dict[str, float]]]], args: argparse
             f"  {label:<32} req/s x{ratio['requests_per_second']:.2f}"
             f"  p50 x{ratio['p50']:.2f}  p99 x{ratio['p99']:.2f}"
         )
+    verdicts = {}
+    for label, measure, connections, sense, bound in TARGETS:
+        ratio = ratios.get(f"{label} c={connections}")
+        if ratio is None:
+            continue
+        value = ratio[measure]
+        met = value >= bound if sense == ">=" else value <= bound
+        name = f"{label} {measure} c={connections} {sense} {bound:g}"
+        verdicts[name] = {"value": value, "met": met}
+        print(f"target {name}: {value:.2f}, {'met' if met else 'MISSED'}")
     return {
         "date": time.strftime("%Y-%m-%d"),
         "machine": machine(),
         "settings": vars(args),
         "median": {name: {str(c): v for c, v in by.items()} for name, by in median.items()},
         "ratios": ratios,
+        "targets": verdicts,
+        "upstream": upstream,
         "runs": {name: {str(c): v for c, v in by.items()} for name, by in runs.items()},
     }
 
