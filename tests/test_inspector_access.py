@@ -329,9 +329,33 @@ async def test_re_driving_needs_the_token_the_form_field_and_the_same_site(
     app.default = 200
     answer = await post(http, retry, form, own_site)
     assert answer.status == 303
-    assert answer.headers["Location"] == "/queue?done=1+delivery(ies)+pending+again"
+    assert answer.headers["Location"] == "/queue?done=1"
     await eventually_async(lambda: [r.answered for r in app.received] == [500, 200])
     assert await dead_ymids(http, site) == []
+
+
+async def test_the_queue_page_shows_no_text_from_a_link_and_refuses_odd_event_ids(
+    http: aiohttp.ClientSession,
+    start_upstream: UpstreamFactory,
+    start_site: SiteFactory,
+    tmp_path: Path,
+) -> None:
+    """`done` after a re-drive is a count: text put in a link (phishing wording, markup) is
+    not shown. An event id that is not a short run of ASCII digits is a 400, not a crash in
+    the store (Arabic-Indic digits pass str.isdigit; 30 digits overflow SQLite's integer)."""
+    site, _ = await site_with_a_dead_letter(start_upstream, start_site, tmp_path, token=True)
+    _, _, page = await get(http, site.url("/queue?done=Call+support+at+evil.example"), BEARER)
+    assert "evil.example" not in page and 'id="done"' not in page and "stuck-1" in page
+    _, _, page = await get(http, site.url("/queue?done=3"), BEARER)
+    assert "3 delivery(ies) pending again" in page
+
+    field = await form_token_of(http, site)
+    own_site = {"Origin": site.admin, "Sec-Fetch-Site": "same-origin", **BEARER}
+    for odd in ("\u0661\u0662", "9" * 30, "-1", "1e3"):
+        form = {"form_token": field, "event_id": odd}
+        answer = await post(http, site.url("/queue/retry"), form, own_site)
+        assert answer.status == 400, (odd, await answer.text())
+    assert await dead_ymids(http, site) == ["stuck-1"]
 
 
 async def test_without_a_token_actions_still_need_the_form_field_and_the_same_site(

@@ -193,7 +193,8 @@ class Inspector:
     async def queue(self, request: web.Request) -> web.Response:
         durable = self._runtime.durable
         context: dict[str, Any] = {"store": self._store_state(), "error": None}
-        context.update(stats={}, pending=[], dead=[], message=request.query.get("done"))
+        done = request.query.get("done", "")  # a count only: never text from a link
+        context.update(stats={}, pending=[], dead=[], redriven=int(done) if _is_id(done) else None)
         if durable is not None:
             try:
                 context["stats"] = await self._queue_stats()
@@ -215,7 +216,7 @@ class Inspector:
         if durable is None:
             raise web.HTTPConflict(text="no store: nothing is queued")
         event = str(form.get("event_id", ""))
-        if event and not event.isdigit():
+        if event and not _is_id(event):
             raise web.HTTPBadRequest(text="event_id: expected a whole number")
         route = str(form.get("route", "")) or None
         try:
@@ -223,9 +224,7 @@ class Inspector:
         except StoreError as error:
             raise web.HTTPServiceUnavailable(text=f"the store failed: {error}") from None
         log.info("inspector re-drove deliveries", extra={"count": count})
-        raise web.HTTPSeeOther(
-            URL("/queue").with_query(done=f"{count} delivery(ies) pending again")
-        )
+        raise web.HTTPSeeOther(URL("/queue").with_query(done=str(count)))
 
     # -- signing in --------------------------------------------------------------------------
 
@@ -301,6 +300,11 @@ def _filters(request: web.Request) -> Filters:
     """The list's filters, from the page's query."""
     query = request.query
     return Filters(*(query.get(name, "")[:200] for name in ("route", "outcome", "reason", "text")))
+
+
+def _is_id(text: str) -> bool:
+    """An event id or a count: ASCII digits, short enough for any store's integer."""
+    return 0 < len(text) <= 18 and text.isascii() and text.isdigit()
 
 
 def _row(entry: Entry) -> dict[str, Any]:
