@@ -22,7 +22,6 @@ from ..forwarding.forward import (
     Forwarder,
     Upstream,
     UpstreamReply,
-    attempt_of,
     delivery_headers,
 )
 from ..metrics import Metrics
@@ -121,10 +120,9 @@ class Deliverer:
             headers = delivery_headers(
                 delivery.request_id, delivery.client, delivery.idempotency_key
             )
-            started = time.perf_counter()
-            result = await self._forwarder.attempt_once(upstream, delivery.postback, headers)
-            tried = attempt_of(upstream, result, time.perf_counter() - started)
-            self._on_attempt(delivery.request_id, tried)
+            tries: list[UpstreamAttempt] = []
+            result = await self._forwarder.attempt_once(upstream, delivery.postback, headers, tries)
+            self._on_attempt(delivery.request_id, tries[0])
             now = self._clock()
             attempt = self._judge(route.config.queue, delivery, result, now)
             if not await self._record(delivery, attempt, now):

@@ -156,10 +156,7 @@ class Forwarder:
         for attempt in range(upstream.retries + 1):
             if attempt:
                 await asyncio.sleep(self._backoff(attempt))
-            started = time.perf_counter()
-            result = await self._try(upstream, url, request_headers)
-            if tries is not None:
-                tries.append(attempt_of(upstream, result, time.perf_counter() - started))
+            result = await self._try(upstream, url, request_headers, tries)
             if isinstance(result, UpstreamReply):
                 if result.status not in RETRYABLE_STATUSES:
                     return result
@@ -180,31 +177,49 @@ class Forwarder:
         raise gave_up(f"{upstream.label}: {failure.detail} after {upstream.retries + 1} attempt(s)")
 
     async def attempt_once(
-        self, upstream: Upstream, postback: Postback, headers: Mapping[str, str]
+        self,
+        upstream: Upstream,
+        postback: Postback,
+        headers: Mapping[str, str],
+        tries: list[UpstreamAttempt] | None = None,
     ) -> UpstreamReply | AttemptFailure:
-        """One attempt, no retries: the outbox schedules its own."""
-        return await self._try(upstream, upstream.url_for(postback), _with_user_agent(headers))
+        """One attempt, no retries: the outbox schedules its own. Noted in `tries`, if given."""
+        url, request_headers = upstream.url_for(postback), _with_user_agent(headers)
+        return await self._try(upstream, url, request_headers, tries)
 
     async def _try(
-        self, upstream: Upstream, url: URL, headers: dict[str, str]
+        self,
+        upstream: Upstream,
+        url: URL,
+        headers: dict[str, str],
+        tries: list[UpstreamAttempt] | None,
     ) -> UpstreamReply | AttemptFailure:
+        """One attempt, timed once for both its metrics and its note in `tries`."""
         started = time.perf_counter()
+        result, result_class = await self._result_of(upstream, url, headers)
+        seconds = time.perf_counter() - started
+        self._metrics.upstream_attempt(upstream.route, upstream.label, result_class, seconds)
+        if tries is not None:
+            tries.append(attempt_of(upstream, result, seconds))
+        return result
+
+    async def _result_of(
+        self, upstream: Upstream, url: URL, headers: dict[str, str]
+    ) -> tuple[UpstreamReply | AttemptFailure, str]:
+        """The attempt's reply or failure, and its metric's status_class."""
         try:
             reply = await self._attempt(upstream, url, headers)
         except TimeoutError:
-            self._observe(upstream, "timeout", started)
-            return AttemptFailure("timeout", timed_out=True)
+            return AttemptFailure("timeout", timed_out=True), "timeout"
         except (UpstreamConnectionError, OSError) as error:
-            self._observe(upstream, "connection_error", started)
-            return AttemptFailure(f"connection error: {error}", timed_out=False)
+            failure = AttemptFailure(f"connection error: {error}", timed_out=False)
+            return failure, "connection_error"
         except BadResponse as error:
-            self._observe(upstream, "connection_error", started)
-            return AttemptFailure(f"bad response: {error}", timed_out=False, retryable=False)
+            failure = AttemptFailure(f"bad response: {error}", timed_out=False, retryable=False)
+            return failure, "connection_error"
         except AnswerOfAnotherEvent as error:
-            self._observe(upstream, "connection_error", started)
-            return AttemptFailure(f"bad response: {error}", timed_out=False)
-        self._observe(upstream, status_class(reply.status), started)
-        return reply
+            return AttemptFailure(f"bad response: {error}", timed_out=False), "connection_error"
+        return reply, status_class(reply.status)
 
     async def _attempt(
         self, upstream: Upstream, url: URL, headers: dict[str, str]
@@ -217,10 +232,6 @@ class Forwarder:
             max_body=MAX_REPLY_BYTES,
         )
         return _reply_of(answer, headers.get("X-Idempotency-Key"))
-
-    def _observe(self, upstream: Upstream, result: str, started: float) -> None:
-        seconds = time.perf_counter() - started
-        self._metrics.upstream_attempt(upstream.route, upstream.label, result, seconds)
 
     def _backoff(self, attempt: int) -> float:
         """Full jitter: uniform in [0, min(cap, base * 2^attempt)]."""
