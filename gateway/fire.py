@@ -152,6 +152,4 @@ def _send(target: URL, headers: dict[str, str]) -> int:
 
 
 def _public_url(config: GatewayConfig) -> str:
-    listen = config.server.listen
-    host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(listen.host, listen.host)
-    return f"http://[{host}]:{listen.port}" if ":" in host else f"http://{host}:{listen.port}"
+    return f"http://{config.server.listen.from_here}"

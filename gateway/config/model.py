@@ -77,6 +77,7 @@ class ConfigError(Exception):
 
 
 EVERY_ADDRESS = "*"  # `listen: "*:8080"`: every local address, IPv4 and IPv6
+_LOOPBACK_FOR = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1", EVERY_ADDRESS: "127.0.0.1"}
 
 
 @dataclass(frozen=True)
@@ -96,6 +97,11 @@ class ListenAddress:
     @property
     def loopback(self) -> bool:
         return self.host in ("127.0.0.1", "::1", "localhost") or self.host.startswith("127.")
+
+    @property
+    def from_here(self) -> ListenAddress:
+        """Where a client on this machine reaches the listener: a wildcard becomes loopback."""
+        return ListenAddress(_LOOPBACK_FOR.get(self.host, self.host), self.port)
 
 
 @dataclass(frozen=True)

@@ -36,7 +36,7 @@ class Step:
 def steps(entry: Entry, config: GatewayConfig) -> list[Step]:
     """Every step's verdict, in the order the gateway took them."""
     record = entry.record
-    route = next((r for r in config.routes if r.name == record.route), None)
+    route = _route_of(entry, config)
     if record.route is None:
         return [Step("route", FAILED, record.detail or f"{record.outcome}: {record.reason}")]
     told = [
@@ -111,6 +111,11 @@ def _delivery(entry: Entry) -> Step:
     return Step("deliver", FAILED, _failure(entry))
 
 
+def _route_of(entry: Entry, config: GatewayConfig) -> RouteConfig | None:
+    """The entry's route in the running config (None if a reload removed it)."""
+    return next((r for r in config.routes if r.name == entry.record.route), None)
+
+
 def _secret_location(route: RouteConfig) -> str:
     secret = route.secret
     assert secret is not None
@@ -122,16 +127,11 @@ def _secret_location(route: RouteConfig) -> str:
 def curl_line(entry: Entry, config: GatewayConfig) -> str | None:
     """The command that sends this postback to the gateway again, the key from the shell."""
     record = entry.record
-    route = next((r for r in config.routes if r.name == record.route), None)
+    route = _route_of(entry, config)
     if route is None or record.query is None:
         return None
-    listen = config.server.listen
-    host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1", "*": "127.0.0.1"}.get(
-        listen.host, listen.host
-    )
-    authority = f"[{host}]:{listen.port}" if ":" in host else f"{host}:{listen.port}"
     scheme = "https" if config.server.tls else "http"
-    url = f"{scheme}://{authority}{route.path}?{urlencode(record.query)}"
+    url = f"{scheme}://{config.server.listen.from_here}{route.path}?{urlencode(record.query)}"
     words = ["curl", "-sS"]
     secret = route.secret
     if secret is not None and secret.query_param is not None:
