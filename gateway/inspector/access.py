@@ -16,10 +16,10 @@ import hashlib
 import hmac
 import logging
 import secrets
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 
 from aiohttp import web
-from aiohttp.typedefs import Middleware
+from aiohttp.typedefs import Handler, Middleware
 from yarl import URL
 
 from ..config import ServerConfig
@@ -29,8 +29,6 @@ log = logging.getLogger("gateway.inspector")
 COOKIE = "gateway_admin"
 OPEN_PATHS = frozenset({"/healthz", "/readyz", "/login"})
 _PROCESS_KEY = secrets.token_bytes(32)  # signs the form field when there is no token
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def _digest(key: str | bytes, purpose: str) -> str:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import itertools
 import time
 from collections import Counter, deque
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from ..observe import RequestRecord, UpstreamAttempt
@@ -188,9 +187,6 @@ class Journal:
     def newest(self) -> int:
         return self._entries[-1].number if self.capacity and self._entries else 0
 
-    def routes(self) -> list[str]:
-        return sorted(name for name in self._minutes if name)
-
     def last_hour(self, route: str, now: float | None = None) -> list[Minute]:
         """A Minute for each of the last 60 (empty ones included), oldest first."""
         current = int((now if now is not None else time.time()) // 60)
@@ -199,9 +195,6 @@ class Journal:
             kept.get(number) or Minute(number)
             for number in range(current - MINUTES + 1, current + 1)
         ]
-
-    def __iter__(self) -> Iterator[Entry]:
-        return reversed(self._entries)
 
 
 def _status_of(attempt: UpstreamAttempt) -> str:

@@ -17,6 +17,7 @@ from typing import Any
 
 import jinja2
 from aiohttp import web
+from aiohttp.typedefs import Handler
 from yarl import URL
 
 from ..durable.outbox import StoreError
@@ -73,7 +74,7 @@ _templates.globals["static"] = lambda name: f"/static/{name}?v={_VERSIONS[name]}
 
 
 @web.middleware
-async def security_headers(request: web.Request, handler: Any) -> web.StreamResponse:
+async def security_headers(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         response: web.StreamResponse = await handler(request)
     except web.HTTPException as error:
