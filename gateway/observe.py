@@ -31,15 +31,18 @@ class UpstreamAttempt(NamedTuple):
 
     upstream: str  # the upstream's label
     status: int | None  # None: no answer (timeout, connection error, bad response)
-    error: str | None
+    error: str | None  # why no answer came, or with a status what was odd about the answer
     latency_ms: float
     body_head: str  # the answer's first bytes, undecodable ones replaced
     at: float
 
     @classmethod
-    def answered(cls, upstream: str, status: int, body: bytes, seconds: float) -> UpstreamAttempt:
+    def answered(
+        cls, upstream: str, status: int, body: bytes, seconds: float, note: str | None = None
+    ) -> UpstreamAttempt:
+        """An answer; `note` says what was odd about it (a body cut short), if anything."""
         head = body[:BODY_HEAD_BYTES].decode("utf-8", errors="replace")
-        return cls(upstream, status, None, round(seconds * 1000, 2), head, time.time())
+        return cls(upstream, status, note, round(seconds * 1000, 2), head, time.time())
 
     @classmethod
     def failed(cls, upstream: str, error: str, seconds: float) -> UpstreamAttempt:

@@ -106,11 +106,11 @@ class Gateway:
             return await self._accept_for_queue(route, postback, key, record)
         async with route.dedup.reserve(key) as reservation:
             headers = delivery_headers(record.request_id, record.client or "", key.hex())
-            reply = await self._deliver(route.upstreams[0], postback, headers, record)
+            reply = await self._deliver(route, postback, headers, record)
             if reply.delivered:
                 reservation.commit()
                 self._delivered(route, postback)
-                self._send_copies(route.upstreams[1:], postback, headers, record)
+                self._send_copies(route, postback, headers, record)
         record.outcome = Outcome.FORWARDED
         return web.Response(
             status=reply.status,
@@ -151,10 +151,18 @@ class Gateway:
         return route
 
     async def _deliver(
-        self, upstream: Upstream, postback: Postback, headers: dict[str, str], record: RequestRecord
+        self,
+        route: CompiledRoute,
+        postback: Postback,
+        headers: dict[str, str],
+        record: RequestRecord,
     ) -> UpstreamReply:
-        """The first upstream's reply when it is the app's answer (2xx or 4xx)."""
-        reply = await self._forwarder.send(upstream, postback, headers, record.attempts)
+        """The first upstream's reply when it is the app's answer (2xx or 4xx), within the
+        route's deadline."""
+        upstream = route.upstreams[0]
+        reply = await self._forwarder.send(
+            upstream, postback, headers, record.attempts, route.deadline
+        )
         record.upstream_status = reply.status
         if not (200 <= reply.status < 300 or 400 <= reply.status < 500):
             raise UpstreamStatus(f"{upstream.label} answered {reply.status}")
@@ -170,15 +178,17 @@ class Gateway:
 
     def _send_copies(
         self,
-        upstreams: tuple[Upstream, ...],
+        route: CompiledRoute,
         postback: Postback,
         headers: dict[str, str],
         record: RequestRecord,
     ) -> None:
-        """Copies to the other upstreams go in the background; failures are logged only
-        (and their tries noted in the record, which the inspector may still show)."""
-        for upstream in upstreams:
-            task = asyncio.create_task(self._send_copy(upstream, postback, headers, record))
+        """Copies to the other upstreams go in the background, each within the route's
+        deadline; failures are logged only (and their tries noted in the record, which the
+        inspector may still show)."""
+        for upstream in route.upstreams[1:]:
+            copy = self._send_copy(upstream, postback, headers, record, route.deadline)
+            task = asyncio.create_task(copy)
             self._copies.add(task)
             task.add_done_callback(self._copies.discard)
 
@@ -188,9 +198,10 @@ class Gateway:
         postback: Postback,
         headers: dict[str, str],
         record: RequestRecord,
+        budget: float,
     ) -> None:
         try:
-            reply = await self._forwarder.send(upstream, postback, headers, record.attempts)
+            reply = await self._forwarder.send(upstream, postback, headers, record.attempts, budget)
         except UpstreamUnavailable as error:
             log.warning("copy not delivered", extra=_copy_log(headers, upstream, error.detail))
             return

@@ -48,6 +48,7 @@ class CompiledRoute:
         self._allow_ips = config.allow_ips
         self.allowlist_log_only = config.allow_ips_mode == AllowIpsMode.LOG_ONLY
         self.queued = config.delivery == Delivery.QUEUED
+        self.deadline = config.deadline
         self._secret = config.secret
         self.secret_param = config.secret.query_param if config.secret else None
         self.upstreams = tuple(Upstream(upstream, config.name) for upstream in config.upstreams)

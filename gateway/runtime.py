@@ -21,7 +21,7 @@ from .dedup import Backend, RouteDedup
 from .dedup.redis_reservations import RedisReservations, redis_client
 from .durable.service import Durable
 from .forwarding.forward import BACKOFF_CAP
-from .forwarding.upstream_client import UpstreamClient
+from .forwarding.upstream_client import BODY_WAIT, UpstreamClient
 from .inspector.journal import Journal
 from .metrics import Metrics
 from .observe import configure_logging
@@ -33,10 +33,14 @@ RESERVATION_MARGIN = 5.0
 
 
 def longest_delivery_of(route: RouteConfig) -> float:
-    """The most time one postback's forwarding can take: every attempt and every backoff."""
-    return max(
-        (upstream.retries + 1) * upstream.timeout + upstream.retries * BACKOFF_CAP
-        for upstream in route.upstreams
+    """The most time one postback's forwarding can take: every attempt and every backoff, at
+    most the route's deadline."""
+    return min(
+        route.deadline,
+        max(
+            (upstream.retries + 1) * (upstream.timeout + BODY_WAIT) + upstream.retries * BACKOFF_CAP
+            for upstream in route.upstreams
+        ),
     )
 
 

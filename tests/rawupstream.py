@@ -5,6 +5,8 @@ one. Used by the upstream client's tests and by the gateway's hostile-upstream t
 from __future__ import annotations
 
 import asyncio
+import socket
+import struct
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
@@ -123,6 +125,34 @@ def send_in_pieces(data: bytes, size: int) -> Reply:
             connection.writer.write(data[start : start + size])
             await connection.writer.drain()
             await asyncio.sleep(0)
+
+    return reply
+
+
+def send_and_reset(data: bytes) -> Reply:
+    """Write `data`, then reset the connection (SO_LINGER 0: an RST, not a FIN)."""
+
+    async def reply(connection: Accepted) -> None:
+        connection.writer.write(data)
+        await connection.writer.drain()
+        await asyncio.sleep(0.05)  # let the bytes arrive before the reset overtakes them
+        sock = connection.writer.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        connection.writer.transport.abort()
+
+    return reply
+
+
+def drip(head: bytes, body: bytes, interval: float) -> Reply:
+    """Write `head` at once, then the body one byte per `interval` seconds (a stalling app)."""
+
+    async def reply(connection: Accepted) -> None:
+        connection.writer.write(head)
+        await connection.writer.drain()
+        for index in range(len(body)):
+            await asyncio.sleep(interval)
+            connection.writer.write(body[index : index + 1])
+            await connection.writer.drain()
 
     return reply
 

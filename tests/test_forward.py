@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from types import MappingProxyType
@@ -93,3 +94,37 @@ async def test_user_agent_and_given_headers_are_sent(start_upstream):
     headers = app.received[0].headers
     assert headers["User-Agent"] == "monetag-gateway"
     assert headers["X-Request-ID"] == "r1"
+
+
+@pytest.mark.parametrize(
+    ("budget", "timeout", "retries", "most_seconds", "most_attempts"),
+    [
+        pytest.param(0.5, 5.0, 2, 0.8, 1, id="one-attempt-cut-by-the-deadline"),
+        pytest.param(0.7, 0.3, 10, 1.0, 3, id="retries-stop-when-the-deadline-is-spent"),
+    ],
+)
+async def test_deadline_bounds_every_attempt_and_backoff_together(
+    start_upstream, budget, timeout, retries, most_seconds, most_attempts
+):
+    app = start_upstream(default=Answer(delay=3.0))  # never answers in time
+    async with closing_client() as session:
+        forwarder = Forwarder(session, Metrics(), backoff_base=0.01, backoff_cap=0.02)
+        started = time.monotonic()
+        with pytest.raises(UpstreamUnavailable) as raised:
+            await forwarder.send(
+                upstream(app.url, retries=retries, timeout=timeout), POSTBACK, {}, budget=budget
+            )
+        spent = time.monotonic() - started
+    assert budget <= spent + 0.05 and spent < most_seconds
+    assert raised.value.status == 504
+    assert f"deadline {budget:g}s spent" in raised.value.detail
+    assert 1 <= len(app.received) <= most_attempts
+
+
+async def test_deadline_leaves_room_for_retries_that_fit(start_upstream):
+    app = start_upstream(script=[503, 503], default=200)
+    async with closing_client() as session:
+        forwarder = Forwarder(session, Metrics(), backoff_base=0.01, backoff_cap=0.02)
+        reply = await forwarder.send(upstream(app.url, retries=2), POSTBACK, {}, budget=5.0)
+    assert reply.status == 200
+    assert len(app.received) == 3

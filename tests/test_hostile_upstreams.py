@@ -12,20 +12,27 @@ from typing import Any
 
 import aiohttp
 import pytest
+from prometheus_client import generate_latest
 
 from tests.conftest import SECRET, GatewayFactory, RunningGateway, access_lines
 from tests.gatewayconfig import gateway_config, upstream
+from tests.queuedgateway import metric_sum
 from tests.rawupstream import (
     GUARD,
     OK,
     RawServer,
     Reply,
     ServerFactory,
+    close_without_answer,
+    drip,
     send,
+    send_and_close,
+    send_and_reset,
     send_later,
     send_when_told,
     until,
 )
+from tests.waiting import eventually_async
 
 SERVICE_UNAVAILABLE = b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 4\r\n\r\nbusy"
 
@@ -290,3 +297,101 @@ async def test_keep_alive_false_opens_a_connection_per_postback_and_says_so(
     await asyncio.wait_for(
         asyncio.gather(*(c.client_closed.wait() for c in server.accepted)), GUARD
     )
+
+
+# -- a clean 2xx head is the app's decision: paid once, whatever the connection does next -----
+
+PARTIAL_200 = b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\npartial"
+CHUNKED_200 = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n7\r\npartial\r\n"
+BROKEN_AFTER_A_200 = [
+    pytest.param(send_and_reset(PARTIAL_200), id="reset-inside-the-body"),
+    pytest.param(send_and_close(PARTIAL_200), id="closed-inside-the-body"),
+    pytest.param(drip(PARTIAL_200, b"x" * 93, 1.0), id="body-dripping-at-1-byte-a-second"),
+    pytest.param(send_and_reset(CHUNKED_200), id="chunked-then-reset"),
+]
+
+
+@pytest.mark.parametrize("broken", BROKEN_AFTER_A_200)
+async def test_200_whose_connection_breaks_is_delivered_once_and_its_repeat_a_duplicate(
+    broken: Reply,
+    start_server: ServerFactory,
+    start_gateway: GatewayFactory,
+    http: aiohttp.ClientSession,
+    capsys: Any,
+) -> None:
+    server = await start_server(broken, default=send(OK))
+    # retries: 2, as shipped: before, each of these was sent three times, then three more
+    # when Monetag retried the 502
+    app = upstream(str(server.url("/postback")), retries=2, timeout="3s")
+    gateway = await start_gateway(gateway_config(app))
+    capsys.readouterr()
+
+    first = await postback(http, gateway, "u1")
+    repeat = await postback(http, gateway, "u1")
+
+    assert first[:3] == (200, "forwarded", b"partial")
+    assert repeat[:2] == (200, "duplicate")
+    assert len(server.requests) == 1  # one reward
+    lines = the_log_agrees(capsys, [first, repeat])
+    assert lines[0]["upstream_status"] == 200
+    (entry,) = [e for e in gateway.runtime.journal.recent() if e.record.outcome == "forwarded"]
+    (attempt,) = entry.attempts
+    assert (attempt.status, attempt.body_head) == (200, "partial")
+    assert attempt.error is not None and "cut short" in attempt.error
+
+
+@pytest.mark.parametrize("broken", BROKEN_AFTER_A_200)
+async def test_200_whose_connection_breaks_is_delivered_once_on_a_queued_route(
+    broken: Reply,
+    start_server: ServerFactory,
+    start_gateway: GatewayFactory,
+    http: aiohttp.ClientSession,
+    db_path: Any,
+) -> None:
+    server = await start_server(broken, default=send(OK))
+    app = upstream(str(server.url("/postback")), retries=0, timeout="3s")
+    config = gateway_config(
+        app, store=db_path, delivery="queued", queue={"retry_base": "50ms", "retry_cap": "100ms"}
+    )
+    gateway = await start_gateway(config)
+    outbox = gateway.runtime.durable.outbox  # type: ignore[union-attr]
+
+    first = await postback(http, gateway, "u1")
+    assert first[:2] == (200, "queued")
+
+    async def delivered() -> bool:
+        (listed,) = await outbox.listing(None, None, 10)
+        return listed.state == "delivered"
+
+    await eventually_async(delivered, timeout=GUARD)
+    (listed,) = await outbox.listing(None, None, 10)
+    assert (listed.attempts, listed.last_status) == (1, 200)
+    assert len(server.requests) == 1  # before: delivered 5 times, then dead-lettered
+
+
+async def test_every_request_written_to_the_app_is_an_attempt_counted_and_shown(
+    start_server: ServerFactory,
+    start_gateway: GatewayFactory,
+    http: aiohttp.ClientSession,
+) -> None:
+    # u1 is answered on a kept-alive connection; u2's request is written to it and the app
+    # drops it without a byte: that is an attempt, and the request goes at once on a new
+    # connection, which the app also drops; then the retries (2), dropped too.
+    server = await start_server(send(OK), default=close_without_answer())
+    app = upstream(str(server.url("/postback")), retries=2)
+    gateway = await start_gateway(gateway_config(app))
+
+    assert (await postback(http, gateway, "u1"))[:2] == (200, "forwarded")
+    second = await postback(http, gateway, "u2")
+
+    assert second[:2] == (502, "upstream_error")
+    written = len(server.requests) - 1  # u2's requests, as the app saw them
+    assert written == 4  # the stale connection's, its immediate resend, two retries
+    (entry,) = [e for e in gateway.runtime.journal.recent() if e.record.outcome != "forwarded"]
+    assert len(entry.attempts) == written
+    assert "sent again on a new connection" in (entry.attempts[0].error or "")
+    assert {request.split(b"X-Idempotency-Key: ")[1][:32] for request in server.requests[1:]} == {
+        server.requests[1].split(b"X-Idempotency-Key: ")[1][:32]
+    }  # one event: the same key on every send
+    scraped = generate_latest(gateway.runtime.metrics.registry).decode()
+    assert metric_sum(scraped, "gateway_upstream_attempts_total") == written + 1

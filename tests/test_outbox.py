@@ -736,3 +736,27 @@ async def test_a_record_after_another_process_took_the_delivery_over_is_refused(
         assert (await state_of(other, event_id)).state == PENDING, "the stale record was written"
         assert await other.record(current, delivered(), 150.0) is True
     assert (await state_of(postgres_outbox, event_id)).state == DELIVERED
+
+
+async def test_a_result_whose_text_postgresql_refuses_is_recorded_without_it_and_blocks_nothing(
+    postgres_outbox: Outbox,
+) -> None:
+    """PostgreSQL's text holds no NUL. The deliverer makes the app's texts storable first;
+    should one still reach the store, the batch it came in is recorded all the same, and the
+    odd result once, without its text, never retried forever."""
+    odd, plain = await enqueue(postgres_outbox, 100.0), await enqueue(postgres_outbox, 101.0)
+    deliveries = [await claim(postgres_outbox, event_id) for event_id in (odd, plain)]
+
+    recorded = await asyncio.wait_for(
+        asyncio.gather(
+            postgres_outbox.record(deliveries[0], dead("refused: 400", 400, "bad\x00body"), 140.0),
+            postgres_outbox.record(deliveries[1], delivered(), 140.0),
+        ),
+        PATIENCE,
+    )
+
+    assert recorded == [True, True]
+    odd_state = await state_of(postgres_outbox, odd)
+    assert (odd_state.state, odd_state.last_status, odd_state.last_body) == (DEAD, 400, None)
+    assert (await state_of(postgres_outbox, plain)).state == DELIVERED
+    assert postgres_outbox.available  # the server was fine all along

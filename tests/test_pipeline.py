@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+import time
 from collections.abc import AsyncIterator
 
 import aiohttp
@@ -427,6 +428,27 @@ async def test_upstream_failures_and_retries(
     gateway = await start_gateway(gateway_config(upstream(app.url, timeout="300ms")))
     assert (await get(http, gateway.postback_url(), CLICK))[:2] == (status, outcome)
     assert len(app.received) == attempts
+
+
+async def test_a_hung_app_is_answered_504_within_the_routes_deadline(
+    start_upstream, start_gateway, http
+):
+    app = start_upstream(default=Answer(delay=10.0))  # never answers
+    # the shipped per-attempt timeout and retries: 15 s and more before the deadline
+    config = gateway_config(upstream(app.url, timeout="5s", retries=2), deadline="800ms")
+    gateway = await start_gateway(config)
+    started = time.monotonic()
+    status, outcome, body = await get(http, gateway.postback_url(), CLICK)
+    assert time.monotonic() - started < 1.5
+    error = json.loads(body)["error"]
+    assert (status, outcome, error) == (504, "upstream_error", "upstream_timeout")
+    assert len(app.received) == 1  # the one attempt the deadline had room for
+
+
+def test_the_default_deadline_stays_below_what_senders_wait():
+    config = parse_config(gateway_config("http://127.0.0.1:3000/cb"), {"MONETAG_SECRET": SECRET})
+    (route,) = config.routes
+    assert route.deadline == 10.0  # README: senders commonly give 5-30 s
 
 
 async def test_unreachable_upstream_is_502(start_gateway, http):

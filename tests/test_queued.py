@@ -203,3 +203,32 @@ async def test_deliverer_stop_ends_its_loop(tmp_path: Path) -> None:
 
     await asyncio.wait_for(running, 5)
     await client.close()
+
+
+async def test_an_answer_with_a_nul_byte_is_kept_storable_and_blocks_nothing(
+    start_upstream, start_gateway, http, store_at
+):
+    # On PostgreSQL the raw body could never be recorded: the delivery stuck at "pending,
+    # attempts 0", its result retried every 0.5 s forever, /readyz flapping.
+    app = start_upstream(default=Answer(400, "bad\x00body"))
+    gateway = await start_gateway(queued_yaml([app.url], store_at))
+    durable = gateway.runtime.durable
+    assert durable is not None
+
+    assert (await get(http, gateway.postback_url(), CLICK))[:2] == (200, "queued")
+    other = {**CLICK, "uid": "user-2"}
+    assert (await get(http, gateway.postback_url(), other))[:2] == (200, "queued")
+
+    async def both_dead() -> bool:
+        listed = await durable.outbox.listing(None, None, 10)
+        return [item.state for item in listed] == ["dead", "dead"]
+
+    await eventually_async(both_dead)
+    for item in await durable.outbox.listing(None, None, 10):
+        shown = await durable.outbox.show(item.event_id)
+        assert shown is not None
+        (delivery,) = shown.deliveries
+        assert (delivery.attempts, delivery.last_status) == (1, 400)
+        assert delivery.last_body is not None and delivery.last_body.startswith("bad\ufffdbody")
+        assert "\x00" not in delivery.last_body
+    assert durable.available

@@ -27,6 +27,9 @@ DEFAULT_DEDUP_TTL = 24 * 3600.0
 DEFAULT_DEDUP_MAX_ENTRIES = 1_000_000
 DEFAULT_UPSTREAM_TIMEOUT = 5.0
 DEFAULT_UPSTREAM_RETRIES = 2
+# a sync postback's whole answer, every attempt and backoff included: below what webhook
+# senders commonly wait (5-30 s), so the sender hears the gateway's answer, not its own timeout
+DEFAULT_DEADLINE = 10.0
 MAX_UPSTREAM_RETRIES = 10
 DERIVED: Mapping[str, Any] = MappingProxyType({"yaml": False})  # field metadata: not a key
 
@@ -261,6 +264,9 @@ class RouteConfig:
     # the most one event may claim to be worth, in USD; more is refused (400), so a forged
     # or garbled price cannot poison the revenue figures
     max_estimated_price: Decimal = DEFAULT_MAX_ESTIMATED_PRICE
+    # a sync postback is answered within this, every attempt and backoff to the first upstream
+    # included (each attempt gets what is left, at most its own timeout); copies get as long
+    deadline: float = DEFAULT_DEADLINE
 
 
 @dataclass(frozen=True)

@@ -220,6 +220,7 @@ class DocumentReader(ValueReader):
             "allow_ips_mode": self.chooser(AllowIpsMode), "match": self.match,
             "drop_unknown": self.boolean, "delivery": self.chooser(Delivery), "queue": self.queue,
             "max_estimated_price": self.decimal, "template": self.template,
+            "deadline": self.duration,
         }  # fmt: skip
         values = self.section(
             value, path, RouteConfig, readers, extra=frozenset({"template"}),

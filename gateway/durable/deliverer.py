@@ -27,7 +27,7 @@ from ..forwarding.forward import (
 from ..metrics import Metrics
 from ..observe import UpstreamAttempt
 from ..route import CompiledRoute
-from .outbox import DEAD, DELIVERED, RETRY, Attempt, Delivery, Outbox, StoreError
+from .outbox import DEAD, DELIVERED, RETRY, Attempt, Delivery, Outbox, StoreError, storable_text
 
 log = logging.getLogger("gateway.deliverer")
 
@@ -122,9 +122,10 @@ class Deliverer:
             )
             tries: list[UpstreamAttempt] = []
             result = await self._forwarder.attempt_once(upstream, delivery.postback, headers, tries)
-            self._on_attempt(delivery.request_id, tries[0])
+            for sent in tries:  # two when a stale kept-alive connection made it send again
+                self._on_attempt(delivery.request_id, sent)
             now = self._clock()
-            attempt = self._judge(route.config.queue, delivery, result, now)
+            attempt = self._judge(route.config.queue, delivery, result, now, len(tries))
             if not await self._record(delivery, attempt, now):
                 log.warning(
                     "delivery taken over by another replica before its result was recorded",
@@ -173,22 +174,25 @@ class Deliverer:
         delivery: Delivery,
         result: UpstreamReply | AttemptFailure,
         now: float,
+        sends: int,
     ) -> Attempt:
-        """Delivered; dead (refused for good, or out of attempts or time); or retry later."""
+        """Delivered; dead (refused for good, or out of attempts or time); or retry later.
+        `sends`: the requests this attempt wrote to the app (each one counts)."""
         if isinstance(result, UpstreamReply):
             if result.delivered:
-                return Attempt(DELIVERED, status=result.status)
+                return Attempt(DELIVERED, status=result.status, sends=sends)
             if 400 <= result.status < 500 and result.status not in RETRYABLE_4XX:
-                body = result.body.decode(errors="replace")
+                body = storable_text(result.body)
                 error = f"refused: {result.status}"
-                return Attempt(DEAD, error=error, status=result.status, body=body)
+                return Attempt(DEAD, error=error, status=result.status, body=body, sends=sends)
         status = result.status if isinstance(result, UpstreamReply) else None
-        error = _describe(result)
-        attempts = delivery.attempts + 1
+        error = storable_text(_describe(result))
+        attempts = delivery.attempts + sends
         if attempts >= queue.max_attempts or now - delivery.since >= queue.max_age:
-            return Attempt(DEAD, error=f"gave up after {attempts}: {error}", status=status)
+            gave_up = f"gave up after {attempts}: {error}"
+            return Attempt(DEAD, error=gave_up, status=status, sends=sends)
         delay = random.uniform(0, min(queue.retry_cap, queue.retry_base * 2 ** (attempts - 1)))
-        return Attempt(RETRY, error=error, status=status, retry_at=now + delay)
+        return Attempt(RETRY, error=error, status=status, retry_at=now + delay, sends=sends)
 
 
 def _describe(result: UpstreamReply | AttemptFailure) -> str:

@@ -68,6 +68,7 @@ class Attempt:
     status: int | None = None
     body: str | None = None  # the app's answer, kept with a dead letter
     retry_at: float | None = None
+    sends: int = 1  # requests written to the app: 2 when a stale connection made it resend
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,6 +118,14 @@ class Shown:
     deliveries: list[DeliveryState] = field(default_factory=list)
 
 
+def storable_text(value: bytes | str) -> str:
+    """Text taken from the app (a body, an error naming its bytes) as both stores keep it:
+    valid UTF-8 (undecodable bytes replaced) without NUL, which PostgreSQL's text refuses."""
+    if isinstance(value, str):
+        value = value.encode("utf-8", errors="replace")  # a lone surrogate, if any
+    return value.decode("utf-8", errors="replace").replace("\x00", "\ufffd")
+
+
 def postback_of(fields: str, extras: str) -> Postback:
     """A postback as the outbox keeps it: its fields and extras as JSON text."""
     return Postback(json.loads(fields), tuple((name, value) for name, value in json.loads(extras)))
@@ -135,6 +144,11 @@ def routes_stats(rows: Sequence[tuple[str, str, int, float | None]]) -> list[Rou
 
 class StoreError(Exception):
     """The store could not do what was asked (disk full, unreachable, failing over...)."""
+
+
+class StoreRefusedContent(StoreError):
+    """The store is up but refused what it was given (text it cannot hold): trying the same
+    again would fail again."""
 
 
 class Outbox(Protocol):

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import uuid
@@ -49,6 +50,7 @@ from .outbox import (
     RouteStats,
     Shown,
     StoreError,
+    StoreRefusedContent,
     postback_of,
     routes_stats,
 )
@@ -163,14 +165,14 @@ RETURNING d.event_id, e.route, d.upstream, d.attempts, d.since, e.fields, e.extr
 # Results of many attempts in one statement; a row comes back for each whose lease still held.
 _RECORD = """
 UPDATE monetag_gateway_deliveries d SET
-    state = r.state, attempts = d.attempts + 1, last_status = r.status,
+    state = r.state, attempts = d.attempts + r.sends, last_status = r.status,
     last_error = r.error, last_body = CASE WHEN r.state = 'dead' THEN r.body ELSE d.last_body END,
     next_attempt_at = COALESCE(r.retry_at, d.next_attempt_at), updated_at = r.now,
     lease_owner = NULL, lease_until = NULL
 FROM unnest($1::bigint[], $2::text[], $3::text[], $4::int[], $5::text[], $6::text[],
-            $7::float8[], $8::float8[]) AS r (event_id, upstream, state, status, error, body,
-                                               retry_at, now)
-WHERE d.event_id = r.event_id AND d.upstream = r.upstream AND d.lease_owner = $9
+            $7::float8[], $8::float8[], $9::int[]) AS r (event_id, upstream, state, status,
+                                                          error, body, retry_at, now, sends)
+WHERE d.event_id = r.event_id AND d.upstream = r.upstream AND d.lease_owner = $10
 RETURNING d.event_id, d.upstream
 """
 
@@ -408,8 +410,22 @@ class PostgresOutbox:
         return results
 
     async def _record_batch(self, results: Sequence[_Result]) -> list[bool]:
-        """One statement for a batch of attempt results: which were recorded (lease held)."""
-        columns: list[list[Any]] = [[] for _ in range(8)]
+        """One statement for a batch of attempt results: which were recorded (lease held).
+
+        Texts are made storable before (`storable_text`); should PostgreSQL still refuse one,
+        the batch is recorded row by row, and a row it refuses is recorded without its texts,
+        so one odd answer never holds up the others, nor itself forever."""
+        try:
+            return await self._record_rows(results)
+        except StoreRefusedContent:
+            if len(results) == 1:
+                log.error("the store refused a result's text; recorded without it",
+                          extra={"event_id": results[0].delivery.event_id})  # fmt: skip
+                return await self._record_rows([_without_texts(results[0])])
+        return [recorded for result in results for recorded in await self._record_batch([result])]
+
+    async def _record_rows(self, results: Sequence[_Result]) -> list[bool]:
+        columns: list[list[Any]] = [[] for _ in range(9)]
         for result in results:
             attempt = result.attempt
             state = attempt.state if attempt.state in (DELIVERED, DEAD) else "pending"
@@ -417,7 +433,7 @@ class PostgresOutbox:
                 result.delivery.event_id, result.delivery.upstream, state, attempt.status,
                 None if attempt.state == DELIVERED else attempt.error or "",
                 attempt.body[:MAX_KEPT_BODY] if attempt.body else attempt.body,
-                attempt.retry_at, result.now,
+                attempt.retry_at, result.now, attempt.sends,
             )  # fmt: skip
             for column, value in zip(columns, row, strict=True):
                 column.append(value)
@@ -483,6 +499,8 @@ class PostgresOutbox:
         try:
             async with self._pool.acquire(timeout=CONNECT_TIMEOUT) as connection:
                 yield connection
+        except asyncpg.DataError as error:  # a value it cannot take: the server is fine
+            raise StoreRefusedContent(_describe(error)) from None
         except FAILURES as error:
             self.available = False
             raise StoreError(_describe(error)) from None
@@ -540,6 +558,11 @@ class _Batches(Generic[Item]):
                         future.set_result(accepted)
         finally:
             self._flushing = None
+
+
+def _without_texts(result: _Result) -> _Result:
+    attempt = dataclasses.replace(result.attempt, error="(text refused by the store)", body=None)
+    return dataclasses.replace(result, attempt=attempt)
 
 
 def _count(status: str) -> int:

@@ -197,22 +197,27 @@ def record_attempt(
 ) -> None:
     if attempt.state == DELIVERED:
         assert attempt.status is not None
-        mark_delivered(connection, delivery, attempt.status, now)
+        mark_delivered(connection, delivery, attempt.status, now, attempt.sends)
     elif attempt.state == DEAD:
-        mark_dead(connection, delivery, attempt.error or "", attempt.status, attempt.body, now)
+        mark_dead(
+            connection, delivery, attempt.error or "", attempt.status, attempt.body, now,
+            attempt.sends,
+        )  # fmt: skip
     else:
         assert attempt.retry_at is not None
         error = attempt.error or ""
-        mark_retry(connection, delivery, error, attempt.status, attempt.retry_at, now)
+        mark_retry(
+            connection, delivery, error, attempt.status, attempt.retry_at, now, attempt.sends
+        )
 
 
 def mark_delivered(
-    connection: sqlite3.Connection, delivery: Delivery, status: int, now: float
+    connection: sqlite3.Connection, delivery: Delivery, status: int, now: float, sends: int = 1
 ) -> None:
     connection.execute(
-        "UPDATE deliveries SET state = 'delivered', attempts = attempts + 1, last_status = ?,"
+        "UPDATE deliveries SET state = 'delivered', attempts = attempts + ?, last_status = ?,"
         " last_error = NULL, updated_at = ? WHERE event_id = ? AND upstream = ?",
-        (status, now, delivery.event_id, delivery.upstream),
+        (sends, status, now, delivery.event_id, delivery.upstream),
     )
 
 
@@ -223,11 +228,12 @@ def mark_retry(
     status: int | None,
     next_attempt_at: float,
     now: float,
+    sends: int = 1,
 ) -> None:
     connection.execute(
-        "UPDATE deliveries SET attempts = attempts + 1, last_error = ?, last_status = ?,"
+        "UPDATE deliveries SET attempts = attempts + ?, last_error = ?, last_status = ?,"
         " next_attempt_at = ?, updated_at = ? WHERE event_id = ? AND upstream = ?",
-        (error, status, next_attempt_at, now, delivery.event_id, delivery.upstream),
+        (sends, error, status, next_attempt_at, now, delivery.event_id, delivery.upstream),
     )
 
 
@@ -238,13 +244,14 @@ def mark_dead(
     status: int | None,
     body: str | None,
     now: float,
+    sends: int = 1,
 ) -> None:
     connection.execute(
-        "UPDATE deliveries SET state = 'dead', attempts = attempts + 1, last_error = ?,"
+        "UPDATE deliveries SET state = 'dead', attempts = attempts + ?, last_error = ?,"
         " last_status = ?, last_body = ?, updated_at = ? WHERE event_id = ? AND upstream = ?",
         (
-            error, status, body[:MAX_KEPT_BODY] if body else body, now, delivery.event_id,
-            delivery.upstream,
+            sends, error, status, body[:MAX_KEPT_BODY] if body else body, now,
+            delivery.event_id, delivery.upstream,
         ),
     )  # fmt: skip
 

@@ -1,9 +1,12 @@
 """Sending a clean postback to the app behind the gateway.
 
 One long-lived client (keep-alive pools, `upstream_client.py`) serves every upstream. Each
-attempt has the upstream's `timeout`; connect errors, timeouts and 502/503/504 are retried
+attempt has the upstream's `timeout`, cut by the send's deadline (the route's `deadline`:
+every attempt and backoff together); connect errors, timeouts and 502/503/504 are retried
 `retries` times with exponential backoff and full jitter. Any other status is the app's answer
-and is not retried.
+and is not retried. Every request written to the app is an attempt, counted and noted: a
+kept-alive connection the app had closed is one, and the request goes again at once on a new
+connection (not counted against `retries`: the app answered nothing).
 """
 
 from __future__ import annotations
@@ -24,7 +27,13 @@ from ..errors import UpstreamBadResponse, UpstreamDown, UpstreamTimeout
 from ..metrics import Metrics, status_class
 from ..observe import UpstreamAttempt
 from ..postback import CANONICAL_FIELDS, Postback
-from .upstream_client import Answer, BadResponse, UpstreamClient, UpstreamConnectionError
+from .upstream_client import (
+    Answer,
+    BadResponse,
+    StaleConnection,
+    UpstreamClient,
+    UpstreamConnectionError,
+)
 
 RETRYABLE_STATUSES = frozenset({502, 503, 504})
 MAX_REPLY_BYTES = 64 * 1024  # an app's answer to a postback is small; never buffer more
@@ -34,6 +43,7 @@ _SAFE_CONTENT_TYPE = re.compile(r"[\x20-\x7e]{1,200}")
 BACKOFF_BASE = 0.1
 BACKOFF_CAP = 2.0
 USER_AGENT = "monetag-gateway"
+BODY_CUT_SHORT = "body cut short after the head (connection broke, garbled or too slow)"
 
 log = logging.getLogger("gateway.forward")
 
@@ -43,6 +53,7 @@ class UpstreamReply:
     status: int
     body: bytes
     content_type: str | None
+    complete: bool = True  # False: the body was cut short after a clean head (the status stands)
 
     @property
     def delivered(self) -> bool:
@@ -56,6 +67,7 @@ class AttemptFailure:
     detail: str
     timed_out: bool
     retryable: bool = True  # connect errors and timeouts; not a malformed response
+    stale: bool = False  # a kept-alive connection closed before answering: send again at once
 
 
 def attempt_of(
@@ -63,7 +75,8 @@ def attempt_of(
 ) -> UpstreamAttempt:
     """An attempt's result as the inspector shows it."""
     if isinstance(result, UpstreamReply):
-        return UpstreamAttempt.answered(upstream.label, result.status, result.body, seconds)
+        note = None if result.complete else BODY_CUT_SHORT
+        return UpstreamAttempt.answered(upstream.label, result.status, result.body, seconds, note)
     return UpstreamAttempt.failed(upstream.label, result.detail, seconds)
 
 
@@ -92,7 +105,7 @@ def _reply_of(answer: Answer, sent_key: str | None) -> UpstreamReply:
     content_type = answer.content_type
     if content_type is not None and not _passable(content_type):
         content_type = None  # not passed on; the answer itself still is
-    return UpstreamReply(answer.status, answer.body, content_type)
+    return UpstreamReply(answer.status, answer.body, content_type, answer.complete)
 
 
 @lru_cache(maxsize=64)  # an app answers with the same one or two content types
@@ -147,16 +160,27 @@ class Forwarder:
         postback: Postback,
         headers: Mapping[str, str],
         tries: list[UpstreamAttempt] | None = None,
+        budget: float | None = None,
     ) -> UpstreamReply:
-        """The upstream's reply, or UpstreamUnavailable once retries are spent. Each try is
-        noted in `tries`, if given (the request's record, for the inspector)."""
+        """The upstream's reply, or UpstreamUnavailable once retries or the `budget` (seconds
+        for every attempt and backoff together) are spent. Each try is noted in `tries`, if
+        given (the request's record, for the inspector)."""
         url = upstream.url_for(postback)
         request_headers = _with_user_agent(headers)
+        loop = asyncio.get_running_loop()
+        deadline = None if budget is None else loop.time() + budget
         failure = AttemptFailure("", timed_out=False)
+        attempts = 0
         for attempt in range(upstream.retries + 1):
             if attempt:
-                await asyncio.sleep(self._backoff(attempt))
-            result = await self._try(upstream, url, request_headers, tries)
+                pause = self._backoff(attempt)
+                if deadline is not None and loop.time() + pause >= deadline:
+                    break
+                await asyncio.sleep(pause)
+            if deadline is not None and loop.time() >= deadline:
+                break
+            attempts += 1
+            result = await self._try(upstream, url, request_headers, tries, deadline)
             if isinstance(result, UpstreamReply):
                 if result.status not in RETRYABLE_STATUSES:
                     return result
@@ -167,14 +191,12 @@ class Forwarder:
                 raise UpstreamBadResponse(f"{upstream.label}: {result.detail}")
             log.info(
                 "upstream attempt failed",
-                extra={
-                    "upstream": upstream.label,
-                    "attempt": attempt + 1,
-                    "failure": failure.detail,
-                },
-            )
+                extra={"upstream": upstream.label, "attempt": attempt + 1,
+                       "failure": failure.detail},
+            )  # fmt: skip
         gave_up = UpstreamTimeout if failure.timed_out else UpstreamDown
-        raise gave_up(f"{upstream.label}: {failure.detail} after {upstream.retries + 1} attempt(s)")
+        spent = "" if attempts == upstream.retries + 1 else f", deadline {budget:g}s spent"
+        raise gave_up(f"{upstream.label}: {failure.detail} after {attempts} attempt(s){spent}")
 
     async def attempt_once(
         self,
@@ -183,9 +205,10 @@ class Forwarder:
         headers: Mapping[str, str],
         tries: list[UpstreamAttempt] | None = None,
     ) -> UpstreamReply | AttemptFailure:
-        """One attempt, no retries: the outbox schedules its own. Noted in `tries`, if given."""
+        """One attempt, no retries: the outbox schedules its own. Noted in `tries`, if given
+        (two notes when a stale kept-alive connection made it send twice)."""
         url, request_headers = upstream.url_for(postback), _with_user_agent(headers)
-        return await self._try(upstream, url, request_headers, tries)
+        return await self._try(upstream, url, request_headers, tries, None)
 
     async def _try(
         self,
@@ -193,10 +216,27 @@ class Forwarder:
         url: URL,
         headers: dict[str, str],
         tries: list[UpstreamAttempt] | None,
+        deadline: float | None,
     ) -> UpstreamReply | AttemptFailure:
-        """One attempt, timed once for both its metrics and its note in `tries`."""
+        """One attempt; on a stale kept-alive connection, sent once more on a new one."""
+        result = await self._send_once(upstream, url, headers, tries, deadline, fresh=False)
+        if isinstance(result, AttemptFailure) and result.stale:
+            result = await self._send_once(upstream, url, headers, tries, deadline, fresh=True)
+        return result
+
+    async def _send_once(
+        self,
+        upstream: Upstream,
+        url: URL,
+        headers: dict[str, str],
+        tries: list[UpstreamAttempt] | None,
+        deadline: float | None,
+        *,
+        fresh: bool,
+    ) -> UpstreamReply | AttemptFailure:
+        """One request written, timed once for both its metrics and its note in `tries`."""
         started = time.perf_counter()
-        result, result_class = await self._result_of(upstream, url, headers)
+        result, result_class = await self._result_of(upstream, url, headers, deadline, fresh)
         seconds = time.perf_counter() - started
         self._metrics.upstream_attempt(upstream.route, upstream.label, result_class, seconds)
         if tries is not None:
@@ -204,13 +244,21 @@ class Forwarder:
         return result
 
     async def _result_of(
-        self, upstream: Upstream, url: URL, headers: dict[str, str]
+        self,
+        upstream: Upstream,
+        url: URL,
+        headers: dict[str, str],
+        deadline: float | None,
+        fresh: bool,
     ) -> tuple[UpstreamReply | AttemptFailure, str]:
         """The attempt's reply or failure, and its metric's status_class."""
         try:
-            reply = await self._attempt(upstream, url, headers)
+            reply = await self._attempt(upstream, url, headers, deadline, fresh)
         except TimeoutError:
             return AttemptFailure("timeout", timed_out=True), "timeout"
+        except StaleConnection as error:
+            detail = f"connection error: {error}; sent again on a new connection"
+            return AttemptFailure(detail, timed_out=False, stale=True), "connection_error"
         except (UpstreamConnectionError, OSError) as error:
             failure = AttemptFailure(f"connection error: {error}", timed_out=False)
             return failure, "connection_error"
@@ -222,7 +270,12 @@ class Forwarder:
         return reply, status_class(reply.status)
 
     async def _attempt(
-        self, upstream: Upstream, url: URL, headers: dict[str, str]
+        self,
+        upstream: Upstream,
+        url: URL,
+        headers: dict[str, str],
+        deadline: float | None,
+        fresh: bool,
     ) -> UpstreamReply:
         answer = await self._client.get(
             url,
@@ -230,6 +283,8 @@ class Forwarder:
             upstream.timeout,
             keep_alive=upstream.keep_alive,
             max_body=MAX_REPLY_BYTES,
+            fresh=fresh,
+            deadline=deadline,
         )
         return _reply_of(answer, headers.get("X-Idempotency-Key"))
 

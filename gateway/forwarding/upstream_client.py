@@ -14,10 +14,19 @@ not exactly `chunked`, 101 (never asked for) and 1xx answers with a body, a fina
 outside 200-599, versions other than HTTP/1.0 and 1.1, and a header block over 64 KiB. Other
 interim 1xx answers (100 Continue, 103 Early Hints) are skipped for the final one.
 
+Once the final answer's status line and headers are in, cleanly, the status is the app's
+decision: the body then has `BODY_WAIT` more seconds, and if the connection breaks, the body
+turns out garbled or that time runs out, the answer is returned as it stands (`complete`
+False) and its connection closed. An app that said 200 took the event: calling that a failure
+would make the sender send it again, and the app pay twice.
+
 A connection is reused only while its state is certain: never after a byte nobody asked for
 (after a complete answer, or while idle, checked again just before reuse), since a late second
 answer would be taken as the answer to the next request; nor after a body framed by the close,
 `Connection: close`, HTTP/1.0 without keep-alive, a cut-short body, an error or a timeout.
+A reused connection that the upstream closed before answering a byte raises `StaleConnection`:
+the request was written, so it counts as an attempt, and the caller may send it again on a new
+connection (`fresh=True`).
 """
 
 from __future__ import annotations
@@ -34,6 +43,7 @@ import httptools
 from yarl import URL
 
 MAX_BODY_BYTES = 64 * 1024  # what forward.py keeps of an answer (MAX_REPLY_BYTES)
+BODY_WAIT = 1.0  # seconds for the body once the head is in: the status is already known
 MAX_HEAD_BYTES = 64 * 1024  # status lines and header fields, interim answers included
 # Header fields read from an answer; the rest are only checked by llhttp.
 _FIELDS = frozenset(
@@ -42,7 +52,13 @@ _FIELDS = frozenset(
 
 
 class UpstreamConnectionError(ConnectionError):
-    """The connection could not be made, or broke before the answer was complete."""
+    """The connection could not be made, or broke before the answer's head was complete."""
+
+
+class StaleConnection(UpstreamConnectionError):
+    """A kept-alive connection the upstream had closed: the request was written to it and not
+    a byte came back. Sending it again on a new connection is what browsers do; the app sees
+    the same X-Idempotency-Key both times."""
 
 
 class BadResponse(Exception):
@@ -55,6 +71,9 @@ class Answer:
     body: bytes  # at most the get's max_body: longer bodies are cut
     content_type: str | None
     idempotency_key: str | None = None  # X-Idempotency-Key, if the app echoed it
+    # False: the connection broke, the body was garbled or it took longer than BODY_WAIT after
+    # a clean head; the status stands, the body is what had arrived
+    complete: bool = True
 
 
 _Key = tuple[str, str, int]
@@ -76,45 +95,83 @@ class UpstreamClient:
         *,
         keep_alive: bool = True,
         max_body: int = MAX_BODY_BYTES,
+        fresh: bool = False,
+        deadline: float | None = None,
     ) -> Answer:
-        """One GET. Raises TimeoutError, UpstreamConnectionError or BadResponse.
+        """One GET. Raises TimeoutError, UpstreamConnectionError (StaleConnection if a reused
+        connection had been closed) or BadResponse, only while the answer's head is not in.
 
-        `timeout` covers waiting for a free connection to the host, connecting and the answer.
-        A body longer than `max_body` is cut to `max_body` bytes and the answer returned, its
+        `timeout` covers waiting for a free connection to the host, connecting and the head;
+        the body then has BODY_WAIT seconds. `deadline` (the event loop's clock) cuts both. A
+        body longer than `max_body` is cut to `max_body` bytes and the answer returned, its
         connection closed: the status is known, and a 2xx means the app took the event, which
         a failure would make the sender send again (and perhaps reward twice). With
         `keep_alive=False` the request says `Connection: close` and its connection is closed
-        after the answer, for apps known to misbehave on kept-alive connections.
+        after the answer, for apps known to misbehave on kept-alive connections. `fresh`: a
+        new connection, never an idle one.
         """
         key = (url.scheme, url.raw_host or "", url.port or 80)
         request = _request_bytes(url, headers, keep_alive)
         limit = self._limits.get(key) or self._limits.setdefault(
             key, asyncio.Semaphore(self._per_host)
         )
-        async with asyncio.timeout(timeout), limit:
-            connection = self._idle_connection(key)
-            try:
-                if connection is not None:
-                    try:
-                        answer = await connection.exchange(request, max_body)
-                    except UpstreamConnectionError:
-                        if connection.answered_anything:
-                            raise
-                        # A kept-alive connection the upstream closed while idle: the request
-                        # never reached it. Like browsers, send it once more on a new one.
-                        connection = None
-                if connection is None:
-                    connection = await self._connect(key)
-                    answer = await connection.exchange(request, max_body)
-            except BaseException:
-                if connection is not None:
-                    connection.close()  # its state is unknown: never reuse it
-                raise
+        loop = asyncio.get_running_loop()
+        head_by = loop.time() + timeout
+        if deadline is not None:
+            head_by = min(head_by, deadline)
+        async with asyncio.timeout_at(head_by):
+            await limit.acquire()
+        try:
+            connection = None if fresh else self._idle_connection(key)
+            answer, connection = await self._exchange(
+                key, connection, request, max_body, head_by, deadline
+            )
+        finally:
+            limit.release()
         if keep_alive and connection.reusable and not self.closed:
             self._idle.setdefault(key, []).append(connection)
         else:
             connection.close()
         return answer
+
+    async def _exchange(
+        self,
+        key: _Key,
+        connection: _Connection | None,
+        request: bytes,
+        max_body: int,
+        head_by: float,
+        deadline: float | None,
+    ) -> tuple[Answer, _Connection]:
+        """Write the request and read the answer: the head by `head_by`, the body within
+        BODY_WAIT after it (and by `deadline`), else the answer as it stands."""
+        reused = connection is not None
+        try:
+            async with asyncio.timeout_at(head_by):
+                if connection is None:
+                    connection = await self._connect(key)
+                exchange = connection.exchange(request, max_body)
+                try:
+                    await exchange.head
+                except UpstreamConnectionError:
+                    if reused and not connection.answered_anything:
+                        raise StaleConnection(
+                            "kept-alive connection closed before an answer"
+                        ) from None
+                    raise
+            body_by = asyncio.get_running_loop().time() + BODY_WAIT
+            if deadline is not None:
+                body_by = min(body_by, deadline)
+            try:
+                async with asyncio.timeout_at(body_by):
+                    return await exchange.answer, connection
+            except TimeoutError:
+                connection.close()  # the rest of the body is not read: never reuse it
+                return exchange.so_far(), connection
+        except BaseException:
+            if connection is not None:
+                connection.close()  # its state is unknown: never reuse it
+            raise
 
     async def close(self) -> None:
         self.closed = True
@@ -163,14 +220,41 @@ def _request_bytes(url: URL, headers: Mapping[str, str], keep_alive: bool) -> by
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
 
 
+class _Exchange:
+    """One request's answer as it arrives: `head` is done once the final answer's status line
+    and headers are in (or failed), `answer` once the answer is complete or stands as it is."""
+
+    __slots__ = ("answer", "head", "reader")
+
+    def __init__(self, reader: _ResponseReader) -> None:
+        loop = asyncio.get_running_loop()
+        self.reader = reader
+        self.head: asyncio.Future[None] = loop.create_future()
+        self.answer: asyncio.Future[Answer] = loop.create_future()
+
+    def so_far(self) -> Answer:
+        """The answer as it stands: its status and the body that arrived (head complete)."""
+        return self.reader.so_far()
+
+    def finish(self, answer: Answer) -> None:
+        if not self.head.done():
+            self.head.set_result(None)
+        if not self.answer.done():
+            self.answer.set_result(answer)
+
+    def fail(self, error: Exception) -> None:
+        """No clean head: the attempt failed (only ever before the head was in)."""
+        if not self.head.done():
+            self.head.set_exception(error)
+
+
 class _Connection(asyncio.Protocol):
     """One connection: a request written, its answer read, and not a byte more accepted."""
 
     def __init__(self) -> None:
         self._transport: asyncio.Transport | None = None
         self._unread: select.poll | None = None  # tells whether the socket holds unread bytes
-        self._reader: _ResponseReader | None = None
-        self._waiter: asyncio.Future[Answer] | None = None
+        self._exchange: _Exchange | None = None
         self._lost = False
         self.reusable = False
         self.answered_anything = False
@@ -196,35 +280,41 @@ class _Connection(asyncio.Protocol):
             self._unread = select.poll()
             self._unread.register(sock.fileno(), select.POLLIN)
 
-    def exchange(self, request: bytes, max_body: int) -> asyncio.Future[Answer]:
-        """Write the request; the future is its answer. On failure the caller closes this."""
+    def exchange(self, request: bytes, max_body: int) -> _Exchange:
+        """Write the request; its answer arrives in the exchange. On failure the caller closes
+        this connection."""
         assert self._transport is not None
-        self._reader = _ResponseReader(max_body)
-        self._waiter = asyncio.get_running_loop().create_future()
+        self._exchange = _Exchange(_ResponseReader(max_body))
         self.reusable = False
         self.answered_anything = False
         self._transport.write(request)
-        return self._waiter
+        return self._exchange
 
     def data_received(self, data: bytes) -> None:
-        waiter, reader = self._waiter, self._reader
-        if waiter is None or waiter.done() or reader is None:
+        exchange = self._exchange
+        if exchange is None or exchange.answer.done():
             # Nobody asked for these bytes; on reuse they would pass for the next answer.
             self.reusable = False
             self.close()
             return
         self.answered_anything = True
+        reader = exchange.reader
         try:
             reader.feed(data)
         except BadResponse as error:
-            waiter.set_exception(error)
             self.close()
+            if reader.head_complete:
+                exchange.finish(reader.so_far())  # a garbled body: the status stands
+            else:
+                exchange.fail(error)
             return
         if reader.answer is not None:
             self.reusable = reader.keep_alive
             if not self.reusable:
                 self.close()  # stop reading what will not be kept
-            waiter.set_result(reader.answer)
+            exchange.finish(reader.answer)
+        elif reader.head_complete and not exchange.head.done():
+            exchange.head.set_result(None)
 
     def eof_received(self) -> bool | None:
         self._upstream_closed(None)
@@ -240,16 +330,17 @@ class _Connection(asyncio.Protocol):
 
     def _upstream_closed(self, exc: Exception | None) -> None:
         self.reusable = False
-        waiter, reader = self._waiter, self._reader
-        if waiter is None or waiter.done() or reader is None:
+        exchange = self._exchange
+        if exchange is None or exchange.answer.done():
             return
+        reader = exchange.reader
         if reader.feed_eof():
             assert reader.answer is not None
-            waiter.set_result(reader.answer)
+            exchange.finish(reader.answer)
+        elif reader.head_complete:
+            exchange.finish(reader.so_far())  # broke during the body: the status stands
         else:
-            waiter.set_exception(
-                UpstreamConnectionError(f"connection closed: {exc or 'by the upstream'}")
-            )
+            exchange.fail(UpstreamConnectionError(f"connection closed: {exc or 'by the upstream'}"))
 
 
 class _ResponseReader:
@@ -287,6 +378,15 @@ class _ResponseReader:
             piece = view[-1:]
         self._parse(piece)
 
+    @property
+    def head_complete(self) -> bool:
+        """The final answer's status line and headers are in, and were clean."""
+        return self._final_head
+
+    def so_far(self) -> Answer:
+        """The answer as it stands, body cut where it stopped (the head must be complete)."""
+        return self._answer(complete=False)
+
     def feed_eof(self) -> bool:
         """Whether the answer is complete now that the upstream closed (a body up to the close)."""
         if self.answer is None and self._final_head and self._until_close:
@@ -323,13 +423,17 @@ class _ResponseReader:
         raise self._refusal
 
     def _complete(self, *, keep_alive: bool) -> None:
-        self.answer = Answer(
+        self.answer = self._answer(complete=True)
+        self.keep_alive = keep_alive
+
+    def _answer(self, *, complete: bool) -> Answer:
+        return Answer(
             self._parser.get_status_code(),
             bytes(self._body),
             self._text(b"content-type"),
             self._text(b"x-idempotency-key"),
+            complete,
         )
-        self.keep_alive = keep_alive
 
     def _text(self, name: bytes) -> str | None:
         value = self._fields.get(name)
@@ -359,6 +463,10 @@ class _ResponseReader:
         if self._parser.get_http_version() not in ("1.0", "1.1"):
             self._refuse(f"HTTP/{self._parser.get_http_version()} answer")  # llhttp takes 0.9
         coding = self._fields.get(b"transfer-encoding")
+        if coding is not None and b"content-length" in self._fields:
+            # llhttp refuses it too; said here, so that a head this callback passes is clean
+            # and an error after it is the body's
+            self._refuse("Content-Length with Transfer-Encoding")
         if coding is not None and coding.lower() != b"chunked":
             # llhttp would read such a body up to the close, unable to undo what it encodes.
             self._refuse(f"Transfer-Encoding {coding[:40]!r}")
