@@ -17,7 +17,7 @@ from .checks.secret import Pairs, Scrubbed
 from .checks.validate import Validator
 from .config import RouteConfig
 from .config.model import AllowIpsMode, Delivery
-from .dedup import DedupKey, RouteDedup, dedup_key
+from .dedup import DedupKey, RouteDedup, dedup_key, key_fields
 from .errors import AddressNotAllowed, Filtered
 from .forwarding.forward import Upstream
 from .observe import RequestRecord
@@ -59,7 +59,8 @@ class CompiledRoute:
         self.validator = Validator(config.required, config.max_estimated_price)
         self._match = tuple(config.match.items())
         self.dedup = dedup
-        self._dedup_fields = config.dedup.key
+        self._dedup_scope = config.dedup_scope
+        self._dedup_fields = key_fields(config.dedup.key)
 
     def verify(self, arrival: Arrival, record: RequestRecord) -> Postback:
         """The checks in order, each noting in `record` what it found: the postback to deliver,
@@ -103,7 +104,7 @@ class CompiledRoute:
                 raise Filtered(f"{name}={value!r} is not in match.{name}")
 
     def dedup_key(self, postback: Postback) -> DedupKey:
-        return dedup_key(self.name, self._dedup_fields, postback)
+        return dedup_key(self._dedup_scope, self._dedup_fields, postback)
 
     def _check_allowlist(self, client: IPAddress, record: RequestRecord) -> None:
         if self._allow_ips is None or client in self._allow_ips:

@@ -1,10 +1,12 @@
 """The process's live state: the current Gateway, swapped on reload, and what outlives it.
 
-Dedup per route, metrics, the in-flight count, the draining flag, the store and the Redis
+Dedup per scope, metrics, the in-flight count, the draining flag, the store and the Redis
 clients belong to the process, not to one config: a reload builds a new Gateway (with its own
 upstream pool), points each route's dedup at its backends, hands the routes to the store's
-deliverer, and keeps the rest. Data flows one way: runtime -> gateway and durable -> the
-pieces they own.
+deliverer, and keeps the rest. A route's dedup memory, and the postbacks it has in flight,
+belong to its dedup scope (`RouteConfig.dedup_scope`), not to one loaded config: a renamed
+route keeps it, and a route removed and put back finds it again (kept for its TTL). Data
+flows one way: runtime -> gateway and durable -> the pieces they own.
 """
 
 from __future__ import annotations
@@ -44,6 +46,26 @@ def longest_delivery_of(route: RouteConfig) -> float:
     )
 
 
+def new_dedup_windows(old: GatewayConfig, new: GatewayConfig) -> list[tuple[str, str]]:
+    """(route, what changed) for each route of `new` whose dedup identity differs from the
+    same-named route's in `old`: its events get new keys (README, "Which edits start a new
+    dedup window"). Reordering dedup.key or renaming a route is not such a change."""
+    before = {route.name: route for route in old.routes}
+    changes = []
+    for route in new.routes:
+        earlier = before.get(route.name)
+        if earlier is None or earlier.dedup_identity == route.dedup_identity:
+            continue
+        parts = []
+        if earlier.dedup_scope != route.dedup_scope:
+            parts.append(f"scope {earlier.dedup_scope!r} -> {route.dedup_scope!r}")
+        if set(earlier.dedup.key) != set(route.dedup.key):
+            fields = ", ".join(sorted(earlier.dedup.key)), ", ".join(sorted(route.dedup.key))
+            parts.append(f"dedup.key [{fields[0]}] -> [{fields[1]}]")
+        changes.append((route.name, "; ".join(parts)))
+    return changes
+
+
 def longest_delivery(config: GatewayConfig) -> float:
     return max(longest_delivery_of(route) for route in config.routes)
 
@@ -52,7 +74,10 @@ class Runtime:
     def __init__(self, config: GatewayConfig, metrics: Metrics) -> None:
         self.config = config
         self.metrics = metrics
-        self.dedup: dict[str, RouteDedup] = {}  # by route name, across reloads
+        self.dedup: dict[str, RouteDedup] = {}  # by route name, of the config in force
+        self._dedup_of_scope: dict[str, RouteDedup] = {}  # across reloads and removals
+        self._scope_retired_at: dict[str, float] = {}  # no route of the config uses it
+        self._scope_label: dict[str, str] = {}  # a route name, for the scope's metrics
         self.draining = False
         self.in_flight = 0
         self.metrics.in_flight.set_function(lambda: self.in_flight)  # read at scrape time
@@ -92,6 +117,12 @@ class Runtime:
         old = self._gateway
         if config.store != self._store:
             log.warning("store changes take effect at the next restart")
+        for route, change in new_dedup_windows(self.config, config):
+            log.warning(
+                "dedup identity changed: a new dedup window starts, and events delivered "
+                "before may be forwarded again",
+                extra={"route": route, "change": change},
+            )
         self._gateway = self._build(config)
         self.config = config
         self.loaded_at, self.reload_error = time.time(), None
@@ -117,26 +148,48 @@ class Runtime:
             await client.aclose()
 
     def _build(self, config: GatewayConfig) -> Gateway:
+        dedup: dict[str, RouteDedup] = {}
         for route in config.routes:
-            self._dedup_for(route).reconfigure(
+            dedup[route.name] = self._dedup_for(route)
+            dedup[route.name].reconfigure(
                 route.dedup.ttl, route.dedup.max_entries, self._backends_for(route)
             )
-        for name in set(self.dedup) - {route.name for route in config.routes}:
-            del self.dedup[name]
+        self.dedup = dedup
+        self._forget_retired_scopes({route.dedup_scope for route in config.routes})
         client = UpstreamClient(MAX_UPSTREAM_CONNECTIONS)
         return Gateway(config, client, self.metrics, self.dedup, self.durable)
 
     def _dedup_for(self, route: RouteConfig) -> RouteDedup:
-        """The route's dedup, kept across reloads (a renamed route starts empty)."""
-        dedup = self.dedup.get(route.name)
+        """The dedup of the route's scope, kept across reloads, renames and removals."""
+        scope = route.dedup_scope
+        self._scope_label[scope] = route.name
+        dedup = self._dedup_of_scope.get(scope)
         if dedup is None:
-            dedup = self.dedup[route.name] = RouteDedup(
+            dedup = self._dedup_of_scope[scope] = RouteDedup(
                 route.dedup.ttl,
                 route.dedup.max_entries,
-                on_evict=self.metrics.dedup_evictions.labels(route.name).inc,
-                on_fallback=self.metrics.dedup_fallbacks.labels(route.name).inc,
+                on_evict=lambda count: self.metrics.dedup_evictions.labels(
+                    self._scope_label[scope]
+                ).inc(count),
+                on_fallback=lambda: self.metrics.dedup_fallbacks.labels(
+                    self._scope_label[scope]
+                ).inc(),
             )
         return dedup
+
+    def _forget_retired_scopes(self, in_use: set[str]) -> None:
+        """A scope no route uses is kept for its TTL (what it knows would have expired by
+        then), so a route removed by mistake and put back still knows its events."""
+        now = time.monotonic()
+        for scope in list(self._dedup_of_scope):
+            if scope in in_use:
+                self._scope_retired_at.pop(scope, None)
+                continue
+            retired_at = self._scope_retired_at.setdefault(scope, now)
+            dedup = self._dedup_of_scope[scope]
+            if now - retired_at >= dedup.ttl and not dedup.in_flight:
+                del self._dedup_of_scope[scope], self._scope_retired_at[scope]
+                del self._scope_label[scope]
 
     def _backends_for(self, route: RouteConfig) -> list[Backend]:
         """Where, beyond this process, the route's delivered events are known: the store's

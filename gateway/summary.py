@@ -45,7 +45,8 @@ def _route_lines(route: RouteConfig, store: StoreConfig | None) -> list[str]:
         f"  required  {', '.join(route.required)}",
         f"  match     {match or 'everything'}",
         f"  price     at most {route.max_estimated_price} USD per event",
-        f"  dedup     key [{', '.join(route.dedup.key)}], ttl {route.dedup.ttl:g}s, "
+        f"  dedup     key [{', '.join(route.dedup.key)}], scope {route.dedup_scope}, "
+        f"ttl {route.dedup.ttl:g}s, "
         f"max {route.dedup.max_entries} entries, {_dedup_backend(route, store)}",
     ]
     if route.drop_unknown:

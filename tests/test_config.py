@@ -15,6 +15,7 @@ import yaml
 
 from gateway.config import ConfigError, load_config, parse_config
 from tests.configedit import DROP, ConfigEdits, assert_problem_at
+from tests.gatewayconfig import gateway_config, route
 from tests.tlscerts import Certificate, make_certificate
 
 REPO = Path(__file__).resolve().parents[1]
@@ -817,3 +818,28 @@ def test_reference_config_shows_every_key_the_gateway_accepts(
     )
 
     assert not missing, f"docs/config-reference.yaml lacks {sorted(missing)} under {section!r}"
+
+
+def test_routes_sharing_a_dedup_scope_must_remember_events_the_same_way() -> None:
+    routes = {
+        "old": route(["http://127.0.0.1:3000/cb"], dedup={"scope": "tapper", "ttl": "24h"}),
+        "new": route(["http://127.0.0.1:3000/cb"], dedup={"scope": "tapper", "ttl": "1h"}),
+    }
+    problems = problems_of(gateway_config(routes=routes))
+    assert_problem_at(problems, "routes.new.dedup", "shares dedup.scope 'tapper' with route 'old'")
+
+
+def test_routes_sharing_a_dedup_scope_with_the_same_settings_are_fine_in_any_key_order() -> None:
+    routes = {
+        "old": route(["http://127.0.0.1:3000/cb"], dedup={"scope": "tapper"}),
+        "new": route(["http://127.0.0.1:3000/cb"],
+                     dedup={"scope": "tapper", "key": ["zone_id", "event_type", "ymid"]}),
+    }  # fmt: skip
+    config = parse_config(gateway_config(routes=routes), ENV)
+    assert {route.dedup_scope for route in config.routes} == {"tapper"}
+
+
+def test_a_routes_dedup_scope_is_its_path_unless_given() -> None:
+    config = parse_config(gateway_config("http://127.0.0.1:3000/cb"), ENV)
+    (tapper,) = config.routes
+    assert tapper.dedup_scope == "/postback/tapper"

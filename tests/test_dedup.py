@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 
 import pytest
 
-from gateway.dedup import DedupKey, RouteDedup, dedup_key
+from gateway.dedup import DedupKey, RouteDedup, dedup_key, key_fields
 from gateway.errors import DuplicatePostback
 from gateway.postback import Postback
 from tests.clock import FakeClock
@@ -474,3 +476,30 @@ async def test_waiter_for_another_key_is_not_blocked() -> None:
     first.release(commit=True)
     await asyncio.wait_for(asyncio.gather(first.task, other.task), timeout=1)
     assert len(memory) == 2
+
+
+# --- the event's identity: which config edits keep it --------------------------------------
+
+
+@pytest.mark.parametrize(
+    "listed",
+    [
+        pytest.param(["event_type", "ymid", "zone_id"], id="reordered"),
+        pytest.param(["zone_id", "event_type", "ymid"], id="reversed"),
+        pytest.param(["ymid", "event_type", "zone_id", "ymid"], id="a-field-twice"),
+    ],
+)
+def test_key_fields_never_depend_on_the_order_a_config_lists_them(listed: list[str]) -> None:
+    postback = Postback({"ymid": "u1", "event_type": "click", "zone_id": "5"})
+    default = dedup_key("/p", key_fields(["ymid", "event_type", "zone_id"]), postback)
+    assert dedup_key("/p", key_fields(listed), postback) == default
+
+
+def test_a_key_written_by_an_earlier_version_is_the_same_key() -> None:
+    """Earlier versions hashed [route name, ymid, event_type, zone_id] in the listed order;
+    with `dedup.scope` set to that name, the key (and X-Idempotency-Key) is unchanged."""
+    postback = Postback({"ymid": "u1", "event_type": "click", "zone_id": "5"})
+    earlier = hashlib.blake2b(
+        json.dumps(["tapper", "u1", "click", "5"], ensure_ascii=False).encode(), digest_size=16
+    ).digest()
+    assert dedup_key("tapper", key_fields(["zone_id", "ymid", "event_type"]), postback) == earlier

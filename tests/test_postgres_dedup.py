@@ -28,7 +28,7 @@ from tests.test_pipeline import CLICK, get
 from tests.waiting import eventually_async
 
 KEY_FIELDS = ("ymid", "event_type", "zone_id")
-CLICK_KEY = dedup_key("tapper", KEY_FIELDS, Postback(
+CLICK_KEY = dedup_key("/postback/tapper", KEY_FIELDS, Postback(
     {"ymid": "user-1", "event_type": "click", "zone_id": "42"}
 ))  # fmt: skip
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
+import pytest
 from aiohttp import web
 
 from gateway.config import parse_config
@@ -91,3 +93,107 @@ async def test_readyz_reports_the_live_checksum(start_upstream, start_gateway, h
             assert (await response.json())["status"] == "draining"
     finally:
         await runner.cleanup()
+
+
+# -- the event's identity across config edits (README: which edits start a new dedup window) ---
+
+
+def tapper_at(
+    url: str, name: str = "tapper", path: str = "/postback/tapper", **settings: Any
+) -> str:
+    """The usual route under `name`, at /postback/tapper unless `path` says otherwise;
+    `settings` are its other keys (dedup=, store= goes to the config)."""
+    store = settings.pop("store", None)
+    return gateway_config(routes={name: route([url], path=path, **settings)}, store=store)
+
+
+EDITS_THAT_KEEP_THE_EVENT = [
+    pytest.param({"dedup": {"key": ["event_type", "ymid", "zone_id"]}}, id="dedup-key-reordered"),
+    pytest.param({"name": "tapper-prod"}, id="route-renamed"),
+    pytest.param({"dedup": {"ttl": "2h", "max_entries": 500}}, id="ttl-and-size"),
+]
+
+
+@pytest.mark.parametrize("edit", EDITS_THAT_KEEP_THE_EVENT)
+async def test_an_edit_that_keeps_the_fields_keeps_the_event_and_its_key(
+    edit, start_upstream, start_gateway, http, caplog
+):
+    app = start_upstream()
+    gateway = await start_gateway(tapper_at(app.url))
+    assert (await get(http, gateway.postback_url(), CLICK))[1] == "forwarded"
+
+    await gateway.runtime.apply(config_of(tapper_at(app.url, **edit)))
+
+    assert (await get(http, gateway.postback_url(), CLICK))[1] == "duplicate"
+    assert len(app.received) == 1
+    assert "dedup identity changed" not in caplog.text
+
+
+@pytest.mark.parametrize("edit", EDITS_THAT_KEEP_THE_EVENT)
+async def test_an_edit_that_keeps_the_fields_keeps_the_key_in_the_store_across_a_restart(
+    edit, start_upstream, start_gateway, http, db_path
+):
+    app = start_upstream()
+    before = await start_gateway(tapper_at(app.url, store=db_path))
+    assert (await get(http, before.postback_url(), CLICK))[1] == "forwarded"
+    await before.runner.cleanup()
+    await before.runtime.close(1)  # a restart: the memory is gone, the store remains
+
+    after = await start_gateway(tapper_at(app.url, store=db_path, **edit))
+
+    assert (await get(http, after.postback_url(), CLICK))[1] == "duplicate"
+    assert len(app.received) == 1
+
+
+@pytest.mark.parametrize(
+    ("edit", "change"),
+    [
+        pytest.param({"dedup": {"key": ["ymid", "event_type"]}}, "dedup.key", id="a-field-less"),
+        pytest.param({"dedup": {"scope": "tapper-v2"}}, "scope", id="scope-changed"),
+    ],
+)
+async def test_an_edit_that_changes_the_identity_starts_a_new_window_and_says_so(
+    edit, change, start_upstream, start_gateway, http, caplog
+):
+    app = start_upstream()
+    gateway = await start_gateway(tapper_at(app.url))
+    assert (await get(http, gateway.postback_url(), CLICK))[1] == "forwarded"
+
+    await gateway.runtime.apply(config_of(tapper_at(app.url, **edit)))
+
+    assert (await get(http, gateway.postback_url(), CLICK))[1] == "forwarded"
+    (warning,) = [r for r in caplog.records if "dedup identity changed" in r.getMessage()]
+    assert warning.route == "tapper"  # type: ignore[attr-defined]
+    assert change in warning.change  # type: ignore[attr-defined]
+    assert len({received.key for received in app.received}) == 2  # a new idempotency key
+
+
+async def test_a_route_removed_and_put_back_still_knows_its_events(
+    start_upstream, start_gateway, http
+):
+    app = start_upstream()
+    gateway = await start_gateway(tapper_at(app.url))
+    assert (await get(http, gateway.postback_url(), CLICK))[1] == "forwarded"
+
+    await gateway.runtime.apply(config_of(tapper_at(app.url, name="other", path="/elsewhere")))
+    await gateway.runtime.apply(config_of(tapper_at(app.url)))
+
+    assert (await get(http, gateway.postback_url(), CLICK))[1] == "duplicate"
+    assert len(app.received) == 1
+
+
+async def test_a_twin_after_two_reloads_waits_for_the_postback_in_flight(
+    start_upstream, start_gateway, http
+):
+    app = start_upstream(default=Answer(delay=0.5))
+    gateway = await start_gateway(tapper_at(app.url))
+    first = asyncio.create_task(get(http, gateway.postback_url(), CLICK))
+    await eventually_async(lambda: app.received)  # A is at the app
+    await gateway.runtime.apply(config_of(tapper_at(app.url, name="other", path="/elsewhere")))
+    await gateway.runtime.apply(config_of(tapper_at(app.url)))
+
+    twin = await get(http, gateway.postback_url(), CLICK)  # B, while A is still in flight
+
+    assert (await first)[1] == "forwarded"
+    assert twin[1] == "duplicate"
+    assert len(app.received) == 1

@@ -88,7 +88,7 @@ async def test_crashed_replicas_reservation_expires_by_itself(
     app = start_upstream()
     config = shared_yaml(upstream(app.url, timeout="100ms", retries=0), redis_server.url)
     gateway = await start_gateway(config)
-    key = dedup_key("tapper", ("ymid", "event_type", "zone_id"), Postback(
+    key = dedup_key("/postback/tapper", ("ymid", "event_type", "zone_id"), Postback(
         {"ymid": "user-1", "event_type": "click", "zone_id": "42"}
     ))  # fmt: skip
     client = redis.Redis.from_url(redis_server.url)

@@ -144,6 +144,9 @@ class LoggingConfig:
 @dataclass(frozen=True)
 class DedupConfig:
     key: tuple[str, ...] = DEFAULT_DEDUP_KEY
+    # whose events these are: routes with one scope share their dedup (None: the route's path,
+    # so renaming a route keeps its delivered events known)
+    scope: str | None = None
     ttl: float = DEFAULT_DEDUP_TTL
     max_entries: int = DEFAULT_DEDUP_MAX_ENTRIES
     backend: DedupBackend = DedupBackend.MEMORY
@@ -267,6 +270,16 @@ class RouteConfig:
     # a sync postback is answered within this, every attempt and backoff to the first upstream
     # included (each attempt gets what is left, at most its own timeout); copies get as long
     deadline: float = DEFAULT_DEADLINE
+
+    @property
+    def dedup_scope(self) -> str:
+        """Whose events the route's dedup keys identify: `dedup.scope`, or its path."""
+        return self.dedup.scope if self.dedup.scope is not None else self.path
+
+    @property
+    def dedup_identity(self) -> tuple[str, frozenset[str]]:
+        """What an event's key is made of: a change here starts a new dedup window."""
+        return self.dedup_scope, frozenset(self.dedup.key)
 
 
 @dataclass(frozen=True)

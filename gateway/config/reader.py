@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import ssl
+from dataclasses import replace
 from types import MappingProxyType
 from typing import Any
 
@@ -40,6 +41,13 @@ from .values import Reader, ValueReader, key_path
 
 MIN_ADMIN_TOKEN = 16  # characters: guessing it over the network must be hopeless
 _ROUTE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
+
+
+def _same_dedup(first: DedupConfig, second: DedupConfig) -> bool:
+    """One memory can serve both: the same fields (in any order) and the same settings."""
+    return replace(first, key=tuple(sorted(first.key))) == replace(
+        second, key=tuple(sorted(second.key))
+    )
 
 
 def _overlap(first: ListenAddress, second: ListenAddress) -> bool:
@@ -210,7 +218,23 @@ class DocumentReader(ValueReader):
                 )
             owner_of_path.setdefault(route.path, name)
             routes.append(route)
+        self.check_shared_scopes(routes, path)
         return tuple(routes)
+
+    def check_shared_scopes(self, routes: list[RouteConfig], path: str) -> None:
+        """Routes that share a dedup scope share one memory: it must identify events, and
+        remember them, the same way for all of them."""
+        first_of: dict[str, RouteConfig] = {}
+        for route in routes:
+            first = first_of.setdefault(route.dedup_scope, route)
+            if first is route or _same_dedup(first.dedup, route.dedup):
+                continue
+            self.problem(
+                key_path(key_path(path, route.name), "dedup"),
+                f"shares dedup.scope {route.dedup_scope!r} with route {first.name!r} but not "
+                "its dedup settings (key fields, ttl, max_entries, backend): give both the "
+                "same, or each its own scope",
+            )
 
     def route(self, name: str, value: Any, path: str) -> RouteConfig | None:
         readers: dict[str, Reader] = {
@@ -395,7 +419,8 @@ class DocumentReader(ValueReader):
     def dedup(self, value: Any, path: str) -> DedupConfig | None:
         """A route's dedup section, on top of `defaults.dedup` (its keys are validated there)."""
         readers: dict[str, Reader] = {
-            "key": self.field_list, "ttl": self.duration, "max_entries": self.positive_int,
+            "key": self.field_list, "scope": self.dedup_scope, "ttl": self.duration,
+            "max_entries": self.positive_int,
             "backend": self.chooser(DedupBackend), "redis_url": self.redis_url,
             "on_redis_error": self.chooser(OnRedisError),
         }  # fmt: skip
@@ -412,6 +437,13 @@ class DocumentReader(ValueReader):
             self.problem(key_path(path, "redis_url"), "is required with backend: redis")
             return None
         return dedup
+
+    def dedup_scope(self, value: Any, path: str) -> str | None:
+        text = self.string(value, path)
+        if text is not None and not text.strip():
+            self.problem(path, "is empty: omit it to use the route's path")
+            return None
+        return text
 
     def redis_url(self, value: Any, path: str) -> RedisUrl | None:
         text = self.string(value, path, secret=True)

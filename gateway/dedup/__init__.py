@@ -1,6 +1,7 @@
 """Remembering delivered events, so a repeated postback never grants a second reward.
 
-- `key.py`: the `DedupKey` of a postback (its route and the values of `dedup.key`).
+- `key.py`: the `DedupKey` of a postback (its route's scope and the values of `dedup.key`,
+  in one fixed order).
 - `delivered.py`: the keys this process knows were delivered, with their TTL (memory).
 - `reservation.py`: `RouteDedup`, one route's dedup: the memory above, the table of keys in
   flight in this process, and the backends beyond it, asked in order.
@@ -13,7 +14,7 @@ lives in the store is the store's.
 """
 
 from .backend import HELD, KNOWN, Backend, BackendUnavailable, Claim
-from .key import DedupKey, dedup_key
+from .key import DedupKey, dedup_key, key_fields
 from .reservation import Reservation, RouteDedup
 
 __all__ = [
@@ -26,4 +27,5 @@ __all__ = [
     "Reservation",
     "RouteDedup",
     "dedup_key",
+    "key_fields",
 ]

@@ -90,6 +90,11 @@ class RouteDedup:
     def ttl(self) -> float:
         return self._delivered.ttl
 
+    @property
+    def in_flight(self) -> bool:
+        """Whether a postback holds a key here now."""
+        return bool(self._in_flight)
+
     def reconfigure(self, ttl: float, max_entries: int, backends: Sequence[Backend] = ()) -> None:
         """Apply a (re)loaded config, keeping what is remembered and what is in flight (in
         place, so reservations taken before a reload commit into the same memory; they keep the
