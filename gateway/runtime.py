@@ -163,6 +163,8 @@ class Runtime:
         """The dedup of the route's scope, kept across reloads, renames and removals."""
         scope = route.dedup_scope
         self._scope_label[scope] = route.name
+        for counter in (self.metrics.dedup_evictions, self.metrics.dedup_fallbacks):
+            counter.labels(route.name)  # the series exists, at 0, before anything happens
         dedup = self._dedup_of_scope.get(scope)
         if dedup is None:
             dedup = self._dedup_of_scope[scope] = RouteDedup(

@@ -58,8 +58,9 @@ def _route_lines(route: RouteConfig, store: StoreConfig | None) -> list[str]:
         if not upstream.keep_alive:
             static += ", a new connection per postback (keep_alive: false)"
         url = upstream.url.with_query(None).with_user(None)
+        shown = f"{upstream.name} = {url}" if upstream.name is not None else str(url)
         lines.append(
-            f"  upstream  {url} ({role}; timeout {upstream.timeout:g}s, "
+            f"  upstream  {shown} ({role}; timeout {upstream.timeout:g}s, "
             f"retries {upstream.retries}{rename}{static})"
         )
     return lines

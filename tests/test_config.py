@@ -843,3 +843,21 @@ def test_a_routes_dedup_scope_is_its_path_unless_given() -> None:
     config = parse_config(gateway_config("http://127.0.0.1:3000/cb"), ENV)
     (tapper,) = config.routes
     assert tapper.dedup_scope == "/postback/tapper"
+
+
+def test_upstreams_of_a_route_that_look_the_same_need_names() -> None:
+    # Their queued deliveries were one row: every postback refused by a UNIQUE constraint,
+    # /readyz down for the whole replica, while `check` said OK.
+    twins = [{"url": "http://127.0.0.1:3000/q?dest=app"},
+             {"url": "http://127.0.0.1:3000/q?dest=analytics"}]  # fmt: skip
+    problems = problems_of(gateway_config(twins[0], twins[1]))
+    assert_problem_at(problems, "routes.tapper.upstreams[1]", "give each a distinct `name:`")
+
+    named = [{**twins[0], "name": "app"}, {**twins[1], "name": "analytics"}]
+    config = parse_config(gateway_config(*named), ENV)
+    assert [upstream.label for upstream in config.routes[0].upstreams] == ["app", "analytics"]
+
+
+def test_an_upstream_name_is_a_plain_label() -> None:
+    problems = problems_of(gateway_config({"url": "http://127.0.0.1:3000/q", "name": "a b"}))
+    assert_problem_at(problems, "routes.tapper.upstreams[0].name", "letters, digits")

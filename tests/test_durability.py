@@ -10,13 +10,17 @@ gateway process. Every wait is bounded; every process is killed in a `finally`.
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import re
 import secrets
 import signal
 import sqlite3
+import subprocess
 import time
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -349,3 +353,123 @@ def test_unusable_store_path_stops_run_with_a_clear_message(tmp_path: Path) -> N
     assert "TMP/file.txt" in message, result.stderr
     assert "Traceback" not in result.stderr, result.stderr
     assert blocker.is_file() and not store.exists()
+
+
+# -- one gateway per SQLite file; a full or damaged file is not "up" --------------------------
+
+
+def test_a_second_gateway_on_the_same_sqlite_file_refuses_to_start(
+    harness: Harness, start_upstream: UpstreamFactory
+) -> None:
+    # A rolling update on a shared volume: both gateways used to start and deliver
+    # everything, 20 queued postbacks making 32 deliveries.
+    app = start_upstream()
+    setup = harness.setup({"tapper": durable_route(app.url + "/postback")})
+    first = harness.start(setup)
+    other = harness.setup({"tapper": durable_route(app.url + "/postback")}, name="other")
+    assert other.store == setup.store
+
+    second = gateway_command("run", "--config", str(other.config), env=command_env())
+
+    assert second.returncode == 1
+    assert f"store {setup.store} is in use by another gateway (pid {first.process.pid}" in (
+        second.stderr
+    ), second.stderr
+    assert "Traceback" not in second.stderr
+    ymids = [f"one-{number:02d}" for number in range(20)]
+    assert_all_queued(first, "tapper", ymids)
+    eventually(lambda: app.ymids() >= set(ymids), 15)
+    assert len(app.received) == 20  # each delivered once, by the one gateway
+
+    first.stop()
+    harness.start(other)  # the file is free once its gateway stopped
+
+
+def test_a_damaged_store_file_is_refused_at_start(harness: Harness) -> None:
+    nowhere = f"http://127.0.0.1:{free_port()}/postback"
+    setup = harness.setup({"tapper": durable_route(nowhere)})
+    gateway = harness.start(setup)
+    assert_all_queued(gateway, "tapper", [f"d-{number:03d}" for number in range(200)])
+    gateway.stop()
+    store = Path(setup.store)
+    size = store.stat().st_size
+    assert size > 32 * 1024, size
+    with store.open("r+b") as file:  # 8 KB of noise into the middle, as a bad disk would
+        file.seek(size // 2)
+        file.write(secrets.token_bytes(8192))
+
+    result = gateway_command("run", "--config", str(setup.config), env=command_env())
+
+    assert result.returncode == 1
+    assert f"store {setup.store} is damaged" in result.stderr, result.stderr
+    assert "restore" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A real 3 MB filesystem (tmpfs) the test can fill up. The test command runs as root;
+    a run without the right to mount fails here, loudly, rather than skipping."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(disk)],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    if mounted.returncode != 0:
+        pytest.fail(f"a full disk needs a small tmpfs (run as root): {mounted.stderr.strip()}")
+    try:
+        yield disk
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+def _fill(disk: Path) -> Path:
+    filler = disk / "filler"
+    descriptor = os.open(filler, os.O_WRONLY | os.O_CREAT)
+    try:
+        while True:
+            os.write(descriptor, bytes(65536))
+    except OSError as error:
+        assert error.errno == errno.ENOSPC, error
+    try:  # the last few bytes
+        while True:
+            os.write(descriptor, b"\0")
+    except OSError:
+        pass
+    finally:
+        os.close(descriptor)
+    return filler
+
+
+def test_full_disk_is_unready_until_writes_commit_again_and_says_both(
+    harness: Harness, small_disk: Path
+) -> None:
+    nowhere = f"http://127.0.0.1:{free_port()}/postback"
+    tapper = durable_route(nowhere, queue={"retry_base": "1h", "retry_cap": "1h"})
+    setup = harness.setup(
+        {"tapper": tapper}, server={"max_query_length": 8000}, store=str(small_disk / "gw.db")
+    )
+    gateway = harness.start(setup)
+    assert_all_queued(gateway, "tapper", ["before-1", "before-2"])
+    filler = _fill(small_disk)
+
+    refused = [
+        gateway.postback("tapper", f"full-{n}", padding=secrets.token_hex(1500)).status
+        for n in range(5)
+    ]
+    assert refused == [503] * 5
+    probes = []
+    for _ in range(20):  # several of the gateway's own probes and reads fall in here
+        probes.append((gateway.admin("/readyz").status, metric_sum(gateway.metrics(),
+                       "gateway_store_up")))  # fmt: skip
+        time.sleep(0.25)
+    assert probes == [(503, 0.0)] * 20  # before: 200 and store_up 1 now and then
+    assert gateway.admin("/readyz").json()["store"] == "down"
+
+    filler.unlink()
+    eventually(lambda: gateway.admin("/readyz").status == 200, 10)
+    assert_queued(gateway.postback("tapper", "after-1"))
+    messages = [line.get("message") for line in gateway.log_lines()]
+    down, up = messages.index("store unavailable"), messages.index("store reachable again")
+    assert down < up
+    assert messages.count("store unavailable") == 1  # once per outage, not per failure

@@ -232,3 +232,23 @@ async def test_an_answer_with_a_nul_byte_is_kept_storable_and_blocks_nothing(
         assert delivery.last_body is not None and delivery.last_body.startswith("bad\ufffdbody")
         assert "\x00" not in delivery.last_body
     assert durable.available
+
+
+async def test_two_upstreams_differing_only_in_their_query_each_get_every_event(
+    start_upstream, start_gateway, http, store_at
+):
+    app = start_upstream()
+    config = gateway_config(
+        upstream(f"{app.url}/q?dest=app", timeout="300ms", name="app"),
+        upstream(f"{app.url}/q?dest=analytics", timeout="300ms", name="analytics"),
+        store=store_at, delivery="queued", queue=FAST_RETRIES,
+    )  # fmt: skip
+    gateway = await start_gateway(config)
+    for number in range(3):
+        params = {**CLICK, "uid": f"user-{number}"}
+        assert (await get(http, gateway.postback_url(), params))[:2] == (200, "queued")
+    await eventually_async(lambda: len(app.received) == 6)
+    assert Counter(received.query["dest"] for received in app.received) == {
+        "app": 3, "analytics": 3
+    }  # fmt: skip
+    assert gateway.runtime.durable is not None and gateway.runtime.durable.available

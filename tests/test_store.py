@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import sqlite3
 import threading
 from collections import Counter
@@ -12,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from gateway.durable.outbox import StoreRefusedContent
 from gateway.durable.sqlite_outbox import STORE_SCHEMA
 from gateway.durable.store import SCHEMA_VERSION, Store, StoreError, connect
 from tests.conftest import Commits
@@ -352,3 +354,45 @@ async def test_store_keeps_serving_after_a_full_disk(store: Store) -> None:
 
     assert count == len(written)
     assert count_after_delete == 0
+
+
+# --- one gateway per file; available only while writes commit ------------------------------
+
+
+async def test_an_exclusive_store_is_held_by_one_opener_and_free_after_close(
+    db_path: Path,
+) -> None:
+    gateway = Store(str(db_path), STORE_SCHEMA, exclusive=True)
+    await asyncio.wait_for(gateway.open(), PATIENCE)
+    second = Store(str(db_path), STORE_SCHEMA, exclusive=True)
+    with pytest.raises(StoreError, match=rf"is in use by another gateway \(pid {os.getpid()} on "):
+        await asyncio.wait_for(second.open(), PATIENCE)
+    beside = Store(str(db_path), STORE_SCHEMA)  # the `queue` command, beside the gateway
+    await asyncio.wait_for(beside.open(), PATIENCE)
+    await asyncio.wait_for(beside.close(), PATIENCE)
+
+    await asyncio.wait_for(gateway.close(), PATIENCE)
+    await asyncio.wait_for(second.open(), PATIENCE)
+    await asyncio.wait_for(second.close(), PATIENCE)
+
+
+async def test_a_read_never_makes_a_failing_store_available_a_committed_write_does(
+    store: Store,
+) -> None:
+    await _run(store, _execute(CREATE_ITEMS))
+    with pytest.raises(StoreError):
+        await _run(store, _execute("INSERT INTO no_such_table VALUES (1)"))
+    assert not store.availability.up
+
+    await _run(store, _item_ids)  # a read that succeeds, as `SELECT 1` would on a full disk
+    assert not store.availability.up
+    await _run(store, _insert_item(1, "written"))
+    assert store.availability.up
+
+
+async def test_a_refused_value_says_nothing_about_the_store(store: Store) -> None:
+    await _run(store, _execute(CREATE_ITEMS))
+    await _run(store, _insert_item(1, "taken"))
+    with pytest.raises(StoreRefusedContent):
+        await _run(store, _insert_item(2, "taken"))  # UNIQUE: the value, not the disk
+    assert store.availability.up

@@ -175,6 +175,16 @@ class UpstreamConfig:
     rename: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     static_params: StaticParams = field(default_factory=lambda: StaticParams(()))
     keep_alive: bool = True  # false: a new connection per request, for apps that garble them
+    # how logs, metrics, the inspector and the queue name it; by default its URL without
+    # query and userinfo. Unique within a route: a queued event has one delivery per upstream.
+    name: str | None = None
+
+    @property
+    def label(self) -> str:
+        """`name`, or the URL without its query and userinfo (which may hold a key)."""
+        if self.name is not None:
+            return self.name
+        return str(self.url.with_query(None).with_fragment(None).with_user(None))
 
 
 class StaticParams:

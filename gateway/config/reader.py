@@ -473,13 +473,24 @@ class DocumentReader(ValueReader):
         upstreams = [self.upstream(item, f"{path}[{index}]") for index, item in enumerate(items)]
         if any(upstream is None for upstream in upstreams):
             return None
-        return tuple(upstream for upstream in upstreams if upstream is not None)
+        found = tuple(upstream for upstream in upstreams if upstream is not None)
+        first_with: dict[str, int] = {}
+        for index, upstream in enumerate(found):
+            earlier = first_with.setdefault(upstream.label, index)
+            if earlier != index:
+                self.problem(
+                    f"{path}[{index}]",
+                    f"is named like upstreams[{earlier}] ({upstream.label!r}: URLs differing "
+                    "only in their query look the same in logs, metrics and the queue): give "
+                    "each a distinct `name:`",
+                )
+        return found
 
     def upstream(self, value: Any, path: str) -> UpstreamConfig | None:
         readers: dict[str, Reader] = {
             "url": self.upstream_url, "timeout": self.duration, "retries": self.retries,
             "rename": self.rename, "static_params": self.static_params,
-            "keep_alive": self.boolean,
+            "keep_alive": self.boolean, "name": self.upstream_name,
         }  # fmt: skip
         values = self.section(value, path, UpstreamConfig, readers, required=("url",))
         if values is None:
@@ -489,6 +500,13 @@ class DocumentReader(ValueReader):
         if "static_params" in values:
             values["static_params"] = StaticParams(values["static_params"])
         return UpstreamConfig(**values)
+
+    def upstream_name(self, value: Any, path: str) -> str | None:
+        text = self.string(value, path)
+        if text is not None and not _ROUTE_NAME.fullmatch(text):
+            self.problem(path, "an upstream name is letters, digits, '_', '.' or '-'")
+            return None
+        return text
 
     def static_params(self, value: Any, path: str) -> tuple[tuple[str, str], ...] | None:
         section = self.mapping(value, path, None)

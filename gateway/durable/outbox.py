@@ -151,12 +151,37 @@ class StoreRefusedContent(StoreError):
     again would fail again."""
 
 
+class Availability:
+    """Whether the store takes writes now, told to a watcher at each change (not each use):
+    an outage is logged once when it starts and once when it ends, whichever operation
+    noticed. Set from the event loop's thread only."""
+
+    __slots__ = ("_on_change", "up")
+
+    def __init__(self) -> None:
+        self.up = True
+        self._on_change: Callable[[bool, str], None] = lambda up, detail: None
+
+    def watch(self, on_change: Callable[[bool, str], None]) -> None:
+        self._on_change = on_change
+
+    def set(self, up: bool, detail: str = "") -> None:
+        if up != self.up:
+            self.up = up
+            self._on_change(up, detail)
+
+
 class Outbox(Protocol):
     """A durable store of queued events. Every method raises StoreError when the store fails."""
 
     @property
+    def availability(self) -> Availability:
+        """SQLite: whether writes commit; PostgreSQL: whether it answers."""
+        ...
+
+    @property
     def available(self) -> bool:
-        """Whether the last operation reached the store (False until it answers again)."""
+        """`availability.up`: False from a failure until the store works again."""
         ...
 
     def keys_for(self, hold: float) -> Backend:

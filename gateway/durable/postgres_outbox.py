@@ -43,6 +43,7 @@ from .outbox import (
     DELIVERED,
     MAX_KEPT_BODY,
     Attempt,
+    Availability,
     Delivery,
     DeliveryState,
     Listed,
@@ -200,7 +201,7 @@ class PostgresOutbox:
         self._results = _Batches(self._record_batch)
         self._listener: asyncio.Task[None] | None = None
         self._wake: Callable[[], None] | None = None
-        self.available = True  # the last operation reached PostgreSQL
+        self.availability = Availability()  # whether the last operation reached PostgreSQL
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -502,9 +503,13 @@ class PostgresOutbox:
         except asyncpg.DataError as error:  # a value it cannot take: the server is fine
             raise StoreRefusedContent(_describe(error)) from None
         except FAILURES as error:
-            self.available = False
+            self.availability.set(False, _describe(error))
             raise StoreError(_describe(error)) from None
-        self.available = True
+        self.availability.set(True)
+
+    @property
+    def available(self) -> bool:
+        return self.availability.up
 
     async def _fetch(self, query: str, *arguments: Any) -> list[asyncpg.Record]:
         async with self._connection() as connection:

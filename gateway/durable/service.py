@@ -34,13 +34,16 @@ PROBE_EVERY_SECONDS = 1.0  # while the store is unavailable: notice its return q
 PURGE_EVERY_SECONDS = 60.0
 
 
-def open_outbox(config: StoreConfig, metrics: Metrics | None = None) -> Outbox:
-    """The outbox the config names (not opened yet)."""
+def open_outbox(
+    config: StoreConfig, metrics: Metrics | None = None, *, for_gateway: bool = False
+) -> Outbox:
+    """The outbox the config names (not opened yet). `for_gateway`: the running gateway's
+    own, which an SQLite file allows one of (the `queue` command opens it beside)."""
     on_commit = metrics.store_committed if metrics is not None else (lambda ok: None)
     if config.url is not None:
         return PostgresOutbox(config.url, on_commit=on_commit)
     assert config.path is not None  # the config reader requires one of the two
-    return SqliteOutbox(config.path, on_commit=on_commit)
+    return SqliteOutbox(config.path, on_commit=on_commit, exclusive=for_gateway)
 
 
 class Durable:
@@ -51,12 +54,13 @@ class Durable:
         on_attempt: Callable[[str, UpstreamAttempt], None] = lambda request_id, attempt: None,
     ) -> None:
         self._metrics = metrics
-        self.outbox = open_outbox(config, metrics)
+        self.outbox = open_outbox(config, metrics, for_gateway=True)
         self._client = UpstreamClient()
         forwarder = Forwarder(self._client, metrics)
         self._deliverer = Deliverer(self.outbox, forwarder, metrics, on_attempt=on_attempt)
         self._tasks: list[asyncio.Task[None]] = []
         metrics.watch_store(lambda: self.available)
+        self.outbox.availability.watch(_log_store_change)
 
     @property
     def available(self) -> bool:
@@ -135,24 +139,18 @@ class Durable:
 
     async def _housekeeping(self) -> None:
         """Queue gauges every few seconds, expired keys every minute; while the store is
-        unavailable, a probe every second, so readiness returns as soon as the store does.
-        An outage is logged when it starts and when it ends, not at every probe."""
+        unavailable, a probe every second (a write, on SQLite), so readiness returns as soon as
+        the store does. The outage itself is logged by the store's availability (once down,
+        once back up), whichever operation noticed."""
         last_purge = 0.0
-        reported = False
         while True:
-            try:
+            with contextlib.suppress(StoreError):  # told to the availability already
                 if not self.outbox.available:
                     await self.outbox.ping()
-                    log.warning("store reachable again")
-                    reported = False
                 await self._refresh_queue_metrics()
                 if time.monotonic() - last_purge >= PURGE_EVERY_SECONDS:
                     last_purge = time.monotonic()
                     await self.outbox.purge_expired_keys(time.time())
-            except StoreError as error:
-                if not reported:
-                    log.error("store unavailable", extra={"detail": str(error)})
-                    reported = True
             pause = STATS_EVERY_SECONDS if self.outbox.available else PROBE_EVERY_SECONDS
             await asyncio.sleep(pause)
 
@@ -169,3 +167,10 @@ class Durable:
                 for item in snapshot
             ]
         )
+
+
+def _log_store_change(up: bool, detail: str) -> None:
+    if up:
+        log.warning("store reachable again")
+    else:
+        log.error("store unavailable", extra={"detail": detail})

@@ -20,6 +20,7 @@ from .outbox import (
     DELIVERED,
     MAX_KEPT_BODY,
     Attempt,
+    Availability,
     Delivery,
     DeliveryState,
     Listed,
@@ -29,7 +30,7 @@ from .outbox import (
     postback_of,
     routes_stats,
 )
-from .store import Store
+from .store import Store, probe
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
@@ -63,8 +64,15 @@ STORE_SCHEMA = SCHEMA + keys.SCHEMA  # the tables of a new store file
 class SqliteOutbox:
     """The `Outbox` over an SQLite file (`store: {path: ...}`)."""
 
-    def __init__(self, path: str, on_commit: Callable[[bool], None] = lambda ok: None) -> None:
-        self.store = Store(path, STORE_SCHEMA, on_commit=on_commit)
+    def __init__(
+        self,
+        path: str,
+        on_commit: Callable[[bool], None] = lambda ok: None,
+        *,
+        exclusive: bool = False,
+    ) -> None:
+        """`exclusive`: this is the gateway's store (locked and checked; see store.py)."""
+        self.store = Store(path, STORE_SCHEMA, on_commit=on_commit, exclusive=exclusive)
         self._keys = keys.StoreKeys(self.store)
 
     def keys_for(self, hold: float) -> keys.StoreKeys:
@@ -72,14 +80,18 @@ class SqliteOutbox:
         return self._keys
 
     @property
+    def availability(self) -> Availability:
+        return self.store.availability
+
+    @property
     def available(self) -> bool:
-        return self.store.available
+        return self.store.availability.up
 
     async def open(self) -> None:
         await self.store.open()
 
     async def ping(self) -> None:
-        await self.store.run(lambda connection: connection.execute("SELECT 1").fetchone())
+        await self.store.run(probe)  # a write: a read succeeds on a full disk
 
     async def close(self) -> None:
         await self.store.close()

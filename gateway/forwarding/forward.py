@@ -131,8 +131,7 @@ class Upstream:
             *(name for name, _ in self._own_query),
             *(self._rename.get(name, name) for name in CANONICAL_FIELDS),
         )
-        # for logs and metric labels: never the URL's query or userinfo, which may hold a key
-        self.label = str(self._base.with_user(None))
+        self.label = config.label  # for logs and metric labels: never a key
 
     def url_for(self, postback: Postback) -> URL:
         """The app's own parameters, canonical fields under this upstream's names, then extras
