@@ -26,6 +26,7 @@ class Outcome:
     OVERLOADED = "overloaded"
     QUEUED = "queued"
     STORE_ERROR = "store_error"
+    CUT_OFF = "cut_off"  # never sent: the gateway stopped before it could answer (log only)
 
 
 REJECTIONS = (Outcome.REJECTED, Outcome.INVALID, Outcome.FILTERED)  # counted by reason

@@ -7,7 +7,7 @@ reason, status class); zone_id is a validated integer. Never a secret, never a r
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from decimal import Decimal, InvalidOperation
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
@@ -24,6 +24,13 @@ disable_created_metrics()  # type: ignore[no-untyped-call]  # the *_created samp
 UNKNOWN_ROUTE = "unknown"
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 REJECTION_REASONS = reasons_for(REJECTIONS)  # the closed label set, from the error classes
+
+
+# config keys a reload cannot apply: the listeners, their header deadline, TLS and the store
+# are built once, at start (`runtime.restart_pending`)
+RESTART_ONLY = (
+    "server.listen", "server.admin_listen", "server.client_timeout", "server.tls", "store"
+)  # fmt: skip
 
 
 def status_class(status: int) -> str:
@@ -82,6 +89,11 @@ class Metrics:
         self.last_reload = Gauge(
             "gateway_config_last_reload_success_timestamp_seconds",
             "Unix time of the last successful config load.", registry=r,
+        )  # fmt: skip
+        self.restart_pending = Gauge(
+            "gateway_config_restart_pending",
+            "1 for each config key whose reloaded value waits for a restart to take effect.",
+            ["key"], registry=r,
         )  # fmt: skip
         self.valued_price = Counter(
             "gateway_valued_estimated_price_usd",
@@ -170,9 +182,11 @@ class Metrics:
     def tls_reloaded(self, ok: bool) -> None:
         self.tls_reloads.labels("success" if ok else "failure").inc()
 
-    def config_loaded(self) -> None:
+    def config_loaded(self, restart_pending: Sequence[str] = ()) -> None:
         self.reloads.labels("success").inc()
         self.last_reload.set(time.time())
+        for key in RESTART_ONLY:
+            self.restart_pending.labels(key).set(1 if key in restart_pending else 0)
 
     def request_done(self, record: RequestRecord, outcome: str, seconds: float) -> None:
         """Count one answered request from what its record says."""

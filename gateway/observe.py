@@ -71,9 +71,12 @@ class RequestRecord:
     dropped: list[str] = field(default_factory=list)  # parameters not passed on (names only)
     passed: list[str] = field(default_factory=list)  # the checks passed (route.STEPS)
     let_in_by_log_only: bool = False  # allow_ips would have refused it (allow_ips_mode: log_only)
+    # where it went past the checks: "app" once forwarding began (a request may have been
+    # written to it), "store" once a queued route began storing it
+    handed_to: str | None = None
     attempts: list[UpstreamAttempt] = field(default_factory=list)  # the sync path's tries
 
-    def log_fields(self, status: int) -> dict[str, Any]:
+    def log_fields(self, status: int | None) -> dict[str, Any]:
         fields = self.fields or {}
         return {
             "request_id": self.request_id,
@@ -123,7 +126,7 @@ class AccessLog:
         self._second = -1
         self._stamp = ""
 
-    def write(self, record: RequestRecord, status: int) -> None:
+    def write(self, record: RequestRecord, status: int | None) -> None:
         if not self.enabled:
             return
         fields = record.log_fields(status)
@@ -151,7 +154,8 @@ class AccessLog:
 ACCESS = AccessLog()
 
 
-def log_request(record: RequestRecord, status: int) -> None:
+def log_request(record: RequestRecord, status: int | None) -> None:
+    """The access line; `status` None: no answer was sent (cut off at shutdown)."""
     ACCESS.write(record, status)
 
 

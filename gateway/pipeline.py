@@ -17,6 +17,7 @@ from aiohttp import web
 from .checks.clientip import ClientAddressResolver
 from .checks.query import read_query
 from .config import GatewayConfig
+from .deadline import Deadline
 from .dedup import DedupKey, RouteDedup
 from .errors import (
     DuplicatePostback,
@@ -106,6 +107,7 @@ class Gateway:
             return await self._accept_for_queue(route, postback, key, record)
         async with route.dedup.reserve(key) as reservation:
             headers = delivery_headers(record.request_id, record.client or "", key.hex())
+            record.handed_to = "app"
             reply = await self._deliver(route, postback, headers, record)
             if reply.delivered:
                 reservation.commit()
@@ -124,6 +126,7 @@ class Gateway:
         """`delivery: queued`: answer 200 once the event is durably stored, deliver later."""
         assert self._outbox is not None  # config validation: queued routes need a store
         async with route.dedup.reserve(key, queued=True) as reservation:
+            record.handed_to = "store"
             accepted = await self._outbox.enqueue(route, postback, key, record)
             reservation.commit()  # stored now, or known to the store from before
             if not accepted:
@@ -209,15 +212,23 @@ class Gateway:
             detail = f"answered {reply.status}"
             log.warning("copy not delivered", extra=_copy_log(headers, upstream, detail))
 
-    async def retire(self, grace: float) -> None:
-        """Let accepted requests and copies finish (up to `grace`), then close the pool."""
+    async def finished(self, deadline: Deadline) -> bool:
+        """Wait, until the deadline, for the requests this config accepted to be answered."""
         try:
-            async with asyncio.timeout(grace):  # not wait_for: see Deliverer.run
+            async with asyncio.timeout(deadline.left()):  # not wait_for: see Deliverer.run
                 await self._idle.wait()
         except TimeoutError:
+            return False
+        return True
+
+    async def retire(self, deadline: Deadline) -> None:
+        """Let accepted requests and copies finish (until the deadline), then close the pool."""
+        if not await self.finished(deadline):
             log.warning("retiring with requests still in flight", extra={"count": self._active})
+        if self._copies and deadline.left():
+            await asyncio.wait(set(self._copies), timeout=deadline.left())
         if self._copies:
-            await asyncio.wait(set(self._copies), timeout=grace)
+            log.warning("copies not sent before the deadline", extra={"count": len(self._copies)})
         await self._client.close()
 
 

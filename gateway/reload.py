@@ -52,10 +52,18 @@ class ConfigWatcher:
             await self._runtime.apply(config)
             for warning in config.warnings:
                 log.warning("config warning", extra={"detail": warning})
-            log.info(
-                "config reloaded",
-                extra={"trigger": trigger, "config_checksum": config.checksum},
-            )
+            pending = self._runtime.restart_pending
+            if pending:
+                log.warning(
+                    "config reloaded; these keys take effect at the next restart",
+                    extra={"trigger": trigger, "config_checksum": config.checksum,
+                           "restart_pending": pending},
+                )  # fmt: skip
+            else:
+                log.info(
+                    "config reloaded",
+                    extra={"trigger": trigger, "config_checksum": config.checksum},
+                )
             return True
 
     def _changed(self) -> bool:

@@ -19,13 +19,14 @@ import redis.asyncio as redis
 
 from .config import GatewayConfig, RouteConfig
 from .config.model import DedupBackend, OnRedisError
+from .deadline import Deadline
 from .dedup import Backend, RouteDedup
 from .dedup.redis_reservations import RedisReservations, redis_client
 from .durable.service import Durable
 from .forwarding.forward import BACKOFF_CAP
 from .forwarding.upstream_client import BODY_WAIT, UpstreamClient
 from .inspector.journal import Journal
-from .metrics import Metrics
+from .metrics import RESTART_ONLY, Metrics
 from .observe import configure_logging
 from .pipeline import Gateway
 
@@ -66,6 +67,21 @@ def new_dedup_windows(old: GatewayConfig, new: GatewayConfig) -> list[tuple[str,
     return changes
 
 
+def restart_pending(started: GatewayConfig, loaded: GatewayConfig) -> list[str]:
+    """The RESTART_ONLY keys whose value in `loaded` differs from the one the process started
+    with: the listeners, the store and TLS still run on the old one."""
+    server, now = started.server, loaded.server
+    values = {
+        "server.listen": (server.listen, now.listen),
+        "server.admin_listen": (server.admin_listen, now.admin_listen),
+        "server.client_timeout": (server.client_timeout, now.client_timeout),
+        "server.tls": (server.tls, now.tls),
+        "store": (started.store, loaded.store),
+    }
+    assert tuple(values) == RESTART_ONLY
+    return [key for key, (before, after) in values.items() if before != after]
+
+
 def longest_delivery(config: GatewayConfig) -> float:
     return max(longest_delivery_of(route) for route in config.routes)
 
@@ -83,8 +99,10 @@ class Runtime:
         self.metrics.in_flight.set_function(lambda: self.in_flight)  # read at scrape time
         self._gateway: Gateway | None = None
         self._retiring: set[asyncio.Task[None]] = set()
+        self._old_gateways: set[Gateway] = set()  # retiring: their requests still count
         self._redis_clients: dict[str, redis.Redis] = {}
-        self._store = config.store  # changing it needs a restart
+        self._started_with = config  # what the listeners, the store and TLS were built from
+        self.restart_pending: list[str] = []  # RESTART_ONLY keys reloaded but not in force
         self.journal = Journal(config.server.recent_postbacks)  # for the inspector
         self.loaded_at = time.time()  # when the running config was loaded
         self.reload_error: list[str] | None = None  # the problems of the last failed reload
@@ -113,10 +131,10 @@ class Runtime:
         self.metrics.config_loaded()
 
     async def apply(self, config: GatewayConfig) -> None:
-        """Switch to a validated config. Requests already accepted finish on the old one."""
+        """Switch to a validated config. Requests already accepted finish on the old one.
+        Keys only a restart can apply keep their value from the start (`restart_pending`)."""
         old = self._gateway
-        if config.store != self._store:
-            log.warning("store changes take effect at the next restart")
+        self.restart_pending = restart_pending(self._started_with, config)
         for route, change in new_dedup_windows(self.config, config):
             log.warning(
                 "dedup identity changed: a new dedup window starts, and events delivered "
@@ -130,20 +148,32 @@ class Runtime:
         if self.durable is not None:
             await self.durable.serve(self._gateway.routes.values())
         configure_logging(config.logging.format, config.logging.level)
-        self.metrics.config_loaded()
+        self.metrics.config_loaded(self.restart_pending)
         if old is not None:
-            task = asyncio.create_task(old.retire(longest_delivery(old.config) + 1))
+            self._old_gateways.add(old)
+            task = asyncio.create_task(old.retire(Deadline(longest_delivery(old.config) + 1)))
             self._retiring.add(task)
-            task.add_done_callback(self._retiring.discard)
+            task.add_done_callback(lambda done: self._retired(old, done))
 
-    async def close(self, grace: float) -> None:
-        """At shutdown, after the listener stopped: finish copies, close upstream pools."""
+    def _retired(self, old: Gateway, task: asyncio.Task[None]) -> None:
+        self._retiring.discard(task)
+        self._old_gateways.discard(old)
+
+    async def requests_finished(self, deadline: Deadline) -> bool:
+        """Wait, until the deadline, for every request in flight, on any config, to finish."""
+        gateways = [self.gateway, *self._old_gateways] if self._gateway else []
+        results = [await gateway.finished(deadline) for gateway in gateways]
+        return all(results)
+
+    async def close(self, deadline: Deadline) -> None:
+        """At shutdown, after the listener stopped: finish copies and deliveries in flight,
+        close upstream pools and the store, all by the one deadline."""
         if self._gateway is not None:
-            await self._gateway.retire(grace)
-        if self._retiring:
-            await asyncio.wait(set(self._retiring), timeout=grace)
+            await self._gateway.retire(deadline)
+        if self._retiring and deadline.left():
+            await asyncio.wait(set(self._retiring), timeout=deadline.left())
         if self.durable is not None:
-            await self.durable.close(grace)
+            await self.durable.close(deadline)
         for client in self._redis_clients.values():
             await client.aclose()
 

@@ -18,6 +18,7 @@ import pytest
 from aiohttp import web
 
 from gateway.config import GatewayConfig, parse_config
+from gateway.deadline import Deadline
 from gateway.durable.sqlite_outbox import STORE_SCHEMA
 from gateway.durable.store import Store
 from gateway.metrics import Metrics
@@ -89,7 +90,7 @@ async def start_gateway() -> AsyncIterator[GatewayFactory]:
     yield start
     for gateway in running:
         await gateway.runner.cleanup()
-        await gateway.runtime.close(1)
+        await gateway.runtime.close(Deadline(1))
 
 
 @pytest.fixture

@@ -21,6 +21,7 @@ import pytest
 from aiohttp import web
 
 from gateway.config import GatewayConfig, parse_config
+from gateway.deadline import Deadline
 from gateway.metrics import Metrics
 from gateway.runtime import Runtime
 from gateway.serving.app import admin_runner, public_runner
@@ -86,7 +87,7 @@ async def start_site() -> AsyncIterator[SiteFactory]:
     for runtime, runners in started:
         for runner in runners:
             await runner.cleanup()
-        await runtime.close(1)
+        await runtime.close(Deadline(1))
 
 
 def server_settings(token: bool = True, **settings: Any) -> dict[str, Any]:

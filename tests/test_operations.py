@@ -278,6 +278,34 @@ def test_sighup_reload_changes_behaviour_and_checksum(
     assert reloaded[0].get("config_checksum") == new_checksum
 
 
+def test_a_reload_that_needs_a_restart_says_so_everywhere_and_keeps_serving(
+    launch: Launcher, start_upstream: UpstreamFactory
+) -> None:
+    # Before: `config reloaded` and the new checksum in /readyz, while the gateway went on
+    # listening on the old port.
+    app = start_upstream()
+    gw = launch(app.postback_url)
+    elsewhere = free_port()
+    gw.rewrite(server={"listen": f"127.0.0.1:{elsewhere}"})
+    new_checksum = check_checksum(gw.config)
+    gw.signal(signal.SIGHUP)
+
+    def reloaded() -> dict[str, Any] | None:
+        lines = [line for line in gw.json_lines() if "restart" in line.get("message", "")]
+        return lines[0] if lines else None
+
+    line = eventually(reloaded, 10.0)
+    assert line["level"] == "warning" and line["restart_pending"] == ["server.listen"], line
+    assert gw.readyz() == (200, {"status": "ready", "config_checksum": new_checksum,
+                                 "restart_pending": ["server.listen"]})  # fmt: skip
+    scrape = gw.scrape()
+    assert scrape.value("gateway_config_restart_pending", key="server.listen") == 1
+    assert scrape.value("gateway_config_restart_pending", key="store") == 0
+    assert gw.postback(**click("still-here")).outcome == "forwarded"  # the old port, in force
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", elsewhere), timeout=2).close()
+
+
 def test_invalid_edit_keeps_the_running_config(
     launch: Launcher, start_upstream: UpstreamFactory
 ) -> None:
@@ -948,3 +976,39 @@ def test_text_log_format(launch: Launcher, start_upstream: UpstreamFactory) -> N
     access = [line for line in lines if 'outcome="forwarded"' in line]
     assert len(access) == 1 and "text-1" in access[0], lines
     assert SECRET not in gw.output()
+
+
+def test_shutdown_has_one_deadline_and_logs_the_postback_it_cuts_off(
+    launch: Launcher, start_upstream: UpstreamFactory
+) -> None:
+    # Before: with shutdown_grace 2s, one request in flight and one copy pending, the process
+    # took 6.2 s to exit (the listener, each retiring config and the deliverer waited a full
+    # grace each), and the postback cut off left no log line.
+    app = start_upstream(
+        default=lambda number, received: Answer(delay=30.0 if received.query["ymid"] == "held"
+                                                else 0.0)
+    )  # fmt: skip
+    copies = start_upstream(default=Answer(delay=30.0))  # a copy that never finishes
+    slow = {"timeout": "60s", "retries": 0}
+    fanout = route([{"url": app.postback_url, **slow}, {"url": copies.postback_url, **slow}],
+                   allow_ips=["127.0.0.1"], aliases=None, deadline="60s")  # fmt: skip
+    grace = 2.0
+    gw = launch(app.postback_url, server={"shutdown_grace": f"{grace:g}s"},
+                extra_routes={"fanout": fanout})  # fmt: skip
+    assert gw.postback("/postback/fanout", **click("copied")).outcome == "forwarded"
+    eventually(copies.count)  # the copy is at the second upstream, held there
+
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pool.submit(gw.postback, "/postback/fanout", **click("held"))
+        eventually(lambda: app.count() == 2)  # the second postback is at the app, held
+        signalled = time.monotonic()
+        gw.signal(signal.SIGTERM)
+        assert gw.process.wait(timeout=grace + 10) == 0
+        exited_after = time.monotonic() - signalled
+
+    assert exited_after < grace + 1.0, exited_after  # one deadline, not one per stage
+    lines = gw.json_lines()
+    (cut,) = [line for line in lines if line.get("ymid") == "held"]
+    assert (cut["outcome"], cut["reason"], cut["status"]) == ("cut_off", "shutdown", None)
+    assert "the app may have received it" in cut["detail"]
+    assert lines[-1]["message"] == "stopped"

@@ -13,6 +13,7 @@ import pytest
 from aiohttp import web
 
 from gateway.config import parse_config
+from gateway.deadline import Deadline
 from gateway.demo_app import GRANTED, create_demo_app
 from gateway.metrics import Metrics
 from gateway.runtime import Runtime
@@ -152,7 +153,7 @@ async def dual_stack_gateway(start_upstream) -> AsyncIterator[str]:
     await web.SockSite(runner, sock).start()
     yield f"http://127.0.0.1:{sock.getsockname()[1]}/postback/tapper"
     await runner.cleanup()
-    await runtime.close(1)
+    await runtime.close(Deadline(1))
 
 
 async def test_ipv4_mapped_peer_matches_ipv4_allowlist(dual_stack_gateway, http):

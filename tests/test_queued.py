@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from gateway.deadline import Deadline
 from gateway.durable.deliverer import Deliverer
 from gateway.durable.sqlite_outbox import SqliteOutbox
 from gateway.forwarding.forward import Forwarder
@@ -132,13 +133,13 @@ async def test_restart_remembers_delivered_events(start_upstream, start_gateway,
     sync_config = gateway_config(app.url, store=store_at)
     first = await start_gateway(sync_config)
     assert (await get(http, first.postback_url(), CLICK))[1] == "forwarded"
-    await first.runtime.close(1)
+    await first.runtime.close(Deadline(1))
     second = await start_gateway(sync_config)
     assert (await get(http, second.postback_url(), CLICK))[1] == "duplicate"
     assert len(app.received) == 1
     # a sync route also sends the event's idempotency key
     assert len(app.received[0].key) == 32
-    await second.runtime.close(1)
+    await second.runtime.close(Deadline(1))
     queued = await start_gateway(queued_yaml([app.url], store_at))
     assert (await get(http, queued.postback_url(), CLICK))[1] == "duplicate"
 

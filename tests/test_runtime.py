@@ -9,6 +9,7 @@ import pytest
 from aiohttp import web
 
 from gateway.config import parse_config
+from gateway.deadline import Deadline
 from gateway.serving.app import create_admin_app
 from tests.conftest import SECRET
 from tests.gatewayconfig import gateway_config, route
@@ -137,7 +138,7 @@ async def test_an_edit_that_keeps_the_fields_keeps_the_key_in_the_store_across_a
     before = await start_gateway(tapper_at(app.url, store=db_path))
     assert (await get(http, before.postback_url(), CLICK))[1] == "forwarded"
     await before.runner.cleanup()
-    await before.runtime.close(1)  # a restart: the memory is gone, the store remains
+    await before.runtime.close(Deadline(1))  # a restart: the memory is gone, the store remains
 
     after = await start_gateway(tapper_at(app.url, store=db_path, **edit))
 

@@ -17,6 +17,7 @@ from collections import defaultdict
 from collections.abc import Callable, Sequence
 
 from ..config import QueueConfig
+from ..deadline import Deadline
 from ..forwarding.forward import (
     AttemptFailure,
     Forwarder,
@@ -90,10 +91,11 @@ class Deliverer:
         self._stopping = True
         self._wake.set()
 
-    async def finish(self, grace: float) -> None:
-        """At shutdown: let attempts in flight end (up to `grace`); the rest stay pending."""
-        if self._attempts:
-            await asyncio.wait(set(self._attempts), timeout=grace)
+    async def finish(self, deadline: Deadline) -> None:
+        """At shutdown: let attempts in flight end (until the deadline); the rest stay pending
+        (sent again after the restart, with the same X-Idempotency-Key)."""
+        if self._attempts and deadline.left():
+            await asyncio.wait(set(self._attempts), timeout=deadline.left())
         for task in self._attempts:
             task.cancel()
 

@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Iterable
 
 from ..config import StoreConfig
+from ..deadline import Deadline
 from ..dedup import Backend, DedupKey
 from ..errors import StoreUnavailable
 from ..forwarding.forward import Forwarder
@@ -126,14 +127,14 @@ class Durable:
             log.info("deliveries re-driven", extra={"count": count, "event_id": event_id})
         return count
 
-    async def close(self, grace: float) -> None:
+    async def close(self, deadline: Deadline) -> None:
         self._deliverer.stop()  # ends by itself, even if a cancellation were lost
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        await self._deliverer.finish(grace)
+        await self._deliverer.finish(deadline)
         await self._client.close()
         await self.outbox.close()
 

@@ -14,6 +14,8 @@ from ..runtime import Runtime
 from .http_server import MAX_HEADER_LINE, MAX_REQUEST_LINE, PublicServer, QuietHttpLogger
 from .outcome import answer, answer_malformed
 
+CUT_OFF_SECONDS = 0.1  # for a request still running when the shutdown deadline has passed
+
 
 def public_runner(runtime: Runtime) -> web.ServerRunner:
     """The public port's runner. The runtime is started and closed by the caller, around it."""
@@ -33,7 +35,9 @@ def public_runner(runtime: Runtime) -> web.ServerRunner:
         max_line_size=MAX_REQUEST_LINE,
         max_field_size=MAX_HEADER_LINE,
     )
-    return web.ServerRunner(handler, shutdown_timeout=server.shutdown_grace)
+    # `serve` waits for requests in flight itself, by its one deadline; what cleanup finds
+    # still running then is cut off after this long
+    return web.ServerRunner(handler, shutdown_timeout=CUT_OFF_SECONDS)
 
 
 def create_admin_app(runtime: Runtime) -> web.Application:
@@ -53,9 +57,11 @@ def create_admin_app(runtime: Runtime) -> web.Application:
             status, code = "store_unavailable", 503  # postbacks would get 503 store_error
         else:
             status, code = ("draining" if runtime.draining else "starting"), 503
-        body = {"status": status, "config_checksum": runtime.config.checksum}
+        body: dict[str, object] = {"status": status, "config_checksum": runtime.config.checksum}
         if durable is not None:
             body["store"] = "up" if store_up else "down"
+        if runtime.restart_pending:  # keys of that config still waiting for a restart
+            body["restart_pending"] = runtime.restart_pending
         return web.json_response(body, status=code)
 
     async def metrics(request: web.Request) -> web.Response:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import logging
 import re
@@ -45,6 +46,9 @@ async def answer(runtime: Runtime, request: web.BaseRequest) -> web.StreamRespon
             record.route = runtime.gateway.route_name(request.rel_url.raw_path)
             raise Overloaded(runtime.config.server.max_in_flight)
         response = await runtime.gateway.handle(request)
+    except asyncio.CancelledError:
+        _cut_off(runtime, record)  # every postback has its line, this one too
+        raise
     except GatewayError as error:
         response = _error_answer(record, error)
     except Exception:
@@ -64,6 +68,22 @@ def answer_malformed(
     record = RequestRecord(new_request_id(), client=request.remote)
     runtime.metrics.malformed.labels(error.problem).inc()
     return _finish(runtime, record, _error_answer(record, error))
+
+
+_FATE_WHEN_CUT_OFF = {
+    None: "before it reached the app: Monetag's retry will deliver it",
+    "app": "while it was being forwarded: the app may have received it",
+    "store": "while it was being stored: it may be queued (then it is delivered once)",
+}
+
+
+def _cut_off(runtime: Runtime, record: RequestRecord) -> None:
+    """A postback still running when the shutdown deadline passed: no answer goes out, but
+    its line says so, and whether the app may have it."""
+    record.outcome, record.reason = Outcome.CUT_OFF, "shutdown"
+    record.detail = f"cut off at shutdown {_FATE_WHEN_CUT_OFF[record.handed_to]}"
+    log_request(record, None)
+    runtime.metrics.request_done(record, Outcome.CUT_OFF, time.perf_counter() - record.started)
 
 
 def _error_answer(record: RequestRecord, error: GatewayError) -> web.Response:

@@ -1,4 +1,10 @@
-"""`monetag-gateway run`: listen, reload on change or SIGHUP, drain and stop on SIGTERM."""
+"""`monetag-gateway run`: listen, reload on change or SIGHUP, drain and stop on SIGTERM.
+
+Stopping has one deadline, set at the signal: `drain_delay + shutdown_grace` of the config in
+force. Draining (unready, still serving), the requests in flight, the copies, the deliverer's
+attempts and the store each get what is left of it; what is still running then is cut off
+(and logged as such), so the process exits when the operator's grace period says.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +17,7 @@ import sys
 from aiohttp import web
 
 from ..config import GatewayConfig
+from ..deadline import Deadline
 from ..metrics import Metrics
 from ..observe import configure_logging
 from ..reload import ConfigWatcher
@@ -55,6 +62,7 @@ async def serve(config: GatewayConfig, config_path: str) -> None:
         in_background(asyncio.create_task(certificates.watch(interval)))
     admin = admin_runner(runtime)
     public: web.ServerRunner | None = None
+    deadline: Deadline | None = None  # set at the signal
     try:
         await admin.setup()
         await web.TCPSite(admin, server.admin_listen.bind_host, server.admin_listen.port).start()
@@ -83,19 +91,38 @@ async def serve(config: GatewayConfig, config_path: str) -> None:
             },
         )
         await stop.wait()
+        in_force = runtime.config.server
+        deadline = Deadline(in_force.drain_delay + in_force.shutdown_grace)
         runtime.draining = True
-        delay = runtime.config.server.drain_delay
-        log.info("draining", extra={"drain_delay": delay, "in_flight": runtime.in_flight})
-        await asyncio.sleep(delay)
+        log.info(
+            "draining",
+            extra={"drain_delay": in_force.drain_delay, "shutdown_grace": in_force.shutdown_grace,
+                   "in_flight": runtime.in_flight},
+        )  # fmt: skip
+        await asyncio.sleep(min(in_force.drain_delay, deadline.left()))
     finally:
+        deadline = deadline or Deadline(runtime.config.server.shutdown_grace)
         for task in background:
             task.cancel()
         loop.remove_signal_handler(signal.SIGHUP)
         if public is not None:
-            await public.cleanup()  # stop accepting; wait up to shutdown_grace for requests
-        await runtime.close(server.shutdown_grace)
+            await _stop_accepting(public)
+            if not await runtime.requests_finished(deadline):
+                log.warning("shutdown grace spent; cutting off what is in flight",
+                            extra={"in_flight": runtime.in_flight})  # fmt: skip
+            await public.cleanup()  # closes idle connections, cancels what is left at once
+        await runtime.close(deadline)
         await admin.cleanup()
     log.info("stopped")
+
+
+async def _stop_accepting(runner: web.BaseRunner) -> None:
+    """Close the listening sockets, and each kept-alive connection once its request is
+    answered: requests in flight carry on, no new one starts."""
+    for site in list(runner.sites):
+        await site.stop()
+    if runner.server is not None:
+        runner.server.pre_shutdown()
 
 
 async def _flush_stdout_regularly() -> None:
