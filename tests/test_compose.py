@@ -89,15 +89,63 @@ def test_compose_runs_two_replicas_postgres_and_the_app_behind_one_port() -> Non
     assert "redis" not in repr(yaml.safe_load(GATEWAY_YAML.read_text())).lower()
 
 
-def test_nginx_sends_to_both_replicas_on_their_public_port() -> None:
+def test_nginx_sends_to_both_replicas_by_their_alias_on_their_public_port() -> None:
     nginx = (REPO / "deploy/nginx.conf").read_text()
-    block = re.search(r"upstream gateways \{(.*?)\}", nginx, re.DOTALL)
-    assert block is not None
-    servers = re.findall(r"^\s*server\s+(\S+);", block.group(1), re.MULTILINE)
+    services = compose()["services"]
+    for name in GATEWAYS:
+        assert services[name]["networks"]["gateway-net"]["aliases"] == ["gateways"]
     port = gateway_config().server.listen.port
-    assert servers == [f"{name}:{port}" for name in GATEWAYS]
-    assert "proxy_pass http://gateways;" in nginx
-    assert "proxy_next_upstream off;" in nginx  # a postback is never resent by nginx itself
+    assert "set $gateways gateways;" in nginx
+    assert f"proxy_pass http://$gateways:{port};" in nginx  # a variable: looked up again
+    assert re.search(r"^resolver @RESOLVER@ valid=\d+s", nginx, re.MULTILINE)
+    # a replica that is down: the other one, once (tests/test_nginx.py runs it for real)
+    assert "proxy_next_upstream error timeout;" in nginx
+
+
+def test_nginx_start_script_fills_in_the_networks_dns_server(tmp_path: Path) -> None:
+    script = (REPO / "deploy/nginx-start.sh").read_text()
+    lb = compose()["services"]["lb"]
+    mounts = dict(volume.rsplit(":", 1)[0].split(":", 1) for volume in lb["volumes"])
+    assert mounts == {"./deploy/nginx.conf": "/etc/nginx/gateway.conf.in",
+                      "./deploy/nginx-start.sh": "/etc/nginx/nginx-start.sh"}  # fmt: skip
+    assert lb["command"] == ["sh", "/etc/nginx/nginx-start.sh"]
+    # run it here, with its paths pointed into tmp_path and nginx replaced by `cat`
+    for nameserver, resolver in (("127.0.0.11", "127.0.0.11"), ("fd00::1", "[fd00::1]")):
+        (tmp_path / "resolv.conf").write_text(f"search dns.podman\nnameserver {nameserver}\n")
+        local = (
+            script.replace("/etc/resolv.conf", str(tmp_path / "resolv.conf"))
+            .replace("/etc/nginx/gateway.conf.in", str(REPO / "deploy/nginx.conf"))
+            .replace("/etc/nginx/conf.d/default.conf", str(tmp_path / "default.conf"))
+            .replace("exec nginx -g 'daemon off;'", "exit 0")
+        )
+        subprocess.run(["sh", "-c", local], check=True, timeout=10)
+        written = (tmp_path / "default.conf").read_text()
+        assert f"resolver {resolver} valid=" in written and "@RESOLVER@" not in written
+
+
+def test_the_lbs_fixed_address_is_outside_the_automatic_range() -> None:
+    document = compose()
+    (ipam,) = document["networks"]["gateway-net"]["ipam"]["config"]
+    automatic = ipaddress.ip_network(ipam["ip_range"])
+    lb_address = ipaddress.ip_address(
+        document["services"]["lb"]["networks"]["gateway-net"]["ipv4_address"]
+    )
+    assert automatic.subnet_of(ipaddress.ip_network(ipam["subnet"]))  # type: ignore[arg-type]
+    assert lb_address not in automatic  # a second `up` cannot hand it to another container
+
+
+def test_the_app_has_a_healthcheck_of_its_own() -> None:
+    app = compose()["services"]["app"]
+    check = " ".join(app["healthcheck"]["test"])
+    assert "health" not in check and "127.0.0.1:3000" in check  # not the gateway's
+
+
+def test_nginx_logs_no_query_string() -> None:
+    nginx = (REPO / "deploy/nginx.conf").read_text()
+    formats = re.findall(r"log_format (\S+) (.*?);", nginx, re.DOTALL)
+    assert [name for name, _ in formats] == ["gateway_access"]
+    assert not re.search(r"\$(request|request_uri|args|query_string|arg_\w+)\b", formats[0][1])
+    assert "access_log /var/log/nginx/access.log gateway_access;" in nginx
 
 
 def test_gateways_trust_the_lb_and_reach_the_app() -> None:
