@@ -217,29 +217,17 @@ class Forwarder:
         tries: list[UpstreamAttempt] | None,
         deadline: float | None,
     ) -> UpstreamReply | AttemptFailure:
-        """One attempt; on a stale kept-alive connection, sent once more on a new one."""
-        result = await self._send_once(upstream, url, headers, tries, deadline, fresh=False)
-        if isinstance(result, AttemptFailure) and result.stale:
-            result = await self._send_once(upstream, url, headers, tries, deadline, fresh=True)
-        return result
-
-    async def _send_once(
-        self,
-        upstream: Upstream,
-        url: URL,
-        headers: dict[str, str],
-        tries: list[UpstreamAttempt] | None,
-        deadline: float | None,
-        *,
-        fresh: bool,
-    ) -> UpstreamReply | AttemptFailure:
-        """One request written, timed once for both its metrics and its note in `tries`."""
-        started = time.perf_counter()
-        result, result_class = await self._result_of(upstream, url, headers, deadline, fresh)
-        seconds = time.perf_counter() - started
-        self._metrics.upstream_attempt(upstream.route, upstream.label, result_class, seconds)
-        if tries is not None:
-            tries.append(attempt_of(upstream, result, seconds))
+        """One attempt, timed once for both its metrics and its note in `tries`; on a stale
+        kept-alive connection, sent once more on a new one (each send noted)."""
+        for fresh in (False, True):
+            started = time.perf_counter()
+            result, result_class = await self._result_of(upstream, url, headers, deadline, fresh)
+            seconds = time.perf_counter() - started
+            self._metrics.upstream_attempt(upstream.route, upstream.label, result_class, seconds)
+            if tries is not None:
+                tries.append(attempt_of(upstream, result, seconds))
+            if not (isinstance(result, AttemptFailure) and result.stale):
+                break
         return result
 
     async def _result_of(

@@ -115,63 +115,70 @@ class UpstreamClient:
         limit = self._limits.get(key) or self._limits.setdefault(
             key, asyncio.Semaphore(self._per_host)
         )
-        loop = asyncio.get_running_loop()
-        head_by = loop.time() + timeout
+        head_by = asyncio.get_running_loop().time() + timeout
         if deadline is not None:
             head_by = min(head_by, deadline)
-        async with asyncio.timeout_at(head_by):
-            await limit.acquire()
+        connection: _Connection | None = None
+        acquired = False
         try:
-            connection = None if fresh else self._idle_connection(key)
-            answer, connection = await self._exchange(
-                key, connection, request, max_body, head_by, deadline
-            )
+            # one timer for the wait for a free connection, connecting and the head
+            async with asyncio.timeout_at(head_by):
+                await limit.acquire()
+                acquired = True
+                connection = None if fresh else self._idle_connection(key)
+                exchange, connection = await self._send(key, connection, request, max_body)
+            answer = await self._rest_of(exchange, connection, deadline)
+        except BaseException:
+            if connection is not None:
+                connection.close()  # its state is unknown: never reuse it
+            raise
         finally:
-            limit.release()
+            if acquired:
+                limit.release()
         if keep_alive and connection.reusable and not self.closed:
             self._idle.setdefault(key, []).append(connection)
         else:
             connection.close()
         return answer
 
-    async def _exchange(
-        self,
-        key: _Key,
-        connection: _Connection | None,
-        request: bytes,
-        max_body: int,
-        head_by: float,
-        deadline: float | None,
-    ) -> tuple[Answer, _Connection]:
-        """Write the request and read the answer: the head by `head_by`, the body within
-        BODY_WAIT after it (and by `deadline`), else the answer as it stands."""
+    async def _send(
+        self, key: _Key, connection: _Connection | None, request: bytes, max_body: int
+    ) -> tuple[_Exchange, _Connection]:
+        """Write the request (on `connection`, or a new one) and wait for the answer's head."""
         reused = connection is not None
+        if connection is None:
+            connection = await self._connect(key)
+        exchange = connection.exchange(request, max_body)
         try:
-            async with asyncio.timeout_at(head_by):
-                if connection is None:
-                    connection = await self._connect(key)
-                exchange = connection.exchange(request, max_body)
-                try:
-                    await exchange.head
-                except UpstreamConnectionError:
-                    if reused and not connection.answered_anything:
-                        raise StaleConnection(
-                            "kept-alive connection closed before an answer"
-                        ) from None
-                    raise
-            body_by = asyncio.get_running_loop().time() + BODY_WAIT
-            if deadline is not None:
-                body_by = min(body_by, deadline)
-            try:
-                async with asyncio.timeout_at(body_by):
-                    return await exchange.answer, connection
-            except TimeoutError:
-                connection.close()  # the rest of the body is not read: never reuse it
-                return exchange.so_far(), connection
-        except BaseException:
-            if connection is not None:
-                connection.close()  # its state is unknown: never reuse it
+            await exchange.head
+        except UpstreamConnectionError:
+            connection.close()
+            if reused and not connection.answered_anything:
+                raise StaleConnection("kept-alive connection closed before an answer") from None
             raise
+        except BaseException:
+            connection.close()
+            raise
+        return exchange, connection
+
+    async def _rest_of(
+        self, exchange: _Exchange, connection: _Connection, deadline: float | None
+    ) -> Answer:
+        """The whole answer, or, if the body takes longer than BODY_WAIT (or the deadline),
+        the answer as it stands, its connection closed. Most answers are complete already."""
+        if exchange.answer is not None:
+            return exchange.answer
+        body_by = asyncio.get_running_loop().time() + BODY_WAIT
+        if deadline is not None:
+            body_by = min(body_by, deadline)
+        try:
+            async with asyncio.timeout_at(body_by):
+                await exchange.rest()
+        except TimeoutError:
+            connection.close()  # the rest of the body is not read: never reuse it
+            exchange.finish(exchange.so_far())
+        assert exchange.answer is not None
+        return exchange.answer
 
     async def close(self) -> None:
         self.closed = True
@@ -222,25 +229,38 @@ def _request_bytes(url: URL, headers: Mapping[str, str], keep_alive: bool) -> by
 
 class _Exchange:
     """One request's answer as it arrives: `head` is done once the final answer's status line
-    and headers are in (or failed), `answer` once the answer is complete or stands as it is."""
+    and headers are in (or failed); `answer` is set once the answer is complete or stands as
+    it is. A caller still waiting for the body then waits on `rest()`, made only for that
+    (most answers arrive whole, and a future per exchange is all they cost)."""
 
-    __slots__ = ("answer", "head", "reader")
+    __slots__ = ("_rest", "answer", "head", "reader")
 
     def __init__(self, reader: _ResponseReader) -> None:
-        loop = asyncio.get_running_loop()
         self.reader = reader
-        self.head: asyncio.Future[None] = loop.create_future()
-        self.answer: asyncio.Future[Answer] = loop.create_future()
+        self.head: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.answer: Answer | None = None
+        self._rest: asyncio.Future[None] | None = None
 
     def so_far(self) -> Answer:
         """The answer as it stands: its status and the body that arrived (head complete)."""
         return self.reader.so_far()
 
+    def rest(self) -> asyncio.Future[None]:
+        """Done once `answer` is set."""
+        if self._rest is None:
+            self._rest = asyncio.get_running_loop().create_future()
+            if self.answer is not None:
+                self._rest.set_result(None)
+        return self._rest
+
     def finish(self, answer: Answer) -> None:
+        if self.answer is not None:
+            return
+        self.answer = answer
         if not self.head.done():
             self.head.set_result(None)
-        if not self.answer.done():
-            self.answer.set_result(answer)
+        if self._rest is not None and not self._rest.done():
+            self._rest.set_result(None)
 
     def fail(self, error: Exception) -> None:
         """No clean head: the attempt failed (only ever before the head was in)."""
@@ -292,7 +312,7 @@ class _Connection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         exchange = self._exchange
-        if exchange is None or exchange.answer.done():
+        if exchange is None or exchange.answer is not None:
             # Nobody asked for these bytes; on reuse they would pass for the next answer.
             self.reusable = False
             self.close()
@@ -331,7 +351,7 @@ class _Connection(asyncio.Protocol):
     def _upstream_closed(self, exc: Exception | None) -> None:
         self.reusable = False
         exchange = self._exchange
-        if exchange is None or exchange.answer.done():
+        if exchange is None or exchange.answer is not None:
             return
         reader = exchange.reader
         if reader.feed_eof():
