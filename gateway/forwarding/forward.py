@@ -240,7 +240,11 @@ class Forwarder:
     ) -> tuple[UpstreamReply | AttemptFailure, str]:
         """The attempt's reply or failure, and its metric's status_class."""
         try:
-            reply = await self._attempt(upstream, url, headers, deadline, fresh)
+            answer = await self._client.get(
+                url, headers, upstream.timeout, keep_alive=upstream.keep_alive,
+                max_body=MAX_REPLY_BYTES, fresh=fresh, deadline=deadline,
+            )  # fmt: skip
+            reply = _reply_of(answer, headers.get("X-Idempotency-Key"))
         except TimeoutError:
             return AttemptFailure("timeout", timed_out=True), "timeout"
         except StaleConnection as error:
@@ -255,25 +259,6 @@ class Forwarder:
         except AnswerOfAnotherEvent as error:
             return AttemptFailure(f"bad response: {error}", timed_out=False), "connection_error"
         return reply, status_class(reply.status)
-
-    async def _attempt(
-        self,
-        upstream: Upstream,
-        url: URL,
-        headers: dict[str, str],
-        deadline: float | None,
-        fresh: bool,
-    ) -> UpstreamReply:
-        answer = await self._client.get(
-            url,
-            headers,
-            upstream.timeout,
-            keep_alive=upstream.keep_alive,
-            max_body=MAX_REPLY_BYTES,
-            fresh=fresh,
-            deadline=deadline,
-        )
-        return _reply_of(answer, headers.get("X-Idempotency-Key"))
 
     def _backoff(self, attempt: int) -> float:
         """Full jitter: uniform in [0, min(cap, base * 2^attempt)]."""
