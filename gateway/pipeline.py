@@ -225,10 +225,11 @@ class Gateway:
         """Let accepted requests and copies finish (until the deadline), then close the pool."""
         if not await self.finished(deadline):
             log.warning("retiring with requests still in flight", extra={"count": self._active})
-        if self._copies and deadline.left():
-            await asyncio.wait(set(self._copies), timeout=deadline.left())
-        if self._copies:
-            log.warning("copies not sent before the deadline", extra={"count": len(self._copies)})
+        unsent = set(self._copies)
+        if unsent and deadline.left():
+            _, unsent = await asyncio.wait(unsent, timeout=deadline.left())
+        if unsent:
+            log.warning("copies not sent before the deadline", extra={"count": len(unsent)})
         await self._client.close()
 
 

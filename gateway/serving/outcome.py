@@ -71,7 +71,7 @@ def answer_malformed(
 
 
 _FATE_WHEN_CUT_OFF = {
-    None: "before it reached the app: Monetag's retry will deliver it",
+    None: "before it reached the app: the app does not have it",
     "app": "while it was being forwarded: the app may have received it",
     "store": "while it was being stored: it may be queued (then it is delivered once)",
 }
