@@ -90,6 +90,14 @@ class Metrics:
             "gateway_config_last_reload_success_timestamp_seconds",
             "Unix time of the last successful config load.", registry=r,
         )  # fmt: skip
+        self.admin_refusals = Counter(
+            "gateway_admin_refusals",
+            "Admin port requests refused: wrong_token, locked_out (too many wrong tokens from "
+            "one address), misdirected (a Host that is not this port's), malformed.",
+            ["reason"], registry=r,
+        )  # fmt: skip
+        for reason in ("wrong_token", "locked_out", "misdirected", "malformed"):
+            self.admin_refusals.labels(reason)
         self.restart_pending = Gauge(
             "gateway_config_restart_pending",
             "1 for each config key whose reloaded value waits for a restart to take effect.",

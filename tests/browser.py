@@ -40,6 +40,7 @@ T = TypeVar("T")
 
 SCREENSHOTS = REPO / "docs" / "screenshots"
 WINDOW_SIZE = "1280,900"  # the size README screenshots are taken at
+REBOUND_NAME = "evil.example"  # resolves to 127.0.0.1 in this browser (a rebinding's result)
 MISSING = "{what} is not on the PATH: ./scripts/test installs chromium and chromium-driver"
 
 
@@ -79,6 +80,8 @@ def _options(chromium: str, profile: str) -> webdriver.ChromeOptions:
         "--disable-gpu",
         f"--window-size={WINDOW_SIZE}",
         f"--user-data-dir={profile}",  # a fresh profile: nothing from a desktop session
+        # an attacker's name, resolved to this machine, as a DNS rebinding makes it
+        f"--host-resolver-rules=MAP {REBOUND_NAME} 127.0.0.1",
     ):
         options.add_argument(flag)
     # The console, for `console_errors` (a CSP violation is a SEVERE entry there).

@@ -44,6 +44,7 @@ class Site:
     config: GatewayConfig
     admin: str  # the admin port's base URL, no trailing slash
     app: RecordingUpstream
+    runtime: Runtime | None = None  # the gateway's, to reload it or read its metrics
 
     def url(self, path: str) -> str:
         return self.admin + path
@@ -81,7 +82,7 @@ async def start_site() -> AsyncIterator[SiteFactory]:
         ):
             await runner.setup()
             await web.TCPSite(runner, address.host, address.port).start()
-        return Site(config, f"http://127.0.0.1:{config.server.admin_listen.port}", app)
+        return Site(config, f"http://127.0.0.1:{config.server.admin_listen.port}", app, runtime)
 
     yield start
     for runtime, runners in started:

@@ -22,8 +22,10 @@ from urllib.parse import urlencode
 
 import aiohttp
 import pytest
+from prometheus_client import CollectorRegistry, generate_latest
 
-from gateway.config import ConfigError, GatewayConfig, load_config
+from gateway.config import ConfigError, GatewayConfig, load_config, parse_config
+from gateway.runtime import Runtime
 from tests.conftest import SECRET, UpstreamFactory
 from tests.gatewayconfig import gateway_config, upstream
 from tests.inspectorsite import (
@@ -37,6 +39,7 @@ from tests.inspectorsite import (
     tapper_config,
 )
 from tests.processes import Reply, command_env, http_get, spawn_gateway
+from tests.queuedgateway import metric_sum
 from tests.upstream import RecordingUpstream
 from tests.waiting import eventually, eventually_async
 
@@ -468,9 +471,278 @@ def test_the_token_and_its_digests_never_reach_the_log(process: Process) -> None
     log = process.log()
     lines = [json.loads(line) for line in log.splitlines() if line.startswith("{")]
     messages = {line["message"] for line in lines}
-    assert "inspector sign-in with a wrong token" in messages, messages
+    assert "admin token refused; more refusals are summed up once a minute" in messages, messages
     assert "admin request refused: not signed in" in messages, messages
     assert "inspector action refused: cross-site or without the form token" in messages
     for secret in (ADMIN_TOKEN, cookie.partition("=")[2], SECRET):
         assert secret not in log
     assert not re.search(r"[0-9a-f]{64}", log), "a digest in the log"
+
+
+# -- the Host: DNS rebinding ------------------------------------------------------------------
+
+
+async def raw_exchange(port: int, request: bytes, host: str = "127.0.0.1") -> bytes:
+    """`request`'s bytes to the port, and everything that comes back until the close."""
+    reader, writer = await asyncio.open_connection(host, port)
+    try:
+        writer.write(request)
+        await writer.drain()
+        return await asyncio.wait_for(reader.read(), 10)
+    finally:
+        writer.close()
+
+
+def answered(raw: bytes) -> tuple[str, dict[str, str], bytes]:
+    head, _, body = raw.partition(b"\r\n\r\n")
+    status_line, *lines = head.decode("latin-1").split("\r\n")
+    fields = (line.partition(":") for line in lines)
+    headers = {name.lower(): value.strip() for name, _, value in fields}
+    return status_line, headers, body
+
+
+@pytest.mark.parametrize(
+    ("host", "allowed"),
+    [
+        pytest.param("127.0.0.1:{port}", True, id="loopback-address"),
+        pytest.param("localhost:{port}", True, id="localhost"),
+        pytest.param("[::1]:{port}", True, id="ipv6-loopback"),
+        pytest.param("10.1.2.3:{port}", True, id="another-address-a-probe-uses"),
+        pytest.param("gateway-admin.internal:{port}", True, id="a-listed-name"),
+        pytest.param("GATEWAY-ADMIN.internal.", True, id="a-listed-name-any-case-trailing-dot"),
+        pytest.param("evil.example:{port}", False, id="a-rebound-name"),
+        pytest.param("evil.example", False, id="a-rebound-name-without-port"),
+        pytest.param("localhost.evil.example:{port}", False, id="localhost-as-a-label"),
+        pytest.param("127.0.0.1.evil.example", False, id="an-address-as-a-label"),
+        pytest.param("127.0.0.1:{port}@evil.example", False, id="userinfo-trick"),
+        pytest.param("[::1", False, id="an-open-bracket"),
+    ],
+)
+async def test_the_admin_port_answers_only_to_its_own_names(
+    host: str, allowed: bool, start_upstream: UpstreamFactory, start_site: SiteFactory
+) -> None:
+    """A page on evil.example that rebinds its name to 127.0.0.1 makes the browser send
+    `Host: evil.example`: refused before the token, the probes or anything else is looked at,
+    with the token too. Before: it read /postbacks.json (ymids, telegram_ids) with no token."""
+    app = start_upstream()
+    site = await start_site(tapper_config(app, admin_hosts=["gateway-admin.internal"]), app)
+    assert (await sent(site, "private-ymid")).outcome == "forwarded"
+    named = host.format(port=site.admin_port)
+
+    for path, headers in [("/postbacks.json", f"Authorization: Bearer {ADMIN_TOKEN}\r\n"),
+                          ("/healthz", ""), ("/queue", "")]:  # fmt: skip
+        request = f"GET {path} HTTP/1.1\r\nHost: {named}\r\n{headers}Connection: close\r\n\r\n"
+        status_line, _, body = answered(await raw_exchange(site.admin_port, request.encode()))
+        if allowed:
+            assert " 421 " not in status_line, (path, status_line)
+        else:
+            assert status_line == "HTTP/1.1 421 Misdirected Request", (path, status_line)
+            assert b"private-ymid" not in body and b"form_token" not in body
+
+
+# -- where a sign-in leads: never another site -------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "elsewhere",
+    [
+        "/\t/evil.example/",  # the URL parser drops the tab: //evil.example/
+        "/\n/evil.example/",
+        "/\r/evil.example/",
+        "/\\evil.example/",  # a backslash is a slash to a browser
+        "\\/evil.example/",
+        "/\\\\evil.example",
+        " //evil.example/",
+        "\x00//evil.example",
+        "//evil.example/",
+        "https://evil.example/",
+        "https:evil.example",
+        "evil.example",
+        "/\x7fx",
+    ],
+)
+async def test_a_sign_in_never_leads_to_another_site(
+    elsewhere: str,
+    http: aiohttp.ClientSession,
+    start_upstream: UpstreamFactory,
+    start_site: SiteFactory,
+) -> None:
+    app = start_upstream()
+    site = await start_site(tapper_config(app), app)
+
+    answer = await post(http, site.url("/login"), {"token": ADMIN_TOKEN, "next": elsewhere})
+    assert (answer.status, answer.headers["Location"]) == (303, "/"), repr(elsewhere)
+    status, _, page = await get(http, site.url("/login?" + urlencode({"next": elsewhere})))
+    assert status == 200 and 'name="next" value="/"' in page, repr(elsewhere)
+
+
+async def test_a_sign_in_still_returns_to_the_page_asked_for(
+    http: aiohttp.ClientSession, start_upstream: UpstreamFactory, start_site: SiteFactory
+) -> None:
+    app = start_upstream()
+    site = await start_site(tapper_config(app), app)
+    for target in ("/queue", "/postbacks?route=tapper&outcome=forwarded", "/postbacks/7"):
+        answer = await post(http, site.url("/login"), {"token": ADMIN_TOKEN, "next": target})
+        assert (answer.status, answer.headers["Location"]) == (303, target)
+
+
+# -- guessing the token -----------------------------------------------------------------------
+
+
+async def test_guessing_the_token_is_slowed_down_per_address_and_said_once(
+    start_upstream: UpstreamFactory, start_site: SiteFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Before: 7,320 wrong sign-ins in 5 s, each logged. Now a few wrong tokens are free, then
+    the address waits (429, Retry-After), at /login and with Bearer alike, even for the right
+    token; another address signs in; the log says it once, the metric counts every one."""
+    app = start_upstream()
+    site = await start_site(tapper_config(app), app)
+    wrong = {"token": "wrong-" + ADMIN_TOKEN, "next": "/"}
+    local = aiohttp.TCPConnector(local_addr=("127.0.0.1", 0))
+    other = aiohttp.TCPConnector(local_addr=("127.0.0.2", 0))
+    async with (
+        aiohttp.ClientSession(connector=local) as guesser,
+        aiohttp.ClientSession(connector=other) as operator,
+    ):
+        statuses = [(await post(guesser, site.url("/login"), wrong)).status for _ in range(40)]
+        bearer_wrong = {"Authorization": "Bearer wrong-" + ADMIN_TOKEN}
+        statuses += [(await get(guesser, site.url("/postbacks.json"), bearer_wrong))[0]
+                     for _ in range(40)]  # fmt: skip
+        right_from_here = await post(guesser, site.url("/login"), {"token": ADMIN_TOKEN})
+        right_bearer_here = await get(guesser, site.url("/postbacks.json"), BEARER)
+        right_from_there = await post(operator, site.url("/login"), {"token": ADMIN_TOKEN})
+
+    assert statuses[:5] == [401] * 5
+    assert set(statuses[6:]) == {429}, statuses
+    assert right_from_here.status == 429 and int(right_from_here.headers["Retry-After"]) >= 1
+    assert right_bearer_here[0] == 429
+    assert right_from_there.status == 303  # the right token keeps working elsewhere
+    refused = [r for r in caplog.records if "admin token refused" in r.getMessage()]
+    assert len(refused) == 1, [r.getMessage() for r in refused]
+    scraped = generate_latest(site_metrics(site)).decode()
+    assert metric_sum(scraped, "gateway_admin_refusals_total", reason="wrong_token") >= 6
+    locked = metric_sum(scraped, "gateway_admin_refusals_total", reason="locked_out")
+    assert locked >= 70
+
+
+# -- sessions ----------------------------------------------------------------------------------
+
+
+async def signed_in_cookie(http: aiohttp.ClientSession, site: Site) -> str:
+    answer = await post(http, site.url("/login"), {"token": ADMIN_TOKEN, "next": "/"})
+    assert answer.status == 303
+    return session_cookie(answer)[0]
+
+
+async def form_token_with(http: aiohttp.ClientSession, site: Site, cookie: str) -> str:
+    _, _, page = await get(http, site.url("/queue"), {"Cookie": cookie})
+    found = FORM_TOKEN.search(page)
+    assert found, page
+    return found.group(1)
+
+
+async def test_each_sign_in_is_its_own_session_ended_by_sign_out(
+    http: aiohttp.ClientSession,
+    start_upstream: UpstreamFactory,
+    start_site: SiteFactory,
+    tmp_path: Path,
+) -> None:
+    """Before: the cookie was HMAC(token, "session"), the same for every sign-in, valid
+    forever, even after sign-out; the form token one value for all. Now each sign-in gets a
+    random session with its own form token, and signing out ends it (only it)."""
+    site, _ = await site_with_a_dead_letter(start_upstream, start_site, tmp_path, token=True)
+    first, second = await signed_in_cookie(http, site), await signed_in_cookie(http, site)
+    assert first != second
+    assert await form_token_with(http, site, first) != await form_token_with(http, site, second)
+    own_page = {"Origin": site.admin, "Sec-Fetch-Site": "same-origin"}
+    others_field = {"form_token": await form_token_with(http, site, second)}
+    answer = await post(http, site.url("/queue/retry"), others_field, {"Cookie": first, **own_page})
+    assert answer.status == 403  # one session's form token is not another's
+
+    answer = await post(http, site.url("/logout"), {}, {"Cookie": first, **own_page})
+    assert answer.status == 303
+    assert (await get(http, site.url("/postbacks.json"), {"Cookie": first}))[0] == 401
+    assert (await get(http, site.url("/postbacks.json"), {"Cookie": second}))[0] == 200
+
+
+async def test_a_session_ends_at_its_expiry_and_when_the_token_changes(
+    http: aiohttp.ClientSession, start_upstream: UpstreamFactory, start_site: SiteFactory
+) -> None:
+    app = start_upstream()
+    site = await start_site(tapper_config(app, admin_session_ttl="1s"), app)
+    expiring = await signed_in_cookie(http, site)
+    _, header = session_cookie(await post(http, site.url("/login"), {"token": ADMIN_TOKEN}))
+    assert "max-age=1" in header.lower()  # the browser forgets it too
+
+    async def refused() -> bool:
+        return (await get(http, site.url("/postbacks.json"), {"Cookie": expiring}))[0] == 401
+
+    await eventually_async(refused, timeout=5)
+
+    lasting = await start_site(tapper_config(app), app)
+    cookie = await signed_in_cookie(http, lasting)
+    assert (await get(http, lasting.url("/postbacks.json"), {"Cookie": cookie}))[0] == 200
+    runtime = site_runtime(lasting)
+    rotated = parse_config(
+        tapper_config(app).replace("${ADMIN_TOKEN}", "a-brand-new-token-0123456789"),
+        {"MONETAG_SECRET": SECRET, **ADMIN_ENV},
+    )
+    await runtime.apply(rotated)
+    assert (await get(http, lasting.url("/postbacks.json"), {"Cookie": cookie}))[0] == 401
+
+
+# -- what is not HTTP, and HTTP that is not 1.x ------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "request_bytes",
+    [
+        pytest.param(b"GET /?<script>x</script> HTTP/1.1\r\nHost: a\r\nBad Header\r\n\r\n",
+                     id="header-without-colon"),
+        pytest.param(b"GET /<script>alert(1)</script>\x01 HTTP/1.1\r\nHost: a\r\n\r\n",
+                     id="control-byte-in-the-target"),
+        pytest.param(b"G<script>ET / HTTP/1.1\r\nHost: a\r\n\r\n", id="markup-in-the-method"),
+    ],
+)  # fmt: skip
+async def test_what_is_not_http_on_the_admin_port_is_answered_without_an_echo(
+    request_bytes: bytes, start_upstream: UpstreamFactory, start_site: SiteFactory
+) -> None:
+    """Before: aiohttp's own 400 quoted the request's bytes back as text/plain, with no CSP
+    and no nosniff. Now the public port's way: JSON naming the problem, the pages' headers."""
+    app = start_upstream()
+    site = await start_site(tapper_config(app), app)
+    status_line, headers, body = answered(await raw_exchange(site.admin_port, request_bytes))
+
+    assert " 400 " in status_line, status_line
+    assert headers["content-type"].startswith("application/json")
+    assert headers["x-content-type-options"] == "nosniff"
+    assert headers["content-security-policy"].startswith("default-src 'none'")
+    assert b"script" not in body and b"<" not in body
+    assert json.loads(body)["error"] == "malformed request"
+
+
+@pytest.mark.parametrize("version", ["HTTP/2.0", "HTTP/0.9"])
+async def test_versions_other_than_1_0_and_1_1_are_answered_505_in_1_1(
+    version: str, start_upstream: UpstreamFactory, start_site: SiteFactory
+) -> None:
+    """Before: `GET / HTTP/2.0` was answered `HTTP/2.0 200 OK`."""
+    app = start_upstream()
+    site = await start_site(tapper_config(app), app)
+    public = site.config.server.listen.port
+    query = f"uid=u1&event=click&zone=1&token={SECRET}"
+    for port, path in ((public, f"/postback/tapper?{query}"), (site.admin_port, "/healthz")):
+        request = f"GET {path} {version}\r\nHost: 127.0.0.1\r\n\r\n".encode()
+        status_line, _, body = answered(await raw_exchange(port, request))
+        assert status_line == "HTTP/1.1 505 HTTP Version Not Supported", (port, status_line)
+        assert json.loads(body)["problem"] == "http_version"
+    assert app.received == []
+
+
+def site_runtime(site: Site) -> Runtime:
+    runtime = site.runtime
+    assert runtime is not None
+    return runtime
+
+
+def site_metrics(site: Site) -> CollectorRegistry:
+    return site_runtime(site).metrics.registry

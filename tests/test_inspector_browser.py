@@ -34,6 +34,7 @@ from selenium.webdriver.support import expected_conditions
 from selenium.webdriver.support.ui import Select
 
 from tests.browser import (
+    REBOUND_NAME,
     alert_present,
     browser,
     console_errors,
@@ -806,5 +807,86 @@ async def test_login_screenshot(
         assert browser.switch_to.active_element == field
         assert browser.find_element(By.NAME, "next").get_attribute("value") == "/postbacks"
         save_screenshot(browser, "login")
+
+    await in_browser(scenario)
+
+
+# -- an attacker with a browser: rebinding, redirects, old sessions -----------------------------
+
+
+async def test_a_page_rebound_to_the_admin_port_reads_nothing_and_re_drives_nothing(
+    browser: webdriver.Chrome,
+    start_upstream: UpstreamFactory,
+    start_site: SiteFactory,
+    tmp_path: Path,
+) -> None:
+    """A page on evil.example whose name now resolves to 127.0.0.1 (DNS rebinding; here the
+    browser's resolver rules) loads this port under its own origin: same-origin to itself, so
+    its scripts could read answers. Without a token the inspector is open on loopback; before,
+    such a page read /postbacks.json and took the form token from /queue."""
+    app = start_upstream(default=500)
+    site = await start_site(queued_config(app, tmp_path / "gw.db", token=False, max_attempts=1),
+                            app)  # fmt: skip
+    assert (await asyncio.to_thread(site.send, "private-ymid")).outcome == "queued"
+    rebound = f"http://{REBOUND_NAME}:{site.admin_port}"
+
+    def scenario() -> None:
+        for path in ("/postbacks.json", "/queue", "/"):
+            browser.get(rebound + path)
+            text = browser.find_element(By.TAG_NAME, "body").text
+            assert "private-ymid" not in text and "form_token" not in browser.page_source
+            assert "not known by that name" in text, (path, text[:200])
+        # what a script on the rebound page would do: fetch and post, same-origin to it
+        outcome = browser.execute_async_script(
+            "const done = arguments[arguments.length - 1];"
+            "fetch('/queue/retry', {method: 'POST', body: new URLSearchParams({form_token: 'x'})})"
+            ".then(r => done(r.status)).catch(e => done(String(e)));"
+        )
+        assert outcome == 421
+        browser.get(site.url("/postbacks.json"))  # by its address, the page is there
+        assert "private-ymid" in browser.find_element(By.TAG_NAME, "body").text
+
+    await in_browser(scenario)
+
+
+async def test_a_sign_in_link_to_another_site_lands_on_the_overview(
+    browser: webdriver.Chrome, start_upstream: UpstreamFactory, start_site: SiteFactory
+) -> None:
+    """A link `/login?next=/%09/evil.example/phish`: before, the signed-in operator landed on
+    the attacker's page (the browser drops the tab, leaving //evil.example/phish)."""
+    app = start_upstream()
+    site = await start_site(tapper_config(app), app)
+
+    def scenario() -> None:
+        for link in ("/%09/evil.example/phish", "/%0a/evil.example/phish", "/%5Cevil.example"):
+            signed_out(browser, site)
+            browser.get(site.url("/login?next=" + link))
+            login_with(browser, ADMIN_TOKEN)
+            wait_for(browser, expected_conditions.url_to_be(site.url("/")))
+            assert urlsplit(browser.current_url).hostname == "127.0.0.1", link
+
+    await in_browser(scenario)
+
+
+async def test_a_cookie_kept_from_before_a_sign_out_opens_nothing(
+    browser: webdriver.Chrome, start_upstream: UpstreamFactory, start_site: SiteFactory
+) -> None:
+    """Before: the cookie was the same for every sign-in and stayed valid after sign-out, so
+    one copied from a browser (or sent by the browser to the app on the same host) worked
+    forever. Now a sign-out ends that session, whoever holds its cookie."""
+    app = start_upstream()
+    site = await start_site(tapper_config(app), app)
+
+    def scenario() -> None:
+        signed_out(browser, site)
+        browser.get(site.url("/"))
+        login_with(browser, ADMIN_TOKEN)
+        wait_for(browser, expected_conditions.url_to_be(site.url("/")))
+        (kept,) = browser.get_cookies()
+        press(browser, browser.find_element(By.CSS_SELECTOR, "form.logout button"))
+        wait_for(browser, expected_conditions.presence_of_element_located((By.ID, "token")))
+        browser.add_cookie({"name": kept["name"], "value": kept["value"], "path": "/"})
+        browser.get(site.url("/postbacks"))
+        assert sent_to_login(browser) == "/postbacks"
 
     await in_browser(scenario)

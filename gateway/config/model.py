@@ -133,6 +133,10 @@ class ServerConfig:
     admin_insecure: bool = False  # a non-loopback admin port without a token, on purpose
     metrics_need_token: bool = False
     recent_postbacks: int = 1000
+    # names the admin port may be asked for besides IP addresses and localhost (a Host header
+    # naming anything else is refused: DNS rebinding), and how long a sign-in lasts
+    admin_hosts: tuple[str, ...] = ()
+    admin_session_ttl: float = 12 * 3600.0
 
 
 @dataclass(frozen=True)

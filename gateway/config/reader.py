@@ -41,6 +41,8 @@ from .values import Reader, ValueReader, key_path
 
 MIN_ADMIN_TOKEN = 16  # characters: guessing it over the network must be hopeless
 _ROUTE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
+_LABEL = r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?"
+_HOST_NAME = re.compile(rf"(?=.{{1,253}}$){_LABEL}(\.{_LABEL})*")
 
 
 def _same_dedup(first: DedupConfig, second: DedupConfig) -> bool:
@@ -144,6 +146,7 @@ class DocumentReader(ValueReader):
             "reload_interval": self.duration_or_zero, "tls": self.tls,
             "admin_token": self.admin_token, "admin_insecure": self.boolean,
             "metrics_need_token": self.boolean, "recent_postbacks": self.count,
+            "admin_hosts": self.host_names, "admin_session_ttl": self.duration,
         }  # fmt: skip
         values = self.section(value, path, ServerConfig, readers)
         if values is None:
@@ -170,6 +173,22 @@ class DocumentReader(ValueReader):
             self.problem(key_path(path, "metrics_need_token"), "needs server.admin_token")
             return None
         return server
+
+    def host_names(self, value: Any, path: str) -> tuple[str, ...] | None:
+        items = self.sequence(value, path)
+        if items is None:
+            return None
+        names = []
+        for index, item in enumerate(items):
+            text = self.string(item, f"{path}[{index}]")
+            if text is None:
+                continue
+            name = text.strip().lower().rstrip(".")
+            if not _HOST_NAME.fullmatch(name):
+                self.problem(f"{path}[{index}]", "is not a host name (letters, digits, '-', '.')")
+                continue
+            names.append(name)
+        return tuple(names) if len(names) == len(items) else None
 
     def admin_token(self, value: Any, path: str) -> str | None:
         token = self.string(value, path, secret=True)

@@ -23,16 +23,7 @@ from yarl import URL
 from ..durable.outbox import StoreError
 from ..errors import Outcome
 from ..runtime import Runtime
-from .access import (
-    COOKIE,
-    action_allowed,
-    form_token,
-    safe_next,
-    same_site,
-    session_value,
-    signed_in,
-    token_matches,
-)
+from .access import COOKIE, Access, locked_out, safe_next, same_site
 from .charts import outcome_chart, percentile
 from .journal import Entry, Filters
 from .present import curl_line, steps
@@ -87,8 +78,9 @@ async def security_headers(request: web.Request, handler: Handler) -> web.Stream
 class Inspector:
     """The pages, reading the runtime (config, journal, store) at each request."""
 
-    def __init__(self, runtime: Runtime) -> None:
+    def __init__(self, runtime: Runtime, access: Access) -> None:
         self._runtime = runtime
+        self._access = access
 
     def add_to(self, app: web.Application) -> None:
         app.router.add_get("/", self.overview)
@@ -209,8 +201,7 @@ class Inspector:
         """Re-drive one event's dead deliveries, or every dead letter (of a route): the same
         operation as `monetag-gateway queue retry`."""
         form = await request.post()
-        server = self._runtime.config.server
-        if not action_allowed(request, server, str(form.get("form_token", ""))):
+        if not self._access.action_allowed(request, str(form.get("form_token", ""))):
             log.warning("inspector action refused: cross-site or without the form token")
             raise web.HTTPForbidden(text="refused: not from the inspector's own page")
         durable = self._runtime.durable
@@ -234,28 +225,34 @@ class Inspector:
         return self._render(request, "login.html", context)
 
     async def login(self, request: web.Request) -> web.Response:
+        """A new session per sign-in, with its own form token and expiry; wrong tokens are
+        counted per address, and an address that guessed too often waits (429)."""
         server = self._runtime.config.server
         form = await request.post()
         target = safe_next(str(form.get("next", "/")))
         if not same_site(request):
             raise web.HTTPForbidden(text="refused: sign-in from another site")
-        cookie = session_value(server)
-        if cookie is None:
+        if server.admin_token is None:
             raise web.HTTPSeeOther(target)  # no token configured: nothing to sign in to
-        if not token_matches(server, str(form.get("token", ""))):
-            log.warning("inspector sign-in with a wrong token")
+        verdict = self._access.try_token(request, str(form.get("token", "")))
+        if verdict is not True:
+            if verdict is not False:
+                return locked_out(verdict)
             response = self._render(request, "login.html", {"next": target, "failed": True})
             response.set_status(401)
             return response
+        session = self._access.sessions.open(server)
         response = web.HTTPSeeOther(target)
         response.set_cookie(
-            COOKIE, cookie, httponly=True, samesite="Strict", secure=request.secure, path="/"
-        )
+            COOKIE, session.id, httponly=True, samesite="Strict", secure=request.secure,
+            path="/", max_age=int(server.admin_session_ttl),
+        )  # fmt: skip
         raise response
 
     async def logout(self, request: web.Request) -> web.Response:
         if not same_site(request):
             raise web.HTTPForbidden(text="refused: sign-out from another site")
+        self._access.sessions.close(request.cookies.get(COOKIE, ""))
         response = web.HTTPSeeOther("/login")
         response.del_cookie(COOKIE, path="/")
         raise response
@@ -265,8 +262,8 @@ class Inspector:
     def _render(self, request: web.Request, name: str, context: dict[str, Any]) -> web.Response:
         server = self._runtime.config.server
         page = {
-            "form_token": form_token(server),
-            "signed_in": server.admin_token is not None and signed_in(request, server),
+            "form_token": self._access.form_token(request),
+            "signed_in": server.admin_token is not None and self._access.signed_in(request),
             "queued": any(r.delivery.value == "queued" for r in self._runtime.config.routes),
             "path": request.path,
         }

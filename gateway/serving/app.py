@@ -8,12 +8,19 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from ..errors import MalformedRequest
-from ..inspector.access import guard
-from ..inspector.views import Inspector, security_headers
+from ..inspector.access import Access
+from ..inspector.views import SECURITY_HEADERS, Inspector, security_headers
 from ..runtime import Runtime
-from .http_server import MAX_HEADER_LINE, MAX_REQUEST_LINE, PublicServer, QuietHttpLogger
+from .http_server import (
+    MAX_HEADER_LINE,
+    MAX_REQUEST_LINE,
+    AdminRunner,
+    HttpServer,
+    QuietHttpLogger,
+)
 from .outcome import answer, answer_malformed
 
+admin_log = logging.getLogger("gateway.admin")
 CUT_OFF_SECONDS = 0.1  # for a request still running when the shutdown deadline has passed
 
 
@@ -27,7 +34,7 @@ def public_runner(runtime: Runtime) -> web.ServerRunner:
     def malformed(request: web.BaseRequest, error: MalformedRequest) -> web.StreamResponse:
         return answer_malformed(runtime, request, error)
 
-    handler = PublicServer(
+    handler = HttpServer(
         postback,
         malformed,
         access_log=None,  # our own line replaces aiohttp's (outcome.py)
@@ -43,7 +50,13 @@ def public_runner(runtime: Runtime) -> web.ServerRunner:
 def create_admin_app(runtime: Runtime) -> web.Application:
     """Health, readiness, metrics and the inspector on the admin port; never on the public
     one. The token (server.admin_token) guards all but the probes."""
-    admin = web.Application(middlewares=[security_headers, guard(lambda: runtime.config.server)])
+    refused = runtime.metrics.admin_refusals
+    access = Access(
+        lambda: runtime.config.server,
+        on_failure=lambda reason: refused.labels(reason).inc(),
+        on_misdirected=refused.labels("misdirected").inc,
+    )
+    admin = web.Application(middlewares=[security_headers, access.middleware()])
 
     async def healthz(request: web.Request) -> web.Response:
         return web.json_response({"status": "alive"})
@@ -72,17 +85,26 @@ def create_admin_app(runtime: Runtime) -> web.Application:
     admin.router.add_get("/healthz", healthz)
     admin.router.add_get("/readyz", readyz)
     admin.router.add_get("/metrics", metrics)
-    Inspector(runtime).add_to(admin)
+    Inspector(runtime, access).add_to(admin)
     return admin
 
 
 def admin_runner(runtime: Runtime) -> web.AppRunner:
     """The admin port's runner: the same header deadline as the public port, so a connection
-    that sends half a request line is closed at `client_timeout` instead of held forever."""
-    return web.AppRunner(
+    that sends half a request line is closed at `client_timeout` instead of held forever, and
+    the same answer to what is not valid HTTP (no echo of the bytes; the pages' headers)."""
+
+    def malformed(request: web.BaseRequest, error: MalformedRequest) -> web.StreamResponse:
+        runtime.metrics.admin_refusals.labels("malformed").inc()
+        admin_log.info("admin request not valid HTTP", extra={"problem": error.problem})
+        body = {"error": "malformed request", "problem": error.problem}
+        return web.json_response(body, status=error.status, headers=SECURITY_HEADERS)
+
+    return AdminRunner(
         create_admin_app(runtime),
+        malformed,
         access_log=None,
         shutdown_timeout=1,
         keepalive_timeout=runtime.config.server.client_timeout,
-        logger=QuietHttpLogger(logging.getLogger("gateway.admin")),
+        logger=QuietHttpLogger(admin_log),
     )

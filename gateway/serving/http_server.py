@@ -1,12 +1,15 @@
-"""The public port's HTTP server: aiohttp's low-level server, one handler, our own answer to
+"""Both ports' HTTP server: aiohttp's low-level server, one handler, our own answer to
 requests that are not valid HTTP.
 
-There is exactly one thing to serve (a postback, routed by a dictionary lookup on the exact
-path), so an `Application` with its router adds nothing. And when aiohttp's parser refuses a
-request (a raw space or control byte in the request line, bare-LF line endings, an over-long
-line), aiohttp would log the request line with a traceback and echo it in the answer; the line
-may carry the key. Here such a request gets one short log line, a metric and the gateway's own
-answer instead, naming the problem from a closed set and never quoting the bytes.
+On the public port there is exactly one thing to serve (a postback, routed by a dictionary
+lookup on the exact path), so an `Application` with its router adds nothing; the admin port's
+`Application` is served by the same server class (`AdminRunner`). When aiohttp's parser
+refuses a request (a raw space or control byte in the request line, bare-LF line endings, an
+over-long line), aiohttp would log the request line with a traceback and echo it in a
+text/plain answer; the line may carry the key. Here such a request gets one short log line, a
+metric and the gateway's own answer instead, naming the problem from a closed set and never
+quoting the bytes. So does a request in an HTTP version other than 1.0 and 1.1, which llhttp
+reads (HTTP/0.9, HTTP/2.0) and aiohttp would answer in that version: 505, in HTTP/1.1.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
+from aiohttp.http import HttpVersion10, HttpVersion11
 from aiohttp.http_exceptions import (
     BadHttpMessage,
     BadHttpMethod,
@@ -60,8 +64,9 @@ _PROBLEMS: tuple[tuple[type[BaseException], str], ...] = (
 )
 PROBLEMS = frozenset(
     {problem for _, problem in _PROBLEMS}
-    | {"request_line_too_long", "header_too_long", "internal_error"}
+    | {"request_line_too_long", "header_too_long", "internal_error", "http_version"}
 )
+_VERSIONS = (HttpVersion10, HttpVersion11)
 
 
 class _Connection(web.RequestHandler):
@@ -84,11 +89,29 @@ class _Connection(web.RequestHandler):
         return response
 
 
-class PublicServer(web.Server):
-    """`web.Server` whose connections answer parse errors through `on_malformed`."""
+class HttpServer(web.Server):
+    """`web.Server` whose connections answer parse errors, and HTTP versions other than 1.0
+    and 1.1, through `on_malformed`."""
 
-    def __init__(self, handler: Handler, on_malformed: OnMalformed, **settings: Any) -> None:
-        super().__init__(handler, **settings)
+    def __init__(
+        self,
+        handler: Handler,
+        on_malformed: OnMalformed,
+        *,
+        request_factory: Any = None,
+        **settings: Any,
+    ) -> None:
+        async def versions_checked(request: web.BaseRequest) -> web.StreamResponse:
+            if request.version in _VERSIONS:
+                return await handler(request)
+            # aiohttp writes the answer in the request's version, read through a cached
+            # property: the answer's status line says HTTP/1.1 (tested)
+            request._cache["version"] = HttpVersion11
+            response = on_malformed(request, MalformedRequest(505, "http_version"))
+            response.force_close()
+            return response
+
+        super().__init__(versions_checked, request_factory=request_factory, **settings)
         self._on_malformed = on_malformed
         self._settings = settings
 
@@ -96,6 +119,23 @@ class PublicServer(web.Server):
         return _Connection(
             self, self._on_malformed, loop=asyncio.get_running_loop(), **self._settings
         )
+
+
+class AdminRunner(web.AppRunner):
+    """The admin app's runner, on an `HttpServer`: its requests that are not valid HTTP get
+    `on_malformed`'s answer, not aiohttp's echo."""
+
+    def __init__(self, app: web.Application, on_malformed: OnMalformed, **settings: Any) -> None:
+        super().__init__(app, **settings)
+        self._on_malformed = on_malformed
+        self._settings = {k: v for k, v in settings.items() if k != "shutdown_timeout"}
+
+    async def _make_server(self) -> web.Server:
+        made = await super()._make_server()  # the app started and frozen, its handler
+        return HttpServer(
+            made.request_handler, self._on_malformed, request_factory=made.request_factory,
+            **self._settings,
+        )  # fmt: skip
 
 
 class QuietHttpLogger(logging.Logger):
