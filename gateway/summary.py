@@ -57,10 +57,10 @@ def _route_lines(route: RouteConfig, store: StoreConfig | None) -> list[str]:
         static = f", static params {upstream.static_params.names}" if upstream.static_params else ""
         if not upstream.keep_alive:
             static += ", a new connection per postback (keep_alive: false)"
-        url = upstream.url.with_query(None).with_user(None)
-        shown = f"{upstream.name} = {url}" if upstream.name is not None else str(url)
+        # its label only: the URL's path or query may hold the app's key (`shown.py`)
         lines.append(
-            f"  upstream  {shown} ({role}; timeout {upstream.timeout:g}s, "
+            f"  upstream  {upstream.label} ({upstream.url.scheme}, {role}; "
+            f"timeout {upstream.timeout:g}s, "
             f"retries {upstream.retries}{rename}{static})"
         )
     return lines

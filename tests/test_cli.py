@@ -107,11 +107,11 @@ def test_check_summarizes_each_route_without_secrets(tmp_path: Path) -> None:
     assert "query" in tapper and "'token'" in tapper
     assert re.search(r"'event': 'event_type'", tapper) and re.search(r"'uid': 'ymid'", tapper)
     assert re.search(r"dedup.*\bymid, event_type\b", tapper), tapper
-    assert "http://127.0.0.1:3000/postback" in tapper
-    assert "127.0.0.1:3001/copy" in tapper
+    assert "upstream  127.0.0.1:3000 (http, answers;" in tapper
+    assert "upstream  127.0.0.1:3001 (http, copy;" in tapper
     assert "/postback/spinner" in spinner
     assert "header" in spinner and "X-Postback-Key" in spinner
-    assert "https://app.example/spin" in spinner
+    assert "upstream  app.example:443 (https, answers;" in spinner
     assert "ymid, event_type, zone_id" in spinner  # the default dedup key
     assert_no_secret(result.stdout, result.stderr)
 

@@ -216,7 +216,7 @@ def test_compose_gateway_config_passes_check() -> None:
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert (
-        "  store PostgreSQL postgresql://postgres:5432/gateway, shared by every replica"
+        "  store PostgreSQL postgresql://***@postgres:5432/gateway, shared by every replica"
         in result.stdout
     )
     assert "dedup     key [ymid, event_type, zone_id]" in result.stdout

@@ -374,9 +374,10 @@ def test_unusable_document_is_rejected(text: str, phrases: list[str]) -> None:
 def test_yaml_anchors_and_merge_keys_are_still_plain_yaml() -> None:
     text = config_with({"routes.tapper.upstreams": DROP}) + (
         "    upstreams:\n"
-        "      - &first {url: 'http://127.0.0.1:3000/a', timeout: 2s, retries: 1}\n"
+        "      - &first {url: 'http://127.0.0.1:3000/a', timeout: 2s, retries: 1, name: a}\n"
         "      - <<: *first\n"
         "        url: http://127.0.0.1:3000/b\n"
+        "        name: b\n"
     )
 
     (route,) = parse_config(text, ENV).routes
@@ -861,3 +862,105 @@ def test_upstreams_of_a_route_that_look_the_same_need_names() -> None:
 def test_an_upstream_name_is_a_plain_label() -> None:
     problems = problems_of(gateway_config({"url": "http://127.0.0.1:3000/q", "name": "a b"}))
     assert_problem_at(problems, "routes.tapper.upstreams[0].name", "letters, digits")
+
+
+# -- lists that let everyone in --------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "everyone",
+    [
+        pytest.param(["0.0.0.0/0", "::/0"], id="both-families"),
+        pytest.param(["0.0.0.0-255.255.255.255"], id="a-range-of-every-ipv4-address"),
+        pytest.param(["0.0.0.0/1", "128.0.0.0/1"], id="two-halves"),
+        pytest.param(["::/0"], id="every-ipv6-address"),
+    ],
+)
+def test_an_allowlist_that_takes_in_everyone_is_no_allowlist(everyone: list[str]) -> None:
+    """Before: it started without `insecure: true` and without a secret."""
+    changes = {"routes.tapper.allow_ips": everyone, "routes.tapper.secret": DROP}
+    assert_problem_at(problems_of(config_with(changes)), "routes.tapper", "takes in every address")
+    config = parse_with({**changes, "routes.tapper.insecure": True})
+    assert config.routes[0].insecure
+    with_secret = parse_with({"routes.tapper.allow_ips": everyone})
+    assert any("any address may call" in warning for warning in with_secret.warnings)
+
+
+@pytest.mark.parametrize(
+    ("proxies", "opt_in", "where", "phrase"),
+    [
+        pytest.param(["0.0.0.0/0"], False, "server.trusted_proxies", "every address",
+                     id="every-address"),
+        pytest.param(["0.0.0.0/0"], True, "server.trusted_proxies", "every address",
+                     id="every-address-even-with-the-opt-in"),
+        pytest.param(["10.0.0.0/8", "203.0.113.0/24"], False, "server.trusted_proxies[1]",
+                     "trust_public_proxies", id="a-public-range"),
+        pytest.param(["2001:db8::/32"], False, "server.trusted_proxies[0]",
+                     "trust_public_proxies", id="a-public-ipv6-range"),
+    ],
+)  # fmt: skip
+def test_trusted_proxies_that_anyone_could_be_are_refused(
+    proxies: list[str], opt_in: bool, where: str, phrase: str
+) -> None:
+    """Before: `trusted_proxies: [0.0.0.0/0]` was accepted, and `X-Forwarded-For: 203.0.113.5`
+    then turned a 403 into a forwarded postback."""
+    changes: dict[str, Any] = {"server.trusted_proxies": proxies}
+    if opt_in:
+        changes["server.trust_public_proxies"] = True
+    assert_problem_at(problems_of(config_with(changes)), where, phrase)
+
+
+def test_private_proxies_need_nothing_and_public_ones_an_opt_in() -> None:
+    private = ["10.0.0.0/8", "172.16.0.0/12", "192.168.1.1", "127.0.0.1", "fd00::/8"]
+    assert len(parse_with({"server.trusted_proxies": private}).server.trusted_proxies) == 5
+    cdn = {"server.trusted_proxies": ["173.245.48.0/20"], "server.trust_public_proxies": True}
+    assert parse_with(cdn).server.trust_public_proxies
+
+
+# -- store and Redis URLs as operators write them --------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("key", "url"),
+    [
+        pytest.param("redis_url", "unix:///run/redis/redis.sock?db=0&password=PwInQuery1",
+                     id="redis-unix-socket"),
+        pytest.param("redis_url", "rediss://:Pw%23With%2FMarks@redis.internal:6380/1",
+                     id="redis-encoded-password"),
+        pytest.param("store", "postgresql:///gateway?host=/run/postgresql&user=gw",
+                     id="postgres-socket-dsn"),
+        pytest.param("store", "postgresql://gw:Pw%23%3F%2F@db:5432/gateway", id="postgres-encoded"),
+    ],
+)  # fmt: skip
+def test_documented_url_forms_load_and_show_without_their_secrets(key: str, url: str) -> None:
+    """Before: `check` and `run` crashed with yarl's ValueError on these."""
+    config = parse_with(_url_change(key, url))
+    shown = config.store.shown if key == "store" and config.store else ""
+    if key == "redis_url":
+        shown = config.routes[0].dedup.redis_url.shown  # type: ignore[union-attr]
+    for secret in ("PwInQuery1", "Pw%23With%2FMarks", "Pw%23%3F%2F"):
+        assert secret not in shown, shown
+
+
+@pytest.mark.parametrize(
+    ("key", "url"),
+    [
+        pytest.param("store", "postgresql://gw:Xyzzy#ss@db:5432/gateway", id="a-raw-hash"),
+        pytest.param("store", "postgresql://gw:Xyzzy/ss@db:5432/gateway", id="a-raw-slash"),
+        pytest.param("store", "postgresql://gw:12/Xyzzy@db:5432/gateway", id="a-raw-slash-digits"),
+        pytest.param("redis_url", "redis://:Xyzzy?ss@redis:6379/0", id="a-raw-question-mark"),
+    ],
+)
+def test_a_password_that_breaks_its_url_is_refused_saying_how_to_write_it(
+    key: str, url: str
+) -> None:
+    problems = problems_of(config_with(_url_change(key, url)))
+    where = "store.url" if key == "store" else "routes.tapper.dedup.redis_url"
+    assert_problem_at(problems, where, "must be percent-encoded")
+    assert not any("Xyzzy" in problem for problem in problems)
+
+
+def _url_change(key: str, url: str) -> dict[str, Any]:
+    if key == "store":
+        return {"store": {"url": url}}
+    return {"routes.tapper.dedup": {"backend": "redis", "redis_url": url}}

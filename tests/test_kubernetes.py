@@ -134,7 +134,7 @@ def test_configmap_config_passes_check_without_showing_the_password(local_config
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert (
-        "  store PostgreSQL postgresql://postgres.example.internal:5432/gateway, "
+        "  store PostgreSQL postgresql://***@postgres.example.internal:5432/gateway, "
         "shared by every replica" in result.stdout
     )
     assert "this process, then PostgreSQL (every replica)" in result.stdout

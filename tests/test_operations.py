@@ -420,7 +420,7 @@ def test_metrics_move_by_exactly_what_was_sent(
     assert moved(rejections, route="tapper", reason="invalid_fields") == 1
     assert moved(rejections, route="tapper", reason="ip_not_allowed") == 0
     attempts = "gateway_upstream_attempts_total"
-    assert moved(attempts, route="tapper", upstream=app.postback_url, status_class="2xx") == 1
+    assert moved(attempts, route="tapper", upstream=app.label, status_class="2xx") == 1
     durations = "gateway_request_duration_seconds_count"
     assert moved(durations, route="tapper") == 4
     assert moved(durations, route="unknown") == 1
@@ -724,7 +724,7 @@ def test_every_dashboard_metric_is_exposed(
         return f"dashboard metrics with no samples: {sorted(used - gw.scrape().sample_names)}"
 
     scrape = eventually(every_one_sampled, 15.0, interval=0.2, explain=unsampled)
-    delivered = {"route": "queued", "upstream": app.postback_url, "result": DELIVERED}
+    delivered = {"route": "queued", "upstream": app.label, "result": DELIVERED}
     assert scrape.value("gateway_deliveries_total", **delivered) == 1
     assert scrape.value("gateway_store_up") == 1
     assert scrape.value("gateway_dedup_fallbacks_total", route="shared") == 1

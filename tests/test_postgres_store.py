@@ -206,7 +206,7 @@ def test_a_store_that_cannot_be_reached_stops_run_with_a_clear_message(tmp_path:
     config.write_text(gateway_config("http://127.0.0.1:9/postback", store=url))
     result = gateway_command("run", "--config", str(config), env=command_env())
     assert result.returncode == 1
-    assert f"cannot open the store at postgresql://127.0.0.1:{port}/gateway" in result.stderr
+    assert f"cannot open the store at postgresql://***@127.0.0.1:{port}/gateway" in result.stderr
     assert "ConnectionRefusedError" in result.stderr
     assert PASSWORD not in result.stdout + result.stderr
 
@@ -233,7 +233,7 @@ def test_the_password_is_never_shown(
             gateway.admin("/readyz").body.decode(),
             gateway.metrics(),
         ]
-        assert f"PostgreSQL postgresql://127.0.0.1:{postgres.port}/secretive" in shown[0]
+        assert f"PostgreSQL postgresql://***@127.0.0.1:{postgres.port}/secretive" in shown[0]
         assert metric_sum(shown[3], "gateway_store_up") == 1
         gateway.stop()
         shown += [gateway.output(), gateway.stderr.read_text()]

@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import Counter
 from pathlib import Path
 
 import pytest
 
+from gateway.config.model import PostgresUrl, StoreConfig
 from gateway.deadline import Deadline
 from gateway.durable.deliverer import Deliverer
+from gateway.durable.outbox import NewEvent
+from gateway.durable.service import open_outbox
 from gateway.durable.sqlite_outbox import SqliteOutbox
 from gateway.forwarding.forward import Forwarder
 from gateway.forwarding.upstream_client import UpstreamClient
 from gateway.metrics import Metrics
+from gateway.postback import Postback
 from tests.conftest import RunningGateway
 from tests.gatewayconfig import gateway_config, upstream
 from tests.test_pipeline import CLICK, get
@@ -101,7 +106,7 @@ async def test_refused_event_is_dead_lettered_with_status_and_body(
     await asyncio.sleep(0.3)  # time for a wrong retry to show
     assert len(app.received) == 1  # a 400 is final: not retried
     deliveries = gateway.runtime.metrics.registry.get_sample_value(
-        "gateway_deliveries_total", {"route": "tapper", "upstream": app.url, "result": "dead"}
+        "gateway_deliveries_total", {"route": "tapper", "upstream": app.label, "result": "dead"}
     )
     assert deliveries == 1
 
@@ -253,3 +258,41 @@ async def test_two_upstreams_differing_only_in_their_query_each_get_every_event(
         "app": 3, "analytics": 3
     }  # fmt: skip
     assert gateway.runtime.durable is not None and gateway.runtime.durable.available
+
+
+async def test_deliveries_stored_under_an_upstreams_earlier_label_are_still_delivered(
+    start_upstream, start_gateway, http, store_at
+):
+    """Labels were the URL without its query; they are host:port now (a path can hold a key).
+    Deliveries an earlier version left pending under the old label are moved, not buried."""
+    app = start_upstream()
+    earlier = f"{app.url}/postback"  # what an upstream of this URL was called before
+    outbox = open_outbox(_store_config(store_at))
+    await outbox.open()
+    try:
+        event = NewEvent(
+            route="tapper", upstreams=[earlier], postback=Postback({"ymid": "left-1"}),
+            dedup_key=b"left-behind-key!", dedup_expires_at=time.time() + 3600,
+            request_id="r-1", client="127.0.0.1", accepted_at=time.time(),
+        )  # fmt: skip
+        assert await outbox.enqueue(event)
+    finally:
+        await outbox.close()
+
+    gateway = await start_gateway(queued_yaml([f"{app.url}/postback"], store_at))
+
+    durable = gateway.runtime.durable
+    assert durable is not None
+
+    async def delivered() -> bool:
+        (listed,) = await durable.outbox.listing(None, None, 10)
+        return (listed.upstream, listed.state) == (app.label, "delivered")
+
+    await eventually_async(delivered)
+    assert app.ymids() == {"left-1"}
+
+
+def _store_config(store_at: str | Path) -> StoreConfig:
+    if str(store_at).startswith("postgresql://"):
+        return StoreConfig(url=PostgresUrl(str(store_at)))
+    return StoreConfig(path=str(store_at))

@@ -9,6 +9,7 @@ PostgreSQL's own cases are in test_postgres_dedup.py.
 from __future__ import annotations
 
 import asyncio
+import subprocess
 from collections import Counter
 from collections.abc import Callable
 
@@ -21,6 +22,7 @@ from gateway.postback import Postback
 from tests.gatewayconfig import gateway_config, upstream
 from tests.test_pipeline import CLICK, get
 from tests.upstream import Answer
+from tests.waiting import eventually_async
 
 
 def shared_yaml(app: str | dict[str, object], redis_url: str, policy: str = "fail_closed") -> str:
@@ -150,3 +152,28 @@ async def test_restarted_redis_forgets_but_local_cache_still_knows(
     other = {**CLICK, "uid": "user-2"}
     assert (await get(http, gateway.postback_url(), other))[1] == "forwarded"
     assert len(app.received) == 2
+
+
+async def test_redis_on_a_unix_socket_with_its_password_in_the_query_works(
+    start_upstream, start_gateway, http, tmp_path
+):
+    """The documented `unix://` form: before, `check` and `run` crashed (yarl's ValueError)."""
+    socket_path = tmp_path / "redis.sock"
+    server = subprocess.Popen(
+        ["redis-server", "--port", "0", "--unixsocket", str(socket_path), "--save", "",
+         "--appendonly", "no", "--dir", str(tmp_path), "--requirepass", "SocketPw-31"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        await eventually_async(socket_path.exists, timeout=10)
+        app = start_upstream()
+        url = f"unix://{socket_path}?db=0&password=SocketPw-31"
+        gateways = [await start_gateway(shared_yaml(app.url, url)) for _ in range(2)]
+        assert (await get(http, gateways[0].postback_url(), CLICK))[1] == "forwarded"
+        assert (await get(http, gateways[1].postback_url(), CLICK))[1] == "duplicate"
+        route = gateways[0].config.routes[0]
+        assert route.dedup.redis_url is not None
+        assert "SocketPw-31" not in route.dedup.redis_url.shown
+    finally:
+        server.terminate()
+        server.wait(timeout=10)

@@ -90,6 +90,11 @@ class RecordingUpstream:
         """`url` with the path most tests' routes forward to."""
         return f"{self.url}/postback"
 
+    @property
+    def label(self) -> str:
+        """How the gateway names it in logs and metrics when it has no `name:`: host:port."""
+        return f"127.0.0.1:{self.port}"
+
     # -- what it received
 
     @property

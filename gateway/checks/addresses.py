@@ -16,6 +16,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import lru_cache
 
+from ..shown import quoted
+
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
@@ -51,11 +53,11 @@ def _range_of_first_last(entry: str) -> tuple[int, int, int]:
         first_text, _, last_text = entry.partition("-")
         first, last = parse_ip(first_text.strip()), parse_ip(last_text.strip())
     except ValueError:
-        raise ValueError(f"{entry!r} is not an IP, a CIDR or a first-last range") from None
+        raise ValueError(f"{quoted(entry)} is not an IP, a CIDR or a first-last range") from None
     if first.version != last.version:
-        raise ValueError(f"range {entry!r} mixes IPv4 and IPv6")
+        raise ValueError(f"range {quoted(entry)} mixes IPv4 and IPv6")
     if int(first) > int(last):
-        raise ValueError(f"range {entry!r} ends before it starts")
+        raise ValueError(f"range {quoted(entry)} ends before it starts")
     return first.version, int(first), int(last)
 
 
@@ -68,7 +70,7 @@ def _range_of_network(entry: str) -> tuple[int, int, int]:
         except ValueError:
             raise error from None
         raise ValueError(
-            f"{entry!r} has host bits set; write {widened} if that whole network is meant"
+            f"{quoted(entry)} has host bits set; write {widened} if that whole network is meant"
         ) from None
     first_address = network.network_address
     if isinstance(first_address, ipaddress.IPv6Address) and first_address.ipv4_mapped:
@@ -99,6 +101,21 @@ class _Ranges:
     def contains(self, value: int) -> bool:
         index = bisect_right(self.firsts, value) - 1
         return index >= 0 and value <= self.lasts[index]
+
+    def covers(self, first: int, last: int) -> bool:
+        """Whether every value from `first` to `last` is in these ranges."""
+        index = bisect_right(self.firsts, first) - 1
+        return index >= 0 and last <= self.lasts[index]
+
+
+# Addresses no sender on the internet has: private, loopback, link-local, shared (CGNAT) and
+# unique-local blocks. A proxy outside them is a public one.
+_NOT_PUBLIC = {
+    4: ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "127.0.0.0/8", "169.254.0.0/16",
+        "100.64.0.0/10"),
+    6: ("::1/128", "fc00::/7", "fe80::/10"),
+}  # fmt: skip
+_EVERY = {4: (0, 2**32 - 1), 6: (0, 2**128 - 1)}
 
 
 @dataclass(frozen=True)
@@ -131,6 +148,26 @@ class AddressSet:
 
     def __len__(self) -> int:
         return len(self.entries)
+
+    @property
+    def covers_every_address(self) -> bool:
+        """Every IPv4 or every IPv6 address is in the set (0.0.0.0/0, ::/0, 0.0.0.0-...):
+        as good as no list at all for whoever sends from that family."""
+        return self._v4.covers(*_EVERY[4]) or self._v6.covers(*_EVERY[6])
+
+    def public_entries(self) -> list[int]:
+        """The indexes of entries that take in an address outside the private, loopback,
+        link-local and shared blocks: a public address."""
+        private = {
+            version: _Ranges.merged([_range_of_network(block)[1:] for block in blocks])
+            for version, blocks in _NOT_PUBLIC.items()
+        }
+        public = []
+        for index, entry in enumerate(self.entries):
+            version, first, last = _range_of_entry(entry)
+            if not private[version].covers(first, last):
+                public.append(index)
+        return public
 
 
 class IndexedValueError(ValueError):

@@ -50,7 +50,7 @@ def load_config(
         text = Path(path).read_bytes().decode("utf-8")
     except UnicodeDecodeError:
         raise ConfigError([f"config file {os.fspath(path)!r} is not UTF-8 text"]) from None
-    except OSError as error:
+    except OSError as error:  # the operator's own path: shown whole
         message = f"cannot read config file {os.fspath(path)!r}: {error.strerror}"
         raise ConfigError([message]) from None
     return parse_config(text, os.environ if environ is None else environ)

@@ -20,6 +20,7 @@ from ..checks.addresses import AddressSet
 from ..checks.secret import SecretCheck
 from ..checks.validate import DEFAULT_MAX_ESTIMATED_PRICE
 from ..postback import CANONICAL_FIELDS, EVENT_TYPE, YMID, ZONE_ID
+from ..shown import shown_url
 
 DEFAULT_REQUIRED: tuple[str, ...] = (YMID, EVENT_TYPE)
 DEFAULT_DEDUP_KEY: tuple[str, ...] = (YMID, EVENT_TYPE, ZONE_ID)
@@ -120,6 +121,8 @@ class ServerConfig:
     listen: ListenAddress = ListenAddress("0.0.0.0", 8080)
     admin_listen: ListenAddress = ListenAddress("127.0.0.1", 9090)
     trusted_proxies: AddressSet = field(default_factory=AddressSet)
+    # trusted_proxies may hold public addresses (a CDN or cloud load balancer in front)
+    trust_public_proxies: bool = False
     max_in_flight: int = 1000  # beyond this, 503 with Retry-After rather than a queue
     shutdown_grace: float = 30.0  # how long requests in flight may take after SIGTERM
     drain_delay: float = 0.0  # keep serving, unready, this long after SIGTERM (for LBs)
@@ -158,17 +161,20 @@ class DedupConfig:
     on_redis_error: OnRedisError = OnRedisError.FAIL_CLOSED
 
 
-class RedisUrl(str):
-    """A Redis URL, which may carry a password: never shown whole."""
+class SecretUrl(str):
+    """A URL that may carry a password or a key: never shown whole (`shown_url`)."""
 
     def __repr__(self) -> str:
-        return "RedisUrl('***')"
+        return f"{type(self).__name__}('***')"
 
     @property
     def shown(self) -> str:
-        """For logs and `check`: scheme, host, port and database, without credentials."""
-        url = URL(self)
-        return str(url.with_user(None).with_password(None))
+        """For logs, `check` and pages: userinfo and query values masked."""
+        return shown_url(self)
+
+
+class RedisUrl(SecretUrl):
+    """A Redis URL: redis://, rediss:// or unix://."""
 
 
 @dataclass(frozen=True)
@@ -179,16 +185,28 @@ class UpstreamConfig:
     rename: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     static_params: StaticParams = field(default_factory=lambda: StaticParams(()))
     keep_alive: bool = True  # false: a new connection per request, for apps that garble them
-    # how logs, metrics, the inspector and the queue name it; by default its URL without
-    # query and userinfo. Unique within a route: a queued event has one delivery per upstream.
+    # how logs, metrics, the inspector and the queue name it; by default its host and port.
+    # Unique within a route: a queued event has one delivery per upstream.
     name: str | None = None
 
     @property
     def label(self) -> str:
-        """`name`, or the URL without its query and userinfo (which may hold a key)."""
-        if self.name is not None:
-            return self.name
-        return str(self.url.with_query(None).with_fragment(None).with_user(None))
+        """`name`, or host:port: never the path or the query, which may hold a key (a bot
+        token in the path: /bot123456:AAH.../cb)."""
+        return self.name if self.name is not None else self.address
+
+    @property
+    def address(self) -> str:
+        """host:port, the label of an upstream without a name."""
+        host = self.url.raw_host or ""
+        return f"[{host}]:{self.url.port}" if ":" in host else f"{host}:{self.url.port}"
+
+    @property
+    def labels_before(self) -> tuple[str, ...]:
+        """Labels its deliveries may be stored under from before: the URL without query and
+        userinfo (earlier versions' label), and host:port if it has a name now."""
+        earlier = str(self.url.with_query(None).with_fragment(None).with_user(None))
+        return (earlier, self.address) if self.name is not None else (earlier,)
 
 
 class StaticParams:
@@ -230,17 +248,8 @@ class QueueConfig:
     retry_cap: float = 600.0  # longest backoff
 
 
-class PostgresUrl(str):
-    """A PostgreSQL URL, which may carry a password: never shown whole."""
-
-    def __repr__(self) -> str:
-        return "PostgresUrl('***')"
-
-    @property
-    def shown(self) -> str:
-        """For logs and `check`: scheme, host, port and database, without credentials."""
-        url = URL(self)
-        return str(url.with_user(None).with_password(None).with_query(None))
+class PostgresUrl(SecretUrl):
+    """A PostgreSQL URL (a socket DSN too: postgresql:///db?host=/run/postgresql)."""
 
 
 @dataclass(frozen=True)

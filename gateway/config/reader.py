@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import ssl
+import urllib.parse
 from dataclasses import replace
 from types import MappingProxyType
 from typing import Any
@@ -12,6 +13,7 @@ from ..checks.addresses import AddressSet
 from ..checks.secret import Secret, SecretCheck
 from ..checks.validate import value_problem
 from ..postback import CANONICAL_FIELDS, LOWERCASED_FIELDS
+from ..shown import quoted
 from ..tls import describe_load_error, server_context
 from .model import (
     EVERY_ADDRESS,
@@ -43,6 +45,20 @@ MIN_ADMIN_TOKEN = 16  # characters: guessing it over the network must be hopeles
 _ROUTE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
 _LABEL = r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?"
 _HOST_NAME = re.compile(rf"(?=.{{1,253}}$){_LABEL}(\.{_LABEL})*")
+
+
+def _url_problem(text: str) -> str | None:
+    """Why a store or Redis URL cannot be read as meant, in words that never quote it. The
+    usual cause: a password with a raw '#', '/' or '?', which ends the host part early."""
+    encode = "a password with '#', '/', '?' or '@' must be percent-encoded (%23, %2F, %3F, %40)"
+    try:
+        parts = urllib.parse.urlsplit(text)
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+    except ValueError:
+        return f"does not parse as a URL (not shown): {encode}"
+    if parts.fragment or "@" in parts.path + parts.query:
+        return f"has text after the host that looks like the rest of a password: {encode}"
+    return None
 
 
 def _same_dedup(first: DedupConfig, second: DedupConfig) -> bool:
@@ -117,6 +133,9 @@ class DocumentReader(ValueReader):
         if not text.startswith(("postgresql://", "postgres://")):
             self.problem(path, "must start with postgresql:// (or postgres://)")
             return None
+        if (problem := _url_problem(text)) is not None:
+            self.problem(path, problem)
+            return None
         return PostgresUrl(text)
 
     def queue(self, value: Any, path: str) -> QueueConfig | None:
@@ -147,11 +166,13 @@ class DocumentReader(ValueReader):
             "admin_token": self.admin_token, "admin_insecure": self.boolean,
             "metrics_need_token": self.boolean, "recent_postbacks": self.count,
             "admin_hosts": self.host_names, "admin_session_ttl": self.duration,
+            "trust_public_proxies": self.boolean,
         }  # fmt: skip
         values = self.section(value, path, ServerConfig, readers)
         if values is None:
             return None
         server = ServerConfig(**values)
+        self.check_trusted_proxies(server, key_path(path, "trusted_proxies"))
         if _overlap(server.listen, server.admin_listen):
             self.problem(key_path(path, "admin_listen"), "must not share server.listen's port")
             return None
@@ -173,6 +194,28 @@ class DocumentReader(ValueReader):
             self.problem(key_path(path, "metrics_need_token"), "needs server.admin_token")
             return None
         return server
+
+    def check_trusted_proxies(self, server: ServerConfig, path: str) -> None:
+        """A proxy's X-Forwarded-For decides who the client is: believing it from everyone
+        (0.0.0.0/0) lets any sender choose its address; from a public address, only on
+        purpose (a CDN in front)."""
+        proxies = server.trusted_proxies
+        if proxies.covers_every_address:
+            self.problem(
+                path,
+                "takes in every address: any sender could then name its own client address "
+                "in X-Forwarded-For and pass allow_ips; list only your load balancers",
+            )
+            return
+        if server.trust_public_proxies:
+            return
+        for index in proxies.public_entries():
+            self.problem(
+                f"{path}[{index}]",
+                f"{quoted(proxies.entries[index])} holds public addresses: what they send in "
+                "X-Forwarded-For would be believed; if that is a CDN or cloud load balancer "
+                "in front of the gateway, set server.trust_public_proxies: true",
+            )
 
     def host_names(self, value: Any, path: str) -> tuple[str, ...] | None:
         items = self.sequence(value, path)
@@ -233,7 +276,8 @@ class DocumentReader(ValueReader):
             if route.path in owner_of_path:
                 self.problem(
                     key_path(route_path, "path"),
-                    f"{route.path!r} is already the path of route {owner_of_path[route.path]!r}",
+                    f"{quoted(route.path)} is already the path of route "
+                    f"{quoted(owner_of_path[route.path])}",
                 )
             owner_of_path.setdefault(route.path, name)
             routes.append(route)
@@ -250,7 +294,8 @@ class DocumentReader(ValueReader):
                 continue
             self.problem(
                 key_path(key_path(path, route.name), "dedup"),
-                f"shares dedup.scope {route.dedup_scope!r} with route {first.name!r} but not "
+                f"shares dedup.scope {quoted(route.dedup_scope)} with route {quoted(first.name)} "
+                "but not "
                 "its dedup settings (key fields, ttl, max_entries, backend): give both the "
                 "same, or each its own scope",
             )
@@ -303,14 +348,17 @@ class DocumentReader(ValueReader):
     def check_route_consistency(self, route: RouteConfig, path: str) -> None:
         """Combinations that are each valid alone but can never work together."""
         enforced = route.allow_ips_mode == AllowIpsMode.ENFORCE
-        enforced_allowlist = route.allow_ips is not None and enforced
+        everyone = route.allow_ips is not None and route.allow_ips.covers_every_address
+        enforced_allowlist = route.allow_ips is not None and enforced and not everyone
         if not enforced_allowlist and route.secret is None and not route.insecure:
             self.problem(
                 path,
-                "has neither an enforced allow_ips nor a secret: anyone could grant rewards; "
-                "add one, or write `insecure: true` if that is really meant",
-            )
-        elif route.allow_ips is None and not route.insecure:
+                ("allow_ips takes in every address and there is no secret"
+                 if everyone else "has neither an enforced allow_ips nor a secret")
+                + ": anyone could grant rewards; add one, or write `insecure: true` if that "
+                "is really meant",
+            )  # fmt: skip
+        elif (route.allow_ips is None or everyone) and not route.insecure:
             self.warnings.append(f"{path}: no allow_ips, so any address may call (secret only)")
         elif route.secret is None and not route.insecure:
             self.warnings.append(f"{path}: no secret, so the IP allowlist is the only check")
@@ -323,7 +371,8 @@ class DocumentReader(ValueReader):
         if secret_param is not None and secret_param in incoming_names:
             self.problem(
                 key_path(path, "secret.query_param"),
-                f"{secret_param!r} is also a postback field name; the secret must have its own",
+                f"{quoted(secret_param)} is also a postback field name; the secret must have its "
+                "own",
             )
         needed = [
             *((f"required[{index}]", name) for index, name in enumerate(route.required)),
@@ -336,22 +385,25 @@ class DocumentReader(ValueReader):
             if route.from_template:
                 why = "the template does not carry it"
             else:
-                why = f"aliases rename incoming {name!r} to {route.aliases[name]!r}"
-            self.problem(f"{path}.{where}", f"{name!r} can never be present: {why}")
+                why = f"aliases rename incoming {quoted(name)} to {quoted(route.aliases[name])}"
+            self.problem(f"{path}.{where}", f"{quoted(name)} can never be present: {why}")
 
     def check_template(self, route: RouteConfig, template: PostbackTemplate, path: str) -> None:
         """The registered URL must reach this route and carry a key this route accepts."""
         if template.path != route.path:
-            self.problem(path, f"its path {template.path!r} is not the route's path {route.path!r}")
+            self.problem(
+                path,
+                f"its path {quoted(template.path)} is not the route's path {quoted(route.path)}",
+            )
         secret_param = route.secret.query_param if route.secret else None
         if secret_param is None:
             return
         if secret_param not in template.fixed:
-            self.problem(path, f"does not carry the secret parameter {secret_param!r}")
+            self.problem(path, f"does not carry the secret parameter {quoted(secret_param)}")
             return
         assert route.secret is not None
         if not route.secret.accepts(template.fixed[secret_param]):
-            self.problem(path, f"its {secret_param!r} value is not one of secret.keys")
+            self.problem(path, f"its {quoted(secret_param)} value is not one of secret.keys")
 
     def template(self, value: Any, path: str) -> PostbackTemplate | None:
         text = self.string(value, path)
@@ -382,7 +434,7 @@ class DocumentReader(ValueReader):
                     text = text.lower()
                 problem = value_problem(field_name, text)
                 if problem is not None:
-                    self.problem(entry, f"{text!r} can never match: {field_name} {problem}")
+                    self.problem(entry, f"{quoted(text)} can never match: {field_name} {problem}")
                 values.add(text)
             if field_name is not None and not items:
                 self.problem(entry, "an empty list matches nothing")
@@ -471,6 +523,9 @@ class DocumentReader(ValueReader):
         if not text.startswith(("redis://", "rediss://", "unix://")):
             self.problem(path, "must start with redis://, rediss:// or unix://")
             return None
+        if (problem := _url_problem(text)) is not None:
+            self.problem(path, problem)
+            return None
         return RedisUrl(text)
 
     def defaults(self, value: Any, path: str) -> dict[str, Any]:
@@ -499,7 +554,7 @@ class DocumentReader(ValueReader):
             if earlier != index:
                 self.problem(
                     f"{path}[{index}]",
-                    f"is named like upstreams[{earlier}] ({upstream.label!r}: URLs differing "
+                    f"is named like upstreams[{earlier}] ({quoted(upstream.label)}: URLs differing "
                     "only in their query look the same in logs, metrics and the queue): give "
                     "each a distinct `name:`",
                 )
@@ -552,7 +607,7 @@ class DocumentReader(ValueReader):
             source = self.canonical_name(canonical, entry)
             target = self.param_name(outgoing, entry)
             if target in rename.values():
-                self.problem(entry, f"{target!r} is already the name of another field")
+                self.problem(entry, f"{quoted(target)} is already the name of another field")
             elif source is not None and target is not None:
                 rename[source] = target
         return rename

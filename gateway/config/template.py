@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from yarl import URL
 
 from ..postback import CANONICAL_FIELDS
+from ..shown import quoted
 
 _MACRO = re.compile(r"\{([A-Za-z_]+)\}")
 
@@ -40,14 +41,15 @@ def parse_template(text: str) -> PostbackTemplate:
     fixed: dict[str, str] = {}
     for name, value in url.query.items():
         if name in aliases or name in fixed:
-            raise ValueError(f"names parameter {name!r} twice")
+            raise ValueError(f"names parameter {quoted(name)} twice")
         macro = _MACRO.fullmatch(value)
         if macro is None:
             fixed[name] = value
         elif macro.group(1) not in CANONICAL_FIELDS:
             # the value is not echoed: it may be the secret, written in braces
             raise ValueError(
-                f"parameter {name!r} does not hold a Monetag macro ({', '.join(CANONICAL_FIELDS)})"
+                f"parameter {quoted(name)} does not hold a Monetag macro "
+                f"({', '.join(CANONICAL_FIELDS)})"
             )
         elif macro.group(1) in aliases.values():
             raise ValueError(f"carries {{{macro.group(1)}}} twice")

@@ -12,7 +12,10 @@ from yarl import URL
 
 from ..checks.addresses import AddressSet, IndexedValueError
 from ..postback import CANONICAL_FIELDS
+from ..shown import quoted
 from .model import MAX_UPSTREAM_RETRIES, ListenAddress, yaml_keys
+
+MAX_PROBLEM = 600  # characters of one problem line
 
 _URL_PATH = re.compile(r"/[A-Za-z0-9\-._~!$&'()*+,;=:@/]*")
 _PARAM_NAME = re.compile(r"[A-Za-z0-9_.\-\[\]]{1,128}")
@@ -44,7 +47,10 @@ class ValueReader:
         self.warnings: list[str] = []
 
     def problem(self, path: str, message: str) -> None:
-        self.problems.append(f"{path}: {message}")
+        """One problem, bounded: values in it are `quoted` (80 characters), and the whole line
+        is cut at MAX_PROBLEM, whatever a caller put in it."""
+        line = f"{path}: {message}"
+        self.problems.append(line if len(line) <= MAX_PROBLEM else line[: MAX_PROBLEM - 1] + "…")
 
     # -- scalar kinds ---------------------------------------------------------------------
 
@@ -71,7 +77,8 @@ class ValueReader:
         port = int(match.group(2) or match.group(4)) if match else -1
         if match is None or port > 65535:
             self.problem(
-                path, f"{text!r} is not host:port ([::]:8080 for IPv6, *:8080 for every address)"
+                path,
+                f"{quoted(text)} is not host:port ([::]:8080 for IPv6, *:8080 for every address)",
             )
             return None
         return ListenAddress(match.group(1) or match.group(3), port)
@@ -82,7 +89,7 @@ class ValueReader:
         if text is not None and not _URL_PATH.fullmatch(text):
             self.problem(
                 path,
-                f"{text!r} must be an absolute path like /postback: letters, digits and "
+                f"{quoted(text)} must be an absolute path like /postback: letters, digits and "
                 "-._~!$&'()*+,;=:@/ only (no query, no %-escapes, no spaces)",
             )
             return None
@@ -95,12 +102,12 @@ class ValueReader:
             if value is None:
                 return None
         if isinstance(value, bool) or not isinstance(value, int | float | str):
-            self.problem(path, f"expected a number, got {value!r}")
+            self.problem(path, f"expected a number, got {quoted(value)}")
             return None
         try:
             number = Decimal(str(value).strip())
         except InvalidOperation:
-            self.problem(path, f"{value!r} is not a number")
+            self.problem(path, f"{quoted(value)} is not a number")
             return None
         if not number.is_finite() or number <= 0:
             self.problem(path, "must be a finite number above zero")
@@ -111,13 +118,18 @@ class ValueReader:
         text = self.string(value, path)
         if text is None:
             return None
+        # the URL's text is never quoted: it may hold the app's key (?api_key=, /bot123:AAH.../)
         try:
             url = URL(text)
-        except ValueError as error:
-            self.problem(path, f"{text!r} is not a URL: {error}")
+            port = url.port
+        except ValueError:
+            self.problem(path, "is not a URL (not shown: it may hold a key)")
             return None
         if url.scheme not in ("http", "https") or not url.host:
-            self.problem(path, f"{text!r} must be an http:// or https:// URL with a host")
+            self.problem(path, "must be an http:// or https:// URL with a host (not shown)")
+            return None
+        if port is None or not 0 < port < 65536:
+            self.problem(path, "has a port outside 1-65535 (the URL is not shown)")
             return None
         return url
 
@@ -133,7 +145,9 @@ class ValueReader:
     def canonical_name(self, value: Any, path: str) -> str | None:
         text = self.string(value, path)
         if text is not None and text not in CANONICAL_FIELDS:
-            self.problem(path, f"{text!r} is not a canonical field ({', '.join(CANONICAL_FIELDS)})")
+            self.problem(
+                path, f"{quoted(text)} is not a canonical field ({', '.join(CANONICAL_FIELDS)})"
+            )
             return None
         return text
 
@@ -146,7 +160,7 @@ class ValueReader:
     def _name(self, value: Any, path: str, shape: re.Pattern[str], what: str) -> str | None:
         text = self.string(value, path)
         if text is not None and not shape.fullmatch(text):
-            self.problem(path, f"{text!r} is not a usable {what}")
+            self.problem(path, f"{quoted(text)} is not a usable {what}")
             return None
         return text
 
@@ -155,7 +169,7 @@ class ValueReader:
 
     def duration(self, value: Any, path: str, allow_zero: bool = False) -> float | None:
         if isinstance(value, bool) or not isinstance(value, int | float | str):
-            self.problem(path, f"expected a duration like 500ms, 5s, 10m, 24h; got {value!r}")
+            self.problem(path, f"expected a duration like 500ms, 5s, 10m, 24h; got {quoted(value)}")
             return None
         seconds: float | None = None
         if isinstance(value, int | float):
@@ -166,7 +180,7 @@ class ValueReader:
             if match is not None:
                 seconds = float(match.group(1)) * _DURATION_UNITS[match.group(2)]
             elif text is not None:
-                self.problem(path, f"{text!r} is not a duration like 500ms, 5s, 10m, 24h")
+                self.problem(path, f"{quoted(text)} is not a duration like 500ms, 5s, 10m, 24h")
                 return None
         if seconds is not None and not (
             0 < seconds < float("inf") or (allow_zero and seconds == 0)
@@ -208,7 +222,7 @@ class ValueReader:
             return choices(text)
         except ValueError:
             listed = ", ".join(choice.value for choice in choices)
-            self.problem(path, f"{text!r} is not one of {listed}")
+            self.problem(path, f"{quoted(text)} is not one of {listed}")
             return None
 
     def chooser(self, choices: type[E]) -> Callable[[Any, str], E | None]:
@@ -222,19 +236,19 @@ class ValueReader:
             if isinstance(text, _FromEnvironment) and text.strip().isdigit():
                 return int(text)
         if isinstance(value, bool) or not isinstance(value, int):
-            self.problem(path, f"expected a whole number, got {value!r}")
+            self.problem(path, f"expected a whole number, got {quoted(value)}")
             return None
         return value
 
     def boolean(self, value: Any, path: str) -> bool | None:
         if not isinstance(value, bool):
-            self.problem(path, f"expected true or false, got {value!r}")
+            self.problem(path, f"expected true or false, got {quoted(value)}")
             return None
         return value
 
     def string(self, value: Any, path: str, *, secret: bool = False) -> str | None:
         if not isinstance(value, str):
-            shown = "" if secret else f" {value!r}"  # a key written as a number stays unsaid
+            shown = "" if secret else f" {quoted(value)}"  # a key written as a number stays unsaid
             self.problem(path, f"expected a string, got {type(value).__name__}{shown}")
             return None
         return self.substitute(value, path)

@@ -6,6 +6,7 @@ from typing import Any
 
 import yaml
 
+from ..shown import quoted
 from .model import ConfigError
 
 
@@ -30,7 +31,7 @@ def _construct_mapping_without_duplicates(
         key = loader.construct_object(key_node, deep=deep)
         if key in seen:
             raise yaml.constructor.ConstructorError(
-                None, None, f"key {key!r} appears twice in one mapping", key_node.start_mark
+                None, None, f"key {quoted(key)} appears twice in one mapping", key_node.start_mark
             )
         seen.add(key)
     return loader.construct_mapping(node, deep=deep)

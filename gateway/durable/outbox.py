@@ -231,6 +231,11 @@ class Outbox(Protocol):
         labels) is no longer configured; they stay re-drivable."""
         ...
 
+    async def relabel(self, renames: Mapping[str, Mapping[str, str]]) -> int:
+        """Move deliveries from an upstream's old label to its new one (`renames`: route ->
+        {old: new}), where the new one has none for the event yet. How many moved."""
+        ...
+
     async def stats(self) -> list[RouteStats]: ...
 
     async def redrive(

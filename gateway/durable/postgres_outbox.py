@@ -288,6 +288,23 @@ class PostgresOutbox:
         )  # fmt: skip
         return _count(result)
 
+    async def relabel(self, renames: Mapping[str, Mapping[str, str]]) -> int:
+        routes = [route for route, labels in renames.items() for _ in labels]
+        olds = [old for labels in renames.values() for old in labels]
+        news = [new for labels in renames.values() for new in labels.values()]
+        if not routes:
+            return 0
+        result = await self._execute(
+            "UPDATE monetag_gateway_deliveries d SET upstream = r.new"
+            " FROM unnest($1::text[], $2::text[], $3::text[]) AS r (route, old, new),"
+            " monetag_gateway_events e"
+            " WHERE e.id = d.event_id AND e.route = r.route AND d.upstream = r.old"
+            " AND NOT EXISTS (SELECT 1 FROM monetag_gateway_deliveries taken"
+            " WHERE taken.event_id = d.event_id AND taken.upstream = r.new)",
+            routes, olds, news,
+        )  # fmt: skip
+        return _count(result)
+
     async def stats(self) -> list[RouteStats]:
         rows = await self._fetch(
             "SELECT e.route, d.state, COUNT(*),"

@@ -87,6 +87,8 @@ class Durable:
         config no longer has become dead letters (re-drivable once they are back)."""
         queued = [route for route in routes if route.queued]
         self._deliverer.serve(queued)
+        if moved := await self.outbox.relabel({r.name: _renames(r) for r in queued}):
+            log.info("deliveries moved to their upstream's label", extra={"count": moved})
         targets = {route.name: [upstream.label for upstream in route.upstreams] for route in queued}
         if buried := await self.outbox.bury_orphans(targets, time.time()):
             log.warning("deliveries without a configured upstream dead-lettered",
@@ -168,6 +170,21 @@ class Durable:
                 for item in snapshot
             ]
         )
+
+
+def _renames(route: CompiledRoute) -> dict[str, str]:
+    """Labels a route's deliveries may be stored under from before -> the upstream's label now
+    (an old label that could be two of today's upstreams is left alone)."""
+    owners: dict[str, set[str]] = {}
+    for upstream in route.config.upstreams:
+        for old in upstream.labels_before:
+            owners.setdefault(old, set()).add(upstream.label)
+    current = {upstream.label for upstream in route.config.upstreams}
+    return {
+        old: next(iter(labels))
+        for old, labels in owners.items()
+        if len(labels) == 1 and old not in current
+    }
 
 
 def _log_store_change(up: bool, detail: str) -> None:

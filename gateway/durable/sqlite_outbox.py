@@ -119,6 +119,9 @@ class SqliteOutbox:
     async def bury_orphans(self, targets: Mapping[str, Sequence[str]], now: float) -> int:
         return await self.store.run(partial(bury_orphans, targets=targets, now=now))
 
+    async def relabel(self, renames: Mapping[str, Mapping[str, str]]) -> int:
+        return await self.store.run(partial(relabel, renames=renames))
+
     async def stats(self) -> list[RouteStats]:
         return await self.store.run(stats)
 
@@ -291,6 +294,18 @@ def bury_orphans(
         [(now, event_id, upstream) for event_id, upstream in orphans],
     )
     return len(orphans)
+
+
+def relabel(connection: sqlite3.Connection, renames: Mapping[str, Mapping[str, str]]) -> int:
+    moved = 0
+    for route, labels in renames.items():
+        for old, new in labels.items():
+            moved += connection.execute(
+                "UPDATE OR IGNORE deliveries SET upstream = ? WHERE upstream = ?"
+                " AND event_id IN (SELECT id FROM events WHERE route = ?)",
+                (new, old, route),
+            ).rowcount
+    return moved
 
 
 def stats(connection: sqlite3.Connection) -> list[RouteStats]:

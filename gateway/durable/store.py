@@ -277,21 +277,23 @@ def _check_integrity(connection: sqlite3.Connection, path: str) -> None:
     connection.set_progress_handler(lambda: int(time.monotonic() > deadline), 10_000)
     try:
         problems = [row[0] for row in connection.execute("PRAGMA quick_check(5)")]
-    except sqlite3.OperationalError as error:
+    except sqlite3.DatabaseError as error:
         if "interrupt" not in str(error):
-            raise StoreError(f"store {path} is damaged: {error}") from None
+            raise _damaged(path, str(error)) from None
         log.warning("store check not finished in time; starting without it",
                     extra={"path": path, "seconds": INTEGRITY_CHECK_SECONDS})  # fmt: skip
         return
-    except sqlite3.DatabaseError as error:
-        raise StoreError(f"store {path} is damaged: {error}") from None
     finally:
         connection.set_progress_handler(None, 0)
     if problems != ["ok"]:
-        raise StoreError(
-            f"store {path} is damaged ({'; '.join(problems)[:300]}): move it aside and restore "
-            "a backup, or start on a new file (its pending events would be lost)"
-        )
+        raise _damaged(path, "; ".join(problems))
+
+
+def _damaged(path: str, found: str) -> StoreError:
+    return StoreError(
+        f"store {path} is damaged ({found[:300]}): move it aside and restore a backup, or "
+        "start on a new file (its pending events would be lost)"
+    )
 
 
 def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
