@@ -44,7 +44,10 @@ def _range_of_entry(entry: str) -> tuple[int, int, int]:
         return _range_of_first_last(entry)
     if "/" in entry:
         return _range_of_network(entry)
-    address = parse_ip(entry)
+    try:
+        address = parse_ip(entry)
+    except ValueError:  # ipaddress's own message would quote the entry whole
+        raise ValueError(f"{quoted(entry)} does not appear to be an IPv4 or IPv6 address") from None
     return address.version, int(address), int(address)
 
 
@@ -64,11 +67,11 @@ def _range_of_first_last(entry: str) -> tuple[int, int, int]:
 def _range_of_network(entry: str) -> tuple[int, int, int]:
     try:
         network = ipaddress.ip_network(entry, strict=True)
-    except ValueError as error:
+    except ValueError:
         try:
             widened = ipaddress.ip_network(entry, strict=False)
         except ValueError:
-            raise error from None
+            raise ValueError(f"{quoted(entry)} is not an IP network") from None
         raise ValueError(
             f"{quoted(entry)} has host bits set; write {widened} if that whole network is meant"
         ) from None

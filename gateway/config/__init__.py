@@ -41,13 +41,21 @@ __all__ = [
 ]
 
 
+MAX_CONFIG_BYTES = 1024 * 1024  # far above any real config: 40,000 allow_ips entries fit
+
+
 def load_config(
     path: str | os.PathLike[str], environ: Mapping[str, str] | None = None
 ) -> GatewayConfig:
     """Read, substitute and validate a config file; raise ConfigError listing every problem."""
     try:
-        # bytes, not text mode: the checksum must match `sha256sum` even for CRLF files
-        text = Path(path).read_bytes().decode("utf-8")
+        with Path(path).open("rb") as file:
+            # bytes, not text mode: the checksum must match `sha256sum` even for CRLF files
+            raw = file.read(MAX_CONFIG_BYTES + 1)
+        if len(raw) > MAX_CONFIG_BYTES:
+            raise ConfigError([f"config file {os.fspath(path)!r} is larger than "
+                               f"{MAX_CONFIG_BYTES} bytes"])  # fmt: skip
+        text = raw.decode("utf-8")
     except UnicodeDecodeError:
         raise ConfigError([f"config file {os.fspath(path)!r} is not UTF-8 text"]) from None
     except OSError as error:  # the operator's own path: shown whole
@@ -57,11 +65,14 @@ def load_config(
 
 
 def parse_config(text: str, environ: Mapping[str, str]) -> GatewayConfig:
+    if len(text) > MAX_CONFIG_BYTES:
+        raise ConfigError([f"the config is larger than {MAX_CONFIG_BYTES} bytes"])
     document = read_yaml(text)
     if document is None:
         raise ConfigError(["config is empty"])
     reader = DocumentReader(environ)
     config = reader.gateway(document)
     if reader.problems or config is None:
-        raise ConfigError(reader.problems or ["config is empty"])
+        more = [f"... and {reader.unlisted} more problems"] if reader.unlisted else []
+        raise ConfigError((reader.problems or ["config is empty"]) + more)
     return replace(config, checksum=hashlib.sha256(text.encode()).hexdigest()[:16])

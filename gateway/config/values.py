@@ -16,6 +16,7 @@ from ..shown import quoted
 from .model import MAX_UPSTREAM_RETRIES, ListenAddress, yaml_keys
 
 MAX_PROBLEM = 600  # characters of one problem line
+MAX_PROBLEMS = 50  # problems listed; the rest are counted
 
 _URL_PATH = re.compile(r"/[A-Za-z0-9\-._~!$&'()*+,;=:@/]*")
 _PARAM_NAME = re.compile(r"[A-Za-z0-9_.\-\[\]]{1,128}")
@@ -43,12 +44,16 @@ class ValueReader:
     def __init__(self, environ: Mapping[str, str]) -> None:
         self.environ = environ
         self.problems: list[str] = []
+        self.unlisted = 0  # problems beyond MAX_PROBLEMS
         self.dedup_defaults: dict[str, Any] = {}
         self.warnings: list[str] = []
 
     def problem(self, path: str, message: str) -> None:
         """One problem, bounded: values in it are `quoted` (80 characters), and the whole line
         is cut at MAX_PROBLEM, whatever a caller put in it."""
+        if len(self.problems) >= MAX_PROBLEMS:
+            self.unlisted += 1
+            return
         line = f"{path}: {message}"
         self.problems.append(line if len(line) <= MAX_PROBLEM else line[: MAX_PROBLEM - 1] + "…")
 

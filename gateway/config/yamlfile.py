@@ -1,4 +1,11 @@
-"""Reading the YAML text: safe_load semantics, but a key repeated in a mapping is an error."""
+"""Reading the YAML text: safe_load semantics, but a key repeated in a mapping is an error, and
+a document may not expand to more than MAX_VALUES values.
+
+Anchors and aliases let 1,181 bytes stand for a billion strings ("billion laughs"): the loader
+shares them, but whatever walks the document (the config reader, a problem message) would
+expand them, for seconds and gigabytes. So the document's size as it expands, each alias
+counted each time it is used, is measured once (memoized, so in time linear in the text)
+and a larger one refused."""
 
 from __future__ import annotations
 
@@ -9,12 +16,36 @@ import yaml
 from ..shown import quoted
 from .model import ConfigError
 
+MAX_VALUES = 250_000  # scalars, lists and mappings a config may expand to
+
 
 def read_yaml(text: str) -> Any:
     try:
-        return yaml.load(text, Loader=_StrictLoader)  # a SafeLoader subclass
+        document = yaml.load(text, Loader=_StrictLoader)  # a SafeLoader subclass
+        size = _expanded_size(document, {})
     except yaml.YAMLError as error:
         raise ConfigError([f"config is not valid YAML: {_describe_yaml_error(error)}"]) from None
+    except RecursionError:
+        raise ConfigError(["config is nested too deeply"]) from None
+    if size > MAX_VALUES:
+        raise ConfigError([
+            f"config expands to more than {MAX_VALUES} values (YAML anchors and aliases "
+            "repeat what they point at): write it out, or use fewer of them"
+        ])  # fmt: skip
+    return document
+
+
+def _expanded_size(value: Any, known: dict[int, int]) -> int:
+    """How many values `value` is once every alias is expanded; `known` is memoized per
+    object (an alias is the very same object in the loaded document)."""
+    if not isinstance(value, dict | list):
+        return 1
+    size = known.get(id(value))
+    if size is None:
+        parts = (*value.keys(), *value.values()) if isinstance(value, dict) else value
+        size = 1 + sum(_expanded_size(part, known) for part in parts)
+        known[id(value)] = size
+    return size
 
 
 class _StrictLoader(yaml.SafeLoader):
