@@ -114,11 +114,7 @@ class Gateway:
                 self._delivered(route, postback)
                 self._send_copies(route, postback, headers, record)
         record.outcome = Outcome.FORWARDED
-        return web.Response(
-            status=reply.status,
-            body=reply.body,
-            headers={"Content-Type": reply.content_type} if reply.content_type else None,
-        )
+        return web.Response(status=reply.status, body=reply.body, headers=reply.headers)
 
     async def _accept_for_queue(
         self, route: CompiledRoute, postback: Postback, key: DedupKey, record: RequestRecord
@@ -176,7 +172,7 @@ class Gateway:
     def _delivered(self, route: CompiledRoute, postback: Postback) -> None:
         if postback.get(REWARD_EVENT_TYPE) == "valued":
             self._metrics.valued_event_delivered(
-                route.name, postback.get(ZONE_ID), postback.get(ESTIMATED_PRICE)
+                route.name, postback.get(ZONE_ID), postback.get(ESTIMATED_PRICE), route.named_zones
             )
 
     def _send_copies(

@@ -21,7 +21,7 @@ from .dedup import DedupKey, RouteDedup, dedup_key, key_fields
 from .errors import AddressNotAllowed, Filtered
 from .forwarding.forward import Upstream
 from .observe import RequestRecord
-from .postback import Postback
+from .postback import ZONE_ID, Postback
 
 # The checks `verify` runs, in order; `RequestRecord.passed` lists those a request passed.
 STEPS = ("client", "allowlist", "secret", "normalize", "validate", "match")
@@ -58,6 +58,8 @@ class CompiledRoute:
         self.normalizer = Normalizer(config.aliases, written, config.drop_unknown)
         self.validator = Validator(config.required, config.max_estimated_price)
         self._match = tuple(config.match.items())
+        # zones the config names, always their own series on the revenue counter
+        self.named_zones = config.match.get(ZONE_ID, frozenset())
         self.dedup = dedup
         self._dedup_scope = config.dedup_scope
         self._dedup_fields = key_fields(config.dedup.key)

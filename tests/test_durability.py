@@ -473,3 +473,49 @@ def test_full_disk_is_unready_until_writes_commit_again_and_says_both(
     down, up = messages.index("store unavailable"), messages.index("store reachable again")
     assert down < up
     assert messages.count("store unavailable") == 1  # once per outage, not per failure
+
+
+# -- the queue command as input: ids, limits, and what the app wrote -----------------------------
+
+
+@pytest.mark.parametrize(
+    "words",
+    [
+        pytest.param(["show", "99999999999999999999"], id="show-an-id-past-64-bits"),
+        pytest.param(["retry", "99999999999999999999"], id="retry-an-id-past-64-bits"),
+        pytest.param(["list", "--limit", "99999999999999999999"], id="a-limit-past-64-bits"),
+        pytest.param(["list", "--limit", "-1"], id="a-negative-limit"),
+        pytest.param(["list", "--limit", "0"], id="a-zero-limit"),
+        pytest.param(["show", "\u0663"], id="an-arabic-indic-digit"),
+        pytest.param(["show", "-3"], id="a-negative-id"),
+    ],
+)
+def test_the_queue_command_refuses_odd_ids_and_limits_without_a_traceback(
+    words: list[str], harness: Harness
+) -> None:
+    """Before: OverflowError tracebacks, `--limit -1` meaning no limit, `show ٣` event 3."""
+    setup = harness.setup({"tapper": durable_route(f"http://127.0.0.1:{free_port()}/postback")})
+    result = queue(setup, *words)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
+    assert "error: argument" in result.stderr
+
+
+def test_queue_show_escapes_what_the_app_wrote(
+    harness: Harness, start_upstream: UpstreamFactory
+) -> None:
+    """An app's answer `\\x1b]0;...\\x07\\x1b[2J` retitled and cleared the operator's terminal."""
+    hostile = "bad\x1b]0;owned\x07\x1b[2J\rline\u202e"
+    app = start_upstream(default=Answer(400, hostile))
+    setup = harness.setup({"refused": durable_route(app.postback_url)})
+    gateway = harness.start(setup)
+    assert_queued(gateway.postback("refused", "esc-1", note="\u202eevil\x1b[2J"))
+    dead = eventually(lambda: queue_list(setup, "--state", "dead"), 10.0)
+
+    for words in (["show", str(dead[0].event_id)], ["list"], ["stats"]):
+        output = queue(setup, *words).stdout
+        assert not any(0x00 < ord(c) < 0x20 and c not in "\t\n" for c in output), repr(output)
+        assert "\x7f" not in output and "\u202e" not in output
+    assert "bad\\x1b]0;owned\\x07\\x1b[2J\\x0dline\\u202e" in queue(
+        setup, "show", str(dead[0].event_id)
+    ).stdout

@@ -23,6 +23,7 @@ from aiohttp import web
 from yarl import URL
 
 from gateway.checks.paramnames import comparable_forms
+from gateway.metrics import MAX_ZONE_LABELS
 from gateway.serving.app import admin_runner
 from tests.conftest import SECRET, GatewayFactory, RunningGateway, UpstreamFactory, access_lines
 from tests.gatewayconfig import MONETAG_ALIASES, gateway_config, route, upstream
@@ -574,3 +575,90 @@ async def test_connection_that_never_finishes_its_headers_is_closed_at_client_ti
         writer.close()
     finally:
         await admin.cleanup()
+
+
+# -- values a sender chooses that would grow what the gateway keeps -----------------------------
+
+
+async def test_revenue_series_are_bounded_whatever_zones_senders_choose(
+    start_upstream, start_gateway, http
+):
+    """Before: 2,000 valued events with distinct zone_ids made 2,000 series."""
+    app = start_upstream()
+    gateway = await start_gateway(gateway_config(app.url))
+    for zone in range(MAX_ZONE_LABELS + 30):
+        params = {
+            "uid": f"u{zone}",
+            "event": "click",
+            "zone": str(zone),
+            "reward_event_type": "valued",
+            "estimated_price": "0.001",
+            "token": SECRET,
+        }
+        async with http.get(gateway.postback_url(), params=params) as response:
+            assert response.status == 200
+    zones = {
+        sample.labels["zone_id"]
+        for family in gateway.runtime.metrics.registry.collect()
+        if family.name == "gateway_valued_estimated_price_usd"
+        for sample in family.samples
+        if sample.name.endswith("_total")
+    }
+    assert len(zones) == MAX_ZONE_LABELS + 1 and "other" in zones
+
+
+async def test_a_zone_the_config_names_keeps_its_own_revenue_series(
+    start_upstream, start_gateway, http
+):
+    app = start_upstream()
+    named = [str(n) for n in range(900, 910)]
+    gateway = await start_gateway(gateway_config(app.url, match={"zone_id": named}))
+    for zone in [*(str(n) for n in range(MAX_ZONE_LABELS)), *named]:  # others fill the cap
+        params = {
+            "uid": f"u{zone}",
+            "event": "click",
+            "zone": zone,
+            "reward_event_type": "valued",
+            "estimated_price": "0.5",
+            "token": SECRET,
+        }
+        async with http.get(gateway.postback_url(), params=params) as response:
+            assert response.status == 200
+    registry = gateway.runtime.metrics.registry
+    value = registry.get_sample_value(
+        "gateway_valued_estimated_price_usd_total", {"route": "tapper", "zone_id": "909"}
+    )
+    assert value == 0.5
+
+
+@pytest.mark.parametrize(
+    ("first", "second"),
+    [
+        pytest.param("caf\u00e9-42", "cafe\u0301-42", id="nfc-then-nfd"),
+        pytest.param("cafe\u0301-42", "caf\u00e9-42", id="nfd-then-nfc"),
+    ],
+)
+async def test_the_same_id_in_another_unicode_spelling_is_a_duplicate(
+    first, second, start_upstream, start_gateway, http
+):
+    app = start_upstream()
+    gateway = await start_gateway(gateway_config(app.url))
+    outcomes = []
+    for ymid in (first, second):
+        params = {"uid": ymid, "event": "click", "zone": "1", "token": SECRET}
+        async with http.get(gateway.postback_url(), params=params) as response:
+            outcomes.append(response.headers["X-Gateway-Outcome"])
+    assert outcomes == ["forwarded", "duplicate"]
+    assert [received.query["ymid"] for received in app.received] == ["caf\u00e9-42"]
+
+
+async def test_an_id_with_a_zero_width_space_is_refused_naming_ymid(
+    start_upstream, start_gateway, http
+):
+    app = start_upstream()
+    gateway = await start_gateway(gateway_config(app.url))
+    params = {"uid": "user\u200b42", "event": "click", "zone": "1", "token": SECRET}
+    async with http.get(gateway.postback_url(), params=params) as response:
+        assert response.status == 400
+        assert (await response.json())["parameter"] == "ymid"
+    assert app.received == []

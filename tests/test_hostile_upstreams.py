@@ -8,6 +8,7 @@ answer never counts as delivered, and no answer is ever taken for another event'
 from __future__ import annotations
 
 import asyncio
+import gzip
 from typing import Any
 
 import aiohttp
@@ -395,3 +396,23 @@ async def test_every_request_written_to_the_app_is_an_attempt_counted_and_shown(
     }  # one event: the same key on every send
     scraped = generate_latest(gateway.runtime.metrics.registry).decode()
     assert metric_sum(scraped, "gateway_upstream_attempts_total") == written + 1
+
+
+async def test_a_compressed_answer_is_passed_back_with_its_coding(
+    start_server: ServerFactory,
+    start_gateway: GatewayFactory,
+    http: aiohttp.ClientSession,
+) -> None:
+    """Before: the gzip bytes went back labelled application/json, without Content-Encoding."""
+    body = gzip.compress(b'{"granted": true}')
+    raw = (
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Encoding: gzip\r\n"
+        + f"Content-Length: {len(body)}\r\n\r\n".encode()
+        + body
+    )
+    server = await start_server(send(raw))
+    gateway = await gateway_before(server, start_gateway)
+    params = {"uid": "u1", "event": "click", "zone": "1", "token": SECRET}
+    async with http.get(gateway.postback_url(), params=params) as response:
+        assert response.headers["Content-Encoding"] == "gzip"
+        assert await response.json() == {"granted": True}  # the client undoes the coding

@@ -443,3 +443,23 @@ def test_parameters_that_are_not_utf8_are_refused_by_name() -> None:
         _normalizer().normalize([("uid", "u1")], ["zone", "%FFname"])
 
     assert caught.value.problems == [Problem("zone", NOT_UTF8), Problem("%FFname", NOT_UTF8)]
+
+
+# -- look-alike text: one spelling of the same id ---------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("sent", "canonical"),
+    [
+        pytest.param("cafe\u0301", "caf\u00e9", id="decomposed-is-composed"),
+        pytest.param("caf\u00e9", "caf\u00e9", id="composed-stays"),
+        pytest.param(
+            "\uff21\uff11", "\uff21\uff11", id="full-width-is-not-folded"
+        ),  # NFC, not NFKC
+        pytest.param("user-42", "user-42", id="ascii-as-sent"),
+    ],
+)
+def test_text_fields_are_put_in_one_unicode_spelling(sent: str, canonical: str) -> None:
+    postback = _normalizer().normalize([("uid", sent), ("request_var", sent)])
+    assert postback.fields["ymid"] == canonical
+    assert postback.fields["request_var"] == canonical

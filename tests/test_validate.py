@@ -253,3 +253,23 @@ def test_estimated_price_has_an_upper_bound(
     price: str, max_price: Decimal | None, problems: list[Problem]
 ) -> None:
     assert _problems([], {"estimated_price": price}, max_price) == problems
+
+
+@pytest.mark.parametrize(
+    "ymid",
+    [
+        pytest.param("user\u200b42", id="zero-width-space"),
+        pytest.param("user\u200d42", id="zero-width-joiner"),
+        pytest.param("\u202euser42", id="right-to-left-override"),
+        pytest.param("user\u00ad42", id="soft-hyphen"),
+        pytest.param("\ufeffuser42", id="byte-order-mark"),
+    ],
+)
+def test_invisible_format_characters_are_refused_in_ymid(ymid: str) -> None:
+    """They make ids that look the same and dedup apart, and no normal form removes them."""
+    with pytest.raises(InvalidPostback) as refused:
+        Validator(["ymid"]).validate(Postback({"ymid": ymid, "request_var": "ok"}))
+    body = refused.value.body()
+    assert body["parameter"] == "ymid"
+    assert body["problem"].startswith("must not contain invisible format characters")
+    assert len(body["problems"]) == 1

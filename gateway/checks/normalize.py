@@ -12,7 +12,10 @@ Values: equal values must look equal, or dedup could be walked around (`zone=042
 - `event_type` and `reward_event_type` are lower-cased;
 - whole-number fields lose leading zeros (`042` -> `42`, `000` -> `0`);
 - `estimated_price` is written plainly: no leading zeros, no trailing fractional zeros
-  (`00.50` -> `0.5`, `.5` -> `0.5`, `2.000` -> `2`).
+  (`00.50` -> `0.5`, `.5` -> `0.5`, `2.000` -> `2`);
+- `ymid` and `request_var` are put in Unicode's composed form (NFC): `café` typed as `e` plus a
+  combining accent is the same id as `café` typed with `é` (validation refuses invisible
+  format characters, such as a zero-width space, which no normal form removes).
 Text that is not a valid value is left as it came for validation to refuse. The same field
 given twice with different (canonical) values is ambiguous: which one did Monetag mean?
 """
@@ -20,6 +23,7 @@ given twice with different (canonical) values is ambiguous: which one did Moneta
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
 from ..errors import AmbiguousFields, NotUtf8, Problem
@@ -28,6 +32,7 @@ from ..postback import (
     ESTIMATED_PRICE,
     INTEGER_FIELDS,
     LOWERCASED_FIELDS,
+    TEXT_FIELDS,
     Postback,
 )
 from .paramnames import comparable_set, poses_as
@@ -48,6 +53,11 @@ def _plain_integer(value: str) -> str:
     return (value.lstrip("0") or "0") if value.isascii() and value.isdigit() else value
 
 
+def _composed(value: str) -> str:
+    """NFC: one spelling of the same text (ASCII, nearly every id, is its own)."""
+    return value if value.isascii() else unicodedata.normalize("NFC", value)
+
+
 def _plain_decimal(value: str) -> str:
     match = _DECIMAL.fullmatch(value)
     if match is None or value in ("", "."):
@@ -57,10 +67,11 @@ def _plain_decimal(value: str) -> str:
     return f"{whole}.{fraction}" if fraction else whole
 
 
-# field -> how its canonical spelling is made; text fields (ymid, request_var) stay as sent
+# field -> how its canonical spelling is made
 _CANONICAL_SPELLING: dict[str, Callable[[str], str]] = {
     **dict.fromkeys(LOWERCASED_FIELDS, str.lower),
     **dict.fromkeys(INTEGER_FIELDS, _plain_integer),
+    **dict.fromkeys(TEXT_FIELDS, _composed),
     ESTIMATED_PRICE: _plain_decimal,
 }
 _NONE: frozenset[str] = frozenset()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Iterable
 from decimal import Decimal
 
@@ -37,7 +38,15 @@ def value_problem(name: str, value: str) -> str | None:
         return "must be a non-negative decimal number"
     if name in TEXT_FIELDS and _CONTROL.search(value):
         return "must not contain control characters"
+    if name in TEXT_FIELDS and not value.isascii() and _has_format_character(value):
+        return "must not contain invisible format characters (Unicode Cf: zero-width, bidi)"
     return None
+
+
+def _has_format_character(value: str) -> bool:
+    """Zero-width spaces and joiners, bidi controls, soft hyphens...: they make two ids that
+    look the same, and that no normal form makes one."""
+    return any(unicodedata.category(character) == "Cf" for character in value)
 
 
 class Validator:

@@ -40,6 +40,7 @@ MAX_REPLY_BYTES = 64 * 1024  # an app's answer to a postback is small; never buf
 # a Content-Type passed back to the sender: visible ASCII and spaces, nothing aiohttp would
 # refuse to write (a bare LF or NUL would drop the sender's connection with no answer)
 _SAFE_CONTENT_TYPE = re.compile(r"[\x20-\x7e]{1,200}")
+_CODING = re.compile(r"[A-Za-z0-9._-]{1,32}(?:, ?[A-Za-z0-9._-]{1,32}){0,3}")  # gzip, br...
 BACKOFF_BASE = 0.1
 BACKOFF_CAP = 2.0
 USER_AGENT = "monetag-gateway"
@@ -54,6 +55,17 @@ class UpstreamReply:
     body: bytes
     content_type: str | None
     complete: bool = True  # False: the body was cut short after a clean head (the status stands)
+    content_encoding: str | None = None  # passed back with the body it describes
+
+    @property
+    def headers(self) -> dict[str, str] | None:
+        """What the sender is told about the body, beside the body itself."""
+        headers = {}
+        if self.content_type:
+            headers["Content-Type"] = self.content_type
+        if self.content_encoding:
+            headers["Content-Encoding"] = self.content_encoding
+        return headers or None
 
     @property
     def delivered(self) -> bool:
@@ -102,10 +114,12 @@ class AnswerOfAnotherEvent(Exception):
 def _reply_of(answer: Answer, sent_key: str | None) -> UpstreamReply:
     if answer.idempotency_key is not None and answer.idempotency_key != sent_key:
         raise AnswerOfAnotherEvent(f"echoed X-Idempotency-Key is not {sent_key}")
-    content_type = answer.content_type
+    content_type, coding = answer.content_type, answer.content_encoding
     if content_type is not None and not _passable(content_type):
         content_type = None  # not passed on; the answer itself still is
-    return UpstreamReply(answer.status, answer.body, content_type, answer.complete)
+    if coding is not None and not _CODING.fullmatch(coding):
+        coding = None  # a body whose coding cannot be said is passed on as it is
+    return UpstreamReply(answer.status, answer.body, content_type, answer.complete, coding)
 
 
 @lru_cache(maxsize=64)  # an app answers with the same one or two content types

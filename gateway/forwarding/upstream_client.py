@@ -47,8 +47,9 @@ BODY_WAIT = 1.0  # seconds for the body once the head is in: the status is alrea
 MAX_HEAD_BYTES = 64 * 1024  # status lines and header fields, interim answers included
 # Header fields read from an answer; the rest are only checked by llhttp.
 _FIELDS = frozenset(
-    {b"content-length", b"transfer-encoding", b"content-type", b"x-idempotency-key"}
-)
+    {b"content-length", b"transfer-encoding", b"content-type", b"content-encoding",
+     b"x-idempotency-key"}
+)  # fmt: skip
 
 
 class UpstreamConnectionError(ConnectionError):
@@ -74,6 +75,7 @@ class Answer:
     # False: the connection broke, the body was garbled or it took longer than BODY_WAIT after
     # a clean head; the status stands, the body is what had arrived
     complete: bool = True
+    content_encoding: str | None = None  # the body as it came (gzip...): never decoded here
 
 
 _Key = tuple[str, str, int]
@@ -453,6 +455,7 @@ class _ResponseReader:
             self._text(b"content-type"),
             self._text(b"x-idempotency-key"),
             complete,
+            self._text(b"content-encoding"),
         )
 
     def _text(self, name: bytes) -> str | None:
