@@ -32,7 +32,8 @@ OTHER_ZONES = "other"
 # config keys a reload cannot apply: the listeners, their header deadline, TLS and the store
 # are built once, at start (`runtime.restart_pending`)
 RESTART_ONLY = (
-    "server.listen", "server.admin_listen", "server.client_timeout", "server.tls", "store"
+    "server.listen", "server.admin_listen", "server.client_timeout", "server.tls",
+    "server.max_connections", "store",
 )  # fmt: skip
 
 
@@ -101,6 +102,12 @@ class Metrics:
         )  # fmt: skip
         for reason in ("wrong_token", "locked_out", "misdirected", "malformed"):
             self.admin_refusals.labels(reason)
+        self.connections_refused = Counter(
+            "gateway_connections_refused",
+            "Connections closed before a request: over_capacity (max_connections), "
+            "out_of_descriptors, plain_http_on_tls, tls_handshake (failed or too slow), idle.",
+            ["port", "reason"], registry=r,
+        )  # fmt: skip
         self.restart_pending = Gauge(
             "gateway_config_restart_pending",
             "1 for each config key whose reloaded value waits for a restart to take effect.",

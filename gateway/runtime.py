@@ -76,6 +76,7 @@ def restart_pending(started: GatewayConfig, loaded: GatewayConfig) -> list[str]:
         "server.admin_listen": (server.admin_listen, now.admin_listen),
         "server.client_timeout": (server.client_timeout, now.client_timeout),
         "server.tls": (server.tls, now.tls),
+        "server.max_connections": (server.max_connections, now.max_connections),
         "store": (started.store, loaded.store),
     }
     assert tuple(values) == RESTART_ONLY

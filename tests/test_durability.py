@@ -516,6 +516,7 @@ def test_queue_show_escapes_what_the_app_wrote(
         output = queue(setup, *words).stdout
         assert not any(0x00 < ord(c) < 0x20 and c not in "\t\n" for c in output), repr(output)
         assert "\x7f" not in output and "\u202e" not in output
-    assert "bad\\x1b]0;owned\\x07\\x1b[2J\\x0dline\\u202e" in queue(
-        setup, "show", str(dead[0].event_id)
-    ).stdout
+    assert (
+        "bad\\x1b]0;owned\\x07\\x1b[2J\\x0dline\\u202e"
+        in queue(setup, "show", str(dead[0].event_id)).stdout
+    )

@@ -7,10 +7,12 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import resource
 import shutil
 import socket
 import ssl
 import subprocess
+import sys
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -21,7 +23,7 @@ import pytest
 
 from tests.conftest import UpstreamFactory
 from tests.gatewayconfig import gateway_config, upstream
-from tests.processes import command_env, free_port, http_get, spawn_gateway
+from tests.processes import REPO, command_env, free_port, http_get, spawn_gateway
 from tests.tlscerts import Certificate, make_certificate
 from tests.upstream import RecordingUpstream
 from tests.waiting import eventually
@@ -210,9 +212,15 @@ def test_tls_below_1_2_and_plain_http_are_refused(
     with pytest.raises(ssl.SSLError):
         tls_get(port, old)  # ...and refused when it offers 1.1 at most
 
-    with pytest.raises((http.client.HTTPException, OSError)):
-        http_get(port, QUERY, timeout=5)  # plain HTTP gets no HTTP answer
+    # plain HTTP on the TLS port: before, dropped with no answer, no log line, no metric
+    plain = http_get(port, QUERY, timeout=5)
+    assert plain.status == 400
+    assert plain.body == b"The plain HTTP request was sent to HTTPS port.\r\n"
     assert app.count() == 1  # one event; the later good handshakes were duplicates
+    scraped = http_get(admin, "/metrics").body.decode()
+    counted = 'gateway_connections_refused_total{port="public",reason="plain_http_on_tls"} 1.0'
+    assert counted in scraped
+    eventually(lambda: '"reason": "plain_http_on_tls"' in stdout.read_text(), 5)
     logs = stdout.read_text() + stdout.with_name("err0.log").read_text()
     assert "Traceback" not in logs
 
@@ -267,3 +275,103 @@ def test_malformed_requests_write_one_short_line_each_and_never_the_key(
     malformed = [line for line in lines if line.get("reason") == "malformed_request"]
     assert len(malformed) == len(garbage)
     assert all(len(json.dumps(line)) < 1000 for line in malformed)
+
+
+# -- connections that never become requests -----------------------------------------------------
+
+
+def held_open(port: int, count: int, first_bytes: bytes = b"") -> list[socket.socket]:
+    """`count` TCP connections to the port, each having sent `first_bytes` (perhaps none)."""
+    held = []
+    for _ in range(count):
+        sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+        if first_bytes:
+            sock.sendall(first_bytes)
+        held.append(sock)
+    return held
+
+
+def closed_by_the_server(sock: socket.socket, within: float) -> bool:
+    sock.settimeout(within)
+    try:
+        return sock.recv(1) == b""
+    except ConnectionResetError:
+        return True
+    except TimeoutError:
+        return False
+    finally:
+        sock.close()
+
+
+HALF_A_CLIENT_HELLO = b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + b"\x00" * 16
+
+
+def test_handshakes_that_never_finish_are_closed_at_client_timeout_and_capped(
+    tmp_path: Path, app: RecordingUpstream, run_gateway: Run
+) -> None:
+    """Before: 1,000 idle connections or 200 half ClientHellos were held 55-60 s each, and
+    1,100 under a 1,024 open-files limit served 0 of 5 genuine postbacks in 15 s while asyncio
+    logged `socket.accept() out of system resource` 55,732 times. Now an idle or half-done
+    handshake is closed at `client_timeout`, connections beyond `max_connections` at once, and
+    each kind of refusal is logged once and counted."""
+    live = make_certificate(tmp_path, "live")
+    port, admin = free_port(), free_port()
+    settings = {**tls_settings(live), "client_timeout": "1s", "max_connections": 40}
+    process, _, stdout = run_gateway(config(f"127.0.0.1:{port}", admin, app, settings), admin)
+
+    idle = held_open(port, 30)
+    halves = held_open(port, 10, HALF_A_CLIENT_HELLO)
+    beyond = held_open(port, 20)  # over the cap of 40: closed at once
+    assert all(closed_by_the_server(sock, 1.0) for sock in beyond)
+    assert all(closed_by_the_server(sock, 3.0) for sock in idle + halves)  # before: 55-60 s
+
+    assert tls_get(port, trusting(live))[0] == 200  # a genuine postback, served
+    scraped = http_get(admin, "/metrics").body.decode()
+    for reason, at_least in (("over_capacity", 20), ("idle", 30), ("tls_handshake", 10)):
+        line = f'gateway_connections_refused_total{{port="public",reason="{reason}"}} '
+        (value,) = [float(row.split()[-1]) for row in scraped.splitlines() if row.startswith(line)]
+        assert value >= at_least, (reason, value)
+    log = stdout.read_text()
+    assert log.count('"message": "connections refused"') <= 3  # once per reason, not 60 times
+    assert "Traceback" not in log and "out of system resource" not in log
+    assert process.poll() is None
+
+
+def test_a_low_open_files_limit_lowers_the_cap_and_nothing_floods_the_log(
+    tmp_path: Path, app: RecordingUpstream
+) -> None:
+    """Under a 256 open-files limit the gateway says it takes fewer connections than
+    max_connections, refuses what is beyond, and serves genuine postbacks once idle
+    connections time out."""
+    port, admin = free_port(), free_port()
+    path = tmp_path / "config.yaml"
+    path.write_text(config(f"127.0.0.1:{port}", admin, app, {"client_timeout": "1s"}))
+    stdout, stderr = tmp_path / "out.log", tmp_path / "err.log"
+
+    def limited() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (256, 256))
+
+    with stdout.open("wb") as out, stderr.open("wb") as err:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "gateway", "run", "--config", str(path)], cwd=REPO,
+            env=command_env(SECRET), stdout=out, stderr=err, preexec_fn=limited,
+        )  # fmt: skip
+    try:
+        eventually(lambda: _ready(admin), START_TIMEOUT)
+        flood = held_open(port, 200)
+        assert sum(closed_by_the_server(sock, 3.0) for sock in flood) == 200
+        assert http_get(port, QUERY, timeout=5).status == 200
+        log = stdout.read_text()
+        assert '"connections_per_port": 8' in log, log[-2000:]
+        assert "Traceback" not in log + stderr.read_text()
+        assert "out of system resource" not in log + stderr.read_text()
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+def _ready(admin: int) -> bool:
+    try:
+        return http_get(admin, "/readyz", timeout=1).status == 200
+    except OSError:
+        return False

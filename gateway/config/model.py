@@ -124,6 +124,7 @@ class ServerConfig:
     # trusted_proxies may hold public addresses (a CDN or cloud load balancer in front)
     trust_public_proxies: bool = False
     max_in_flight: int = 1000  # beyond this, 503 with Retry-After rather than a queue
+    max_connections: int = 4096  # open connections per port; one more is closed at once
     shutdown_grace: float = 30.0  # how long requests in flight may take after SIGTERM
     drain_delay: float = 0.0  # keep serving, unready, this long after SIGTERM (for LBs)
     client_timeout: float = 10.0  # a client must send its request headers within this

@@ -160,6 +160,7 @@ class DocumentReader(ValueReader):
         readers: dict[str, Reader] = {
             "listen": self.listen_address, "admin_listen": self.listen_address,
             "trusted_proxies": self.address_set, "max_in_flight": self.positive_int,
+            "max_connections": self.positive_int,
             "shutdown_grace": self.duration_or_zero, "drain_delay": self.duration_or_zero,
             "client_timeout": self.duration, "max_query_length": self.positive_int,
             "reload_interval": self.duration_or_zero, "tls": self.tls,

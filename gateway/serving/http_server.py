@@ -72,9 +72,10 @@ _VERSIONS = (HttpVersion10, HttpVersion11)
 class _Connection(web.RequestHandler):
     """aiohttp's connection handler, with our answer where it would log and echo a parse error."""
 
-    def __init__(self, manager: web.Server, on_malformed: OnMalformed, **settings: Any) -> None:
+    def __init__(self, manager: HttpServer, on_malformed: OnMalformed, **settings: Any) -> None:
         super().__init__(manager, **settings)
         self._on_malformed = on_malformed
+        self._manager_of = manager
 
     def handle_error(
         self,
@@ -87,6 +88,12 @@ class _Connection(web.RequestHandler):
         response.force_close()  # the rest of the stream cannot be trusted
         response.headers["Connection"] = "close"
         return response
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        super().connection_lost(exc)
+        ended = self._manager_of.on_connection_lost
+        if ended is not None:
+            ended()
 
 
 class HttpServer(web.Server):
@@ -114,6 +121,8 @@ class HttpServer(web.Server):
         super().__init__(versions_checked, request_factory=request_factory, **settings)
         self._on_malformed = on_malformed
         self._settings = settings
+        # told when a connection ends, by the site that counts them (listener.GatewaySite)
+        self.on_connection_lost: Callable[[], None] | None = None
 
     def __call__(self) -> web.RequestHandler:
         return _Connection(

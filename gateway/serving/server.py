@@ -13,10 +13,11 @@ import gc
 import logging
 import signal
 import sys
+from typing import Any
 
 from aiohttp import web
 
-from ..config import GatewayConfig
+from ..config import GatewayConfig, ListenAddress
 from ..deadline import Deadline
 from ..metrics import Metrics
 from ..observe import configure_logging
@@ -24,6 +25,7 @@ from ..reload import ConfigWatcher
 from ..runtime import Runtime
 from ..tls import CertificateReloader
 from .app import admin_runner, public_runner
+from .listener import REFUSALS, GatewaySite, connection_cap
 
 log = logging.getLogger("gateway")
 
@@ -63,18 +65,26 @@ async def serve(config: GatewayConfig, config_path: str) -> None:
     admin = admin_runner(runtime)
     public: web.ServerRunner | None = None
     deadline: Deadline | None = None  # set at the signal
+    cap = connection_cap(server.max_connections)
+    refused = runtime.metrics.connections_refused
+
+    def site(runner: web.BaseRunner, port: str, address: ListenAddress, **tls: Any) -> GatewaySite:
+        return GatewaySite(
+            runner, address.bind_host, address.port, max_connections=cap,
+            client_timeout=server.client_timeout,
+            on_refused=lambda reason: refused.labels(port, reason).inc(), **tls,
+        )  # fmt: skip
+
+    for port, reason in ((port, reason) for port in ("public", "admin") for reason in REFUSALS):
+        refused.labels(port, reason)
     try:
         await admin.setup()
-        await web.TCPSite(admin, server.admin_listen.bind_host, server.admin_listen.port).start()
+        await site(admin, "admin", server.admin_listen).start()
         await runtime.start()  # opens the store: StoreError if it cannot
         public = public_runner(runtime)
         await public.setup()
-        await web.TCPSite(
-            public,
-            server.listen.bind_host,
-            server.listen.port,
-            ssl_context=certificates.context if certificates else None,
-        ).start()
+        context = certificates.context if certificates else None
+        await site(public, "public", server.listen, ssl_context=context).start()
         # What exists now (modules, config, pools) lives as long as the process: moved out of
         # the collector's sight, so a collection scans only what requests left behind (p99 at
         # 32 connections: README, Performance).
