@@ -108,3 +108,11 @@ def http_get(port: int, target: str, timeout: float = 10.0) -> Reply:
         return Reply(response.status, response.headers, response.read())
     finally:
         connection.close()
+
+
+def answers(port: int, path: str = "/readyz") -> bool:
+    """Whether the port answers 200 at `path` now (False while it is not listening yet)."""
+    try:
+        return http_get(port, path, timeout=1).status == 200
+    except OSError:
+        return False

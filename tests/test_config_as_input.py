@@ -23,7 +23,7 @@ from gateway.config import MAX_CONFIG_BYTES, ConfigError, parse_config
 from gateway.config.yamlfile import MAX_VALUES
 from tests.conftest import SECRET, UpstreamFactory
 from tests.gatewayconfig import gateway_config
-from tests.processes import REPO, command_env, free_port, http_get, spawn_gateway
+from tests.processes import REPO, answers, command_env, free_port, http_get, spawn_gateway
 from tests.waiting import eventually
 
 
@@ -101,7 +101,7 @@ def test_a_large_reload_leaves_postbacks_and_probes_answered(
     stdout, stderr = tmp_path / "out.log", tmp_path / "err.log"
     process = spawn_gateway(path, command_env(SECRET), stdout, stderr)
     try:
-        eventually(lambda: _answers(admin), 15)
+        eventually(lambda: answers(admin), 15)
         path.write_text(big_allowlist_config(public, admin, app.postback_url, 45_000))
         gaps: list[float] = []
         stop = threading.Event()
@@ -129,10 +129,3 @@ def test_a_large_reload_leaves_postbacks_and_probes_answered(
     reloaded = [line for line in stdout.read_text().splitlines() if "config reloaded" in line]
     assert '"seconds": ' in reloaded[0]
     assert max(gaps) < 1.0, max(gaps)  # before: 7.5 s without an answer
-
-
-def _answers(port: int) -> bool:
-    try:
-        return http_get(port, "/healthz", timeout=1).status == 200
-    except OSError:
-        return False

@@ -23,7 +23,7 @@ import pytest
 
 from tests.conftest import UpstreamFactory
 from tests.gatewayconfig import gateway_config, upstream
-from tests.processes import REPO, command_env, free_port, http_get, spawn_gateway
+from tests.processes import REPO, answers, command_env, free_port, http_get, spawn_gateway
 from tests.tlscerts import Certificate, make_certificate
 from tests.upstream import RecordingUpstream
 from tests.waiting import eventually
@@ -357,7 +357,7 @@ def test_a_low_open_files_limit_lowers_the_cap_and_nothing_floods_the_log(
             env=command_env(SECRET), stdout=out, stderr=err, preexec_fn=limited,
         )  # fmt: skip
     try:
-        eventually(lambda: _ready(admin), START_TIMEOUT)
+        eventually(lambda: answers(admin), START_TIMEOUT)
         flood = held_open(port, 200)
         assert sum(closed_by_the_server(sock, 3.0) for sock in flood) == 200
         assert http_get(port, QUERY, timeout=5).status == 200
@@ -368,10 +368,3 @@ def test_a_low_open_files_limit_lowers_the_cap_and_nothing_floods_the_log(
     finally:
         process.terminate()
         process.wait(timeout=10)
-
-
-def _ready(admin: int) -> bool:
-    try:
-        return http_get(admin, "/readyz", timeout=1).status == 200
-    except OSError:
-        return False

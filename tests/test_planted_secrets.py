@@ -19,7 +19,14 @@ from urllib.parse import urlencode
 import yaml
 
 from tests.conftest import RedisServer, UpstreamFactory
-from tests.processes import command_env, free_port, gateway_command, http_get, spawn_gateway
+from tests.processes import (
+    answers,
+    command_env,
+    free_port,
+    gateway_command,
+    http_get,
+    spawn_gateway,
+)
 from tests.upstream import Answer, Received
 from tests.waiting import eventually
 
@@ -84,7 +91,7 @@ def test_no_output_holds_a_secret_the_config_was_given(
     process = spawn_gateway(path, env, stdout, stderr)
     outputs: dict[str, str] = {}
     try:
-        eventually(lambda: _ready(admin), 15)
+        eventually(lambda: answers(admin), 15)
 
         def postback(route: str, ymid: str, **extra: str) -> int:
             query = {"uid": ymid, "event": "click", "zone": "7",
@@ -149,13 +156,6 @@ def test_no_output_holds_a_secret_the_config_was_given(
     assert f"127.0.0.1:{app.port}" in outputs["queue list"]
     assert f'upstream="127.0.0.1:{app.port}"' in outputs["page /metrics"]
     assert "routes.tapper.upstreams[0].url" in outputs["page /"]  # the refused reload, named
-
-
-def _ready(admin: int) -> bool:
-    try:
-        return http_get(admin, "/readyz", timeout=1).status == 200
-    except OSError:
-        return False
 
 
 def http_get_with(port: int, path: str, headers: dict[str, str]) -> tuple[int, str]:
