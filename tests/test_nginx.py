@@ -253,9 +253,15 @@ async def test_a_replica_back_on_a_new_address_gets_requests_without_restarting_
 ) -> None:
     # Before: nginx resolved the names once, kept connecting to the old address ("No route to
     # host", 502 now and then) and never sent the restarted replica a request.
-    for number in range(4):  # nginx has looked the replicas up, and both answered
-        assert await postback(http, nginx, f"before-{number}") == (200, "forwarded")
-    assert replicas.answered("127.0.0.3") > 0
+    sent = 0
+
+    async def both_answered() -> bool:  # nginx's resolver hands the addresses out at random
+        nonlocal sent
+        sent += 1
+        assert await postback(http, nginx, f"before-{sent}") == (200, "forwarded")
+        return replicas.answered("127.0.0.3") > 0 and replicas.answered("127.0.0.2") > 0
+
+    await eventually_async(both_answered, timeout=10, interval=0.01)
     await replicas.stop("127.0.0.3")
     await replicas.start("127.0.0.4")
     names.addresses = ["127.0.0.2", "127.0.0.4"]  # the restarted replica's new address
