@@ -189,7 +189,7 @@ class SignInGuard:
         failures.count += 1
         failures.last_at = now
         if failures.count > FREE_FAILURES:
-            doubling = FIRST_LOCKOUT * 2 ** (failures.count - FREE_FAILURES - 1)
+            doubling = FIRST_LOCKOUT * 2 ** min(30, failures.count - FREE_FAILURES - 1)
             failures.locked_until = now + min(LONGEST_LOCKOUT, doubling)
         self._by_address[address] = failures
         while len(self._by_address) > MAX_TRACKED_ADDRESSES:

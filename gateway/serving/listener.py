@@ -130,10 +130,6 @@ class GatewaySite(web.BaseSite):
         scheme = "https" if self._ssl_context else "http"
         return f"{scheme}://{self._host or '*'}:{self._port}"
 
-    @property
-    def open_connections(self) -> int:
-        return self._open
-
     async def start(self) -> None:
         await super().start()
         self._loop = asyncio.get_running_loop()
