@@ -293,8 +293,11 @@ async def dead_ymids(http: aiohttp.ClientSession, site: Site) -> list[str]:
     return re.findall(r'<td class="ymid">([^<]*)</td>', dead)
 
 
-async def form_token_of(http: aiohttp.ClientSession, site: Site) -> str:
-    _, _, page = await get(http, site.url("/queue"), BEARER)
+async def form_token_of(
+    http: aiohttp.ClientSession, site: Site, headers: dict[str, str] = BEARER
+) -> str:
+    """The form token the queue page gives whoever sends `headers` (a token, a session)."""
+    _, _, page = await get(http, site.url("/queue"), headers)
     found = FORM_TOKEN.search(page)
     assert found, page
     return found.group(1)
@@ -634,13 +637,6 @@ async def signed_in_cookie(http: aiohttp.ClientSession, site: Site) -> str:
     return session_cookie(answer)[0]
 
 
-async def form_token_with(http: aiohttp.ClientSession, site: Site, cookie: str) -> str:
-    _, _, page = await get(http, site.url("/queue"), {"Cookie": cookie})
-    found = FORM_TOKEN.search(page)
-    assert found, page
-    return found.group(1)
-
-
 async def test_each_sign_in_is_its_own_session_ended_by_sign_out(
     http: aiohttp.ClientSession,
     start_upstream: UpstreamFactory,
@@ -653,9 +649,11 @@ async def test_each_sign_in_is_its_own_session_ended_by_sign_out(
     site, _ = await site_with_a_dead_letter(start_upstream, start_site, tmp_path, token=True)
     first, second = await signed_in_cookie(http, site), await signed_in_cookie(http, site)
     assert first != second
-    assert await form_token_with(http, site, first) != await form_token_with(http, site, second)
+    assert await form_token_of(http, site, {"Cookie": first}) != await form_token_of(
+        http, site, {"Cookie": second}
+    )
     own_page = {"Origin": site.admin, "Sec-Fetch-Site": "same-origin"}
-    others_field = {"form_token": await form_token_with(http, site, second)}
+    others_field = {"form_token": await form_token_of(http, site, {"Cookie": second})}
     answer = await post(http, site.url("/queue/retry"), others_field, {"Cookie": first, **own_page})
     assert answer.status == 403  # one session's form token is not another's
 
