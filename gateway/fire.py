@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
+from . import verdicts
 from .checks.clientip import ClientAddressResolver
 from .checks.query import read_query
 from .config import GatewayConfig, RouteConfig
@@ -107,32 +108,15 @@ def _predict(
     except GatewayError as error:
         failure = error
     lines = [f"1 route      {route.path} ok"]
-    for number, step in enumerate(record.passed, start=2):
-        lines.append(f"{number} {step:<10} {_verdict(step, route, record)}")
-    if failure is not None:
-        number, step = len(record.passed) + 2, STEPS[len(record.passed)]
-        lines.append(
-            f"{number} {step:<10} {failure.detail or failure.reason}; "
-            f"expect {failure.status} {failure.outcome} ({failure.reason})"
-        )
+    for number, step in enumerate(STEPS, start=2):
+        if step in record.passed:
+            lines.append(f"{number} {step:<10} {verdicts.passed(step, record, route)}")
+        elif failure is not None and step == record.failed_check:
+            lines.append(
+                f"{number} {step:<10} {failure.detail or failure.reason}; "
+                f"expect {failure.status} {failure.outcome} ({failure.reason})"
+            )
     return lines
-
-
-def _verdict(step: str, route: RouteConfig, record: RequestRecord) -> str:
-    """What a check that passed found, as `fire` shows it."""
-    if step == "client":
-        return f"{record.client} (if no proxy stands between)"
-    if step == "allowlist":
-        return (
-            f"{record.client} not allowed, but log_only: let in"
-            if record.let_in_by_log_only
-            else "ok"
-        )
-    if step == "secret":
-        return f"first of {len(route.secret.keys)} key(s)" if route.secret else "none"
-    if step == "normalize":
-        return f"{record.fields}"
-    return "ok"
 
 
 def _send(target: URL, headers: dict[str, str]) -> int:

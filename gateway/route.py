@@ -1,11 +1,15 @@
 """A route compiled from its config: everything a request needs, decided once at load time,
 and `verify`, the checks of the product description in order (used by the pipeline and by
-`fire`, which predicts a postback's fate with the very same code)."""
+`fire`, which predicts a postback's fate with the very same code).
+
+The order lives in one place, `CompiledRoute.CHECKS`: `verify` runs it, the record notes the
+names passed (and the one that failed), and `fire` and the inspector list it (`STEPS`)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import ClassVar, NamedTuple
 
 from multidict import CIMultiDictProxy
 
@@ -18,13 +22,10 @@ from .checks.validate import Validator
 from .config import RouteConfig
 from .config.model import AllowIpsMode, Delivery
 from .dedup import DedupKey, RouteDedup, dedup_key, key_fields
-from .errors import AddressNotAllowed, Filtered
+from .errors import AddressNotAllowed, Filtered, GatewayError
 from .forwarding.forward import Upstream
 from .observe import RequestRecord
 from .postback import ZONE_ID, Postback
-
-# The checks `verify` runs, in order; `RequestRecord.passed` lists those a request passed.
-STEPS = ("client", "allowlist", "secret", "normalize", "validate", "match")
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,6 +36,25 @@ class Arrival:
     forwarded_for: Sequence[str]  # X-Forwarded-For header lines, in order
     query: Query
     headers: CIMultiDictProxy[str]
+
+
+@dataclass(slots=True)
+class Checking:
+    """One request going through the checks: what it brought, and what they found so far."""
+
+    arrival: Arrival
+    record: RequestRecord
+    clean: Scrubbed  # the query without the key: all that is ever logged or passed on
+    client: IPAddress | None = None
+    postback: Postback | None = None
+
+
+class Check(NamedTuple):
+    """One named step of `verify`: raises the GatewayError that refuses the request, or
+    notes what it found in the `Checking`."""
+
+    name: str
+    run: Callable[[CompiledRoute, Checking], None]
 
 
 class CompiledRoute:
@@ -66,31 +86,73 @@ class CompiledRoute:
 
     def verify(self, arrival: Arrival, record: RequestRecord) -> Postback:
         """The checks in order, each noting in `record` what it found: the postback to deliver,
-        or the failing step's error (a GatewayError)."""
-        clean = self.without_secret(arrival.query.pairs)  # all that is ever logged or passed on
+        or the failing check's error (a GatewayError), its name in `record.failed_check`."""
+        clean = self.without_secret(arrival.query.pairs)
         record.query = clean.pairs
         record.dropped = clean.removed
+        checking = Checking(arrival, record, clean)
         passed = record.passed
+        try:
+            for check in self.CHECKS:
+                check.run(self, checking)
+                passed.append(check.name)
+        except GatewayError:
+            record.failed_check = self.CHECKS[len(passed)].name
+            raise
+        assert checking.postback is not None  # set by normalize
+        return checking.postback
 
+    def _resolve_client(self, checking: Checking) -> None:
+        arrival, record = checking.arrival, checking.record
         record.peer = arrival.peer
-        client = self._client_addresses.resolve(arrival.peer, arrival.forwarded_for)
-        record.client = address_text(client)
-        passed.append("client")
-        self._check_allowlist(client, record)
-        passed.append("allowlist")
-        if self._secret is not None:
-            self._secret.verify(arrival.query.pairs, arrival.headers)
-        passed.append("secret")
+        checking.client = self._client_addresses.resolve(arrival.peer, arrival.forwarded_for)
+        record.client = address_text(checking.client)
 
-        postback = self.normalizer.normalize(clean.pairs, arrival.query.undecodable)
-        record.fields = postback.fields
-        record.dropped += postback.dropped
-        passed.append("normalize")
-        self.validator.validate(postback)
-        passed.append("validate")
-        self.check_match(postback)
-        passed.append("match")
-        return postback
+    def _check_allowlist(self, checking: Checking) -> None:
+        client = checking.client
+        assert client is not None  # resolved by the check before
+        if self._allow_ips is None or client in self._allow_ips:
+            return
+        if not self.allowlist_log_only:
+            raise AddressNotAllowed(f"{client} is not in allow_ips")
+        record = checking.record
+        record.let_in_by_log_only = True
+        record.detail = f"{client} is not in allow_ips (allow_ips_mode: log_only, let in)"
+
+    def _check_secret(self, checking: Checking) -> None:
+        if self._secret is not None:
+            self._secret.verify(checking.arrival.query.pairs, checking.arrival.headers)
+
+    def _normalize(self, checking: Checking) -> None:
+        postback = self.normalizer.normalize(
+            checking.clean.pairs, checking.arrival.query.undecodable
+        )
+        checking.postback = postback
+        checking.record.fields = postback.fields
+        checking.record.dropped += postback.dropped
+
+    def _validate(self, checking: Checking) -> None:
+        assert checking.postback is not None
+        self.validator.validate(checking.postback)
+
+    def _check_match(self, checking: Checking) -> None:
+        """Raise Filtered when the postback is not one this route forwards (`match:`)."""
+        postback = checking.postback
+        assert postback is not None
+        for name, accepted in self._match:
+            value = postback.get(name)
+            if value not in accepted:
+                raise Filtered(f"{name}={value!r} is not in match.{name}")
+
+    # the order of the product description; nothing else restates it
+    CHECKS: ClassVar[tuple[Check, ...]] = (
+        Check("client", _resolve_client),
+        Check("allowlist", _check_allowlist),
+        Check("secret", _check_secret),
+        Check("normalize", _normalize),
+        Check("validate", _validate),
+        Check("match", _check_match),
+    )
 
     def without_secret(self, query: Pairs) -> Scrubbed:
         """The query minus every trace of the key: what may be logged, normalized, forwarded."""
@@ -98,20 +160,9 @@ class CompiledRoute:
             return Scrubbed(list(query), [])
         return self._secret.scrub(query)
 
-    def check_match(self, postback: Postback) -> None:
-        """Raise Filtered when the postback is not one this route forwards (`match:`)."""
-        for name, accepted in self._match:
-            value = postback.get(name)
-            if value not in accepted:
-                raise Filtered(f"{name}={value!r} is not in match.{name}")
-
     def dedup_key(self, postback: Postback) -> DedupKey:
         return dedup_key(self._dedup_scope, self._dedup_fields, postback)
 
-    def _check_allowlist(self, client: IPAddress, record: RequestRecord) -> None:
-        if self._allow_ips is None or client in self._allow_ips:
-            return
-        if not self.allowlist_log_only:
-            raise AddressNotAllowed(f"{client} is not in allow_ips")
-        record.let_in_by_log_only = True
-        record.detail = f"{client} is not in allow_ips (allow_ips_mode: log_only, let in)"
+
+# the checks' names in order, as the record, `fire` and the inspector tell them
+STEPS = tuple(check.name for check in CompiledRoute.CHECKS)

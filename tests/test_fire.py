@@ -32,7 +32,7 @@ async def test_fire_sends_a_postback_the_way_monetag_would(start_upstream, start
     code, out, _ = await fire(config_file, "--route", "tapper", "--url", gateway.url, "zone_id=77")
     assert code == 0, out
     assert "token=****" in out and SECRET not in out
-    assert "3 allowlist  ok" in out
+    assert "3 allowlist  127.0.0.1 is allowed" in out
     assert "6 validate   ok" in out
     assert "answer: 200, outcome forwarded" in out
     assert "body:   granted" in out

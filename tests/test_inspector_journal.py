@@ -47,6 +47,7 @@ def record(
     made.fields = fields
     made.query = [("uid", fields["ymid"]), ("event", "click")]
     made.passed = list(passed)
+    made.failed_check = STEPS[len(passed)] if len(passed) < len(STEPS) else None
     made.client = made.peer = "127.0.0.1"
     return made
 

@@ -1,8 +1,8 @@
 """One postback as the inspector tells it: each step's verdict, and the curl line to replay it.
 
 Everything here is data for the templates, which escape it; nothing here builds HTML. The
-key's value is never at hand (the record holds the query without it): where it travelled is
-said, and the curl line leaves it to the shell as `$MONETAG_SECRET`.
+checks' verdicts come from `verdicts.py` (shared with `fire`); the curl line leaves the key
+to the shell as `$MONETAG_SECRET`.
 """
 
 from __future__ import annotations
@@ -11,19 +11,13 @@ import shlex
 from dataclasses import dataclass
 from urllib.parse import urlencode
 
+from .. import verdicts
 from ..config import GatewayConfig, RouteConfig
 from ..errors import Outcome
 from ..route import STEPS
 from .journal import Entry
 
 PASSED, FAILED, SKIPPED, NOTED = "passed", "failed", "skipped", "noted"
-_AFTER_CHECKS = {  # outcome -> the step that decided it, once every check had passed
-    Outcome.DUPLICATE: "dedup",
-    Outcome.UPSTREAM_ERROR: "deliver",
-    Outcome.STORE_ERROR: "deliver",
-    Outcome.FORWARDED: "deliver",
-    Outcome.QUEUED: "deliver",
-}
 
 
 @dataclass(frozen=True)
@@ -42,48 +36,18 @@ def steps(entry: Entry, config: GatewayConfig) -> list[Step]:
     told = [
         Step("route", PASSED, f"{record.route} ({route.path if route else 'no longer in config'})")
     ]
-    passed = record.passed
     for step in STEPS:
-        if step in passed:
-            told.append(Step(step, PASSED, _verdict(step, entry, route)))
-        elif len(told) == len(passed) + 1 and record.outcome not in _AFTER_CHECKS:
-            told.append(Step(step, FAILED, _failure(entry)))
+        if step in record.passed:
+            told.append(Step(step, PASSED, verdicts.passed(step, record, route)))
+        elif step == record.failed_check:
+            told.append(Step(step, FAILED, verdicts.failed(record)))
         else:
             told.append(Step(step, SKIPPED, "not reached"))
-    if len(passed) < len(STEPS):
+    if len(record.passed) < len(STEPS):
         return told
     told.append(_dedup(entry))
     told.append(_delivery(entry))
     return told
-
-
-def _verdict(step: str, entry: Entry, route: RouteConfig | None) -> str:
-    record = entry.record
-    if step == "client":
-        if record.peer and record.peer != record.client:
-            return (
-                f"{record.client}, from X-Forwarded-For: the peer {record.peer} is a trusted proxy"
-            )
-        return f"{record.client}, the TCP peer (no trusted proxy in between)"
-    if step == "allowlist":
-        if record.let_in_by_log_only:
-            return f"{record.client} is not allowed, let in by allow_ips_mode: log_only"
-        if route is not None and route.allow_ips is None:
-            return "no allow_ips on this route: any address"
-        return f"{record.client} is allowed"
-    if step == "secret":
-        if route is None or route.secret is None:
-            return "no secret on this route"
-        return f"a valid key in the {_secret_location(route)} (its value is never kept)"
-    if step == "normalize":
-        dropped = f"; not passed on: {', '.join(record.dropped)}" if record.dropped else ""
-        return f"{len(record.fields or {})} canonical field(s){dropped}"
-    return "ok"
-
-
-def _failure(entry: Entry) -> str:
-    record = entry.record
-    return f"{record.outcome} ({record.reason}): {record.detail or 'no detail'}"
 
 
 def _dedup(entry: Entry) -> Step:
@@ -108,20 +72,12 @@ def _delivery(entry: Entry) -> Step:
         status = record.upstream_status
         state = PASSED if status is not None and 200 <= status < 300 else NOTED
         return Step("deliver", state, f"the app answered {status}")
-    return Step("deliver", FAILED, _failure(entry))
+    return Step("deliver", FAILED, verdicts.failed(record))
 
 
 def _route_of(entry: Entry, config: GatewayConfig) -> RouteConfig | None:
     """The entry's route in the running config (None if a reload removed it)."""
     return next((r for r in config.routes if r.name == entry.record.route), None)
-
-
-def _secret_location(route: RouteConfig) -> str:
-    secret = route.secret
-    assert secret is not None
-    if secret.query_param is not None:
-        return f"query parameter {secret.query_param!r}"
-    return f"header {secret.header!r}"
 
 
 def curl_line(entry: Entry, config: GatewayConfig) -> str | None:
