@@ -45,7 +45,7 @@ def run(route: CompiledRoute, query: str, peer: str = "127.0.0.1") -> RequestRec
 
 def test_steps_are_the_checks_verify_runs_in_their_order() -> None:
     route, _ = compiled()
-    assert STEPS == tuple(check.name for check in CompiledRoute.CHECKS)
+    assert tuple(check.name for check in CompiledRoute.CHECKS) == STEPS
     record = run(route, VALID)
     assert record.passed == list(STEPS) and record.failed_check is None
 
