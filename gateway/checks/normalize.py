@@ -77,6 +77,14 @@ _CANONICAL_SPELLING: dict[str, Callable[[str], str]] = {
 _NONE: frozenset[str] = frozenset()
 
 
+def canonical_names(aliases: Mapping[str, str]) -> dict[str, str]:
+    """Every incoming name that denotes a canonical field, with the field it denotes: the
+    aliases, and each canonical name no alias takes the place of."""
+    names = {name: name for name in CANONICAL_FIELDS if name not in aliases}
+    names.update(aliases)
+    return names
+
+
 class Normalizer:
     def __init__(
         self,
@@ -84,10 +92,7 @@ class Normalizer:
         written_names: Iterable[str] = (),
         drop_unknown: bool = False,
     ) -> None:
-        # Every incoming name that denotes a canonical field, decided once at config load.
-        names = {name: name for name in CANONICAL_FIELDS if name not in aliases}
-        names.update(aliases)
-        self._canonical_name_of = names
+        self._canonical_name_of = canonical_names(aliases)  # decided once at config load
         self._written = comparable_set([*CANONICAL_FIELDS, *written_names])
         self._drop_unknown = drop_unknown
 

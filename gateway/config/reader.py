@@ -10,9 +10,10 @@ from types import MappingProxyType
 from typing import Any
 
 from ..checks.addresses import AddressSet
+from ..checks.normalize import canonical_names
 from ..checks.secret import Secret, SecretCheck
 from ..checks.validate import value_problem
-from ..postback import CANONICAL_FIELDS, LOWERCASED_FIELDS
+from ..postback import LOWERCASED_FIELDS
 from ..shown import quoted
 from ..tls import describe_load_error, server_context
 from .model import (
@@ -330,9 +331,7 @@ class DocumentReader(ValueReader):
             aliases = template.aliases
             delivers = template.delivers
         else:
-            delivers = frozenset(
-                {name for name in CANONICAL_FIELDS if name not in aliases} | set(aliases.values())
-            )
+            delivers = frozenset(canonical_names(aliases).values())
         route = RouteConfig(
             name=name,
             aliases=MappingProxyType(aliases),
@@ -366,10 +365,7 @@ class DocumentReader(ValueReader):
         elif route.insecure:
             self.warnings.append(f"{path}: insecure: true")
         secret_param = route.secret.query_param if route.secret else None
-        incoming_names = {name for name in CANONICAL_FIELDS if name not in route.aliases} | set(
-            route.aliases
-        )
-        if secret_param is not None and secret_param in incoming_names:
+        if secret_param is not None and secret_param in canonical_names(route.aliases):
             self.problem(
                 key_path(path, "secret.query_param"),
                 f"{quoted(secret_param)} is also a postback field name; the secret must have its "
