@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.checks.normalize import NOT_UTF8, Normalizer, canonical_value
+from gateway.checks.normalize import NOT_UTF8, Normalizer
 from gateway.errors import InvalidPostback, Problem
 from gateway.postback import Postback
 
@@ -347,7 +347,7 @@ def test_ambiguity_through_canonical_alias_source_names_the_target() -> None:
     ],
 )
 def test_canonical_value(field: str, value: str, canonical: str) -> None:
-    assert canonical_value(field, value) == canonical
+    assert Normalizer({}).normalize([(field, value)]).fields[field] == canonical
 
 
 @pytest.mark.parametrize(

@@ -43,12 +43,6 @@ AMBIGUOUS = "given more than once with different values"
 NOT_UTF8 = "is not UTF-8 text"
 
 
-def canonical_value(field: str, value: str) -> str:
-    """The one spelling of `value` that dedup and the app see (unchanged if not valid)."""
-    spell = _CANONICAL_SPELLING.get(field)
-    return value if spell is None else spell(value)
-
-
 def _plain_integer(value: str) -> str:
     return (value.lstrip("0") or "0") if value.isascii() and value.isdigit() else value
 

@@ -341,11 +341,3 @@ class ValueReader:
         if key not in section:
             return default
         return read(section[key], key_path(path, key))
-
-    def required_key(
-        self, section: dict[Any, Any], key: str, path: str, read: Callable[[Any, str], T | None]
-    ) -> T | None:
-        if key not in section:
-            self.problem(key_path(path, key), "is required")
-            return None
-        return read(section[key], key_path(path, key))

@@ -62,10 +62,6 @@ _PROBLEMS: tuple[tuple[type[BaseException], str], ...] = (
     (PayloadEncodingError, "bad_body_framing"),
     (BadHttpMessage, "bad_request"),
 )
-PROBLEMS = frozenset(
-    {problem for _, problem in _PROBLEMS}
-    | {"request_line_too_long", "header_too_long", "internal_error", "http_version"}
-)
 _VERSIONS = (HttpVersion10, HttpVersion11)
 
 
