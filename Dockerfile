@@ -1,4 +1,4 @@
-# The gateway as a container: public port 8080, admin port 9090 (health; metrics later).
+# The gateway as a container: public port 8080, admin port 9090 (health, metrics, inspector).
 # Mount your config at /etc/monetag-gateway/config.yaml and pass secrets as environment
 # variables (MONETAG_SECRET). For the admin port to be reachable from outside the container,
 # set `server.admin_listen: 0.0.0.0:9090` in the mounted config.
