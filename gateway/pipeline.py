@@ -29,6 +29,7 @@ from .errors import (
     UpstreamUnavailable,
 )
 from .forwarding.forward import Forwarder, Upstream, UpstreamReply, delivery_headers
+from .forwarding.queued import QueuedRoute
 from .forwarding.upstream_client import UpstreamClient
 from .metrics import Metrics
 from .observe import RequestRecord
@@ -44,7 +45,7 @@ class Outbox(Protocol):
     """Where a queued route's events are stored (the durable store)."""
 
     async def enqueue(
-        self, route: CompiledRoute, postback: Postback, key: DedupKey, record: RequestRecord
+        self, route: QueuedRoute, postback: Postback, key: DedupKey, request_id: str, client: str
     ) -> bool:
         """Store the event unless its dedup key is already stored; says whether it did."""
         ...
@@ -123,7 +124,10 @@ class Gateway:
         assert self._outbox is not None  # config validation: queued routes need a store
         async with route.dedup.reserve(key, queued=True) as reservation:
             record.handed_to = "store"
-            accepted = await self._outbox.enqueue(route, postback, key, record)
+            assert route.queued is not None
+            accepted = await self._outbox.enqueue(
+                route.queued, postback, key, record.request_id, record.client or ""
+            )
             reservation.commit()  # stored now, or known to the store from before
             if not accepted:
                 raise DuplicatePostback()

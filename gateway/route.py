@@ -24,6 +24,7 @@ from .config.model import AllowIpsMode, Delivery
 from .dedup import DedupKey, RouteDedup, dedup_key, key_fields
 from .errors import AddressNotAllowed, Filtered, GatewayError
 from .forwarding.forward import Upstream
+from .forwarding.queued import QueuedRoute
 from .observe import RequestRecord
 from .postback import ZONE_ID, Postback
 
@@ -67,11 +68,14 @@ class CompiledRoute:
         self._client_addresses = client_addresses
         self._allow_ips = config.allow_ips
         self.allowlist_log_only = config.allow_ips_mode == AllowIpsMode.LOG_ONLY
-        self.queued = config.delivery == Delivery.QUEUED
         self.deadline = config.deadline
         self._secret = config.secret
         self.secret_param = config.secret.query_param if config.secret else None
         self.upstreams = tuple(Upstream(upstream, config.name) for upstream in config.upstreams)
+        # what the store needs of it, on a queued route (`delivery: queued`)
+        self.queued = (
+            QueuedRoute.of(config, self.upstreams) if config.delivery == Delivery.QUEUED else None
+        )
         written = [name for upstream in self.upstreams for name in upstream.written_names]
         if self.secret_param is not None:
             written.append(self.secret_param)

@@ -24,6 +24,7 @@ from .dedup import Backend, RouteDedup
 from .dedup.redis_reservations import RedisReservations, redis_client
 from .durable.service import Durable
 from .forwarding.forward import BACKOFF_CAP
+from .forwarding.queued import QueuedRoute
 from .forwarding.upstream_client import BODY_WAIT, UpstreamClient
 from .inspector.journal import Journal
 from .metrics import RESTART_ONLY, Metrics
@@ -127,7 +128,7 @@ class Runtime:
         """Open the store if there is one (StoreError if it cannot be), then serve the config."""
         gateway = self._build(self.config)
         if self.durable is not None:
-            await self.durable.start(gateway.routes.values())
+            await self.durable.start(_queued(gateway))
         self._gateway = gateway
         self.metrics.config_loaded()
 
@@ -147,7 +148,7 @@ class Runtime:
         self.loaded_at, self.reload_error = time.time(), None
         self.journal.resize(config.server.recent_postbacks)
         if self.durable is not None:
-            await self.durable.serve(self._gateway.routes.values())
+            await self.durable.serve(_queued(self._gateway))
         configure_logging(config.logging.format, config.logging.level)
         self.metrics.config_loaded(self.restart_pending)
         if old is not None:
@@ -240,3 +241,8 @@ class Runtime:
             fail_open = dedup.on_redis_error == OnRedisError.FAIL_OPEN
             backends.append(RedisReservations(client, hold, self.metrics, fail_open=fail_open))
         return backends
+
+
+def _queued(gateway: Gateway) -> list[QueuedRoute]:
+    """The loaded config's queued routes, as the store is handed them."""
+    return [route.queued for route in gateway.routes.values() if route.queued is not None]

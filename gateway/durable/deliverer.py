@@ -25,9 +25,9 @@ from ..forwarding.forward import (
     UpstreamReply,
     delivery_headers,
 )
+from ..forwarding.queued import QueuedRoute
 from ..metrics import Metrics
 from ..observe import UpstreamAttempt
-from ..route import CompiledRoute
 from .outbox import DEAD, DELIVERED, RETRY, Attempt, Delivery, Outbox, StoreError, storable_text
 
 log = logging.getLogger("gateway.deliverer")
@@ -49,7 +49,7 @@ class Deliverer:
     ) -> None:
         self._outbox = outbox
         self._on_attempt = on_attempt  # told of every try, by the event's request id
-        self._routes: Sequence[CompiledRoute] = ()
+        self._routes: Sequence[QueuedRoute] = ()
         self._forwarder = forwarder
         self._metrics = metrics
         self._clock = clock
@@ -58,7 +58,7 @@ class Deliverer:
         self._wake = asyncio.Event()
         self._stopping = False
 
-    def serve(self, routes: Sequence[CompiledRoute]) -> None:
+    def serve(self, routes: Sequence[QueuedRoute]) -> None:
         """The queued routes to deliver for, from now on (a reload passes the new ones)."""
         self._routes = routes
         self.wake()
@@ -104,7 +104,7 @@ class Deliverer:
         for route in self._routes:
             for upstream in route.upstreams:
                 busy = self._busy[(route.name, upstream.label)]
-                free = route.config.queue.concurrency - len(busy)
+                free = route.queue.concurrency - len(busy)
                 if free <= 0:
                     continue
                 lease = upstream.timeout + LEASE_MARGIN  # one attempt, then it is recorded
@@ -117,7 +117,7 @@ class Deliverer:
                     self._attempts.add(task)
                     task.add_done_callback(self._attempts.discard)
 
-    async def _deliver(self, route: CompiledRoute, upstream: Upstream, delivery: Delivery) -> None:
+    async def _deliver(self, route: QueuedRoute, upstream: Upstream, delivery: Delivery) -> None:
         try:
             headers = delivery_headers(
                 delivery.request_id, delivery.client, delivery.idempotency_key
@@ -127,7 +127,7 @@ class Deliverer:
             for sent in tries:  # two when a stale kept-alive connection made it send again
                 self._on_attempt(delivery.request_id, sent)
             now = self._clock()
-            attempt = self._judge(route.config.queue, delivery, result, now, len(tries))
+            attempt = self._judge(route.queue, delivery, result, now, len(tries))
             if not await self._record(delivery, attempt, now):
                 log.warning(
                     "delivery taken over by another replica before its result was recorded",

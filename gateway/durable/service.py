@@ -19,11 +19,11 @@ from ..deadline import Deadline
 from ..dedup import Backend, DedupKey
 from ..errors import StoreUnavailable
 from ..forwarding.forward import Forwarder
+from ..forwarding.queued import QueuedRoute
 from ..forwarding.upstream_client import UpstreamClient
 from ..metrics import Metrics
-from ..observe import RequestRecord, UpstreamAttempt
+from ..observe import UpstreamAttempt
 from ..postback import Postback
-from ..route import CompiledRoute
 from .deliverer import Deliverer
 from .outbox import NewEvent, Outbox, StoreError
 from .postgres_outbox import PostgresOutbox
@@ -72,7 +72,7 @@ class Durable:
         """The dedup backend that lives in the store, for a route (see `Outbox.keys_for`)."""
         return self.outbox.keys_for(hold)
 
-    async def start(self, routes: Iterable[CompiledRoute]) -> None:
+    async def start(self, routes: Iterable[QueuedRoute]) -> None:
         """Open the store (StoreError if it cannot be) and resume what a crash left pending."""
         await self.outbox.open()
         self.outbox.on_work(self._deliverer.wake)
@@ -82,12 +82,12 @@ class Durable:
             asyncio.create_task(self._housekeeping()),
         ]
 
-    async def serve(self, routes: Iterable[CompiledRoute]) -> None:
+    async def serve(self, routes: Iterable[QueuedRoute]) -> None:
         """Deliver for the queued routes of a (re)loaded config; deliveries to upstreams that
         config no longer has become dead letters (re-drivable once they are back)."""
-        queued = [route for route in routes if route.queued]
+        queued = list(routes)
         self._deliverer.serve(queued)
-        if moved := await self.outbox.relabel({r.name: _renames(r) for r in queued}):
+        if moved := await self.outbox.relabel({r.name: dict(r.relabels) for r in queued}):
             log.info("deliveries moved to their upstream's label", extra={"count": moved})
         targets = {route.name: [upstream.label for upstream in route.upstreams] for route in queued}
         if buried := await self.outbox.bury_orphans(targets, time.time()):
@@ -95,7 +95,7 @@ class Durable:
                         extra={"count": buried})  # fmt: skip
 
     async def enqueue(
-        self, route: CompiledRoute, postback: Postback, key: DedupKey, record: RequestRecord
+        self, route: QueuedRoute, postback: Postback, key: DedupKey, request_id: str, client: str
     ) -> bool:
         """Durably accept the event (committed and fsynced): True, or False if its dedup key was
         already stored (a duplicate, checked in the same transaction). StoreUnavailable if the
@@ -106,9 +106,9 @@ class Durable:
             upstreams=[upstream.label for upstream in route.upstreams],
             postback=postback,
             dedup_key=key,
-            dedup_expires_at=now + route.config.dedup.ttl,
-            request_id=record.request_id,
-            client=record.client or "",
+            dedup_expires_at=now + route.dedup_ttl,
+            request_id=request_id,
+            client=client,
             accepted_at=now,
         )
         try:
@@ -170,21 +170,6 @@ class Durable:
                 for item in snapshot
             ]
         )
-
-
-def _renames(route: CompiledRoute) -> dict[str, str]:
-    """Labels a route's deliveries may be stored under from before -> the upstream's label now
-    (an old label that could be two of today's upstreams is left alone)."""
-    owners: dict[str, set[str]] = {}
-    for upstream in route.config.upstreams:
-        for old in upstream.labels_before:
-            owners.setdefault(old, set()).add(upstream.label)
-    current = {upstream.label for upstream in route.config.upstreams}
-    return {
-        old: next(iter(labels))
-        for old, labels in owners.items()
-        if len(labels) == 1 and old not in current
-    }
 
 
 def _log_store_change(up: bool, detail: str) -> None:
