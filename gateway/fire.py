@@ -22,8 +22,8 @@ from .checks.query import read_query
 from .config import GatewayConfig, RouteConfig
 from .dedup import RouteDedup
 from .errors import GatewayError
-from .observe import RequestRecord
 from .postback import CANONICAL_FIELDS
+from .record import RequestRecord
 from .route import STEPS, Arrival, CompiledRoute
 
 _EXAMPLE_VALUES = {

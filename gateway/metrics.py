@@ -17,7 +17,7 @@ from prometheus_client.registry import Collector
 from . import __version__
 from .errors import REJECTIONS, reasons_for
 from .hotmetrics import CounterFamily, HistogramFamily, HotPathCollector
-from .observe import RequestRecord
+from .record import RequestRecord
 
 disable_created_metrics()  # type: ignore[no-untyped-call]  # the *_created samples only clutter a scrape here
 

@@ -32,8 +32,8 @@ from .forwarding.forward import Forwarder, Upstream, UpstreamReply, delivery_hea
 from .forwarding.queued import QueuedRoute
 from .forwarding.upstream_client import UpstreamClient
 from .metrics import Metrics
-from .observe import RequestRecord
 from .postback import ESTIMATED_PRICE, REWARD_EVENT_TYPE, ZONE_ID, Postback
+from .record import RequestRecord
 from .route import Arrival, CompiledRoute
 
 log = logging.getLogger("gateway.pipeline")

@@ -25,8 +25,8 @@ from .dedup import DedupKey, RouteDedup, dedup_key, key_fields
 from .errors import AddressNotAllowed, Filtered, GatewayError
 from .forwarding.forward import Upstream
 from .forwarding.queued import QueuedRoute
-from .observe import RequestRecord
 from .postback import ZONE_ID, Postback
+from .record import RequestRecord
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,9 +26,9 @@ from .durable.service import Durable
 from .forwarding.forward import BACKOFF_CAP
 from .forwarding.queued import QueuedRoute
 from .forwarding.upstream_client import BODY_WAIT, UpstreamClient
-from .inspector.journal import Journal
+from .journal import Journal
+from .logs import configure_logging
 from .metrics import RESTART_ONLY, Metrics
-from .observe import configure_logging
 from .pipeline import Gateway
 
 log = logging.getLogger("gateway.runtime")

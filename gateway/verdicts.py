@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from .config import RouteConfig
-from .observe import RequestRecord
+from .record import RequestRecord
 
 
 def passed(step: str, record: RequestRecord, route: RouteConfig | None) -> str:

@@ -6,7 +6,7 @@ import pytest
 
 from gateway.errors import REJECTIONS, GatewayError, Outcome, reasons_for
 from gateway.metrics import Metrics
-from gateway.observe import RequestRecord
+from gateway.record import RequestRecord
 
 
 def raisable() -> list[type[GatewayError]]:

@@ -13,9 +13,9 @@ import pytest
 from gateway.config import GatewayConfig, load_config
 from gateway.errors import Outcome
 from gateway.inspector.charts import outcome_chart, percentile
-from gateway.inspector.journal import MINUTES, Filters, Journal
 from gateway.inspector.present import FAILED, PASSED, SKIPPED, curl_line, steps
-from gateway.observe import RequestRecord, UpstreamAttempt
+from gateway.journal import MINUTES, Filters, Journal
+from gateway.record import RequestRecord, UpstreamAttempt
 from gateway.route import STEPS
 from tests.gatewayconfig import gateway_config
 

@@ -12,9 +12,9 @@ from gateway.checks.query import read_query
 from gateway.config import GatewayConfig, parse_config
 from gateway.dedup import RouteDedup
 from gateway.errors import GatewayError
-from gateway.inspector.journal import Journal
 from gateway.inspector.present import FAILED, PASSED, SKIPPED, steps
-from gateway.observe import RequestRecord
+from gateway.journal import Journal
+from gateway.record import RequestRecord
 from gateway.route import STEPS, Arrival, CompiledRoute
 
 from .gatewayconfig import gateway_config

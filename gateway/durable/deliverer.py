@@ -27,7 +27,7 @@ from ..forwarding.forward import (
 )
 from ..forwarding.queued import QueuedRoute
 from ..metrics import Metrics
-from ..observe import UpstreamAttempt
+from ..record import UpstreamAttempt
 from .outbox import DEAD, DELIVERED, RETRY, Attempt, Delivery, Outbox, StoreError, storable_text
 
 log = logging.getLogger("gateway.deliverer")

@@ -22,8 +22,8 @@ from ..forwarding.forward import Forwarder
 from ..forwarding.queued import QueuedRoute
 from ..forwarding.upstream_client import UpstreamClient
 from ..metrics import Metrics
-from ..observe import UpstreamAttempt
 from ..postback import Postback
+from ..record import UpstreamAttempt
 from .deliverer import Deliverer
 from .outbox import NewEvent, Outbox, StoreError
 from .postgres_outbox import PostgresOutbox

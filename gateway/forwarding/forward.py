@@ -25,8 +25,8 @@ from yarl import URL
 from ..config import UpstreamConfig
 from ..errors import UpstreamBadResponse, UpstreamDown, UpstreamTimeout
 from ..metrics import Metrics, status_class
-from ..observe import UpstreamAttempt
 from ..postback import CANONICAL_FIELDS, Postback
+from ..record import UpstreamAttempt
 from .upstream_client import (
     Answer,
     BadResponse,

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from .journal import LATENCY_BOUNDS_MS, Minute
+from ..journal import LATENCY_BOUNDS_MS, Minute
 
 WIDTH, HEIGHT = 600, 120  # the SVG's viewBox
 BAR_GAP = 1

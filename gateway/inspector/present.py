@@ -14,8 +14,8 @@ from urllib.parse import urlencode
 from .. import verdicts
 from ..config import GatewayConfig, RouteConfig
 from ..errors import Outcome
+from ..journal import Entry
 from ..route import STEPS
-from .journal import Entry
 
 PASSED, FAILED, SKIPPED, NOTED = "passed", "failed", "skipped", "noted"
 

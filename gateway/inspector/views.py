@@ -22,10 +22,10 @@ from yarl import URL
 
 from ..durable.outbox import StoreError
 from ..errors import Outcome
+from ..journal import Entry, Filters
 from ..runtime import Runtime
 from .access import COOKIE, Access, locked_out, safe_next, same_site
 from .charts import outcome_chart, percentile
-from .journal import Entry, Filters
 from .present import curl_line, steps
 
 log = logging.getLogger("gateway.inspector")

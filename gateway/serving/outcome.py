@@ -11,9 +11,10 @@ import uuid
 
 from aiohttp import web
 
+from ..access_log import log_request
 from ..errors import GatewayError, MalformedRequest, Outcome, Overloaded
-from ..observe import RequestRecord, log_request
 from ..pipeline import RECORD
+from ..record import RequestRecord
 from ..runtime import Runtime
 
 log = logging.getLogger("gateway.outcome")

@@ -19,8 +19,8 @@ from aiohttp import web
 
 from ..config import GatewayConfig, ListenAddress
 from ..deadline import Deadline
+from ..logs import configure_logging
 from ..metrics import Metrics
-from ..observe import configure_logging
 from ..reload import ConfigWatcher
 from ..runtime import Runtime
 from ..tls import CertificateReloader

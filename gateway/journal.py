@@ -1,4 +1,5 @@
-"""What the inspector remembers: the last N postbacks, and an hour of per-minute counts.
+"""The journal of recent postbacks, kept by the runtime and read by the inspector: the last N
+postbacks, and an hour of per-minute counts.
 
 Both live in this process's memory only and are gone at restart. A postback's entry is its
 `RequestRecord` (the query minus the key, the normalized fields, each check passed, each
@@ -17,7 +18,7 @@ import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
 
-from ..observe import RequestRecord, UpstreamAttempt
+from .record import RequestRecord, UpstreamAttempt
 
 MINUTES = 60  # the overview's window
 # upper bounds (ms) of the latency buckets the overview estimates percentiles from
