@@ -22,6 +22,7 @@ from .config.model import DedupBackend, OnRedisError
 from .deadline import Deadline
 from .dedup import Backend, RouteDedup
 from .dedup.redis_reservations import RedisReservations, redis_client
+from .dedup.shared import SharedReservations
 from .durable.service import Durable
 from .forwarding.forward import BACKOFF_CAP
 from .forwarding.queued import QueuedRoute
@@ -239,7 +240,8 @@ class Runtime:
             if client is None:
                 client = self._redis_clients[dedup.redis_url] = redis_client(dedup.redis_url)
             fail_open = dedup.on_redis_error == OnRedisError.FAIL_OPEN
-            backends.append(RedisReservations(client, hold, self.metrics, fail_open=fail_open))
+            keys = RedisReservations(client, self.metrics)
+            backends.append(SharedReservations(keys, hold, fail_open=fail_open))
         return backends
 
 

@@ -7,10 +7,12 @@
   flight in this process, and the backends beyond it, asked in order.
 - `backend.py`: what a backend beyond this process is (`Backend`: claim, commit, release) and
   how it fails (`BackendUnavailable`).
-- `redis_reservations.py`: reservations and delivered keys on Redis (shared by replicas).
+- `shared.py`: dedup shared by replicas (`SharedReservations`: take a key with a token and a
+  hold, poll while another replica holds it), over a store's few primitives.
+- `redis_reservations.py`: those primitives on Redis.
 
-The store's own backend (delivered keys in the durable store) is `durable/keys.py`: what
-lives in the store is the store's.
+The stores' own backends are in `durable/`: `keys.py` (delivered keys in SQLite) and
+`postgres_keys.py` (the primitives on PostgreSQL): what lives in the store is the store's.
 """
 
 from .backend import HELD, KNOWN, Backend, BackendUnavailable, Claim

@@ -1,19 +1,13 @@
-"""The Redis dedup backend: reservations and delivered keys shared by every replica.
+"""The Redis driver of shared dedup (`shared.py`): a key is one Redis string per event.
 
-A replica that wants to forward an event first takes a reservation: `SET key token NX PX hold`.
-Whoever gets it forwards; the others wait until the key says `delivered` (a duplicate) or is
-gone (released after a failure: they try again). Delivery success overwrites the reservation
-with `delivered` for the dedup TTL; failure deletes it only if the token is still ours
-(compare-and-delete), so a late release never frees someone else's reservation. A replica that
-crashes mid-delivery leaves a reservation that expires by itself after `hold` seconds, which
-is longer than the slowest delivery (every attempt and backoff).
+Taking it is `SET key token NX PX hold` (then a GET to see who holds it: `delivered`, or a
+token); a commit overwrites it with `delivered` for the dedup TTL; a release is a Lua
+compare-and-delete, so it deletes only while the token is still ours.
 """
 
 from __future__ import annotations
 
-import asyncio
 import time
-import uuid
 from collections.abc import Awaitable
 from typing import TypeVar
 
@@ -25,13 +19,13 @@ from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ..metrics import Metrics
-from .backend import KNOWN, BackendUnavailable, Claim
+from .backend import BackendUnavailable
 from .key import DedupKey
+from .shared import Taken
 
 T = TypeVar("T")
 PREFIX = "monetag-gateway:dedup:"
 DELIVERED = b"delivered"
-POLL_SECONDS = 0.025
 _RELEASE = """
 if redis.call('get', KEYS[1]) == ARGV[1] then
     return redis.call('del', KEYS[1])
@@ -59,46 +53,39 @@ class RedisUnavailable(BackendUnavailable):
 
 
 class RedisReservations:
-    """The backend for one route (`fail_open` is the route's `on_redis_error`); the client, and
-    its connection pool, is shared by every route on the same URL."""
+    """The primitives on Redis; the client, and its connection pool, is shared by every route
+    on the same URL."""
 
     name = "redis"
     in_store = False
+    unavailable = RedisUnavailable
 
-    def __init__(
-        self, client: redis.Redis, hold_seconds: float, metrics: Metrics, *, fail_open: bool
-    ) -> None:
+    def __init__(self, client: redis.Redis, metrics: Metrics) -> None:
         self._client = client
-        self._hold_ms = int(hold_seconds * 1000)
         self._metrics = metrics
         self._release = client.register_script(_RELEASE)
-        self.fail_open = fail_open
 
-    async def claim(self, key: DedupKey) -> Claim:
-        """Our token if this replica may deliver the event; KNOWN if it was delivered."""
-        name = PREFIX + key.hex()
-        token = uuid.uuid4().hex
-        deadline = time.monotonic() + self._hold_ms / 1000 + 1
-        while True:
-            if await self._call(
-                "reserve", self._client.set(name, token, nx=True, px=self._hold_ms)
-            ):
-                return Claim(token=token)
-            holder = await self._call("get", self._client.get(name))
-            if holder == DELIVERED:
-                return KNOWN
-            if holder == token.encode():  # our SET landed, its answer was lost and retried
-                return Claim(token=token)
-            if time.monotonic() > deadline:  # a reservation outlived its own expiry: broken
-                raise RedisUnavailable(f"reservation {name} never ends")
-            await asyncio.sleep(POLL_SECONDS)
+    def name_of(self, key: DedupKey) -> str:
+        return PREFIX + key.hex()
 
-    async def commit(self, key: DedupKey, claim: Claim, ttl: float) -> None:
-        name = PREFIX + key.hex()
-        await self._call("commit", self._client.set(name, DELIVERED, px=int(ttl * 1000)))
+    async def try_take(self, key: DedupKey, token: str, hold: float) -> Taken:
+        name = self.name_of(key)
+        if await self._call("reserve", self._client.set(name, token, nx=True, px=int(hold * 1000))):
+            return Taken.OURS
+        holder = await self._call("get", self._client.get(name))
+        if holder == DELIVERED:
+            return Taken.DELIVERED
+        if holder == token.encode():  # our SET landed, its answer was lost and retried
+            return Taken.OURS
+        return Taken.BUSY
 
-    async def release(self, key: DedupKey, claim: Claim) -> None:
-        await self._call("release", self._release(keys=[PREFIX + key.hex()], args=[claim.token]))
+    async def commit(self, key: DedupKey, ttl: float) -> None:
+        await self._call(
+            "commit", self._client.set(self.name_of(key), DELIVERED, px=int(ttl * 1000))
+        )
+
+    async def release(self, key: DedupKey, token: str) -> None:
+        await self._call("release", self._release(keys=[self.name_of(key)], args=[token]))
 
     async def _call(self, operation: str, command: Awaitable[T]) -> T:
         started = time.perf_counter()

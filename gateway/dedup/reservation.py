@@ -28,26 +28,19 @@ Held = list[tuple[Backend, Claim]]
 
 
 class Reservation:
-    """The right to deliver one event; `commit()` once it was delivered (or durably queued)."""
+    """The right to deliver one event: `async with dedup.reserve(key) as reservation:` the key
+    is this request's inside; `reservation.commit()` once it was delivered (or durably queued).
+    """
 
-    __slots__ = ("committed",)
+    __slots__ = ("_dedup", "_finished", "_held", "_key", "_queued", "committed")
 
-    def __init__(self) -> None:
+    def __init__(self, dedup: RouteDedup, key: DedupKey, queued: bool) -> None:
+        self._dedup, self._key, self._queued = dedup, key, queued
+        self._held: Held = []
         self.committed = False
 
     def commit(self) -> None:
         self.committed = True
-
-
-class Holding:
-    """`async with dedup.reserve(key) as reservation:` the key is this request's inside."""
-
-    __slots__ = ("_dedup", "_finished", "_held", "_key", "_queued", "_reservation")
-
-    def __init__(self, dedup: RouteDedup, key: DedupKey, queued: bool) -> None:
-        self._dedup, self._key, self._queued = dedup, key, queued
-        self._reservation = Reservation()
-        self._held: Held = []
 
     async def __aenter__(self) -> Reservation:
         dedup, key = self._dedup, self._key
@@ -55,16 +48,15 @@ class Holding:
         try:
             backends = [b for b in dedup._backends if not (self._queued and b.in_store)]
             if await dedup._known_beyond(key, backends, self._held):
-                self._reservation.commit()  # known elsewhere: remember it here and where held
+                self.commit()  # known elsewhere: remember it here and where held
                 raise DuplicatePostback()
         except BaseException:
             await self.__aexit__(None, None, None)
             raise
-        return self._reservation
+        return self
 
     async def __aexit__(self, *_: object) -> None:
-        committed = self._reservation.committed
-        await self._dedup._let_go(self._key, self._finished, committed, self._held)
+        await self._dedup._let_go(self._key, self._finished, self.committed, self._held)
 
 
 class RouteDedup:
@@ -102,14 +94,14 @@ class RouteDedup:
         self._delivered.reconfigure(ttl, max_entries)
         self._backends = tuple(backends)
 
-    def reserve(self, key: DedupKey, *, queued: bool = False) -> Holding:
+    def reserve(self, key: DedupKey, *, queued: bool = False) -> Reservation:
         """Hold `key` while the body of `async with` delivers; DuplicatePostback if it was
         delivered. (A class rather than @asynccontextmanager: it runs for every postback,
         and the generator machinery cost a few percent of the gateway's instructions.)
 
         `queued`: the caller stores the event and checks and writes its key in the store in
         one transaction, so backends that live in the store are not claimed here."""
-        return Holding(self, key, queued)
+        return Reservation(self, key, queued)
 
     async def _take(self, key: DedupKey) -> asyncio.Future[bool]:
         """Wait for an identical postback in flight here; mark this one in flight."""

@@ -1,29 +1,23 @@
-"""The PostgreSQL dedup backend: reservations and delivered keys shared by every replica.
+"""The PostgreSQL driver of shared dedup (`dedup/shared.py`): a row per event in the store.
 
-The same promise as the Redis backend, in the store itself: a replica that wants to forward
-an event first *claims* its key (a row in `monetag_gateway_dedup_keys`: state `reserved`, its
-token, a hold longer than the route's slowest delivery). Whoever inserts the row forwards;
-another replica sees a reservation and waits until it says `delivered` (a duplicate) or is
-gone (released after a failure: it tries again). Success turns the row into `delivered` for
-the route's TTL; failure deletes it only if the token is still ours. A replica that dies
-mid-delivery leaves a reservation that any replica may take over once its hold has run out.
+A key is a row of `monetag_gateway_dedup_keys`: state `reserved` with its token, or
+`delivered`, until `expires_at`. Taking it inserts the row or takes over one whose time is up
+(a delivered key past its TTL, or the hold of a replica that died); a commit makes it
+`delivered` for the route's TTL; a release deletes it only while the token is still ours.
 Queued routes write their keys in the transaction that stores the event (postgres_outbox.py).
 """
 
 from __future__ import annotations
 
-import asyncio
 import time
-import uuid
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from typing import Any
 
-from ..dedup.backend import KNOWN, BackendUnavailable, Claim
+from ..dedup.backend import BackendUnavailable
 from ..dedup.key import DedupKey
+from ..dedup.shared import Taken
 from .outbox import StoreError
-
-POLL_SECONDS = 0.025  # while another replica holds the key
 
 _CLAIM = """
 WITH taken AS (
@@ -49,46 +43,39 @@ Connections = Callable[[], AbstractAsyncContextManager[Any]]
 
 
 class PostgresKeys:
-    """The backend for one route: `hold` is its slowest delivery plus a margin. Fails closed."""
+    """The primitives on PostgreSQL; times come from `clock`, so tests can drive them."""
 
     name = "postgres"
-    fail_open = False
     in_store = True
+    unavailable = PostgresUnavailable
 
-    def __init__(
-        self, connection: Connections, hold: float, clock: Callable[[], float] = time.time
-    ) -> None:
+    def __init__(self, connection: Connections, clock: Callable[[], float] = time.time) -> None:
         self._connection = connection
-        self._hold = hold
         self._clock = clock
 
-    async def claim(self, key: DedupKey) -> Claim:
-        """Our token if this replica may deliver the event; KNOWN if it was delivered."""
-        token = uuid.uuid4().hex
-        deadline = time.monotonic() + self._hold + 1
-        while True:
-            row = await self._fetchrow(_CLAIM, key, token, self._clock(), self._hold)
-            if row is not None and row["token"] == token:
-                return Claim(token=token)
-            if row is not None and row["state"] == "delivered":
-                return KNOWN
-            # held by another replica (or released as we looked): wait for its result
-            if time.monotonic() > deadline:  # a hold that outlived itself: something is broken
-                raise PostgresUnavailable(f"reservation {key.hex()} never ends")
-            await asyncio.sleep(POLL_SECONDS)
+    def name_of(self, key: DedupKey) -> str:
+        return key.hex()
 
-    async def commit(self, key: DedupKey, claim: Claim, ttl: float) -> None:
+    async def try_take(self, key: DedupKey, token: str, hold: float) -> Taken:
+        row = await self._fetchrow(_CLAIM, key, token, self._clock(), hold)
+        if row is not None and row["token"] == token:
+            return Taken.OURS
+        if row is not None and row["state"] == "delivered":
+            return Taken.DELIVERED
+        return Taken.BUSY  # held by another replica (or released as we looked)
+
+    async def commit(self, key: DedupKey, ttl: float) -> None:
         await self._fetchrow(
             "UPDATE monetag_gateway_dedup_keys SET state = 'delivered', token = NULL,"
             " expires_at = $2 WHERE key = $1",
             key, self._clock() + ttl,
         )  # fmt: skip
 
-    async def release(self, key: DedupKey, claim: Claim) -> None:
+    async def release(self, key: DedupKey, token: str) -> None:
         await self._fetchrow(
             "DELETE FROM monetag_gateway_dedup_keys"
             " WHERE key = $1 AND token = $2 AND state = 'reserved'",
-            key, claim.token,
+            key, token,
         )  # fmt: skip
 
     async def _fetchrow(self, query: str, *arguments: Any) -> Any:

@@ -38,6 +38,7 @@ from typing import Any, Generic, TypeVar
 import asyncpg
 
 from ..config.model import PostgresUrl
+from ..dedup.shared import SharedReservations
 from .outbox import (
     DEAD,
     DELIVERED,
@@ -238,8 +239,8 @@ class PostgresOutbox:
     async def ping(self) -> None:
         await self._fetchval("SELECT 1")
 
-    def keys_for(self, hold: float) -> PostgresKeys:
-        return PostgresKeys(self._connection, hold)
+    def keys_for(self, hold: float) -> SharedReservations:
+        return SharedReservations(PostgresKeys(self._connection), hold)
 
     def on_work(self, wake: Callable[[], None]) -> None:
         self._wake = wake
