@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 from .config import ConfigError, ListenAddress, load_config
 from .durable import queue_cli
-from .durable.store import StoreError
+from .durable.outbox import StoreError
 from .fire import FireError, fire
 from .serving.server import serve
 from .summary import summarize

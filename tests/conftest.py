@@ -20,7 +20,7 @@ from aiohttp import web
 from gateway.config import GatewayConfig, parse_config
 from gateway.deadline import Deadline
 from gateway.durable.sqlite_outbox import STORE_SCHEMA
-from gateway.durable.store import Store
+from gateway.durable.sqlite_writer import SqliteWriter
 from gateway.metrics import Metrics
 from gateway.runtime import Runtime
 from gateway.serving.app import public_runner
@@ -105,8 +105,9 @@ def db_path(tmp_path: Path) -> Path:
 
 
 class Commits:
-    """A Store's `on_commit` that keeps what it is told: True per commit, False per failed one.
-    How many operations share a commit is seen by comparing this with the operations run."""
+    """A SqliteWriter's `on_commit` that keeps what it is told: True per commit, False per
+    failed one. How many operations share a commit is seen by comparing this with the
+    operations run."""
 
     def __init__(self) -> None:
         self.results: list[bool] = []  # appended by the store's writer thread only
@@ -128,9 +129,9 @@ def commits() -> Commits:
 
 
 @pytest.fixture
-async def store(db_path: Path, commits: Commits) -> AsyncIterator[Store]:
+async def store(db_path: Path, commits: Commits) -> AsyncIterator[SqliteWriter]:
     """A real SQLite store in a fresh file; its commits are told to `commits`."""
-    store = Store(str(db_path), STORE_SCHEMA, on_commit=commits)
+    store = SqliteWriter(str(db_path), STORE_SCHEMA, on_commit=commits)
     await asyncio.wait_for(store.open(), 10)
     yield store
     await asyncio.wait_for(store.close(), 10)

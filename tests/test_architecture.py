@@ -74,7 +74,7 @@ def test_the_rules_are_about_parts_that_exist() -> None:
 
 DURABLE = GATEWAY / "durable"
 POSTGRES_MODULES = {"postgres_outbox", "postgres_keys"}
-SQLITE_MODULES = {"sqlite_outbox", "store", "keys"}
+SQLITE_MODULES = {"sqlite_outbox", "sqlite_writer", "keys"}
 
 
 def durable_imports_of(module: Path) -> set[str]:

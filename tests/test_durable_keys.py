@@ -15,7 +15,7 @@ from gateway.durable import sqlite_outbox
 from gateway.durable.keys import StoreKeys, StoreKeysUnavailable
 from gateway.durable.outbox import NewEvent
 from gateway.durable.sqlite_outbox import STORE_SCHEMA
-from gateway.durable.store import Store
+from gateway.durable.sqlite_writer import SqliteWriter
 from gateway.errors import DedupUnavailable, DuplicatePostback, Outcome
 from gateway.postback import Postback
 from tests.clock import FakeClock
@@ -31,7 +31,7 @@ PATIENCE = 5.0
 
 class SwitchableKeys(StoreKeys):
     """Real StoreKeys whose store can be declared broken: then every call fails as StoreKeys
-    does when its Store fails."""
+    does when its SQLite writer fails."""
 
     def __init__(self, keys: StoreKeys) -> None:
         self.keys = keys
@@ -70,11 +70,11 @@ def clock() -> FakeClock:
 
 
 @pytest.fixture
-def keys(store: Store, clock: FakeClock) -> StoreKeys:
+def keys(store: SqliteWriter, clock: FakeClock) -> StoreKeys:
     return StoreKeys(store, clock=clock)
 
 
-async def _stored_rows(store: Store) -> list[tuple[bytes, float]]:
+async def _stored_rows(store: SqliteWriter) -> list[tuple[bytes, float]]:
     def read(connection: sqlite3.Connection) -> list[tuple[bytes, float]]:
         return connection.execute("SELECT key, expires_at FROM dedup_keys ORDER BY key").fetchall()
 
@@ -133,7 +133,7 @@ async def test_remembering_again_extends_the_expiry(keys: StoreKeys, clock: Fake
 
 
 async def test_remember_stores_the_expiry_time(
-    keys: StoreKeys, clock: FakeClock, store: Store
+    keys: StoreKeys, clock: FakeClock, store: SqliteWriter
 ) -> None:
     await remember(keys, KEY, TTL)
 
@@ -141,7 +141,7 @@ async def test_remember_stores_the_expiry_time(
 
 
 async def test_purge_expired_deletes_only_expired_keys(
-    keys: StoreKeys, clock: FakeClock, store: Store
+    keys: StoreKeys, clock: FakeClock, store: SqliteWriter
 ) -> None:
     await remember(keys, KEY, 10.0)
     await remember(keys, OTHER_KEY, 20.0)
@@ -156,7 +156,7 @@ async def test_purge_expired_deletes_only_expired_keys(
 
 
 async def test_purge_expired_with_nothing_expired_deletes_nothing(
-    keys: StoreKeys, store: Store
+    keys: StoreKeys, store: SqliteWriter
 ) -> None:
     await remember(keys, KEY, TTL)
 
@@ -165,12 +165,12 @@ async def test_purge_expired_with_nothing_expired_deletes_nothing(
 
 
 async def test_remembered_key_survives_reopening_the_store(db_path: Path, clock: FakeClock) -> None:
-    first = Store(str(db_path), STORE_SCHEMA)
+    first = SqliteWriter(str(db_path), STORE_SCHEMA)
     await first.open()
     await remember(StoreKeys(first, clock=clock), KEY, TTL)
     await first.close()
 
-    second = Store(str(db_path), STORE_SCHEMA)
+    second = SqliteWriter(str(db_path), STORE_SCHEMA)
     await second.open()
     try:
         assert await contains(StoreKeys(second, clock=clock), KEY) is True
@@ -194,12 +194,12 @@ async def test_delivered_key_is_a_duplicate_for_a_new_memory_on_the_same_store(
 
 
 async def test_dedup_survives_closing_and_reopening_the_store(db_path: Path) -> None:
-    before = Store(str(db_path), STORE_SCHEMA)
+    before = SqliteWriter(str(db_path), STORE_SCHEMA)
     await before.open()
     await _deliver(backed_by(StoreKeys(before)))
     await before.close()
 
-    after = Store(str(db_path), STORE_SCHEMA)
+    after = SqliteWriter(str(db_path), STORE_SCHEMA)
     await after.open()
     try:
         restarted = backed_by(StoreKeys(after))
@@ -210,7 +210,7 @@ async def test_dedup_survives_closing_and_reopening_the_store(db_path: Path) -> 
 
 
 async def test_durable_key_is_remembered_for_the_memory_ttl(
-    keys: StoreKeys, clock: FakeClock, store: Store
+    keys: StoreKeys, clock: FakeClock, store: SqliteWriter
 ) -> None:
     await _deliver(backed_by(keys))
 
@@ -225,7 +225,7 @@ async def test_durable_key_expires_with_its_ttl(keys: StoreKeys, clock: FakeCloc
 
 
 async def test_key_stored_with_a_queued_event_is_a_duplicate_after_restart(
-    keys: StoreKeys, clock: FakeClock, store: Store
+    keys: StoreKeys, clock: FakeClock, store: SqliteWriter
 ) -> None:
     memory = backed_by(keys)
     async with memory.reserve(KEY, queued=True) as reservation:
@@ -258,7 +258,7 @@ async def _raise_inside(memory: RouteDedup) -> None:
     ],
 )
 async def test_released_reservation_writes_nothing(
-    keys: StoreKeys, store: Store, release: Callable[[RouteDedup], Awaitable[None]]
+    keys: StoreKeys, store: SqliteWriter, release: Callable[[RouteDedup], Awaitable[None]]
 ) -> None:
     memory = backed_by(keys)
 
@@ -271,7 +271,7 @@ async def test_released_reservation_writes_nothing(
 
 
 async def test_a_queued_commit_leaves_the_store_to_the_outbox(
-    keys: StoreKeys, store: Store
+    keys: StoreKeys, store: SqliteWriter
 ) -> None:
     """A queued route writes the key in the transaction that stores the event (outbox.enqueue):
     its reservation neither looks the key up in the store nor writes it there again."""
@@ -309,7 +309,7 @@ async def test_failed_durable_lookup_fails_closed_with_503(keys: StoreKeys) -> N
 
 
 async def test_failed_durable_lookup_does_not_leave_the_key_in_flight(
-    keys: StoreKeys, store: Store
+    keys: StoreKeys, store: SqliteWriter
 ) -> None:
     durable = SwitchableKeys(keys)
     durable.broken_lookup = True
@@ -365,7 +365,7 @@ async def test_waiter_behind_a_failed_durable_lookup_also_fails_closed() -> None
 
 
 async def test_failed_durable_write_still_remembers_the_key_in_memory(
-    keys: StoreKeys, store: Store
+    keys: StoreKeys, store: SqliteWriter
 ) -> None:
     durable = SwitchableKeys(keys)
     durable.broken_write = True
@@ -378,7 +378,7 @@ async def test_failed_durable_write_still_remembers_the_key_in_memory(
 
 
 async def test_closed_store_fails_the_dedup_lookup_with_503(db_path: Path) -> None:
-    store = Store(str(db_path), STORE_SCHEMA)
+    store = SqliteWriter(str(db_path), STORE_SCHEMA)
     await store.open()
     await store.close()
     memory = backed_by(StoreKeys(store))

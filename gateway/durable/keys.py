@@ -14,7 +14,8 @@ from collections.abc import Callable
 
 from ..dedup.backend import HELD, KNOWN, BackendUnavailable, Claim
 from ..dedup.key import DedupKey
-from .store import Store, StoreError
+from .outbox import StoreError
+from .sqlite_writer import SqliteWriter
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS dedup_keys (
@@ -58,7 +59,7 @@ class StoreKeys:
     fail_open = False
     in_store = True
 
-    def __init__(self, store: Store, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, store: SqliteWriter, clock: Callable[[], float] = time.time) -> None:
         self._store = store
         self._clock = clock
 

@@ -1,7 +1,8 @@
 """The outbox in the embedded SQLite file: one process, one writer thread, group commit.
 
 Every statement on the `events` and `deliveries` tables is here, each a function of a
-connection run inside a `Store` batch (`store.py`: one transaction per batch, one fsync).
+connection run inside a `SqliteWriter` batch (`sqlite_writer.py`: one transaction per batch,
+one fsync).
 `SqliteOutbox` is the `Outbox` over them. One process writes the file, so `due` needs no
 lease: the deliverer's own `busy` set keeps an attempt from being started twice.
 """
@@ -30,7 +31,7 @@ from .outbox import (
     postback_of,
     routes_stats,
 )
-from .store import Store, probe
+from .sqlite_writer import SqliteWriter, probe
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
@@ -71,8 +72,8 @@ class SqliteOutbox:
         *,
         exclusive: bool = False,
     ) -> None:
-        """`exclusive`: this is the gateway's store (locked and checked; see store.py)."""
-        self.store = Store(path, STORE_SCHEMA, on_commit=on_commit, exclusive=exclusive)
+        """`exclusive`: this is the gateway's store (locked and checked; see sqlite_writer.py)."""
+        self.store = SqliteWriter(path, STORE_SCHEMA, on_commit=on_commit, exclusive=exclusive)
         self._keys = keys.StoreKeys(self.store)
 
     def keys_for(self, hold: float) -> keys.StoreKeys:

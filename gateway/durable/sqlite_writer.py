@@ -38,7 +38,7 @@ from typing import Any, Generic, TypeVar
 from .outbox import Availability, StoreError, StoreRefusedContent
 
 log = logging.getLogger("gateway.store")
-__all__ = ["Store", "StoreError", "connect"]
+__all__ = ["SqliteWriter", "StoreError", "connect"]
 
 T = TypeVar("T")
 MAX_BATCH = 512
@@ -79,7 +79,7 @@ class _Job(Generic[T]):
     future: asyncio.Future[T]
 
 
-class Store:
+class SqliteWriter:
     def __init__(
         self,
         path: str,

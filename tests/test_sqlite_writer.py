@@ -1,4 +1,4 @@
-"""gateway.durable.store: the SQLite file, its settings, and group commit on real files."""
+"""gateway.durable.sqlite_writer: the SQLite file, its settings, and group commit on real files."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import pytest
 
 from gateway.durable.outbox import StoreRefusedContent
 from gateway.durable.sqlite_outbox import STORE_SCHEMA
-from gateway.durable.store import SCHEMA_VERSION, Store, StoreError, connect
+from gateway.durable.sqlite_writer import SCHEMA_VERSION, SqliteWriter, StoreError, connect
 from tests.conftest import Commits
 
 CREATE_ITEMS = "CREATE TABLE items (id INTEGER PRIMARY KEY, label TEXT NOT NULL UNIQUE)"
@@ -48,12 +48,12 @@ def _ids_on_disk(path: Path, table: str) -> set[int]:
         connection.close()
 
 
-async def _run(store: Store, operation: Callable[[sqlite3.Connection], Any]) -> Any:
+async def _run(store: SqliteWriter, operation: Callable[[sqlite3.Connection], Any]) -> Any:
     return await asyncio.wait_for(store.run(operation), PATIENCE)
 
 
 async def _run_in_one_batch(
-    store: Store, commits: Commits, operations: list[Callable[[sqlite3.Connection], Any]]
+    store: SqliteWriter, commits: Commits, operations: list[Callable[[sqlite3.Connection], Any]]
 ) -> list[Any]:
     """Queue `operations` while the writer is held by another one, so they form one batch.
 
@@ -84,7 +84,7 @@ async def _run_in_one_batch(
 
 async def test_open_creates_the_file_and_its_directories(tmp_path: Path) -> None:
     path = tmp_path / "not" / "yet" / "there.db"
-    store = Store(str(path), STORE_SCHEMA)
+    store = SqliteWriter(str(path), STORE_SCHEMA)
 
     await store.open()
     await store.close()
@@ -119,14 +119,14 @@ def test_connect_applies_durability_settings(db_path: Path, pragma: str, expecte
 
 
 async def test_committed_data_survives_close_and_reopen(db_path: Path) -> None:
-    first = Store(str(db_path), STORE_SCHEMA)
+    first = SqliteWriter(str(db_path), STORE_SCHEMA)
     await first.open()
     await _run(first, _execute(CREATE_ITEMS))
     await _run(first, _insert_item(1, "one"))
     await _run(first, _insert_item(2, "two"))
     await first.close()
 
-    second = Store(str(db_path), STORE_SCHEMA)
+    second = SqliteWriter(str(db_path), STORE_SCHEMA)
     await second.open()
     try:
         ids = await _run(second, _item_ids)
@@ -151,7 +151,7 @@ async def test_open_refuses_a_file_with_another_schema_version(db_path: Path, ve
     foreign.execute(f"PRAGMA user_version = {version}")
     foreign.commit()
     foreign.close()
-    store = Store(str(db_path), STORE_SCHEMA)
+    store = SqliteWriter(str(db_path), STORE_SCHEMA)
 
     with pytest.raises(StoreError) as raised:
         await asyncio.wait_for(store.open(), PATIENCE)
@@ -168,7 +168,7 @@ async def test_refused_file_is_left_as_it_was(db_path: Path) -> None:
     foreign.execute("PRAGMA user_version = 7")
     foreign.commit()
     foreign.close()
-    store = Store(str(db_path), STORE_SCHEMA)
+    store = SqliteWriter(str(db_path), STORE_SCHEMA)
 
     with pytest.raises(StoreError):
         await asyncio.wait_for(store.open(), PATIENCE)
@@ -195,14 +195,14 @@ async def test_refused_file_is_left_as_it_was(db_path: Path) -> None:
 async def test_open_on_an_impossible_path_raises_store_error(tmp_path: Path, relative: str) -> None:
     (tmp_path / "regular-file").write_text("not a directory")
     (tmp_path / "a-directory").mkdir()
-    store = Store(str(tmp_path / relative), STORE_SCHEMA)
+    store = SqliteWriter(str(tmp_path / relative), STORE_SCHEMA)
 
     with pytest.raises(StoreError):
         await asyncio.wait_for(store.open(), PATIENCE)
     await store.close()
 
 
-async def test_run_on_a_closed_store_raises_store_error(store: Store) -> None:
+async def test_run_on_a_closed_store_raises_store_error(store: SqliteWriter) -> None:
     await store.close()
 
     with pytest.raises(StoreError):
@@ -213,7 +213,7 @@ async def test_run_on_a_closed_store_raises_store_error(store: Store) -> None:
 
 
 async def test_concurrent_operations_share_commits(
-    store: Store, db_path: Path, commits: Commits
+    store: SqliteWriter, db_path: Path, commits: Commits
 ) -> None:
     await _run(store, _execute(CREATE_ITEMS))
     commits_before = len(commits)
@@ -257,7 +257,7 @@ def _write_then_fail_in_sql(connection: sqlite3.Connection) -> None:
     ],
 )
 async def test_failing_operation_fails_only_its_caller(
-    store: Store,
+    store: SqliteWriter,
     db_path: Path,
     failing: Callable[[sqlite3.Connection], None],
     expected: type[Exception],
@@ -279,7 +279,7 @@ async def test_failing_operation_fails_only_its_caller(
 
 
 async def test_constraint_violation_is_reported_as_store_error_with_sqlite_reason(
-    store: Store,
+    store: SqliteWriter,
 ) -> None:
     await _run(store, _execute(CREATE_ITEMS))
     await _run(store, _insert_item(1, "one"))
@@ -288,7 +288,9 @@ async def test_constraint_violation_is_reported_as_store_error_with_sqlite_reaso
         await _run(store, _insert_item(1, "one again"))
 
 
-async def test_operation_result_is_returned_to_its_caller(store: Store, commits: Commits) -> None:
+async def test_operation_result_is_returned_to_its_caller(
+    store: SqliteWriter, commits: Commits
+) -> None:
     await _run(store, _execute(CREATE_ITEMS))
     await _run(store, _insert_item(7, "seven"))
 
@@ -301,7 +303,7 @@ async def test_operation_result_is_returned_to_its_caller(store: Store, commits:
 # --- a full disk ----------------------------------------------------------------------------
 
 
-async def _fill_until_full(store: Store) -> tuple[list[int], int, StoreError]:
+async def _fill_until_full(store: SqliteWriter) -> tuple[list[int], int, StoreError]:
     """Cap the file a couple of pages above its size, then insert blobs until one fails.
 
     Returns the ids reported written, the id reported failed, and the error.
@@ -321,7 +323,7 @@ async def _fill_until_full(store: Store) -> tuple[list[int], int, StoreError]:
     raise AssertionError("the capped file never filled up")
 
 
-async def test_full_disk_raises_store_error_saying_full(store: Store) -> None:
+async def test_full_disk_raises_store_error_saying_full(store: SqliteWriter) -> None:
     written, _, error = await _fill_until_full(store)
 
     assert written, "the cap left no room for even one blob"
@@ -329,7 +331,7 @@ async def test_full_disk_raises_store_error_saying_full(store: Store) -> None:
 
 
 async def test_full_disk_reports_written_exactly_what_is_on_disk(
-    store: Store, db_path: Path
+    store: SqliteWriter, db_path: Path
 ) -> None:
     written, failed, _ = await _fill_until_full(store)
     await store.close()
@@ -345,7 +347,7 @@ def _count_blobs(connection: sqlite3.Connection) -> int:
     return int(count)
 
 
-async def test_store_keeps_serving_after_a_full_disk(store: Store) -> None:
+async def test_store_keeps_serving_after_a_full_disk(store: SqliteWriter) -> None:
     written, _, _ = await _fill_until_full(store)
 
     count = await _run(store, _count_blobs)
@@ -362,12 +364,12 @@ async def test_store_keeps_serving_after_a_full_disk(store: Store) -> None:
 async def test_an_exclusive_store_is_held_by_one_opener_and_free_after_close(
     db_path: Path,
 ) -> None:
-    gateway = Store(str(db_path), STORE_SCHEMA, exclusive=True)
+    gateway = SqliteWriter(str(db_path), STORE_SCHEMA, exclusive=True)
     await asyncio.wait_for(gateway.open(), PATIENCE)
-    second = Store(str(db_path), STORE_SCHEMA, exclusive=True)
+    second = SqliteWriter(str(db_path), STORE_SCHEMA, exclusive=True)
     with pytest.raises(StoreError, match=rf"is in use by another gateway \(pid {os.getpid()} on "):
         await asyncio.wait_for(second.open(), PATIENCE)
-    beside = Store(str(db_path), STORE_SCHEMA)  # the `queue` command, beside the gateway
+    beside = SqliteWriter(str(db_path), STORE_SCHEMA)  # the `queue` command, beside the gateway
     await asyncio.wait_for(beside.open(), PATIENCE)
     await asyncio.wait_for(beside.close(), PATIENCE)
 
@@ -377,7 +379,7 @@ async def test_an_exclusive_store_is_held_by_one_opener_and_free_after_close(
 
 
 async def test_a_read_never_makes_a_failing_store_available_a_committed_write_does(
-    store: Store,
+    store: SqliteWriter,
 ) -> None:
     await _run(store, _execute(CREATE_ITEMS))
     with pytest.raises(StoreError):
@@ -390,7 +392,7 @@ async def test_a_read_never_makes_a_failing_store_available_a_committed_write_do
     assert store.availability.up
 
 
-async def test_a_refused_value_says_nothing_about_the_store(store: Store) -> None:
+async def test_a_refused_value_says_nothing_about_the_store(store: SqliteWriter) -> None:
     await _run(store, _execute(CREATE_ITEMS))
     await _run(store, _insert_item(1, "taken"))
     with pytest.raises(StoreRefusedContent):
