@@ -79,7 +79,7 @@ class RouteStats:
 
 
 @dataclass(frozen=True, slots=True)
-class Listed:
+class DeliverySummary:
     """One delivery in `queue list`."""
 
     event_id: int
@@ -105,7 +105,7 @@ class DeliveryState:
 
 
 @dataclass(frozen=True, slots=True)
-class Shown:
+class EventDetail:
     """One event in `queue show`, with each of its deliveries."""
 
     event_id: int
@@ -252,11 +252,13 @@ class Outbox(Protocol):
 
     async def count_keys(self) -> int: ...
 
-    async def listing(self, state: str | None, route: str | None, limit: int) -> list[Listed]:
+    async def listing(
+        self, state: str | None, route: str | None, limit: int
+    ) -> list[DeliverySummary]:
         """Deliveries, newest event first."""
         ...
 
-    async def show(self, event_id: int) -> Shown | None: ...
+    async def show(self, event_id: int) -> EventDetail | None: ...
 
     def on_work(self, wake: Callable[[], None]) -> None:
         """Call `wake` whenever another process may have made work due (PostgreSQL: NOTIFY);

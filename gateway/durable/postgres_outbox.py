@@ -47,10 +47,10 @@ from .outbox import (
     Availability,
     Delivery,
     DeliveryState,
-    Listed,
+    DeliverySummary,
+    EventDetail,
     NewEvent,
     RouteStats,
-    Shown,
     StoreError,
     StoreRefusedContent,
     postback_of,
@@ -354,7 +354,9 @@ class PostgresOutbox:
     async def count_keys(self) -> int:
         return int(await self._fetchval("SELECT COUNT(*) FROM monetag_gateway_dedup_keys") or 0)
 
-    async def listing(self, state: str | None, route: str | None, limit: int) -> list[Listed]:
+    async def listing(
+        self, state: str | None, route: str | None, limit: int
+    ) -> list[DeliverySummary]:
         rows = await self._fetch(
             "SELECT e.id, e.created_at, e.route, d.upstream, d.state, d.attempts,"
             " d.last_status, d.last_error, e.fields"
@@ -364,12 +366,12 @@ class PostgresOutbox:
             state, route, limit,
         )  # fmt: skip
         return [
-            Listed(row[0], row[1], row[2], row[3], row[4], row[5], row[6], row[7],
+            DeliverySummary(row[0], row[1], row[2], row[3], row[4], row[5], row[6], row[7],
                    json.loads(row[8]).get("ymid"))
             for row in rows
         ]  # fmt: skip
 
-    async def show(self, event_id: int) -> Shown | None:
+    async def show(self, event_id: int) -> EventDetail | None:
         async with self._connection() as connection:
             event = await connection.fetchrow(
                 "SELECT route, idempotency_key, request_id, client, created_at, fields, extras"
@@ -384,7 +386,7 @@ class PostgresOutbox:
                 " ORDER BY upstream",
                 event_id,
             )
-        return Shown(
+        return EventDetail(
             event_id, event["route"], event["idempotency_key"], event["request_id"],
             event["client"], event["created_at"], postback_of(event["fields"], event["extras"]),
             [DeliveryState(*row) for row in deliveries],

@@ -24,10 +24,10 @@ from .outbox import (
     Availability,
     Delivery,
     DeliveryState,
-    Listed,
+    DeliverySummary,
+    EventDetail,
     NewEvent,
     RouteStats,
-    Shown,
     postback_of,
     routes_stats,
 )
@@ -140,10 +140,12 @@ class SqliteOutbox:
     async def count_keys(self) -> int:
         return await self.store.run(keys.count)
 
-    async def listing(self, state: str | None, route: str | None, limit: int) -> list[Listed]:
+    async def listing(
+        self, state: str | None, route: str | None, limit: int
+    ) -> list[DeliverySummary]:
         return await self.store.run(partial(listing, state=state, route=route, limit=limit))
 
-    async def show(self, event_id: int) -> Shown | None:
+    async def show(self, event_id: int) -> EventDetail | None:
         return await self.store.run(partial(show, event_id=event_id))
 
     def on_work(self, wake: Callable[[], None]) -> None:
@@ -349,7 +351,7 @@ def purge_delivered(connection: sqlite3.Connection, older_than: float) -> int:
 
 def listing(
     connection: sqlite3.Connection, state: str | None, route: str | None, limit: int
-) -> list[Listed]:
+) -> list[DeliverySummary]:
     rows = connection.execute(
         "SELECT e.id, e.created_at, e.route, d.upstream, d.state, d.attempts, d.last_status,"
         " d.last_error, e.fields FROM deliveries d JOIN events e ON e.id = d.event_id"
@@ -358,14 +360,14 @@ def listing(
         (state, state, route, route, limit),
     ).fetchall()
     return [
-        Listed(event_id, created, route_name, upstream, row_state, attempts, status, error,
+        DeliverySummary(event_id, created, route_name, upstream, row_state, attempts, status, error,
                json.loads(fields).get("ymid"))
         for event_id, created, route_name, upstream, row_state, attempts, status, error, fields
         in rows
     ]  # fmt: skip
 
 
-def show(connection: sqlite3.Connection, event_id: int) -> Shown | None:
+def show(connection: sqlite3.Connection, event_id: int) -> EventDetail | None:
     event = connection.execute(
         "SELECT route, idempotency_key, request_id, client, created_at, fields, extras"
         " FROM events WHERE id = ?",
@@ -383,4 +385,4 @@ def show(connection: sqlite3.Connection, event_id: int) -> Shown | None:
         )
     ]
     postback = postback_of(fields, extras)
-    return Shown(event_id, route, key, request_id, client, created, postback, deliveries)
+    return EventDetail(event_id, route, key, request_id, client, created, postback, deliveries)
