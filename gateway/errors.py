@@ -60,7 +60,7 @@ def reasons_for(outcomes: tuple[str, ...]) -> frozenset[str]:
     return frozenset(found)
 
 
-# -- 1. route -----------------------------------------------------------------------------------
+# -- route -----------------------------------------------------------------------------------------
 
 
 class RouteNotFound(GatewayError):
@@ -106,7 +106,7 @@ class MalformedRequest(GatewayError):
         return {"outcome": self.outcome, "error": "malformed request", "problem": self.problem}
 
 
-# -- 2-4. who is calling, and may they ---------------------------------------------------------
+# -- who is calling, and may they ------------------------------------------------------------------
 
 
 class Forbidden(GatewayError):
@@ -151,7 +151,7 @@ class SecretWrong(Forbidden):
     reason = "secret_wrong"
 
 
-# -- 5-6. what the postback says ---------------------------------------------------------------
+# -- what the postback says ------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -212,7 +212,7 @@ class Filtered(GatewayError):
         return {"outcome": self.outcome}
 
 
-# -- 7. dedup -----------------------------------------------------------------------------------
+# -- dedup -----------------------------------------------------------------------------------------
 
 
 class DuplicatePostback(GatewayError):
@@ -240,7 +240,7 @@ class DedupUnavailable(GatewayError):
         self.headers["Retry-After"] = "5"
 
 
-# -- 8. forward, or store ------------------------------------------------------------------------
+# -- forward, or store -----------------------------------------------------------------------------
 
 
 class UpstreamUnavailable(GatewayError):

@@ -15,7 +15,7 @@ class UpstreamAttempt(NamedTuple):
 
     A tuple of plain values, so the garbage collector stops tracking it: the inspector keeps
     a thousand postbacks' attempts alive, and every tracked object they hold makes each
-    collection longer (README, Performance)."""
+    collection longer."""
 
     upstream: str  # the upstream's label
     status: int | None  # None: no answer (timeout, connection error, bad response)

@@ -51,8 +51,8 @@ def longest_delivery_of(route: RouteConfig) -> float:
 
 def new_dedup_windows(old: GatewayConfig, new: GatewayConfig) -> list[tuple[str, str]]:
     """(route, what changed) for each route of `new` whose dedup identity differs from the
-    same-named route's in `old`: its events get new keys (README, "Which edits start a new
-    dedup window"). Reordering dedup.key or renaming a route is not such a change."""
+    same-named route's in `old`: its events get new keys. Reordering dedup.key or renaming a
+    route is not such a change."""
     before = {route.name: route for route in old.routes}
     changes = []
     for route in new.routes:

@@ -23,7 +23,7 @@ _DIGITS = re.compile(r"[0-9]{1,20}")
 _NON_NEGATIVE_DECIMAL = re.compile(r"(?:[0-9]{1,30}(?:\.[0-9]{0,30})?|\.[0-9]{1,30})")
 # C0 and C1 control characters: no app expects them in an id, and they corrupt logs and CSVs
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
-DEFAULT_MAX_ESTIMATED_PRICE = Decimal(10)  # USD for one event: a $10,000 eCPM; see README
+DEFAULT_MAX_ESTIMATED_PRICE = Decimal(10)  # USD for one event: a $10,000 eCPM
 
 
 def value_problem(name: str, value: str) -> str | None:

@@ -86,8 +86,8 @@ async def serve(config: GatewayConfig, config_path: str) -> None:
         context = certificates.context if certificates else None
         await site(public, "public", server.listen, ssl_context=context).start()
         # What exists now (modules, config, pools) lives as long as the process: moved out of
-        # the collector's sight, so a collection scans only what requests left behind (p99 at
-        # 32 connections: README, Performance).
+        # the collector's sight, so a collection scans only what requests left behind (a long
+        # collection was the p99 at 32 connections).
         gc.collect()
         gc.freeze()
         log.info(
