@@ -51,16 +51,22 @@ class ConfigWatcher:
                 self._runtime.reload_error = error.problems
                 log.error(
                     "config reload failed; the running config stays",
-                    extra={"trigger": trigger, "problems": error.problems,
-                           "seconds": _since(started)},
-                )  # fmt: skip
+                    extra={
+                        "trigger": trigger,
+                        "problems": error.problems,
+                        "seconds": _since(started),
+                    },
+                )
                 return False
             await self._runtime.apply(config)
             for warning in config.warnings:
                 log.warning("config warning", extra={"detail": warning})
             pending = self._runtime.restart_pending
-            done = {"trigger": trigger, "config_checksum": config.checksum,
-                    "seconds": _since(started)}  # fmt: skip
+            done = {
+                "trigger": trigger,
+                "config_checksum": config.checksum,
+                "seconds": _since(started),
+            }
             if pending:
                 log.warning(
                     "config reloaded; these keys take effect at the next restart",

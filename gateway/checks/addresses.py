@@ -114,10 +114,16 @@ class _Ranges:
 # Addresses no sender on the internet has: private, loopback, link-local, shared (CGNAT) and
 # unique-local blocks. A proxy outside them is a public one.
 _NOT_PUBLIC = {
-    4: ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "127.0.0.0/8", "169.254.0.0/16",
-        "100.64.0.0/10"),
+    4: (
+        "10.0.0.0/8",
+        "172.16.0.0/12",
+        "192.168.0.0/16",
+        "127.0.0.0/8",
+        "169.254.0.0/16",
+        "100.64.0.0/10",
+    ),
     6: ("::1/128", "fc00::/7", "fe80::/10"),
-}  # fmt: skip
+}
 _EVERY = {4: (0, 2**32 - 1), 6: (0, 2**128 - 1)}
 
 

@@ -32,9 +32,15 @@ DedupKey = bytes  # 16 bytes of blake2b
 # versions hashed them, so a key written before field order stopped mattering is the same key
 # (with `dedup.scope` set to the route's name, which earlier versions hashed).
 KEY_ORDER: tuple[str, ...] = (
-    YMID, EVENT_TYPE, ZONE_ID, SUB_ZONE_ID, TELEGRAM_ID, REWARD_EVENT_TYPE, REQUEST_VAR,
+    YMID,
+    EVENT_TYPE,
+    ZONE_ID,
+    SUB_ZONE_ID,
+    TELEGRAM_ID,
+    REWARD_EVENT_TYPE,
+    REQUEST_VAR,
     ESTIMATED_PRICE,
-)  # fmt: skip
+)
 assert sorted(KEY_ORDER) == sorted(CANONICAL_FIELDS)
 
 _ENCODER = json.JSONEncoder(ensure_ascii=False)  # json.dumps with options builds one per call

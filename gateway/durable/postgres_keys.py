@@ -68,15 +68,17 @@ class PostgresKeys:
         await self._fetchrow(
             "UPDATE monetag_gateway_dedup_keys SET state = 'delivered', token = NULL,"
             " expires_at = $2 WHERE key = $1",
-            key, self._clock() + ttl,
-        )  # fmt: skip
+            key,
+            self._clock() + ttl,
+        )
 
     async def release(self, key: DedupKey, token: str) -> None:
         await self._fetchrow(
             "DELETE FROM monetag_gateway_dedup_keys"
             " WHERE key = $1 AND token = $2 AND state = 'reserved'",
-            key, token,
-        )  # fmt: skip
+            key,
+            token,
+        )
 
     async def _fetchrow(self, query: str, *arguments: Any) -> Any:
         try:

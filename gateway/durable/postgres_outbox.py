@@ -70,9 +70,12 @@ POOL_SIZE = 10  # connections per process
 LISTEN_RETRY_SECONDS = 1.0
 # what a lost or failing server raises (InternalClientError: a connection left mid-operation)
 FAILURES = (
-    asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.exceptions.InternalClientError,
-    OSError, TimeoutError,
-)  # fmt: skip
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    asyncpg.exceptions.InternalClientError,
+    OSError,
+    TimeoutError,
+)
 
 # Each migration runs once, in order, in a transaction of its own; never edit a published one.
 MIGRATIONS: tuple[str, ...] = (
@@ -210,9 +213,12 @@ class PostgresOutbox:
         """Connect and bring the schema to this gateway's version (StoreError if either fails)."""
         try:
             self._pool = await asyncpg.create_pool(
-                str(self._url), min_size=0, max_size=POOL_SIZE, timeout=CONNECT_TIMEOUT,
+                str(self._url),
+                min_size=0,
+                max_size=POOL_SIZE,
+                timeout=CONNECT_TIMEOUT,
                 command_timeout=COMMAND_TIMEOUT,  # min_size 0: no floor re-dialled when down
-            )  # fmt: skip
+            )
             await self._migrate()
         except FAILURES as error:
             await self.close()
@@ -265,12 +271,18 @@ class PostgresOutbox:
         rows = sorted(rows, key=lambda row: (row["next_attempt_at"], row["event_id"]))
         return [
             Delivery(
-                row["event_id"], row["route"], row["upstream"], row["attempts"], row["since"],
-                postback_of(row["fields"], row["extras"]), row["request_id"], row["client"],
+                row["event_id"],
+                row["route"],
+                row["upstream"],
+                row["attempts"],
+                row["since"],
+                postback_of(row["fields"], row["extras"]),
+                row["request_id"],
+                row["client"],
                 row["idempotency_key"],
             )
             for row in rows
-        ]  # fmt: skip
+        ]
 
     async def record(self, delivery: Delivery, attempt: Attempt, now: float) -> bool:
         return await self._results.submit(_Result(delivery, attempt, now))
@@ -285,8 +297,10 @@ class PostgresOutbox:
             " FROM monetag_gateway_events e WHERE e.id = d.event_id AND d.state = 'pending'"
             " AND NOT EXISTS (SELECT 1 FROM unnest($1::text[], $2::text[]) AS t (route, upstream)"
             " WHERE t.route = e.route AND t.upstream = d.upstream)",
-            routes, upstreams, now,
-        )  # fmt: skip
+            routes,
+            upstreams,
+            now,
+        )
         return _count(result)
 
     async def relabel(self, renames: Mapping[str, Mapping[str, str]]) -> int:
@@ -302,8 +316,10 @@ class PostgresOutbox:
             " WHERE e.id = d.event_id AND e.route = r.route AND d.upstream = r.old"
             " AND NOT EXISTS (SELECT 1 FROM monetag_gateway_deliveries taken"
             " WHERE taken.event_id = d.event_id AND taken.upstream = r.new)",
-            routes, olds, news,
-        )  # fmt: skip
+            routes,
+            olds,
+            news,
+        )
         return _count(result)
 
     async def stats(self) -> list[RouteStats]:
@@ -363,13 +379,24 @@ class PostgresOutbox:
             " FROM monetag_gateway_deliveries d JOIN monetag_gateway_events e ON e.id = d.event_id"
             " WHERE ($1::text IS NULL OR d.state = $1) AND ($2::text IS NULL OR e.route = $2)"
             " ORDER BY e.id DESC, d.upstream LIMIT $3",
-            state, route, limit,
-        )  # fmt: skip
+            state,
+            route,
+            limit,
+        )
         return [
-            DeliverySummary(row[0], row[1], row[2], row[3], row[4], row[5], row[6], row[7],
-                   json.loads(row[8]).get("ymid"))
+            DeliverySummary(
+                row[0],
+                row[1],
+                row[2],
+                row[3],
+                row[4],
+                row[5],
+                row[6],
+                row[7],
+                json.loads(row[8]).get("ymid"),
+            )
             for row in rows
-        ]  # fmt: skip
+        ]
 
     async def show(self, event_id: int) -> EventDetail | None:
         async with self._connection() as connection:
@@ -387,10 +414,15 @@ class PostgresOutbox:
                 event_id,
             )
         return EventDetail(
-            event_id, event["route"], event["idempotency_key"], event["request_id"],
-            event["client"], event["created_at"], postback_of(event["fields"], event["extras"]),
+            event_id,
+            event["route"],
+            event["idempotency_key"],
+            event["request_id"],
+            event["client"],
+            event["created_at"],
+            postback_of(event["fields"], event["extras"]),
             [DeliveryState(*row) for row in deliveries],
-        )  # fmt: skip
+        )
 
     # -- the pieces -------------------------------------------------------------------------
 
@@ -440,8 +472,10 @@ class PostgresOutbox:
             return await self._record_rows(results)
         except StoreRefusedContent:
             if len(results) == 1:
-                log.error("the store refused a result's text; recorded without it",
-                          extra={"event_id": results[0].delivery.event_id})  # fmt: skip
+                log.error(
+                    "the store refused a result's text; recorded without it",
+                    extra={"event_id": results[0].delivery.event_id},
+                )
                 return await self._record_rows([_without_texts(results[0])])
         return [recorded for result in results for recorded in await self._record_batch([result])]
 
@@ -451,11 +485,16 @@ class PostgresOutbox:
             attempt = result.attempt
             state = attempt.state if attempt.state in (DELIVERED, DEAD) else "pending"
             row = (
-                result.delivery.event_id, result.delivery.upstream, state, attempt.status,
+                result.delivery.event_id,
+                result.delivery.upstream,
+                state,
+                attempt.status,
                 None if attempt.state == DELIVERED else attempt.error or "",
                 attempt.body[:MAX_KEPT_BODY] if attempt.body else attempt.body,
-                attempt.retry_at, result.now, attempt.sends,
-            )  # fmt: skip
+                attempt.retry_at,
+                result.now,
+                attempt.sends,
+            )
             for column, value in zip(columns, row, strict=True):
                 column.append(value)
         rows = await self._fetch(_RECORD, *columns, self._owner)

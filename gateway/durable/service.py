@@ -91,8 +91,9 @@ class Durable:
             log.info("deliveries moved to their upstream's label", extra={"count": moved})
         targets = {route.name: [upstream.label for upstream in route.upstreams] for route in queued}
         if buried := await self.outbox.bury_orphans(targets, time.time()):
-            log.warning("deliveries without a configured upstream dead-lettered",
-                        extra={"count": buried})  # fmt: skip
+            log.warning(
+                "deliveries without a configured upstream dead-lettered", extra={"count": buried}
+            )
 
     async def enqueue(
         self, route: QueuedRoute, postback: Postback, key: DedupKey, request_id: str, client: str

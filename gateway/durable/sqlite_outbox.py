@@ -166,10 +166,15 @@ def enqueue(connection: sqlite3.Connection, event: NewEvent) -> int | None:
         "INSERT INTO events (route, idempotency_key, fields, extras, request_id, client,"
         " created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
         (
-            event.route, event.idempotency_key, json.dumps(postback.fields),
-            json.dumps(postback.extras), event.request_id, event.client, now,
+            event.route,
+            event.idempotency_key,
+            json.dumps(postback.fields),
+            json.dumps(postback.extras),
+            event.request_id,
+            event.client,
+            now,
         ),
-    )  # fmt: skip
+    )
     event_id = cursor.lastrowid
     assert event_id is not None
     connection.executemany(
@@ -205,9 +210,16 @@ def due(
 def _delivery_of(row: tuple[Any, ...]) -> Delivery:
     event_id, route, upstream, attempts, since, fields, extras, request_id, client, key = row
     return Delivery(
-        event_id, route, upstream, attempts, since, postback_of(fields, extras), request_id,
-        client, key,
-    )  # fmt: skip
+        event_id,
+        route,
+        upstream,
+        attempts,
+        since,
+        postback_of(fields, extras),
+        request_id,
+        client,
+        key,
+    )
 
 
 def record_attempt(
@@ -218,9 +230,14 @@ def record_attempt(
         mark_delivered(connection, delivery, attempt.status, now, attempt.sends)
     elif attempt.state == DEAD:
         mark_dead(
-            connection, delivery, attempt.error or "", attempt.status, attempt.body, now,
+            connection,
+            delivery,
+            attempt.error or "",
+            attempt.status,
+            attempt.body,
+            now,
             attempt.sends,
-        )  # fmt: skip
+        )
     else:
         assert attempt.retry_at is not None
         error = attempt.error or ""
@@ -268,10 +285,15 @@ def mark_dead(
         "UPDATE deliveries SET state = 'dead', attempts = attempts + ?, last_error = ?,"
         " last_status = ?, last_body = ?, updated_at = ? WHERE event_id = ? AND upstream = ?",
         (
-            sends, error, status, body[:MAX_KEPT_BODY] if body else body, now,
-            delivery.event_id, delivery.upstream,
+            sends,
+            error,
+            status,
+            body[:MAX_KEPT_BODY] if body else body,
+            now,
+            delivery.event_id,
+            delivery.upstream,
         ),
-    )  # fmt: skip
+    )
 
 
 def bury_orphans(
@@ -359,12 +381,25 @@ def listing(
         " ORDER BY e.id DESC, d.upstream LIMIT ?",
         (state, state, route, route, limit),
     ).fetchall()
-    return [
-        DeliverySummary(event_id, created, route_name, upstream, row_state, attempts, status, error,
-               json.loads(fields).get("ymid"))
-        for event_id, created, route_name, upstream, row_state, attempts, status, error, fields
-        in rows
-    ]  # fmt: skip
+    return [_summary(*row) for row in rows]
+
+
+def _summary(
+    event_id: int,
+    accepted_at: float,
+    route: str,
+    upstream: str,
+    state: str,
+    attempts: int,
+    last_status: int | None,
+    last_error: str | None,
+    fields: str,
+) -> DeliverySummary:
+    """A `queue list` row: the delivery's columns, and the ymid from the event's fields."""
+    ymid = json.loads(fields).get("ymid")
+    return DeliverySummary(
+        event_id, accepted_at, route, upstream, state, attempts, last_status, last_error, ymid
+    )
 
 
 def show(connection: sqlite3.Connection, event_id: int) -> EventDetail | None:

@@ -280,8 +280,10 @@ def _check_integrity(connection: sqlite3.Connection, path: str) -> None:
     except sqlite3.DatabaseError as error:
         if "interrupt" not in str(error):
             raise _damaged(path, str(error)) from None
-        log.warning("store check not finished in time; starting without it",
-                    extra={"path": path, "seconds": INTEGRITY_CHECK_SECONDS})  # fmt: skip
+        log.warning(
+            "store check not finished in time; starting without it",
+            extra={"path": path, "seconds": INTEGRITY_CHECK_SECONDS},
+        )
         return
     finally:
         connection.set_progress_handler(None, 0)

@@ -47,9 +47,14 @@ BODY_WAIT = 1.0  # seconds for the body once the head is in: the status is alrea
 MAX_HEAD_BYTES = 64 * 1024  # status lines and header fields, interim answers included
 # Header fields read from an answer; the rest are only checked by llhttp.
 _FIELDS = frozenset(
-    {b"content-length", b"transfer-encoding", b"content-type", b"content-encoding",
-     b"x-idempotency-key"}
-)  # fmt: skip
+    {
+        b"content-length",
+        b"transfer-encoding",
+        b"content-type",
+        b"content-encoding",
+        b"x-idempotency-key",
+    }
+)
 
 
 class UpstreamConnectionError(ConnectionError):

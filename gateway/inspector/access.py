@@ -208,9 +208,12 @@ class SignInGuard:
             top = sorted(self._in_window.items(), key=lambda item: -item[1])[:10]
             log.warning(
                 "admin token refused, summed up",
-                extra={"refusals": sum(self._in_window.values()), "addresses": dict(top),
-                       "seconds": round(now - self._window_started)},
-            )  # fmt: skip
+                extra={
+                    "refusals": sum(self._in_window.values()),
+                    "addresses": dict(top),
+                    "seconds": round(now - self._window_started),
+                },
+            )
             self._in_window = {}
         if not self._in_window:
             self._window_started = now
@@ -283,13 +286,17 @@ class Access:
             server = self._server_of()
             if not host_allowed(request.headers.get("Host"), server):
                 self._on_misdirected()
-                log.warning("admin request for another host refused",
-                            extra={"host": request.headers.get("Host", "")[:100]})  # fmt: skip
+                log.warning(
+                    "admin request for another host refused",
+                    extra={"host": request.headers.get("Host", "")[:100]},
+                )
                 return web.json_response(
-                    {"error": "this admin port is not known by that name: address it by IP, "
-                              "localhost or a name in server.admin_hosts"},
+                    {
+                        "error": "this admin port is not known by that name: address it by IP, "
+                        "localhost or a name in server.admin_hosts"
+                    },
                     status=421,
-                )  # fmt: skip
+                )
             path = request.path
             open_path = path in OPEN_PATHS or path.startswith("/static/")
             if path == "/metrics" and not server.metrics_need_token:

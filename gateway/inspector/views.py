@@ -44,10 +44,17 @@ SECURITY_HEADERS = {
 }
 PAGE_SIZE = 200  # rows on the list page; the live updates add to them
 OUTCOMES = (
-    Outcome.FORWARDED, Outcome.QUEUED, Outcome.DUPLICATE, Outcome.REJECTED, Outcome.INVALID,
-    Outcome.FILTERED, Outcome.UPSTREAM_ERROR, Outcome.STORE_ERROR, Outcome.NOT_FOUND,
+    Outcome.FORWARDED,
+    Outcome.QUEUED,
+    Outcome.DUPLICATE,
+    Outcome.REJECTED,
+    Outcome.INVALID,
+    Outcome.FILTERED,
+    Outcome.UPSTREAM_ERROR,
+    Outcome.STORE_ERROR,
+    Outcome.NOT_FOUND,
     Outcome.OVERLOADED,
-)  # fmt: skip
+)
 QUEUE_LISTED = 100  # pending and dead deliveries shown on the queue page, each
 
 _templates = jinja2.Environment(
@@ -116,43 +123,53 @@ class Inspector:
                 reasons.update(minute.reasons)
                 statuses.update(minute.app_statuses)
             dedup = runtime.dedup.get(route.name)
-            routes.append({
-                "name": route.name,
-                "path": route.path,
-                "delivery": route.delivery.value,
-                "chart": outcome_chart(minutes, OUTCOMES),
-                "outcomes": outcomes.most_common(),
-                "reasons": reasons.most_common(),
-                "statuses": sorted(statuses.items()),
-                "p50": percentile(latency, 0.5),
-                "p99": percentile(latency, 0.99),
-                "app_p50": percentile(app_latency, 0.5),
-                "app_p99": percentile(app_latency, 0.99),
-                "total": sum(outcomes.values()),
-                "dedup_entries": len(dedup) if dedup is not None else 0,
-                "queue": stats.get(route.name),
-            })  # fmt: skip
-        return self._render(request, "overview.html", {
-            "routes": routes,
-            "checksum": runtime.config.checksum,
-            "loaded_at": runtime.loaded_at,
-            "reload_error": runtime.reload_error,
-            "store": self._store_state(),
-            "recent": journal.capacity,
-            "now": now,
-        })  # fmt: skip
+            routes.append(
+                {
+                    "name": route.name,
+                    "path": route.path,
+                    "delivery": route.delivery.value,
+                    "chart": outcome_chart(minutes, OUTCOMES),
+                    "outcomes": outcomes.most_common(),
+                    "reasons": reasons.most_common(),
+                    "statuses": sorted(statuses.items()),
+                    "p50": percentile(latency, 0.5),
+                    "p99": percentile(latency, 0.99),
+                    "app_p50": percentile(app_latency, 0.5),
+                    "app_p99": percentile(app_latency, 0.99),
+                    "total": sum(outcomes.values()),
+                    "dedup_entries": len(dedup) if dedup is not None else 0,
+                    "queue": stats.get(route.name),
+                }
+            )
+        return self._render(
+            request,
+            "overview.html",
+            {
+                "routes": routes,
+                "checksum": runtime.config.checksum,
+                "loaded_at": runtime.loaded_at,
+                "reload_error": runtime.reload_error,
+                "store": self._store_state(),
+                "recent": journal.capacity,
+                "now": now,
+            },
+        )
 
     async def postbacks(self, request: web.Request) -> web.Response:
         filters = _filters(request)
         entries = self._runtime.journal.recent(filters, limit=PAGE_SIZE)
-        return self._render(request, "postbacks.html", {
-            "entries": [_row(entry) for entry in entries],
-            "filters": filters,
-            "routes": [route.name for route in self._runtime.config.routes],
-            "outcomes": OUTCOMES,
-            "newest": self._runtime.journal.newest,
-            "recent": self._runtime.journal.capacity,
-        })  # fmt: skip
+        return self._render(
+            request,
+            "postbacks.html",
+            {
+                "entries": [_row(entry) for entry in entries],
+                "filters": filters,
+                "routes": [route.name for route in self._runtime.config.routes],
+                "outcomes": OUTCOMES,
+                "newest": self._runtime.journal.newest,
+                "recent": self._runtime.journal.capacity,
+            },
+        )
 
     async def postbacks_json(self, request: web.Request) -> web.Response:
         """Rows newer than `after`, for the list page's live updates (polled)."""
@@ -173,15 +190,19 @@ class Inspector:
             )
         config = self._runtime.config
         record = entry.record
-        return self._render(request, "postback.html", {
-            "entry": entry,
-            "row": _row(entry),
-            "steps": steps(entry, config),
-            "curl": curl_line(entry, config),
-            "fields": sorted((record.fields or {}).items()),
-            "query": record.query or [],
-            "attempts": entry.attempts,
-        })  # fmt: skip
+        return self._render(
+            request,
+            "postback.html",
+            {
+                "entry": entry,
+                "row": _row(entry),
+                "steps": steps(entry, config),
+                "curl": curl_line(entry, config),
+                "fields": sorted((record.fields or {}).items()),
+                "query": record.query or [],
+                "attempts": entry.attempts,
+            },
+        )
 
     async def queue(self, request: web.Request) -> web.Response:
         durable = self._runtime.durable
@@ -244,9 +265,14 @@ class Inspector:
         session = self._access.sessions.open(server)
         response = web.HTTPSeeOther(target)
         response.set_cookie(
-            COOKIE, session.id, httponly=True, samesite="Strict", secure=request.secure,
-            path="/", max_age=int(server.admin_session_ttl),
-        )  # fmt: skip
+            COOKIE,
+            session.id,
+            httponly=True,
+            samesite="Strict",
+            secure=request.secure,
+            path="/",
+            max_age=int(server.admin_session_ttl),
+        )
         raise response
 
     async def logout(self, request: web.Request) -> web.Response:

@@ -138,9 +138,11 @@ class AdminRunner(web.AppRunner):
     async def _make_server(self) -> web.Server:
         made = await super()._make_server()  # the app started and frozen, its handler
         return HttpServer(
-            made.request_handler, self._on_malformed, request_factory=made.request_factory,
+            made.request_handler,
+            self._on_malformed,
+            request_factory=made.request_factory,
             **self._settings,
-        )  # fmt: skip
+        )
 
 
 class QuietHttpLogger(logging.Logger):

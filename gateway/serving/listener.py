@@ -199,9 +199,11 @@ class GatewaySite(web.BaseSite):
                     await _answer_plain(self._loop, connection)
                     return
                 await self._loop.connect_accepted_socket(
-                    server, connection, ssl=self._ssl_context,
+                    server,
+                    connection,
+                    ssl=self._ssl_context,
                     ssl_handshake_timeout=self._timeout,
-                )  # fmt: skip
+                )
             handed = True
         except (OSError, ssl.SSLError, TimeoutError, ConnectionError):
             self._refused("tls_handshake")

@@ -70,10 +70,14 @@ async def serve(config: GatewayConfig, config_path: str) -> None:
 
     def site(runner: web.BaseRunner, port: str, address: ListenAddress, **tls: Any) -> GatewaySite:
         return GatewaySite(
-            runner, address.bind_host, address.port, max_connections=cap,
+            runner,
+            address.bind_host,
+            address.port,
+            max_connections=cap,
             client_timeout=server.client_timeout,
-            on_refused=lambda reason: refused.labels(port, reason).inc(), **tls,
-        )  # fmt: skip
+            on_refused=lambda reason: refused.labels(port, reason).inc(),
+            **tls,
+        )
 
     for port, reason in ((port, reason) for port in ("public", "admin") for reason in REFUSALS):
         refused.labels(port, reason)
@@ -106,9 +110,12 @@ async def serve(config: GatewayConfig, config_path: str) -> None:
         runtime.draining = True
         log.info(
             "draining",
-            extra={"drain_delay": in_force.drain_delay, "shutdown_grace": in_force.shutdown_grace,
-                   "in_flight": runtime.in_flight},
-        )  # fmt: skip
+            extra={
+                "drain_delay": in_force.drain_delay,
+                "shutdown_grace": in_force.shutdown_grace,
+                "in_flight": runtime.in_flight,
+            },
+        )
         await asyncio.sleep(min(in_force.drain_delay, deadline.left()))
     finally:
         deadline = deadline or Deadline(runtime.config.server.shutdown_grace)
@@ -118,8 +125,10 @@ async def serve(config: GatewayConfig, config_path: str) -> None:
         if public is not None:
             await _stop_accepting(public)
             if not await runtime.requests_finished(deadline):
-                log.warning("shutdown grace spent; cutting off what is in flight",
-                            extra={"in_flight": runtime.in_flight})  # fmt: skip
+                log.warning(
+                    "shutdown grace spent; cutting off what is in flight",
+                    extra={"in_flight": runtime.in_flight},
+                )
             await public.cleanup()  # closes idle connections, cancels what is left at once
         await runtime.close(deadline)
         await admin.cleanup()
