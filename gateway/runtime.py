@@ -23,7 +23,7 @@ from .deadline import Deadline
 from .dedup import Backend, RouteDedup
 from .dedup.redis_reservations import RedisReservations, redis_client
 from .durable.service import Durable
-from .forwarding.forward import BACKOFF_CAP
+from .forwarding.policy import SYNC_BACKOFF_CAP
 from .forwarding.upstream_client import BODY_WAIT, UpstreamClient
 from .inspector.journal import Journal
 from .metrics import RESTART_ONLY, Metrics
@@ -41,7 +41,8 @@ def longest_delivery_of(route: RouteConfig) -> float:
     return min(
         route.deadline,
         max(
-            (upstream.retries + 1) * (upstream.timeout + BODY_WAIT) + upstream.retries * BACKOFF_CAP
+            (upstream.retries + 1) * (upstream.timeout + BODY_WAIT)
+            + upstream.retries * SYNC_BACKOFF_CAP
             for upstream in route.upstreams
         ),
     )
