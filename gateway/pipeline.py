@@ -29,6 +29,7 @@ from .errors import (
     UpstreamUnavailable,
 )
 from .forwarding.forward import Forwarder, Upstream, UpstreamReply, delivery_headers
+from .forwarding.policy import Verdict, sync_answer
 from .forwarding.upstream_client import UpstreamClient
 from .metrics import Metrics
 from .observe import RequestRecord
@@ -156,16 +157,17 @@ class Gateway:
         headers: dict[str, str],
         record: RequestRecord,
     ) -> UpstreamReply:
-        """The first upstream's reply when it is the app's answer (2xx or 4xx), within the
-        route's deadline."""
+        """The first upstream's reply when it is the app's answer (delivered or refused, as
+        `policy.sync_answer` says), within the route's deadline."""
         upstream = route.upstreams[0]
         reply = await self._forwarder.send(
             upstream, postback, headers, record.attempts, route.deadline
         )
         record.upstream_status = reply.status
-        if not (200 <= reply.status < 300 or 400 <= reply.status < 500):
+        verdict = sync_answer(reply.status)
+        if verdict not in (Verdict.DELIVERED, Verdict.REFUSED):
             raise UpstreamStatus(f"{upstream.label} answered {reply.status}")
-        if not reply.delivered:
+        if verdict is Verdict.REFUSED:
             record.reason = "upstream_refused"
         return reply
 
