@@ -3,7 +3,8 @@
 Each error class knows the HTTP status, the `X-Gateway-Outcome` value and its named `reason`
 (`secret_missing`, `xff_unparseable`, ...), which goes to the log line and, for rejections,
 to the `reason` label of `gateway_rejections_total`: `reasons_for()` derives that closed set
-from the classes here, so a new reason is one new class. Handlers never build error responses
+from the classes here, so a new reason is one new class. `Reason` names the few a request
+carries with no error (a refusal passed back, a shutdown). Handlers never build error responses
 by hand: they raise one of these.
 """
 
@@ -30,6 +31,16 @@ class Outcome:
 
 
 REJECTIONS = (Outcome.REJECTED, Outcome.INVALID, Outcome.FILTERED)  # counted by reason
+# counted and shown for a request whose record names no outcome (every ending sets one: a bug)
+OUTCOME_WHEN_UNSET = Outcome.UPSTREAM_ERROR
+
+
+class Reason:
+    """Reasons no error class carries: in the log line and the inspector, never a metric label
+    (neither outcome is a rejection)."""
+
+    UPSTREAM_REFUSED = "upstream_refused"  # forwarded: the app answered 4xx, passed back as is
+    SHUTDOWN = "shutdown"  # cut_off: the gateway stopped before it could answer
 
 
 class GatewayError(Exception):

@@ -18,6 +18,7 @@ import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
 
+from .errors import OUTCOME_WHEN_UNSET
 from .record import RequestRecord, UpstreamAttempt
 
 MINUTES = 60  # the overview's window
@@ -145,7 +146,7 @@ class Journal:
 
     def _count(self, record: RequestRecord, now: float, latency_ms: float) -> None:
         minute = self._minute(record.route or "", int(now // 60))
-        minute.outcomes[record.outcome or "upstream_error"] += 1
+        minute.outcomes[record.outcome or OUTCOME_WHEN_UNSET] += 1
         if record.reason:
             minute.reasons[record.reason] += 1
         for attempt in record.attempts:

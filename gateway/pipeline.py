@@ -1,8 +1,9 @@
 """The postback handler: the steps of the product description, in order.
 
 route -> client address -> allowlist -> secret -> normalize -> validate -> match -> dedup
--> forward. Each step either passes the request on or raises a GatewayError that
-`outcome.py` answers, logs and counts.
+-> forward. Each step either passes the request on or raises a GatewayError; the pipeline
+returns what came of the rest (`Forwarded`, `Queued`). `outcome.py` answers, logs and counts
+either.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Protocol
 
 from aiohttp import web
@@ -22,13 +24,13 @@ from .dedup import DedupKey, RouteDedup
 from .errors import (
     DuplicatePostback,
     MethodNotAllowed,
-    Outcome,
     QueryTooLong,
     RouteNotFound,
     UpstreamStatus,
     UpstreamUnavailable,
 )
 from .forwarding.forward import Forwarder, Upstream, UpstreamReply, delivery_headers
+from .forwarding.policy import Verdict, sync_answer
 from .forwarding.queued import QueuedRoute
 from .forwarding.upstream_client import UpstreamClient
 from .metrics import Metrics
@@ -39,6 +41,22 @@ from .route import Arrival, CompiledRoute
 log = logging.getLogger("gateway.pipeline")
 
 RECORD = web.RequestKey("record", RequestRecord)
+
+
+@dataclass(frozen=True, slots=True)
+class Forwarded:
+    """The first upstream's answer, the app's own: passed back to the sender as it is."""
+
+    reply: UpstreamReply
+    refused: bool  # the app said no (policy: REFUSED); still its answer
+
+
+@dataclass(frozen=True, slots=True)
+class Queued:
+    """Stored durably; delivered in the background."""
+
+
+Handled = Forwarded | Queued
 
 
 class Outbox(Protocol):
@@ -82,7 +100,7 @@ class Gateway:
         self._copies: set[asyncio.Task[None]] = set()
         self._outbox = outbox
 
-    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
+    async def handle(self, request: web.BaseRequest) -> Handled:
         self._active += 1
         self._idle.clear()
         try:
@@ -92,7 +110,7 @@ class Gateway:
             if not self._active:
                 self._idle.set()
 
-    async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
+    async def _handle(self, request: web.BaseRequest) -> Handled:
         record = request[RECORD]
         route = self._route_for(request, record)
         arrival = Arrival(
@@ -109,18 +127,17 @@ class Gateway:
         async with route.dedup.reserve(key) as reservation:
             headers = delivery_headers(record.request_id, record.client or "", key.hex())
             record.handed_to = "app"
-            reply = await self._deliver(route, postback, headers, record)
-            if reply.delivered:
+            forwarded = await self._deliver(route, postback, headers, record)
+            if forwarded.reply.delivered:
                 reservation.commit()
                 self._delivered(route, postback)
                 self._send_copies(route, postback, headers, record)
-        record.outcome = Outcome.FORWARDED
-        return web.Response(status=reply.status, body=reply.body, headers=reply.headers)
+        return forwarded
 
     async def _accept_for_queue(
         self, route: CompiledRoute, postback: Postback, key: DedupKey, record: RequestRecord
-    ) -> web.StreamResponse:
-        """`delivery: queued`: answer 200 once the event is durably stored, deliver later."""
+    ) -> Queued:
+        """`delivery: queued`: answered 200 once the event is durably stored, delivered later."""
         assert self._outbox is not None  # config validation: queued routes need a store
         async with route.dedup.reserve(key, queued=True) as reservation:
             record.handed_to = "store"
@@ -132,8 +149,7 @@ class Gateway:
             if not accepted:
                 raise DuplicatePostback()
         self._delivered(route, postback)
-        record.outcome = Outcome.QUEUED
-        return web.json_response({"outcome": Outcome.QUEUED})
+        return Queued()
 
     def route_name(self, raw_path: str) -> str | None:
         route = self.routes.get(raw_path)
@@ -159,19 +175,18 @@ class Gateway:
         postback: Postback,
         headers: dict[str, str],
         record: RequestRecord,
-    ) -> UpstreamReply:
-        """The first upstream's reply when it is the app's answer (2xx or 4xx), within the
-        route's deadline."""
+    ) -> Forwarded:
+        """The first upstream's reply when it is the app's answer (delivered or refused, as
+        `policy.sync_answer` says), within the route's deadline."""
         upstream = route.upstreams[0]
         reply = await self._forwarder.send(
             upstream, postback, headers, record.attempts, route.deadline
         )
         record.upstream_status = reply.status
-        if not (200 <= reply.status < 300 or 400 <= reply.status < 500):
+        verdict = sync_answer(reply.status)
+        if verdict not in (Verdict.DELIVERED, Verdict.REFUSED):
             raise UpstreamStatus(f"{upstream.label} answered {reply.status}")
-        if not reply.delivered:
-            record.reason = "upstream_refused"
-        return reply
+        return Forwarded(reply, refused=verdict is Verdict.REFUSED)
 
     def _delivered(self, route: CompiledRoute, postback: Postback) -> None:
         if postback.get(REWARD_EVENT_TYPE) == "valued":

@@ -24,7 +24,7 @@ from .dedup import Backend, RouteDedup
 from .dedup.redis_reservations import RedisReservations, redis_client
 from .dedup.shared import SharedReservations
 from .durable.service import Durable
-from .forwarding.forward import BACKOFF_CAP
+from .forwarding.policy import SYNC_BACKOFF_CAP
 from .forwarding.queued import QueuedRoute
 from .forwarding.upstream_client import BODY_WAIT, UpstreamClient
 from .journal import Journal
@@ -43,7 +43,8 @@ def longest_delivery_of(route: RouteConfig) -> float:
     return min(
         route.deadline,
         max(
-            (upstream.retries + 1) * (upstream.timeout + BODY_WAIT) + upstream.retries * BACKOFF_CAP
+            (upstream.retries + 1) * (upstream.timeout + BODY_WAIT)
+            + upstream.retries * SYNC_BACKOFF_CAP
             for upstream in route.upstreams
         ),
     )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.errors import REJECTIONS, GatewayError, Outcome, reasons_for
+from gateway.errors import REJECTIONS, GatewayError, Outcome, Reason, reasons_for
 from gateway.metrics import Metrics
 from gateway.record import RequestRecord
 
@@ -54,6 +54,12 @@ def test_a_reason_no_error_class_has_is_counted_as_other() -> None:
 def test_no_two_error_classes_share_a_reason() -> None:
     reasons = [kind.reason for kind in raisable()]
     assert len(reasons) == len(set(reasons)), sorted(reasons)
+
+
+def test_the_reasons_no_error_carries_are_none_an_error_carries() -> None:
+    named = {value for name, value in vars(Reason).items() if name.isupper()}
+    assert named == {"upstream_refused", "shutdown"}
+    assert not named & {kind.reason for kind in raisable()}
 
 
 @pytest.mark.parametrize("kind", raisable(), ids=lambda kind: kind.__name__)

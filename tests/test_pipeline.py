@@ -389,6 +389,23 @@ async def test_app_refusal_is_passed_back_and_not_remembered(start_upstream, sta
     assert len(upstream.received) == 2
 
 
+async def test_app_refusal_is_logged_forwarded_with_reason_upstream_refused(
+    start_upstream, start_gateway, http, capsys
+):
+    upstream = start_upstream(script=[409])
+    gateway = await start_gateway(gateway_config(upstream.url))
+    capsys.readouterr()
+    assert await get(http, gateway.postback_url(), CLICK) == (409, "forwarded", "nope")
+    output = capsys.readouterr().out
+    [line] = [json.loads(line) for line in output.splitlines() if "gateway.access" in line]
+    assert (line["outcome"], line["reason"], line["status"], line["upstream_status"]) == (
+        "forwarded",
+        "upstream_refused",
+        409,
+        409,
+    )
+
+
 async def test_delivered_event_is_forgotten_after_ttl(start_upstream, start_gateway, http):
     upstream = start_upstream()
     config = gateway_config(upstream.url, dedup={"ttl": "300ms"})

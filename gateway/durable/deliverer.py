@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
@@ -25,6 +24,7 @@ from ..forwarding.forward import (
     UpstreamReply,
     delivery_headers,
 )
+from ..forwarding.policy import Verdict, backoff, queued_answer, queued_failure
 from ..forwarding.queued import QueuedRoute
 from ..metrics import Metrics
 from ..record import UpstreamAttempt
@@ -35,7 +35,6 @@ log = logging.getLogger("gateway.deliverer")
 POLL_SECONDS = 1.0
 RECORD_RETRY_SECONDS = 0.5  # while the store cannot take an attempt's result
 LEASE_MARGIN = 10.0  # beyond an attempt's timeout: recording its result must fit in too
-RETRYABLE_4XX = frozenset({408, 429})
 
 
 class Deliverer:
@@ -178,22 +177,27 @@ class Deliverer:
         now: float,
         sends: int,
     ) -> Attempt:
-        """Delivered; dead (refused for good, or out of attempts or time); or retry later.
-        `sends`: the requests this attempt wrote to the app (each one counts)."""
+        """Delivered; dead (refused for good, or out of attempts or time); or retry later
+        (`policy.py` says which answers are which). `sends`: the requests this attempt wrote
+        to the app (each one counts)."""
         if isinstance(result, UpstreamReply):
-            if result.delivered:
-                return Attempt(DELIVERED, status=result.status, sends=sends)
-            if 400 <= result.status < 500 and result.status not in RETRYABLE_4XX:
-                body = storable_text(result.body)
-                error = f"refused: {result.status}"
-                return Attempt(DEAD, error=error, status=result.status, body=body, sends=sends)
-        status = result.status if isinstance(result, UpstreamReply) else None
+            verdict, status = queued_answer(result.status), result.status
+        else:
+            verdict, status = queued_failure(result), None
+        if verdict is Verdict.DELIVERED:
+            return Attempt(DELIVERED, status=status, sends=sends)
+        if verdict is Verdict.REFUSED:
+            body = storable_text(result.body) if isinstance(result, UpstreamReply) else None
+            error = f"refused: {status}"
+            return Attempt(DEAD, error=error, status=status, body=body, sends=sends)
+        # Verdict.RETRY: again later, unless out of attempts or time
         error = storable_text(_describe(result))
         attempts = delivery.attempts + sends
         if attempts >= queue.max_attempts or now - delivery.since >= queue.max_age:
             gave_up = f"gave up after {attempts}: {error}"
             return Attempt(DEAD, error=gave_up, status=status, sends=sends)
-        delay = random.uniform(0, min(queue.retry_cap, queue.retry_base * 2 ** (attempts - 1)))
+        # the attempts-th retry: every send so far counts, a stale connection's resend too
+        delay = backoff(attempts, queue.retry_base, queue.retry_cap)
         return Attempt(RETRY, error=error, status=status, retry_at=now + delay, sends=sends)
 
 

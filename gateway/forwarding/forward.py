@@ -2,18 +2,17 @@
 
 One long-lived client (keep-alive pools, `upstream_client.py`) serves every upstream. Each
 attempt has the upstream's `timeout`, cut by the send's deadline (the route's `deadline`:
-every attempt and backoff together); connect errors, timeouts and 502/503/504 are retried
-`retries` times with exponential backoff and full jitter. Any other status is the app's answer
-and is not retried. Every request written to the app is an attempt, counted and noted: a
-kept-alive connection the app had closed is one, and the request goes again at once on a new
-connection (not counted against `retries`: the app answered nothing).
+every attempt and backoff together); what is retried, `retries` times with exponential backoff
+and full jitter, is `policy.py`'s to say (connect errors, timeouts, 502/503/504). Every
+request written to the app is an attempt, counted and noted: a kept-alive connection the app
+had closed is one, and the request goes again at once on a new connection (not counted against
+`retries`: the app answered nothing).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import re
 import time
 from collections.abc import Mapping
@@ -27,6 +26,8 @@ from ..errors import UpstreamBadResponse, UpstreamDown, UpstreamTimeout
 from ..metrics import Metrics, status_class
 from ..postback import CANONICAL_FIELDS, Postback
 from ..record import UpstreamAttempt
+from . import policy
+from .policy import SYNC_BACKOFF_BASE, SYNC_BACKOFF_CAP, Verdict
 from .upstream_client import (
     Answer,
     BadResponse,
@@ -35,14 +36,11 @@ from .upstream_client import (
     UpstreamConnectionError,
 )
 
-RETRYABLE_STATUSES = frozenset({502, 503, 504})
 MAX_REPLY_BYTES = 64 * 1024  # an app's answer to a postback is small; never buffer more
 # a Content-Type passed back to the sender: visible ASCII and spaces, nothing aiohttp would
 # refuse to write (a bare LF or NUL would drop the sender's connection with no answer)
 _SAFE_CONTENT_TYPE = re.compile(r"[\x20-\x7e]{1,200}")
 _CODING = re.compile(r"[A-Za-z0-9._-]{1,32}(?:, ?[A-Za-z0-9._-]{1,32}){0,3}")  # gzip, br...
-BACKOFF_BASE = 0.1
-BACKOFF_CAP = 2.0
 USER_AGENT = "monetag-gateway"
 BODY_CUT_SHORT = "body cut short after the head (connection broke, garbled or too slow)"
 
@@ -69,7 +67,7 @@ class UpstreamReply:
 
     @property
     def delivered(self) -> bool:
-        return 200 <= self.status < 300
+        return policy.delivered(self.status)
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,7 +76,7 @@ class AttemptFailure:
 
     detail: str
     timed_out: bool
-    retryable: bool = True  # connect errors and timeouts; not a malformed response
+    malformed: bool = False  # an answer that is not clean HTTP (policy.py: not retried sync)
     stale: bool = False  # a kept-alive connection closed before answering: send again at once
 
 
@@ -159,8 +157,8 @@ class Forwarder:
         self,
         client: UpstreamClient,
         metrics: Metrics,
-        backoff_base: float = BACKOFF_BASE,
-        backoff_cap: float = BACKOFF_CAP,
+        backoff_base: float = SYNC_BACKOFF_BASE,
+        backoff_cap: float = SYNC_BACKOFF_CAP,
     ) -> None:
         self._client = client
         self._metrics = metrics
@@ -195,10 +193,10 @@ class Forwarder:
             attempts += 1
             result = await self._try(upstream, url, request_headers, tries, deadline)
             if isinstance(result, UpstreamReply):
-                if result.status not in RETRYABLE_STATUSES:
+                if policy.sync_answer(result.status) is not Verdict.RETRY:
                     return result
                 failure = AttemptFailure(f"status {result.status}", timed_out=False)
-            elif result.retryable:
+            elif policy.sync_failure(result) is Verdict.RETRY:
                 failure = result
             else:
                 raise UpstreamBadResponse(f"{upstream.label}: {result.detail}")
@@ -268,12 +266,11 @@ class Forwarder:
             failure = AttemptFailure(f"connection error: {error}", timed_out=False)
             return failure, "connection_error"
         except BadResponse as error:
-            failure = AttemptFailure(f"bad response: {error}", timed_out=False, retryable=False)
+            failure = AttemptFailure(f"bad response: {error}", timed_out=False, malformed=True)
             return failure, "connection_error"
         except AnswerOfAnotherEvent as error:
             return AttemptFailure(f"bad response: {error}", timed_out=False), "connection_error"
         return reply, status_class(reply.status)
 
-    def _backoff(self, attempt: int) -> float:
-        """Full jitter: uniform in [0, min(cap, base * 2^attempt)]."""
-        return random.uniform(0, min(self._backoff_cap, self._backoff_base * 2**attempt))
+    def _backoff(self, retry: int) -> float:
+        return policy.backoff(retry, self._backoff_base, self._backoff_cap)

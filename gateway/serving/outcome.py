@@ -12,8 +12,8 @@ import uuid
 from aiohttp import web
 
 from ..access_log import log_request
-from ..errors import GatewayError, MalformedRequest, Outcome, Overloaded
-from ..pipeline import RECORD
+from ..errors import OUTCOME_WHEN_UNSET, GatewayError, MalformedRequest, Outcome, Overloaded, Reason
+from ..pipeline import RECORD, Forwarded, Handled
 from ..record import RequestRecord
 from ..runtime import Runtime
 
@@ -46,7 +46,7 @@ async def answer(runtime: Runtime, request: web.BaseRequest) -> web.StreamRespon
             # for logs and metrics
             record.route = runtime.gateway.route_name(request.rel_url.raw_path)
             raise Overloaded(runtime.config.server.max_in_flight)
-        response = await runtime.gateway.handle(request)
+        response = _handled_answer(record, await runtime.gateway.handle(request))
     except asyncio.CancelledError:
         _cut_off(runtime, record)  # every postback has its line, this one too
         raise
@@ -81,10 +81,22 @@ _FATE_WHEN_CUT_OFF = {
 def _cut_off(runtime: Runtime, record: RequestRecord) -> None:
     """A postback still running when the shutdown deadline passed: no answer goes out, but
     its line says so, and whether the app may have it."""
-    record.outcome, record.reason = Outcome.CUT_OFF, "shutdown"
+    record.outcome, record.reason = Outcome.CUT_OFF, Reason.SHUTDOWN
     record.detail = f"cut off at shutdown {_FATE_WHEN_CUT_OFF[record.handed_to]}"
     log_request(record, None)
     runtime.metrics.request_done(record, Outcome.CUT_OFF, time.perf_counter() - record.started)
+
+
+def _handled_answer(record: RequestRecord, handled: Handled) -> web.Response:
+    """Forwarded: the app's answer as it is (a refusal too, with its reason); or queued."""
+    if isinstance(handled, Forwarded):
+        record.outcome = Outcome.FORWARDED
+        if handled.refused:
+            record.reason = Reason.UPSTREAM_REFUSED
+        reply = handled.reply
+        return web.Response(status=reply.status, body=reply.body, headers=reply.headers)
+    record.outcome = Outcome.QUEUED
+    return web.json_response({"outcome": Outcome.QUEUED})
 
 
 def _error_answer(record: RequestRecord, error: GatewayError) -> web.Response:
@@ -97,7 +109,7 @@ def _error_answer(record: RequestRecord, error: GatewayError) -> web.Response:
 def _finish(
     runtime: Runtime, record: RequestRecord, response: web.StreamResponse
 ) -> web.StreamResponse:
-    outcome = record.outcome or Outcome.UPSTREAM_ERROR
+    outcome = record.outcome or OUTCOME_WHEN_UNSET
     response.headers["X-Gateway-Outcome"] = outcome
     response.headers["X-Request-ID"] = record.request_id
     log_request(record, response.status)
