@@ -77,8 +77,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def probe_health(admin: ListenAddress) -> int:
-    host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(admin.host, admin.host)
-    url = f"http://{ListenAddress(host, admin.port)}/healthz"
+    url = f"http://{admin.from_here}/healthz"
     try:
         with urllib.request.urlopen(url, timeout=3) as response:
             return 0 if response.status == 200 else 1

@@ -523,6 +523,25 @@ def test_listen_address_says_what_to_bind(written: str, bind_host: str | None) -
     assert parse_with({"server.listen": written}).server.listen.bind_host == bind_host
 
 
+@pytest.mark.parametrize(
+    ("written", "reached_at"),
+    [
+        pytest.param("*:8080", "127.0.0.1:8080", id="every-address-is-reached-on-ipv4-loopback"),
+        pytest.param("0.0.0.0:8080", "127.0.0.1:8080", id="ipv4-wildcard"),
+        pytest.param("[::]:8080", "[::1]:8080", id="ipv6-wildcard-on-ipv6-loopback"),
+        pytest.param("127.0.0.2:8080", "127.0.0.2:8080", id="an-address-stays"),
+        pytest.param("[::1]:8080", "[::1]:8080", id="ipv6-loopback-stays"),
+        pytest.param("gateway.internal:8080", "gateway.internal:8080", id="a-name-stays"),
+    ],
+)
+def test_a_wildcard_listener_is_reached_from_here_on_loopback(
+    written: str, reached_at: str
+) -> None:
+    listen = parse_with({"server.listen": written}).server.listen
+    assert str(listen.from_here) == reached_at
+    assert listen.wildcard == (reached_at != written)
+
+
 def test_admin_port_may_not_share_the_public_port_of_every_address() -> None:
     problems = problems_of(
         config_with({"server.listen": "*:8080", "server.admin_listen": "127.0.0.1:8080"})

@@ -81,6 +81,8 @@ class ConfigError(Exception):
 
 
 EVERY_ADDRESS = "*"  # `listen: "*:8080"`: every local address, IPv4 and IPv6
+# each wildcard host, and the loopback address a client on this machine reaches it at: the one
+# place that knows which hosts are wildcards
 _LOOPBACK_FOR = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1", EVERY_ADDRESS: "127.0.0.1"}
 
 
@@ -103,8 +105,14 @@ class ListenAddress:
         return self.host in ("127.0.0.1", "::1", "localhost") or self.host.startswith("127.")
 
     @property
+    def wildcard(self) -> bool:
+        """Whether it listens on every address of a family (or of both, `*`)."""
+        return self.host in _LOOPBACK_FOR
+
+    @property
     def from_here(self) -> ListenAddress:
-        """Where a client on this machine reaches the listener: a wildcard becomes loopback."""
+        """Where a client on this machine reaches the listener (`health`, `fire`, the
+        inspector's links): a wildcard becomes loopback of its family."""
         return ListenAddress(_LOOPBACK_FOR.get(self.host, self.host), self.port)
 
 

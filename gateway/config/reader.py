@@ -16,7 +16,6 @@ from ..postback import CANONICAL_FIELDS, LOWERCASED_FIELDS
 from ..shown import quoted
 from ..tls import describe_load_error, server_context
 from .model import (
-    EVERY_ADDRESS,
     AllowIpsMode,
     DedupBackend,
     DedupConfig,
@@ -70,9 +69,8 @@ def _same_dedup(first: DedupConfig, second: DedupConfig) -> bool:
 
 def _overlap(first: ListenAddress, second: ListenAddress) -> bool:
     """Would the two listeners fight over one port? (Port 0 means any free port.)"""
-    wildcards = {"0.0.0.0", "::", "", EVERY_ADDRESS}
     return first.port == second.port != 0 and (
-        first.host == second.host or bool({first.host, second.host} & wildcards)
+        first.host == second.host or first.wildcard or second.wildcard
     )
 
 
