@@ -9,8 +9,8 @@ import sys
 import urllib.request
 from collections.abc import Sequence
 
+from . import queue_cli
 from .config import ConfigError, ListenAddress, load_config
-from .durable import queue_cli
 from .durable.store import StoreError
 from .fire import FireError, fire
 from .serving.server import serve

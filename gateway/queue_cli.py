@@ -14,10 +14,10 @@ import asyncio
 import time
 from datetime import UTC, datetime
 
-from ..config import GatewayConfig
-from ..shown import printable, quoted
-from .outbox import DEAD, PENDING, STATES, Outbox, StoreError
-from .service import open_outbox
+from .config import GatewayConfig
+from .durable.outbox import DEAD, PENDING, STATES, Outbox, StoreError
+from .durable.service import open_outbox
+from .shown import printable, quoted
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 MAX_LIMIT = 100_000
