@@ -232,12 +232,14 @@ class DocumentReader(ValueReader):
             names.append(name)
         return tuple(names) if len(names) == len(items) else None
 
-    def admin_token(self, value: Any, path: str) -> str | None:
+    def admin_token(self, value: Any, path: str) -> Secret | None:
         token = self.string(value, path, secret=True)
-        if token is not None and len(token) < MIN_ADMIN_TOKEN:
+        if token is None:
+            return None
+        if len(token) < MIN_ADMIN_TOKEN:
             self.problem(path, f"must be at least {MIN_ADMIN_TOKEN} characters")
             return None
-        return token
+        return Secret(token)
 
     def tls(self, value: Any, path: str) -> TlsConfig | None:
         """Certificate and key files (PEM), loaded now so a bad pair is a config error."""
