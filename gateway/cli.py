@@ -15,6 +15,7 @@ from .durable.store import StoreError
 from .fire import FireError, fire
 from .serving.server import serve
 from .summary import summarize
+from .tls import check_certificates
 
 EXIT_CONFIG_ERROR = 2
 
@@ -50,6 +51,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("no config: pass --config PATH or set GATEWAY_CONFIG")
     try:
         config = load_config(args.config)
+        if args.command in ("run", "check"):  # the others never open the certificate
+            check_certificates(config)
     except ConfigError as error:
         print(f"config error in {args.config}:", file=sys.stderr)
         for problem in error.problems:

@@ -200,6 +200,22 @@ def test_no_config_anywhere_says_how_to_pass_one(command: str) -> None:
     assert "listening" not in result.stdout
 
 
+def test_only_check_and_run_open_the_certificate_files(tmp_path: Path) -> None:
+    """Reading a config reads its TLS paths; `queue stats` on a host without the pod's
+    certificate works, while `check` still reports a certificate that does not load."""
+    tls = "  tls: {cert_file: /nonexistent/tls.crt, key_file: /nonexistent/tls.key}\n"
+    text = config_text().replace("routes:\n", tls + "routes:\n", 1)
+    config = write(tmp_path, f"{text}store:\n  path: {tmp_path / 'queue.db'}\n")
+
+    stats = gateway("queue", "--config", str(config), "stats")
+    checked = gateway("check", "--config", str(config))
+
+    assert stats.returncode == 0, stats.stdout + stats.stderr
+    assert "dedup keys stored: 0" in stats.stdout
+    assert checked.returncode == 2, checked.stdout
+    assert "  server.tls: cannot read: No such file or directory\n" in checked.stderr
+
+
 # -- run and health ---------------------------------------------------------------------------
 
 

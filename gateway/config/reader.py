@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import ssl
 import urllib.parse
 from dataclasses import replace
 from types import MappingProxyType
@@ -14,7 +13,6 @@ from ..checks.secret import Secret, SecretCheck
 from ..checks.validate import value_problem
 from ..postback import CANONICAL_FIELDS, LOWERCASED_FIELDS
 from ..shown import quoted
-from ..tls import describe_load_error, server_context
 from .model import (
     AllowIpsMode,
     DedupBackend,
@@ -242,18 +240,13 @@ class DocumentReader(ValueReader):
         return Secret(token)
 
     def tls(self, value: Any, path: str) -> TlsConfig | None:
-        """Certificate and key files (PEM), loaded now so a bad pair is a config error."""
+        """The paths of the certificate and key files (PEM), not the files: serving loads them
+        (`gateway/tls.py`), and `check`, `run` and a reload try them first, so a bad pair is
+        still a config problem there, while commands that only read the config (`queue`)
+        need no certificate."""
         readers: dict[str, Reader] = {"cert_file": self.string, "key_file": self.string}
         values = self.section(value, path, TlsConfig, readers, required=("cert_file", "key_file"))
-        if values is None:
-            return None
-        config = TlsConfig(**values)
-        try:
-            server_context(config)
-        except (OSError, ssl.SSLError) as error:
-            self.problem(path, describe_load_error(error))
-            return None
-        return config
+        return None if values is None else TlsConfig(**values)
 
     def routes(self, value: Any, path: str) -> tuple[RouteConfig, ...] | None:
         if value is None:
