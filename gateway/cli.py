@@ -9,12 +9,13 @@ import sys
 import urllib.request
 from collections.abc import Sequence
 
+from . import queue_cli
 from .config import ConfigError, ListenAddress, load_config
-from .durable import queue_cli
 from .durable.outbox import StoreError
 from .fire import FireError, fire
 from .serving.server import serve
 from .summary import summarize
+from .tls import check_certificates
 
 EXIT_CONFIG_ERROR = 2
 
@@ -50,6 +51,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("no config: pass --config PATH or set GATEWAY_CONFIG")
     try:
         config = load_config(args.config)
+        if args.command in ("run", "check"):  # the others never open the certificate
+            check_certificates(config)
     except ConfigError as error:
         print(f"config error in {args.config}:", file=sys.stderr)
         for problem in error.problems:
@@ -77,8 +80,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def probe_health(admin: ListenAddress) -> int:
-    host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(admin.host, admin.host)
-    url = f"http://{ListenAddress(host, admin.port)}/healthz"
+    url = f"http://{admin.from_here}/healthz"
     try:
         with urllib.request.urlopen(url, timeout=3) as response:
             return 0 if response.status == 200 else 1

@@ -17,8 +17,9 @@ import os
 import time
 from pathlib import Path
 
-from .config import ConfigError, load_config
+from .config import ConfigError, GatewayConfig, load_config
 from .runtime import Runtime
+from .tls import check_certificates
 
 log = logging.getLogger("gateway.reload")
 
@@ -45,7 +46,7 @@ class ConfigWatcher:
             started = time.perf_counter()
             self._stat, self._digest = await asyncio.to_thread(self._stat_and_digest)
             try:
-                config = await asyncio.to_thread(load_config, self._path)
+                config = await asyncio.to_thread(_load_and_check, self._path)
             except ConfigError as error:
                 self._runtime.metrics.reloads.labels("failure").inc()
                 self._runtime.reload_error = error.problems
@@ -98,6 +99,13 @@ class ConfigWatcher:
             return hashlib.sha256(self._path.read_bytes()).digest()
         except OSError:
             return None
+
+
+def _load_and_check(path: Path) -> GatewayConfig:
+    """As `run` would load it: the config, then its TLS files (a new pair must load too)."""
+    config = load_config(path)
+    check_certificates(config)
+    return config
 
 
 def _since(started: float) -> float:

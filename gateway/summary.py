@@ -67,7 +67,7 @@ def _route_lines(route: RouteConfig, store: StoreConfig | None) -> list[str]:
 
 
 def _inspector(server: ServerConfig) -> str:
-    access = "admin_token required" if server.admin_token else "open: no admin_token"
+    access = "admin_token required" if server.admin_token is not None else "open: no admin_token"
     metrics = ", /metrics too" if server.metrics_need_token else ""
     kept = server.recent_postbacks
     recent = f"keeps the last {kept} postbacks" if kept else "recent list off"

@@ -19,6 +19,7 @@ import os
 import ssl
 from collections.abc import Callable
 
+from .config import ConfigError, GatewayConfig
 from .config.model import TlsConfig
 
 log = logging.getLogger("gateway.tls")
@@ -30,6 +31,18 @@ def server_context(config: TlsConfig) -> ssl.SSLContext:
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.load_cert_chain(config.cert_file, config.key_file)
     return context
+
+
+def check_certificates(config: GatewayConfig) -> None:
+    """Raise ConfigError (`server.tls: ...`) if the config's certificate and key do not load.
+    Parsing a config reads their paths only; `check`, `run` and a reload call this, so a
+    missing file or a key of another certificate is reported as a config problem there."""
+    if config.server.tls is None:
+        return
+    try:
+        server_context(config.server.tls)
+    except (OSError, ssl.SSLError) as error:
+        raise ConfigError([f"server.tls: {describe_load_error(error)}"]) from None
 
 
 def describe_load_error(error: OSError | ssl.SSLError) -> str:

@@ -17,7 +17,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from gateway.config import GatewayConfig, parse_config
+from gateway.config import GatewayConfig, ListenAddress, parse_config
 from gateway.deadline import Deadline
 from gateway.durable.sqlite_outbox import STORE_SCHEMA
 from gateway.durable.sqlite_writer import SqliteWriter
@@ -80,11 +80,8 @@ async def start_gateway() -> AsyncIterator[GatewayFactory]:
         runner = public_runner(runtime)
         await runner.setup()
         await web.TCPSite(runner, host, 0).start()
-        port = runner.addresses[0][1]
-        shown_host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
-        if ":" in shown_host:
-            shown_host = f"[{shown_host}]"
-        running.append(RunningGateway(f"http://{shown_host}:{port}", config, runner, runtime))
+        here = ListenAddress(host, runner.addresses[0][1]).from_here
+        running.append(RunningGateway(f"http://{here}", config, runner, runtime))
         return running[-1]
 
     yield start

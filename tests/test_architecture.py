@@ -17,8 +17,9 @@ GATEWAY = Path(__file__).resolve().parents[1] / "gateway"
 FORBIDDEN = {
     "checks": {"dedup", "durable", "forwarding", "serving", "pipeline", "route", "runtime",
                "inspector"},
+    # tls: reading a config never loads certificates (only check, run and a reload do)
     "config": {"dedup", "durable", "forwarding", "serving", "pipeline", "route", "runtime",
-               "inspector"},
+               "inspector", "tls"},
     "dedup": {"durable", "forwarding", "serving", "pipeline", "route", "runtime", "config",
               "inspector"},
     "forwarding": {"dedup", "durable", "serving", "pipeline", "route", "runtime", "inspector"},

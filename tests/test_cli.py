@@ -200,6 +200,22 @@ def test_no_config_anywhere_says_how_to_pass_one(command: str) -> None:
     assert "listening" not in result.stdout
 
 
+def test_only_check_and_run_open_the_certificate_files(tmp_path: Path) -> None:
+    """Reading a config reads its TLS paths; `queue stats` on a host without the pod's
+    certificate works, while `check` still reports a certificate that does not load."""
+    tls = "  tls: {cert_file: /nonexistent/tls.crt, key_file: /nonexistent/tls.key}\n"
+    text = config_text().replace("routes:\n", tls + "routes:\n", 1)
+    config = write(tmp_path, f"{text}store:\n  path: {tmp_path / 'queue.db'}\n")
+
+    stats = gateway("queue", "--config", str(config), "stats")
+    checked = gateway("check", "--config", str(config))
+
+    assert stats.returncode == 0, stats.stdout + stats.stderr
+    assert "dedup keys stored: 0" in stats.stdout
+    assert checked.returncode == 2, checked.stdout
+    assert "  server.tls: cannot read: No such file or directory\n" in checked.stderr
+
+
 # -- run and health ---------------------------------------------------------------------------
 
 
@@ -242,6 +258,38 @@ def test_running_gateway_is_healthy_and_ready(running: RunningGateway) -> None:
             "status": "ready",
             "config_checksum": checksum.group(1),
         }
+
+
+def test_health_reaches_an_admin_port_on_every_address_over_loopback(tmp_path: Path) -> None:
+    """`admin_listen: "*:PORT"` is probed at 127.0.0.1 (it once asked for http://*:PORT)."""
+    public_port, admin_port = free_port(), free_port()
+    text = config_text(f"127.0.0.1:{public_port}", f"'*:{admin_port}'").replace(
+        "routes:\n", "  admin_token: ${ADMIN_TOKEN}\nroutes:\n", 1
+    )
+    config = write(tmp_path, text)
+    env = command_env(ADMIN_TOKEN="health-probe-admin-token-0123")
+    stdout, stderr = tmp_path / "stdout.log", tmp_path / "stderr.log"
+    process = spawn_gateway(config, env, stdout, stderr)
+    try:
+        running = RunningGateway(process, config, public_port, admin_port, stdout, stderr)
+        eventually(lambda: _answers_readyz(running), 10.0, interval=0.2)
+
+        health = gateway("health", "--config", str(config), env=env)
+
+        assert health.returncode == 0, health.stderr
+    finally:
+        process.kill()
+        process.wait(timeout=COMMAND_TIMEOUT)
+
+
+def _answers_readyz(running: RunningGateway) -> bool:
+    if running.process.poll() is not None:
+        pytest.fail("gateway exited; stderr:\n" + running.stderr.read_text(encoding="utf-8"))
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{running.admin_port}/readyz", timeout=1):
+            return True
+    except OSError:
+        return False
 
 
 def test_running_gateway_listens_on_the_public_port_without_admin_endpoints(

@@ -14,6 +14,11 @@ import pytest
 import yaml
 
 from gateway.config import ConfigError, load_config, parse_config
+from gateway.config.model import TlsConfig
+from gateway.metrics import Metrics
+from gateway.reload import ConfigWatcher
+from gateway.runtime import Runtime
+from gateway.tls import check_certificates
 from tests.configedit import DROP, ConfigEdits, assert_problem_at
 from tests.gatewayconfig import gateway_config, route
 from tests.tlscerts import Certificate, make_certificate
@@ -523,6 +528,25 @@ def test_listen_address_says_what_to_bind(written: str, bind_host: str | None) -
     assert parse_with({"server.listen": written}).server.listen.bind_host == bind_host
 
 
+@pytest.mark.parametrize(
+    ("written", "reached_at"),
+    [
+        pytest.param("*:8080", "127.0.0.1:8080", id="every-address-is-reached-on-ipv4-loopback"),
+        pytest.param("0.0.0.0:8080", "127.0.0.1:8080", id="ipv4-wildcard"),
+        pytest.param("[::]:8080", "[::1]:8080", id="ipv6-wildcard-on-ipv6-loopback"),
+        pytest.param("127.0.0.2:8080", "127.0.0.2:8080", id="an-address-stays"),
+        pytest.param("[::1]:8080", "[::1]:8080", id="ipv6-loopback-stays"),
+        pytest.param("gateway.internal:8080", "gateway.internal:8080", id="a-name-stays"),
+    ],
+)
+def test_a_wildcard_listener_is_reached_from_here_on_loopback(
+    written: str, reached_at: str
+) -> None:
+    listen = parse_with({"server.listen": written}).server.listen
+    assert str(listen.from_here) == reached_at
+    assert listen.wildcard == (reached_at != written)
+
+
 def test_admin_port_may_not_share_the_public_port_of_every_address() -> None:
     problems = problems_of(
         config_with({"server.listen": "*:8080", "server.admin_listen": "127.0.0.1:8080"})
@@ -615,6 +639,10 @@ def _tls(certificate: Certificate) -> dict[str, str]:
     return {"cert_file": str(certificate.cert_file), "key_file": str(certificate.key_file)}
 
 
+# paths only: reading a config never opens its certificate files
+UNOPENED_TLS = {"cert_file": "/nonexistent/tls.crt", "key_file": "/nonexistent/tls.key"}
+
+
 @pytest.mark.parametrize(
     ("changes", "warned"),
     [
@@ -635,26 +663,60 @@ def _tls(certificate: Certificate) -> dict[str, str]:
             False,
             id="key-in-a-header",
         ),
-        pytest.param({"server.listen": "0.0.0.0:8080", "server.tls": "TLS"}, False, id="tls"),
+        pytest.param(
+            {"server.listen": "0.0.0.0:8080", "server.tls": UNOPENED_TLS}, False, id="tls"
+        ),
     ],
 )
 def test_plain_http_with_the_key_in_the_url_is_warned_about(
-    changes: dict[str, Any], warned: bool, certificate: Certificate
+    changes: dict[str, Any], warned: bool
 ) -> None:
-    changes = {
-        key: _tls(certificate) if value == "TLS" else value for key, value in changes.items()
-    }
-
     warnings = parse_with(changes).warnings
 
     assert warnings == ((PLAIN_HTTP_WARNING,) if warned else ())
 
 
-def test_tls_files_are_loaded_at_config_time(certificate: Certificate) -> None:
-    config = parse_with({"server.tls": _tls(certificate)})
+def test_tls_files_are_named_by_the_config_and_loaded_only_by_their_check() -> None:
+    """`queue stats` and the other commands that only read a config need no certificate;
+    `check` and `run` (and a reload) try it with `check_certificates`."""
+    config = parse_with({"server.tls": UNOPENED_TLS})
 
     assert config.server.tls is not None
-    assert config.server.tls.cert_file == str(certificate.cert_file)
+    assert config.server.tls.cert_file == UNOPENED_TLS["cert_file"]
+    with pytest.raises(ConfigError) as caught:
+        check_certificates(config)
+    assert caught.value.problems == ["server.tls: cannot read: No such file or directory"]
+
+
+def test_a_certificate_that_loads_passes_its_check(certificate: Certificate) -> None:
+    check_certificates(parse_with({"server.tls": _tls(certificate)}))
+    check_certificates(parse_with({}))  # no TLS: nothing to load
+
+
+async def test_a_reload_whose_certificate_does_not_load_keeps_the_running_config(
+    tmp_path: Path, certificate: Certificate
+) -> None:
+    path = tmp_path / "config.yaml"
+    path.write_text(config_with({"server.tls": _tls(certificate)}))
+    runtime = Runtime(load_config(path, ENV), Metrics())
+    path.write_text(config_with({"server.tls": UNOPENED_TLS}))
+    watcher = ConfigWatcher(str(path), runtime)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MONETAG_SECRET", SECRET)
+        assert await watcher.reload("test") is False
+
+    assert runtime.reload_error == ["server.tls: cannot read: No such file or directory"]
+    assert runtime.config.server.tls == TlsConfig(**_tls(certificate))
+
+
+def tls_problems(tls: dict[str, str]) -> list[str]:
+    """What `check` reports about a `server.tls` section: reading's problems, else loading's."""
+    try:
+        check_certificates(parse_with({"server.tls": tls}))
+    except ConfigError as error:
+        return error.problems
+    return []
 
 
 def test_tls_problems_name_the_key_and_never_quote_the_files(
@@ -675,7 +737,7 @@ def test_tls_problems_name_the_key_and_never_quote_the_files(
         "unknown-key": ({**_tls(certificate), "ciphers": "ALL"}, "server.tls.ciphers: unknown key"),
     }  # fmt: skip
     for name, (tls, expected) in cases.items():
-        problems = problems_of(config_with({"server.tls": tls}))
+        problems = tls_problems(tls)
         assert any(problem.startswith(expected) for problem in problems), (name, problems)
         assert not any("secret-looking" in problem for problem in problems), name
 
@@ -749,6 +811,7 @@ def reference_environment(certificate: Certificate) -> dict[str, str]:
 
 def test_reference_config_is_a_working_config(certificate: Certificate) -> None:
     config = load_config(REFERENCE, reference_environment(certificate))
+    check_certificates(config)  # as `check` does
 
     assert [route.name for route in config.routes] == ["tapper", "runner"]
     assert config.server.tls is not None and config.store is not None

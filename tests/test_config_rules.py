@@ -582,6 +582,28 @@ def test_secret_and_static_values_never_appear_in_the_config_repr(
         assert value not in shown, shown
 
 
+def test_every_secret_in_the_config_hides_itself_the_same_way() -> None:
+    """The admin token, the route keys and the secret URLs each show as `Type('**********')`
+    in a repr: hidden by their type, not by each field that holds one."""
+    admin_token, password = "admin-token-4f4f4f4f4f", "hunter2-store-password"
+    config = parse_with(
+        {
+            "server.admin_token": admin_token,
+            "routes.tapper.dedup": {"backend": "redis", "redis_url": f"redis://:{password}@r:6379"},
+            "store": {"url": f"postgresql://gateway:{password}@db:5432/gateway"},
+        }
+    )
+    shown = repr(config)
+    assert admin_token not in shown and password not in shown and SECRET not in shown
+    for expected in (
+        "admin_token=Secret('**********')",
+        "redis_url=RedisUrl('**********')",
+        "url=PostgresUrl('**********')",
+        "keys=(Secret('**********'),",
+    ):
+        assert expected in shown, shown
+
+
 @pytest.mark.parametrize(
     "changes",
     [

@@ -24,6 +24,7 @@ import aiohttp
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
+from gateway.checks.secret import Secret
 from gateway.config import ConfigError, GatewayConfig, load_config, parse_config
 from gateway.runtime import Runtime
 from tests.conftest import SECRET, UpstreamFactory
@@ -93,7 +94,7 @@ def test_a_token_from_the_environment_opens_the_admin_port_to_other_machines(
     config = load_with(
         tmp_path, ADMIN_ENV, admin_listen="0.0.0.0:9090", admin_token="${ADMIN_TOKEN}"
     )
-    assert config.server.admin_token == ADMIN_TOKEN
+    assert config.server.admin_token == Secret(ADMIN_TOKEN)
     assert not [line for line in config.warnings if "admin" in line], config.warnings
     assert ADMIN_TOKEN not in repr(config.server)  # a config printed never shows it
 
@@ -109,7 +110,7 @@ def test_an_admin_token_shorter_than_16_characters_is_an_error(tmp_path: Path) -
     (problem,) = problems_loading(tmp_path, admin_token=short)
     assert problem == "server.admin_token: must be at least 16 characters"
     assert short not in problem  # the problem is told, not the value
-    assert load_with(tmp_path, admin_token=short + "y").server.admin_token == short + "y"
+    assert load_with(tmp_path, admin_token=short + "y").server.admin_token == Secret(short + "y")
 
 
 def test_metrics_need_token_without_a_token_is_an_error(tmp_path: Path) -> None:

@@ -75,6 +75,15 @@ def gateway_env() -> dict[str, str]:
 
 
 @pytest.fixture
+def shipped_config(tmp_path: Path) -> Path:
+    """The ConfigMap's config.yaml as shipped: its TLS files exist only in the pod, and only
+    `check` and `run` open them, so reading the config here needs none."""
+    path = tmp_path / "config.yaml"
+    path.write_text(config_text())
+    return path
+
+
+@pytest.fixture
 def local_config(tmp_path: Path) -> Path:
     """The ConfigMap's config.yaml with its TLS files replaced by a fresh self-signed pair."""
     certificate = make_certificate(tmp_path / "tls", "gateway")
@@ -143,26 +152,26 @@ def test_configmap_config_passes_check_without_showing_the_password(local_config
     assert SECRET not in result.stdout + result.stderr
 
 
-def test_secret_provides_every_variable_the_config_needs(local_config: Path) -> None:
+def test_secret_provides_every_variable_the_config_needs(shipped_config: Path) -> None:
     environ = gateway_env()
     assert set(environ) == {"STORE_URL", "MONETAG_SECRET", "ADMIN_TOKEN"}
     assert urlsplit(environ["STORE_URL"]).scheme == "postgresql"
-    config = load_config(local_config, environ)  # every ${NAME} is set from the Secret
+    config = load_config(shipped_config, environ)  # every ${NAME} is set from the Secret
     assert config.store is not None and config.store.url == environ["STORE_URL"]
     needed = set(re.findall(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}", config_text()))
     assert needed == set(environ)
 
 
-def test_termination_grace_covers_drain_and_shutdown(local_config: Path) -> None:
-    server = loaded(local_config).server
+def test_termination_grace_covers_drain_and_shutdown(shipped_config: Path) -> None:
+    server = loaded(shipped_config).server
     grace = pod_spec()["terminationGracePeriodSeconds"]
     assert server.drain_delay > 0
     assert grace > server.drain_delay + server.shutdown_grace
     assert grace <= server.drain_delay + server.shutdown_grace + 30  # a margin, not a guess
 
 
-def test_probes_use_the_named_admin_port(local_config: Path) -> None:
-    server = loaded(local_config).server
+def test_probes_use_the_named_admin_port(shipped_config: Path) -> None:
+    server = loaded(shipped_config).server
     gateway = container("gateway")
     assert gateway["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "admin"}
     assert gateway["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "admin"}
@@ -171,9 +180,9 @@ def test_probes_use_the_named_admin_port(local_config: Path) -> None:
 
 
 def test_service_exposes_the_public_port_and_keeps_the_client_address(
-    local_config: Path,
+    shipped_config: Path,
 ) -> None:
-    config = loaded(local_config)
+    config = loaded(shipped_config)
     service = manifests()["Service"]["spec"]
     [port] = service["ports"]
     assert port["targetPort"] == "public"
@@ -184,8 +193,8 @@ def test_service_exposes_the_public_port_and_keeps_the_client_address(
     assert service["externalTrafficPolicy"] == "Local"
 
 
-def test_gateway_forwards_to_the_app_container_over_loopback(local_config: Path) -> None:
-    [route] = loaded(local_config).routes
+def test_gateway_forwards_to_the_app_container_over_loopback(shipped_config: Path) -> None:
+    [route] = loaded(shipped_config).routes
     assert route.delivery == "queued"
     [upstream] = route.upstreams
     command = container("app")["command"]

@@ -17,10 +17,13 @@ from ..errors import SecretMissing, SecretRepeated, SecretWrong
 from .paramnames import comparable_set, poses_as
 
 Pairs = Sequence[tuple[str, str]]
+HIDDEN = "**********"  # what a secret's repr shows in its place, whatever its type
 
 
 class Secret:
-    """A secret value that never shows itself in a repr, a log line or an exception."""
+    """A secret value that never shows itself in a repr, a log line or an exception: route
+    keys and the admin token. (Secret URLs, which clients take as text, are `SecretUrl`s in
+    config/model.py, hidden the same way.)"""
 
     __slots__ = ("_value", "digest")
 
@@ -32,7 +35,7 @@ class Secret:
         return self._value
 
     def __repr__(self) -> str:
-        return "Secret('**********')"
+        return f"Secret('{HIDDEN}')"
 
     __str__ = __repr__
 

@@ -24,9 +24,11 @@ from .model import (
     UpstreamConfig,
 )
 from .reader import DocumentReader
+from .values import DURATION_EXAMPLES, parse_duration
 from .yamlfile import read_yaml
 
 __all__ = [
+    "DURATION_EXAMPLES",
     "ConfigError",
     "DedupConfig",
     "GatewayConfig",
@@ -38,6 +40,7 @@ __all__ = [
     "UpstreamConfig",
     "load_config",
     "parse_config",
+    "parse_duration",
 ]
 
 

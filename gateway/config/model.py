@@ -17,7 +17,7 @@ from typing import Any
 from yarl import URL
 
 from ..checks.addresses import AddressSet
-from ..checks.secret import SecretCheck
+from ..checks.secret import HIDDEN, Secret, SecretCheck
 from ..checks.validate import DEFAULT_MAX_ESTIMATED_PRICE
 from ..postback import CANONICAL_FIELDS, EVENT_TYPE, YMID, ZONE_ID
 from ..shown import shown_url
@@ -81,6 +81,8 @@ class ConfigError(Exception):
 
 
 EVERY_ADDRESS = "*"  # `listen: "*:8080"`: every local address, IPv4 and IPv6
+# each wildcard host, and the loopback address a client on this machine reaches it at: the one
+# place that knows which hosts are wildcards
 _LOOPBACK_FOR = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1", EVERY_ADDRESS: "127.0.0.1"}
 
 
@@ -103,8 +105,14 @@ class ListenAddress:
         return self.host in ("127.0.0.1", "::1", "localhost") or self.host.startswith("127.")
 
     @property
+    def wildcard(self) -> bool:
+        """Whether it listens on every address of a family (or of both, `*`)."""
+        return self.host in _LOOPBACK_FOR
+
+    @property
     def from_here(self) -> ListenAddress:
-        """Where a client on this machine reaches the listener: a wildcard becomes loopback."""
+        """Where a client on this machine reaches the listener (`health`, `fire`, the
+        inspector's links): a wildcard becomes loopback of its family."""
         return ListenAddress(_LOOPBACK_FOR.get(self.host, self.host), self.port)
 
 
@@ -133,7 +141,7 @@ class ServerConfig:
     tls: TlsConfig | None = None  # terminate TLS on the public port (1.2 and newer)
     # The inspector on the admin port: its token (from the environment), whether /metrics
     # needs it too, and how many recent postbacks each process keeps in memory (0: none).
-    admin_token: str | None = field(default=None, repr=False)
+    admin_token: Secret | None = None
     admin_insecure: bool = False  # a non-loopback admin port without a token, on purpose
     metrics_need_token: bool = False
     recent_postbacks: int = 1000
@@ -158,15 +166,17 @@ class DedupConfig:
     ttl: float = DEFAULT_DEDUP_TTL
     max_entries: int = DEFAULT_DEDUP_MAX_ENTRIES
     backend: DedupBackend = DedupBackend.MEMORY
-    redis_url: RedisUrl | None = field(default=None, repr=False)
+    redis_url: RedisUrl | None = None
     on_redis_error: OnRedisError = OnRedisError.FAIL_CLOSED
 
 
 class SecretUrl(str):
-    """A URL that may carry a password or a key: never shown whole (`shown_url`)."""
+    """A URL that may carry a password or a key: never shown whole (`shown_url`), and its repr
+    hides it as `Secret`'s does. Text (a str), since the clients that connect take it so.
+    The base of every secret URL in the config: a new one is a subclass."""
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}('***')"
+        return f"{type(self).__name__}('{HIDDEN}')"
 
     @property
     def shown(self) -> str:
@@ -260,7 +270,7 @@ class StoreConfig:
     by every replica)."""
 
     path: str | None = None
-    url: PostgresUrl | None = field(default=None, repr=False)
+    url: PostgresUrl | None = None
 
     @property
     def shown(self) -> str:

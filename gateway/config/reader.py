@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import ssl
 import urllib.parse
 from dataclasses import replace
 from types import MappingProxyType
@@ -15,9 +14,7 @@ from ..checks.secret import Secret, SecretCheck
 from ..checks.validate import value_problem
 from ..postback import LOWERCASED_FIELDS
 from ..shown import quoted
-from ..tls import describe_load_error, server_context
 from .model import (
-    EVERY_ADDRESS,
     AllowIpsMode,
     DedupBackend,
     DedupConfig,
@@ -71,9 +68,8 @@ def _same_dedup(first: DedupConfig, second: DedupConfig) -> bool:
 
 def _overlap(first: ListenAddress, second: ListenAddress) -> bool:
     """Would the two listeners fight over one port? (Port 0 means any free port.)"""
-    wildcards = {"0.0.0.0", "::", "", EVERY_ADDRESS}
     return first.port == second.port != 0 and (
-        first.host == second.host or bool({first.host, second.host} & wildcards)
+        first.host == second.host or first.wildcard or second.wildcard
     )
 
 
@@ -235,26 +231,23 @@ class DocumentReader(ValueReader):
             names.append(name)
         return tuple(names) if len(names) == len(items) else None
 
-    def admin_token(self, value: Any, path: str) -> str | None:
+    def admin_token(self, value: Any, path: str) -> Secret | None:
         token = self.string(value, path, secret=True)
-        if token is not None and len(token) < MIN_ADMIN_TOKEN:
+        if token is None:
+            return None
+        if len(token) < MIN_ADMIN_TOKEN:
             self.problem(path, f"must be at least {MIN_ADMIN_TOKEN} characters")
             return None
-        return token
+        return Secret(token)
 
     def tls(self, value: Any, path: str) -> TlsConfig | None:
-        """Certificate and key files (PEM), loaded now so a bad pair is a config error."""
+        """The paths of the certificate and key files (PEM), not the files: serving loads them
+        (`gateway/tls.py`), and `check`, `run` and a reload try them first, so a bad pair is
+        still a config problem there, while commands that only read the config (`queue`)
+        need no certificate."""
         readers: dict[str, Reader] = {"cert_file": self.string, "key_file": self.string}
         values = self.section(value, path, TlsConfig, readers, required=("cert_file", "key_file"))
-        if values is None:
-            return None
-        config = TlsConfig(**values)
-        try:
-            server_context(config)
-        except (OSError, ssl.SSLError) as error:
-            self.problem(path, describe_load_error(error))
-            return None
-        return config
+        return None if values is None else TlsConfig(**values)
 
     def routes(self, value: Any, path: str) -> tuple[RouteConfig, ...] | None:
         if value is None:

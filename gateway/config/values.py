@@ -22,8 +22,9 @@ _URL_PATH = re.compile(r"/[A-Za-z0-9\-._~!$&'()*+,;=:@/]*")
 _PARAM_NAME = re.compile(r"[A-Za-z0-9_.\-\[\]]{1,128}")
 _HEADER_NAME = re.compile(r"[A-Za-z0-9-]{1,128}")
 _ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
-_DURATION = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)?")
-_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+_DURATION = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h|d)?")
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
+DURATION_EXAMPLES = "500ms, 5s, 10m, 24h, 7d"
 
 T = TypeVar("T")
 E = TypeVar("E", bound=StrEnum)
@@ -32,6 +33,15 @@ Reader = Callable[[Any, str], Any]  # (value, key path) -> the value read, or No
 
 class _FromEnvironment(str):
     """A string that came from ${VAR}: may stand for a number, as environment values do."""
+
+
+def parse_duration(text: str) -> float | None:
+    """The seconds a duration means, or None if `text` is none: a number, whole or with a
+    fraction, alone (seconds) or followed by ms, s, m, h or d (`500ms`, `1.5s`, `7d`, `30`).
+    The one grammar of durations, in the config and on the command line
+    (`queue purge --older-than`); each caller decides which range it accepts."""
+    match = _DURATION.fullmatch(text.strip())
+    return None if match is None else float(match.group(1)) * _DURATION_UNITS[match.group(2)]
 
 
 def key_path(parent: str, key: object) -> str:
@@ -174,18 +184,16 @@ class ValueReader:
 
     def duration(self, value: Any, path: str, allow_zero: bool = False) -> float | None:
         if isinstance(value, bool) or not isinstance(value, int | float | str):
-            self.problem(path, f"expected a duration like 500ms, 5s, 10m, 24h; got {quoted(value)}")
+            self.problem(path, f"expected a duration like {DURATION_EXAMPLES}; got {quoted(value)}")
             return None
         seconds: float | None = None
         if isinstance(value, int | float):
             seconds = float(value)
         else:
             text = self.substitute(value, path)
-            match = _DURATION.fullmatch(text.strip()) if text is not None else None
-            if match is not None:
-                seconds = float(match.group(1)) * _DURATION_UNITS[match.group(2)]
-            elif text is not None:
-                self.problem(path, f"{quoted(text)} is not a duration like 500ms, 5s, 10m, 24h")
+            seconds = parse_duration(text) if text is not None else None
+            if seconds is None and text is not None:
+                self.problem(path, f"{quoted(text)} is not a duration like {DURATION_EXAMPLES}")
                 return None
         if seconds is not None and not (
             0 < seconds < float("inf") or (allow_zero and seconds == 0)

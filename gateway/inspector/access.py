@@ -20,7 +20,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import ipaddress
 import logging
@@ -50,13 +49,9 @@ MAX_TRACKED_ADDRESSES = 10_000  # addresses whose failures are remembered; the o
 FAILURE_WINDOW = 60.0  # failures are remembered this long, and logged once per this
 
 
-def _digest(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
-
-
 def token_matches(server: ServerConfig, given: str) -> bool:
     token = server.admin_token
-    return token is not None and hmac.compare_digest(given.encode(), token.encode())
+    return token is not None and hmac.compare_digest(given.encode(), token.reveal())
 
 
 # -- Host --------------------------------------------------------------------------------------
@@ -101,7 +96,7 @@ def _is_port(text: str) -> bool:
 class Session:
     id: str
     form_token: str
-    token_digest: str  # of the admin_token it was opened with: a new token ends it
+    token_digest: bytes  # of the admin_token it was opened with: a new token ends it
     expires_at: float
 
 
@@ -119,7 +114,7 @@ class Sessions:
         session = Session(
             secrets.token_urlsafe(32),
             secrets.token_hex(32),
-            _digest(server.admin_token),
+            server.admin_token.digest,
             self._clock() + server.admin_session_ttl,
         )
         self._open[session.id] = session
@@ -134,7 +129,7 @@ class Sessions:
         if self._clock() >= session.expires_at or token is None:
             del self._open[session_id]
             return None
-        if not hmac.compare_digest(session.token_digest, _digest(token)):
+        if not hmac.compare_digest(session.token_digest, token.digest):
             del self._open[session_id]  # the token changed: sign in again
             return None
         return session

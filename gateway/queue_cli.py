@@ -11,15 +11,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import math
 import time
 from datetime import UTC, datetime
 
-from ..config import GatewayConfig
-from ..shown import printable, quoted
-from .outbox import DEAD, PENDING, STATES, Outbox, StoreError
-from .service import open_outbox
+from .config import DURATION_EXAMPLES, GatewayConfig, parse_duration
+from .durable.outbox import DEAD, PENDING, STATES, Outbox, StoreError
+from .durable.service import open_outbox
+from .shown import printable, quoted
 
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 MAX_LIMIT = 100_000
 
 
@@ -53,7 +53,7 @@ def add_arguments(command: argparse.ArgumentParser) -> None:
     retry.add_argument("--route", help="with --dead: only this route")
     purge = actions.add_parser("purge", help="forget events delivered everywhere")
     purge.add_argument("--delivered", action="store_true", required=True)
-    purge.add_argument("--older-than", required=True, help="e.g. 7d, 12h")
+    purge.add_argument("--older-than", required=True, help=f"a duration: {DURATION_EXAMPLES}")
 
 
 def run(config: GatewayConfig, args: argparse.Namespace) -> int:
@@ -151,7 +151,8 @@ def _when(epoch: float) -> str:
 
 
 def _seconds(text: str) -> float:
-    unit = text[-1:]
-    if unit not in _UNITS or not text[:-1].isdigit():
-        raise SystemExit(f"--older-than {text!r}: use a number and s, m, h or d (e.g. 7d)")
-    return int(text[:-1]) * _UNITS[unit]
+    """`--older-than`, read as the config reads its durations (0 allowed: everything)."""
+    seconds = parse_duration(text)
+    if seconds is None or not math.isfinite(seconds):
+        raise SystemExit(f"--older-than {quoted(text)}: not a duration like {DURATION_EXAMPLES}")
+    return seconds
