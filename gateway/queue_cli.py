@@ -102,8 +102,10 @@ async def _stats(outbox: Outbox) -> int:
         print(f"route {route}: {counts}{oldest}")
     print(f"dedup keys stored: {await outbox.count_keys()}")
     for row in await outbox.listing(DEAD, None, 10):
-        print(f"dead: event {row.event_id} -> {printable(row.upstream)}: "
-              f"{printable(row.last_error or '')}")  # fmt: skip
+        print(
+            f"dead: event {row.event_id} -> {printable(row.upstream)}: "
+            f"{printable(row.last_error or '')}"
+        )
     return 0
 
 

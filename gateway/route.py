@@ -20,7 +20,7 @@ from .checks.query import Query
 from .checks.secret import Pairs, Scrubbed
 from .checks.validate import Validator
 from .config import RouteConfig
-from .config.model import AllowIpsMode, Delivery
+from .config.model import AllowIpsMode, DeliveryMode
 from .dedup import DedupKey, RouteDedup, dedup_key, key_fields
 from .errors import AddressNotAllowed, Filtered, GatewayError
 from .forwarding.forward import Upstream
@@ -74,7 +74,9 @@ class CompiledRoute:
         self.upstreams = tuple(Upstream(upstream, config.name) for upstream in config.upstreams)
         # what the store needs of it, on a queued route (`delivery: queued`)
         self.queued = (
-            QueuedRoute.of(config, self.upstreams) if config.delivery == Delivery.QUEUED else None
+            QueuedRoute.of(config, self.upstreams)
+            if config.delivery == DeliveryMode.QUEUED
+            else None
         )
         written = [name for upstream in self.upstreams for name in upstream.written_names]
         if self.secret_param is not None:

@@ -28,8 +28,8 @@ from gateway.durable.outbox import (
     MAX_KEPT_BODY,
     PENDING,
     RETRY,
-    Attempt,
     Delivery,
+    DeliveryResult,
     DeliveryState,
     NewEvent,
     Outbox,
@@ -127,7 +127,7 @@ async def claim(
 async def attempt(
     outbox: Outbox,
     event_id: int,
-    result: Attempt,
+    result: DeliveryResult,
     now: float,
     upstream: str = "app",
     route: str = "tapper",
@@ -137,16 +137,18 @@ async def attempt(
     assert await outbox.record(delivery, result, now), "a claimed delivery was not the caller's"
 
 
-def delivered(status: int = 200) -> Attempt:
-    return Attempt(DELIVERED, status=status)
+def delivered(status: int = 200) -> DeliveryResult:
+    return DeliveryResult(DELIVERED, status=status)
 
 
-def retry(at: float, error: str = "timeout", status: int | None = None) -> Attempt:
-    return Attempt(RETRY, error=error, status=status, retry_at=at)
+def retry(at: float, error: str = "timeout", status: int | None = None) -> DeliveryResult:
+    return DeliveryResult(RETRY, error=error, status=status, retry_at=at)
 
 
-def dead(error: str = "HTTP 400", status: int | None = 400, body: str | None = None) -> Attempt:
-    return Attempt(DEAD, error=error, status=status, body=body)
+def dead(
+    error: str = "HTTP 400", status: int | None = 400, body: str | None = None
+) -> DeliveryResult:
+    return DeliveryResult(DEAD, error=error, status=status, body=body)
 
 
 async def state_of(outbox: Outbox, event_id: int, upstream: str = "app") -> DeliveryState:
@@ -306,7 +308,7 @@ async def test_due_busy_ids_of_other_upstreams_do_not_shrink_the_batch(outbox: O
         pytest.param(dead(), id="dead"),
     ],
 )
-async def test_due_skips_deliveries_not_due(outbox: Outbox, result: Attempt) -> None:
+async def test_due_skips_deliveries_not_due(outbox: Outbox, result: DeliveryResult) -> None:
     skipped = await enqueue(outbox, 100.0)
     kept = await enqueue(outbox, 101.0)
 
@@ -365,7 +367,7 @@ async def test_retried_delivery_is_due_again_at_its_next_attempt(outbox: Outbox)
     ],
 )
 async def test_record_of_the_callers_delivery_says_it_was_recorded(
-    outbox: Outbox, result: Attempt
+    outbox: Outbox, result: DeliveryResult
 ) -> None:
     await enqueue(outbox, 100.0)
     (delivery,) = await outbox.due("tapper", "app", 100.0, 10, frozenset(), lease=LEASE)

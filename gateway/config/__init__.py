@@ -56,8 +56,9 @@ def load_config(
             # bytes, not text mode: the checksum must match `sha256sum` even for CRLF files
             raw = file.read(MAX_CONFIG_BYTES + 1)
         if len(raw) > MAX_CONFIG_BYTES:
-            raise ConfigError([f"config file {os.fspath(path)!r} is larger than "
-                               f"{MAX_CONFIG_BYTES} bytes"])  # fmt: skip
+            raise ConfigError(
+                [f"config file {os.fspath(path)!r} is larger than {MAX_CONFIG_BYTES} bytes"]
+            )
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
         raise ConfigError([f"config file {os.fspath(path)!r} is not UTF-8 text"]) from None

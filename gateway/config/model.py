@@ -55,7 +55,7 @@ class AllowIpsMode(StrEnum):
     LOG_ONLY = "log_only"  # let everyone in, log and count whom allow_ips would reject
 
 
-class Delivery(StrEnum):
+class DeliveryMode(StrEnum):
     SYNC = "sync"  # forward, then answer with the app's answer
     QUEUED = "queued"  # answer once durably stored, deliver in the background
 
@@ -296,7 +296,7 @@ class RouteConfig:
     from_template: bool = field(default=False, metadata=DERIVED)
     # canonical fields Monetag can deliver on this route (from the template or the aliases)
     delivers: frozenset[str] = field(default=frozenset(CANONICAL_FIELDS), metadata=DERIVED)
-    delivery: Delivery = Delivery.SYNC
+    delivery: DeliveryMode = DeliveryMode.SYNC
     queue: QueueConfig = field(default_factory=QueueConfig)
     # the most one event may claim to be worth, in USD; more is refused (400), so a forged
     # or garbled price cannot poison the revenue figures

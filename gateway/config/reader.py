@@ -18,7 +18,7 @@ from .model import (
     AllowIpsMode,
     DedupBackend,
     DedupConfig,
-    Delivery,
+    DeliveryMode,
     GatewayConfig,
     ListenAddress,
     LogFormat,
@@ -91,7 +91,7 @@ class DocumentReader(ValueReader):
         self.warn_about_plain_http(server, routes)
         if store is None and "store" not in top:
             for route in routes:
-                if route.delivery == Delivery.QUEUED:
+                if route.delivery == DeliveryMode.QUEUED:
                     self.problem(
                         f"routes.{route.name}.delivery",
                         "queued delivery needs a top-level `store:` (path or url)",
@@ -137,10 +137,12 @@ class DocumentReader(ValueReader):
 
     def queue(self, value: Any, path: str) -> QueueConfig | None:
         readers: dict[str, Reader] = {
-            "max_attempts": self.positive_int, "max_age": self.duration,
-            "concurrency": self.positive_int, "retry_base": self.duration,
+            "max_attempts": self.positive_int,
+            "max_age": self.duration,
+            "concurrency": self.positive_int,
+            "retry_base": self.duration,
             "retry_cap": self.duration,
-        }  # fmt: skip
+        }
         values = self.section(value, path, QueueConfig, readers)
         return None if values is None else QueueConfig(**values)
 
@@ -155,17 +157,25 @@ class DocumentReader(ValueReader):
 
     def server(self, value: Any, path: str) -> ServerConfig | None:
         readers: dict[str, Reader] = {
-            "listen": self.listen_address, "admin_listen": self.listen_address,
-            "trusted_proxies": self.address_set, "max_in_flight": self.positive_int,
+            "listen": self.listen_address,
+            "admin_listen": self.listen_address,
+            "trusted_proxies": self.address_set,
+            "max_in_flight": self.positive_int,
             "max_connections": self.positive_int,
-            "shutdown_grace": self.duration_or_zero, "drain_delay": self.duration_or_zero,
-            "client_timeout": self.duration, "max_query_length": self.positive_int,
-            "reload_interval": self.duration_or_zero, "tls": self.tls,
-            "admin_token": self.admin_token, "admin_insecure": self.boolean,
-            "metrics_need_token": self.boolean, "recent_postbacks": self.count,
-            "admin_hosts": self.host_names, "admin_session_ttl": self.duration,
+            "shutdown_grace": self.duration_or_zero,
+            "drain_delay": self.duration_or_zero,
+            "client_timeout": self.duration,
+            "max_query_length": self.positive_int,
+            "reload_interval": self.duration_or_zero,
+            "tls": self.tls,
+            "admin_token": self.admin_token,
+            "admin_insecure": self.boolean,
+            "metrics_need_token": self.boolean,
+            "recent_postbacks": self.count,
+            "admin_hosts": self.host_names,
+            "admin_session_ttl": self.duration,
             "trust_public_proxies": self.boolean,
-        }  # fmt: skip
+        }
         values = self.section(value, path, ServerConfig, readers)
         if values is None:
             return None
@@ -297,18 +307,31 @@ class DocumentReader(ValueReader):
 
     def route(self, name: str, value: Any, path: str) -> RouteConfig | None:
         readers: dict[str, Reader] = {
-            "path": self.url_path, "upstreams": self.upstreams, "allow_ips": self.allowlist,
-            "secret": self.secret, "aliases": self.aliases, "required": self.field_list,
-            "dedup": self.dedup, "insecure": self.boolean,
-            "allow_ips_mode": self.chooser(AllowIpsMode), "match": self.match,
-            "drop_unknown": self.boolean, "delivery": self.chooser(Delivery), "queue": self.queue,
-            "max_estimated_price": self.decimal, "template": self.template,
+            "path": self.url_path,
+            "upstreams": self.upstreams,
+            "allow_ips": self.allowlist,
+            "secret": self.secret,
+            "aliases": self.aliases,
+            "required": self.field_list,
+            "dedup": self.dedup,
+            "insecure": self.boolean,
+            "allow_ips_mode": self.chooser(AllowIpsMode),
+            "match": self.match,
+            "drop_unknown": self.boolean,
+            "delivery": self.chooser(DeliveryMode),
+            "queue": self.queue,
+            "max_estimated_price": self.decimal,
+            "template": self.template,
             "deadline": self.duration,
-        }  # fmt: skip
+        }
         values = self.section(
-            value, path, RouteConfig, readers, extra=frozenset({"template"}),
+            value,
+            path,
+            RouteConfig,
+            readers,
+            extra=frozenset({"template"}),
             required=("path", "upstreams"),
-        )  # fmt: skip
+        )
         if values is None:
             return None
         if "dedup" not in values:  # `defaults.dedup` still applies
@@ -346,11 +369,14 @@ class DocumentReader(ValueReader):
         if not enforced_allowlist and route.secret is None and not route.insecure:
             self.problem(
                 path,
-                ("allow_ips takes in every address and there is no secret"
-                 if everyone else "has neither an enforced allow_ips nor a secret")
+                (
+                    "allow_ips takes in every address and there is no secret"
+                    if everyone
+                    else "has neither an enforced allow_ips nor a secret"
+                )
                 + ": anyone could grant rewards; add one, or write `insecure: true` if that "
                 "is really meant",
-            )  # fmt: skip
+            )
         elif (route.allow_ips is None or everyone) and not route.insecure:
             self.warnings.append(f"{path}: no allow_ips, so any address may call (secret only)")
         elif route.secret is None and not route.insecure:
@@ -435,8 +461,11 @@ class DocumentReader(ValueReader):
     # -- route parts ----------------------------------------------------------------------
 
     def secret(self, value: Any, path: str) -> SecretCheck | None:
-        readers: dict[str, Reader] = {"query_param": self.param_name, "header": self.header_name,
-                   "keys": self.secret_keys}  # fmt: skip
+        readers: dict[str, Reader] = {
+            "query_param": self.param_name,
+            "header": self.header_name,
+            "keys": self.secret_keys,
+        }
         values = self.section(value, path, SecretCheck, readers, required=("keys",))
         if values is None:
             return None
@@ -480,11 +509,14 @@ class DocumentReader(ValueReader):
     def dedup(self, value: Any, path: str) -> DedupConfig | None:
         """A route's dedup section, on top of `defaults.dedup` (its keys are validated there)."""
         readers: dict[str, Reader] = {
-            "key": self.field_list, "scope": self.dedup_scope, "ttl": self.duration,
+            "key": self.field_list,
+            "scope": self.dedup_scope,
+            "ttl": self.duration,
             "max_entries": self.positive_int,
-            "backend": self.chooser(DedupBackend), "redis_url": self.redis_url,
+            "backend": self.chooser(DedupBackend),
+            "redis_url": self.redis_url,
             "on_redis_error": self.chooser(OnRedisError),
-        }  # fmt: skip
+        }
         if isinstance(value, dict):
             value = {**self.dedup_defaults, **value}
         values = self.section(value, path, DedupConfig, readers)
@@ -552,10 +584,14 @@ class DocumentReader(ValueReader):
 
     def upstream(self, value: Any, path: str) -> UpstreamConfig | None:
         readers: dict[str, Reader] = {
-            "url": self.upstream_url, "timeout": self.duration, "retries": self.retries,
-            "rename": self.rename, "static_params": self.static_params,
-            "keep_alive": self.boolean, "name": self.upstream_name,
-        }  # fmt: skip
+            "url": self.upstream_url,
+            "timeout": self.duration,
+            "retries": self.retries,
+            "rename": self.rename,
+            "static_params": self.static_params,
+            "keep_alive": self.boolean,
+            "name": self.upstream_name,
+        }
         values = self.section(value, path, UpstreamConfig, readers, required=("url",))
         if values is None:
             return None

@@ -28,10 +28,12 @@ def read_yaml(text: str) -> Any:
     except RecursionError:
         raise ConfigError(["config is nested too deeply"]) from None
     if size > MAX_VALUES:
-        raise ConfigError([
-            f"config expands to more than {MAX_VALUES} values (YAML anchors and aliases "
-            "repeat what they point at): write it out, or use fewer of them"
-        ])  # fmt: skip
+        raise ConfigError(
+            [
+                f"config expands to more than {MAX_VALUES} values (YAML anchors and aliases "
+                "repeat what they point at): write it out, or use fewer of them"
+            ]
+        )
     return document
 
 

@@ -28,7 +28,16 @@ from ..forwarding.policy import Verdict, backoff, queued_answer, queued_failure
 from ..forwarding.queued import QueuedRoute
 from ..metrics import Metrics
 from ..record import UpstreamAttempt
-from .outbox import DEAD, DELIVERED, RETRY, Attempt, Delivery, Outbox, StoreError, storable_text
+from .outbox import (
+    DEAD,
+    DELIVERED,
+    RETRY,
+    Delivery,
+    DeliveryResult,
+    Outbox,
+    StoreError,
+    storable_text,
+)
 
 log = logging.getLogger("gateway.deliverer")
 
@@ -139,9 +148,13 @@ class Deliverer:
             if attempt.state == DEAD:
                 log.warning(
                     "delivery dead-lettered",
-                    extra={"event_id": delivery.event_id, "upstream": upstream.label,
-                           "request_id": delivery.request_id, "detail": _describe(result)},
-                )  # fmt: skip
+                    extra={
+                        "event_id": delivery.event_id,
+                        "upstream": upstream.label,
+                        "request_id": delivery.request_id,
+                        "detail": _describe(result),
+                    },
+                )
         except StoreError as error:
             log.error("cannot record a delivery", extra={"detail": str(error)})
         except Exception:  # a bug: said loudly; the delivery stays pending, tried again later
@@ -150,7 +163,7 @@ class Deliverer:
             self._busy[(route.name, upstream.label)].discard(delivery.event_id)
             self.wake()
 
-    async def _record(self, delivery: Delivery, attempt: Attempt, now: float) -> bool:
+    async def _record(self, delivery: Delivery, attempt: DeliveryResult, now: float) -> bool:
         """Record the attempt's result, trying again while the store is unavailable (until
         shutdown): a delivered event whose result is not recorded would be sent again. The
         delivery stays busy here meanwhile, and its lease keeps other replicas off it."""
@@ -176,7 +189,7 @@ class Deliverer:
         result: UpstreamReply | AttemptFailure,
         now: float,
         sends: int,
-    ) -> Attempt:
+    ) -> DeliveryResult:
         """Delivered; dead (refused for good, or out of attempts or time); or retry later
         (`policy.py` says which answers are which). `sends`: the requests this attempt wrote
         to the app (each one counts)."""
@@ -185,20 +198,20 @@ class Deliverer:
         else:
             verdict, status = queued_failure(result), None
         if verdict is Verdict.DELIVERED:
-            return Attempt(DELIVERED, status=status, sends=sends)
+            return DeliveryResult(DELIVERED, status=status, sends=sends)
         if verdict is Verdict.REFUSED:
             body = storable_text(result.body) if isinstance(result, UpstreamReply) else None
             error = f"refused: {status}"
-            return Attempt(DEAD, error=error, status=status, body=body, sends=sends)
+            return DeliveryResult(DEAD, error=error, status=status, body=body, sends=sends)
         # Verdict.RETRY: again later, unless out of attempts or time
         error = storable_text(_describe(result))
         attempts = delivery.attempts + sends
         if attempts >= queue.max_attempts or now - delivery.since >= queue.max_age:
             gave_up = f"gave up after {attempts}: {error}"
-            return Attempt(DEAD, error=gave_up, status=status, sends=sends)
+            return DeliveryResult(DEAD, error=gave_up, status=status, sends=sends)
         # the attempts-th retry: every send so far counts, a stale connection's resend too
         delay = backoff(attempts, queue.retry_base, queue.retry_cap)
-        return Attempt(RETRY, error=error, status=status, retry_at=now + delay, sends=sends)
+        return DeliveryResult(RETRY, error=error, status=status, retry_at=now + delay, sends=sends)
 
 
 def _describe(result: UpstreamReply | AttemptFailure) -> str:

@@ -60,7 +60,7 @@ class Delivery:
 
 
 @dataclass(frozen=True, slots=True)
-class Attempt:
+class DeliveryResult:
     """What one delivery attempt came to: DELIVERED, DEAD (with why), or RETRY at `retry_at`."""
 
     state: str
@@ -221,7 +221,7 @@ class Outbox(Protocol):
         another takes it over. (One process alone: SQLite needs no lease.)"""
         ...
 
-    async def record(self, delivery: Delivery, attempt: Attempt, now: float) -> bool:
+    async def record(self, delivery: Delivery, attempt: DeliveryResult, now: float) -> bool:
         """Record an attempt's result on its delivery; False, and nothing recorded, if the
         delivery was no longer this process's (its lease ran out and another took it)."""
         ...

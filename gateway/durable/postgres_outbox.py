@@ -43,9 +43,9 @@ from .outbox import (
     DEAD,
     DELIVERED,
     MAX_KEPT_BODY,
-    Attempt,
     Availability,
     Delivery,
+    DeliveryResult,
     DeliveryState,
     DeliverySummary,
     EventDetail,
@@ -187,7 +187,7 @@ class _Result:
     """An attempt's result, waiting to be recorded with others."""
 
     delivery: Delivery
-    attempt: Attempt
+    attempt: DeliveryResult
     now: float
 
 
@@ -284,7 +284,7 @@ class PostgresOutbox:
             for row in rows
         ]
 
-    async def record(self, delivery: Delivery, attempt: Attempt, now: float) -> bool:
+    async def record(self, delivery: Delivery, attempt: DeliveryResult, now: float) -> bool:
         return await self._results.submit(_Result(delivery, attempt, now))
 
     async def bury_orphans(self, targets: Mapping[str, Sequence[str]], now: float) -> int:

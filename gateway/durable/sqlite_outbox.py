@@ -20,9 +20,9 @@ from .outbox import (
     DEAD,
     DELIVERED,
     MAX_KEPT_BODY,
-    Attempt,
     Availability,
     Delivery,
+    DeliveryResult,
     DeliveryState,
     DeliverySummary,
     EventDetail,
@@ -113,7 +113,7 @@ class SqliteOutbox:
             partial(due, route=route, upstream=upstream, now=now, limit=limit, busy=busy)
         )
 
-    async def record(self, delivery: Delivery, attempt: Attempt, now: float) -> bool:
+    async def record(self, delivery: Delivery, attempt: DeliveryResult, now: float) -> bool:
         await self.store.run(partial(record_attempt, delivery=delivery, attempt=attempt, now=now))
         return True
 
@@ -223,7 +223,7 @@ def _delivery_of(row: tuple[Any, ...]) -> Delivery:
 
 
 def record_attempt(
-    connection: sqlite3.Connection, delivery: Delivery, attempt: Attempt, now: float
+    connection: sqlite3.Connection, delivery: Delivery, attempt: DeliveryResult, now: float
 ) -> None:
     if attempt.state == DELIVERED:
         assert attempt.status is not None

@@ -202,9 +202,12 @@ class Forwarder:
                 raise UpstreamBadResponse(f"{upstream.label}: {result.detail}")
             log.info(
                 "upstream attempt failed",
-                extra={"upstream": upstream.label, "attempt": attempt + 1,
-                       "failure": failure.detail},
-            )  # fmt: skip
+                extra={
+                    "upstream": upstream.label,
+                    "attempt": attempt + 1,
+                    "failure": failure.detail,
+                },
+            )
         gave_up = UpstreamTimeout if failure.timed_out else UpstreamDown
         spent = "" if attempts == upstream.retries + 1 else f", deadline {budget:g}s spent"
         raise gave_up(f"{upstream.label}: {failure.detail} after {attempts} attempt(s){spent}")
@@ -253,9 +256,14 @@ class Forwarder:
         """The attempt's reply or failure, and its metric's status_class."""
         try:
             answer = await self._client.get(
-                url, headers, upstream.timeout, keep_alive=upstream.keep_alive,
-                max_body=MAX_REPLY_BYTES, fresh=fresh, deadline=deadline,
-            )  # fmt: skip
+                url,
+                headers,
+                upstream.timeout,
+                keep_alive=upstream.keep_alive,
+                max_body=MAX_REPLY_BYTES,
+                fresh=fresh,
+                deadline=deadline,
+            )
             reply = _reply_of(answer, headers.get("X-Idempotency-Key"))
         except TimeoutError:
             return AttemptFailure("timeout", timed_out=True), "timeout"
