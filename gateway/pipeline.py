@@ -59,7 +59,7 @@ class Queued:
 Handled = Forwarded | Queued
 
 
-class Outbox(Protocol):
+class EventQueue(Protocol):
     """Where a queued route's events are stored (the durable store)."""
 
     async def enqueue(
@@ -82,7 +82,7 @@ class Gateway:
         client: UpstreamClient,
         metrics: Metrics,
         dedup: Mapping[str, RouteDedup],
-        outbox: Outbox | None = None,
+        queue: EventQueue | None = None,
     ) -> None:
         self.config = config
         self._client = client
@@ -98,7 +98,7 @@ class Gateway:
         self._idle = asyncio.Event()
         self._idle.set()
         self._copies: set[asyncio.Task[None]] = set()
-        self._outbox = outbox
+        self._queue = queue
 
     async def handle(self, request: web.BaseRequest) -> Handled:
         self._active += 1
@@ -138,11 +138,11 @@ class Gateway:
         self, route: CompiledRoute, postback: Postback, key: DedupKey, record: RequestRecord
     ) -> Queued:
         """`delivery: queued`: answered 200 once the event is durably stored, delivered later."""
-        assert self._outbox is not None  # config validation: queued routes need a store
+        assert self._queue is not None  # config validation: queued routes need a store
         async with route.dedup.reserve(key, queued=True) as reservation:
             record.handed_to = "store"
             assert route.queued is not None
-            accepted = await self._outbox.enqueue(
+            accepted = await self._queue.enqueue(
                 route.queued, postback, key, record.request_id, record.client or ""
             )
             reservation.commit()  # stored now, or known to the store from before

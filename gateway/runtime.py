@@ -23,7 +23,7 @@ from .deadline import Deadline
 from .dedup import Backend, RouteDedup
 from .dedup.redis_reservations import RedisReservations, redis_client
 from .dedup.shared import SharedReservations
-from .durable.service import Durable
+from .durable.service import Store
 from .forwarding.policy import SYNC_BACKOFF_CAP
 from .forwarding.queued import QueuedRoute
 from .forwarding.upstream_client import BODY_WAIT, UpstreamClient
@@ -110,8 +110,8 @@ class Runtime:
         self.journal = Journal(config.server.recent_postbacks)  # for the inspector
         self.loaded_at = time.time()  # when the running config was loaded
         self.reload_error: list[str] | None = None  # the problems of the last failed reload
-        self.durable = (
-            Durable(config.store, self.metrics, on_attempt=self.journal.attempted)
+        self.store = (
+            Store(config.store, self.metrics, on_attempt=self.journal.attempted)
             if config.store
             else None
         )
@@ -129,8 +129,8 @@ class Runtime:
     async def start(self) -> None:
         """Open the store if there is one (StoreError if it cannot be), then serve the config."""
         gateway = self._build(self.config)
-        if self.durable is not None:
-            await self.durable.start(_queued(gateway))
+        if self.store is not None:
+            await self.store.start(_queued(gateway))
         self._gateway = gateway
         self.metrics.config_loaded()
 
@@ -149,8 +149,8 @@ class Runtime:
         self.config = config
         self.loaded_at, self.reload_error = time.time(), None
         self.journal.resize(config.server.recent_postbacks)
-        if self.durable is not None:
-            await self.durable.serve(_queued(self._gateway))
+        if self.store is not None:
+            await self.store.serve(_queued(self._gateway))
         configure_logging(config.logging.format, config.logging.level)
         self.metrics.config_loaded(self.restart_pending)
         if old is not None:
@@ -176,8 +176,8 @@ class Runtime:
             await self._gateway.retire(deadline)
         if self._retiring and deadline.left():
             await asyncio.wait(set(self._retiring), timeout=deadline.left())
-        if self.durable is not None:
-            await self.durable.close(deadline)
+        if self.store is not None:
+            await self.store.close(deadline)
         for client in self._redis_clients.values():
             await client.aclose()
 
@@ -191,7 +191,7 @@ class Runtime:
         self.dedup = dedup
         self._forget_retired_scopes({route.dedup_scope for route in config.routes})
         client = UpstreamClient(MAX_UPSTREAM_CONNECTIONS)
-        return Gateway(config, client, self.metrics, self.dedup, self.durable)
+        return Gateway(config, client, self.metrics, self.dedup, self.store)
 
     def _dedup_for(self, route: RouteConfig) -> RouteDedup:
         """The dedup of the route's scope, kept across reloads, renames and removals."""
@@ -233,8 +233,8 @@ class Runtime:
         backends: list[Backend] = []
         # longer than the slowest delivery, so only a crashed replica's reservation expires
         hold = longest_delivery_of(route) + RESERVATION_MARGIN
-        if self.durable is not None:
-            backends.append(self.durable.keys_for(hold))
+        if self.store is not None:
+            backends.append(self.store.keys_for(hold))
         dedup = route.dedup
         if dedup.backend == DedupBackend.REDIS and dedup.redis_url is not None:
             client = self._redis_clients.get(dedup.redis_url)

@@ -355,7 +355,7 @@ async def test_200_whose_connection_breaks_is_delivered_once_on_a_queued_route(
         app, store=db_path, delivery="queued", queue={"retry_base": "50ms", "retry_cap": "100ms"}
     )
     gateway = await start_gateway(config)
-    outbox = gateway.runtime.durable.outbox  # type: ignore[union-attr]
+    outbox = gateway.runtime.store.outbox  # type: ignore[union-attr]
 
     first = await postback(http, gateway, "u1")
     assert first[:2] == (200, "queued")

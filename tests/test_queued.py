@@ -218,26 +218,26 @@ async def test_an_answer_with_a_nul_byte_is_kept_storable_and_blocks_nothing(
     # attempts 0", its result retried every 0.5 s forever, /readyz flapping.
     app = start_upstream(default=Answer(400, "bad\x00body"))
     gateway = await start_gateway(queued_yaml([app.url], store_at))
-    durable = gateway.runtime.durable
-    assert durable is not None
+    store = gateway.runtime.store
+    assert store is not None
 
     assert (await get(http, gateway.postback_url(), CLICK))[:2] == (200, "queued")
     other = {**CLICK, "uid": "user-2"}
     assert (await get(http, gateway.postback_url(), other))[:2] == (200, "queued")
 
     async def both_dead() -> bool:
-        listed = await durable.outbox.listing(None, None, 10)
+        listed = await store.outbox.listing(None, None, 10)
         return [item.state for item in listed] == ["dead", "dead"]
 
     await eventually_async(both_dead)
-    for item in await durable.outbox.listing(None, None, 10):
-        shown = await durable.outbox.show(item.event_id)
+    for item in await store.outbox.listing(None, None, 10):
+        shown = await store.outbox.show(item.event_id)
         assert shown is not None
         (delivery,) = shown.deliveries
         assert (delivery.attempts, delivery.last_status) == (1, 400)
         assert delivery.last_body is not None and delivery.last_body.startswith("bad\ufffdbody")
         assert "\x00" not in delivery.last_body
-    assert durable.available
+    assert store.available
 
 
 async def test_two_upstreams_differing_only_in_their_query_each_get_every_event(
@@ -257,7 +257,7 @@ async def test_two_upstreams_differing_only_in_their_query_each_get_every_event(
     assert Counter(received.query["dest"] for received in app.received) == {
         "app": 3, "analytics": 3
     }  # fmt: skip
-    assert gateway.runtime.durable is not None and gateway.runtime.durable.available
+    assert gateway.runtime.store is not None and gateway.runtime.store.available
 
 
 async def test_deliveries_stored_under_an_upstreams_earlier_label_are_still_delivered(
@@ -281,11 +281,11 @@ async def test_deliveries_stored_under_an_upstreams_earlier_label_are_still_deli
 
     gateway = await start_gateway(queued_yaml([f"{app.url}/postback"], store_at))
 
-    durable = gateway.runtime.durable
-    assert durable is not None
+    store = gateway.runtime.store
+    assert store is not None
 
     async def delivered() -> bool:
-        (listed,) = await durable.outbox.listing(None, None, 10)
+        (listed,) = await store.outbox.listing(None, None, 10)
         return (listed.upstream, listed.state) == (app.label, "delivered")
 
     await eventually_async(delivered)

@@ -47,7 +47,7 @@ def open_outbox(
     return SqliteOutbox(config.path, on_commit=on_commit, exclusive=for_gateway)
 
 
-class Durable:
+class Store:
     def __init__(
         self,
         config: StoreConfig,

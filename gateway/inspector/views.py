@@ -205,15 +205,15 @@ class Inspector:
         )
 
     async def queue(self, request: web.Request) -> web.Response:
-        durable = self._runtime.durable
+        store = self._runtime.store
         context: dict[str, Any] = {"store": self._store_state(), "error": None}
         done = request.query.get("done", "")  # a count only: never text from a link
         context.update(stats={}, pending=[], dead=[], redriven=int(done) if _is_id(done) else None)
-        if durable is not None:
+        if store is not None:
             try:
                 context["stats"] = await self._queue_stats()
-                context["pending"] = await durable.outbox.listing("pending", None, QUEUE_LISTED)
-                context["dead"] = await durable.outbox.listing("dead", None, QUEUE_LISTED)
+                context["pending"] = await store.outbox.listing("pending", None, QUEUE_LISTED)
+                context["dead"] = await store.outbox.listing("dead", None, QUEUE_LISTED)
             except StoreError as error:
                 context["error"] = str(error)
         return self._render(request, "queue.html", context)
@@ -225,15 +225,15 @@ class Inspector:
         if not self._access.action_allowed(request, str(form.get("form_token", ""))):
             log.warning("inspector action refused: cross-site or without the form token")
             raise web.HTTPForbidden(text="refused: not from the inspector's own page")
-        durable = self._runtime.durable
-        if durable is None:
+        store = self._runtime.store
+        if store is None:
             raise web.HTTPConflict(text="no store: nothing is queued")
         event = str(form.get("event_id", ""))
         if event and not _is_id(event):
             raise web.HTTPBadRequest(text="event_id: expected a whole number")
         route = str(form.get("route", "")) or None
         try:
-            count = await durable.redrive(int(event) if event else None, route)
+            count = await store.redrive(int(event) if event else None, route)
         except StoreError as error:
             raise web.HTTPServiceUnavailable(text=f"the store failed: {error}") from None
         log.info("inspector re-drove deliveries", extra={"count": count})
@@ -297,17 +297,17 @@ class Inspector:
         return web.Response(text=text, content_type="text/html")
 
     def _store_state(self) -> str | None:
-        durable = self._runtime.durable
-        if durable is None:
+        store = self._runtime.store
+        if store is None:
             return None
-        return "up" if durable.available else "down"
+        return "up" if store.available else "down"
 
     async def _queue_stats(self) -> dict[str, dict[str, Any]]:
-        durable = self._runtime.durable
-        if durable is None:
+        store = self._runtime.store
+        if store is None:
             return {}
         try:
-            snapshot = await durable.outbox.stats()
+            snapshot = await store.outbox.stats()
         except StoreError:
             return {}
         now = time.time()

@@ -62,8 +62,8 @@ def create_admin_app(runtime: Runtime) -> web.Application:
         return web.json_response({"status": "alive"})
 
     async def readyz(request: web.Request) -> web.Response:
-        durable = runtime.durable
-        store_up = durable is None or durable.available
+        store = runtime.store
+        store_up = store is None or store.available
         if runtime.ready and store_up:
             status, code = "ready", 200
         elif runtime.ready:
@@ -71,7 +71,7 @@ def create_admin_app(runtime: Runtime) -> web.Application:
         else:
             status, code = ("draining" if runtime.draining else "starting"), 503
         body: dict[str, object] = {"status": status, "config_checksum": runtime.config.checksum}
-        if durable is not None:
+        if store is not None:
             body["store"] = "up" if store_up else "down"
         if runtime.restart_pending:  # keys of that config still waiting for a restart
             body["restart_pending"] = runtime.restart_pending
