@@ -55,7 +55,7 @@ async def answer(runtime: Runtime, request: web.BaseRequest) -> web.StreamRespon
     except Exception:
         # A bug, not a verdict: answer 500 so the sender retries, and say so loudly.
         log.exception("unexpected error", extra={"request_id": record.request_id})
-        record.outcome, record.reason = Outcome.UPSTREAM_ERROR, "internal_error"
+        record.outcome, record.reason = Outcome.UPSTREAM_ERROR, GatewayError.reason
         response = web.json_response({"outcome": record.outcome, "error": "internal"}, status=500)
     finally:
         runtime.in_flight -= 1
