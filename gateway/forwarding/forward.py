@@ -36,7 +36,6 @@ from .upstream_client import (
     UpstreamConnectionError,
 )
 
-MAX_REPLY_BYTES = 64 * 1024  # an app's answer to a postback is small; never buffer more
 # a Content-Type passed back to the sender: visible ASCII and spaces, nothing aiohttp would
 # refuse to write (a bare LF or NUL would drop the sender's connection with no answer)
 _SAFE_CONTENT_TYPE = re.compile(r"[\x20-\x7e]{1,200}")
@@ -260,7 +259,6 @@ class Forwarder:
                 headers,
                 upstream.timeout,
                 keep_alive=upstream.keep_alive,
-                max_body=MAX_REPLY_BYTES,
                 fresh=fresh,
                 deadline=deadline,
             )

@@ -42,7 +42,7 @@ from typing import NoReturn
 import httptools
 from yarl import URL
 
-MAX_BODY_BYTES = 64 * 1024  # what forward.py keeps of an answer (MAX_REPLY_BYTES)
+MAX_BODY_BYTES = 64 * 1024  # an app's answer to a postback is small; never buffer more
 BODY_WAIT = 1.0  # seconds for the body once the head is in: the status is already known
 MAX_HEAD_BYTES = 64 * 1024  # status lines and header fields, interim answers included
 # Header fields read from an answer; the rest are only checked by llhttp.
