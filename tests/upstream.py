@@ -76,6 +76,8 @@ class RecordingUpstream:
         self.body = body
         self._received: list[Received] = []
         self._lock = threading.Lock()
+        self._handling: list[web.Request] = []  # requests not answered yet
+        self._most_at_once = 0
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(
             target=self._loop.run_forever, name="recording-upstream", daemon=True
@@ -116,6 +118,13 @@ class RecordingUpstream:
     def for_ymid(self, ymid: str) -> list[Received]:
         return [request for request in self.received if request.ymid == ymid]
 
+    @property
+    def most_at_once(self) -> int:
+        """The most requests it was handling at the same time so far. A request counts until
+        it is answered or its sender hangs up: a sender may give up on a delayed answer."""
+        with self._lock:
+            return self._most_at_once
+
     def accepted_per_key(self) -> Counter[str]:
         """How many times each idempotency key was answered 2xx."""
         return Counter(request.key for request in self.received if _accepted(request))
@@ -148,6 +157,19 @@ class RecordingUpstream:
         await asyncio.gather(*others, return_exceptions=True)
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
+        with self._lock:
+            self._handling.append(request)
+            # counted as each request arrives: a sender that hung up before (its connection
+            # closing) was seen to hang up by then, its FIN having come before the new request
+            at_once = sum(1 for handled in self._handling if _connected(handled))
+            self._most_at_once = max(self._most_at_once, at_once)
+        try:
+            return await self._answer(request)
+        finally:
+            with self._lock:
+                self._handling.remove(request)
+
+    async def _answer(self, request: web.Request) -> web.StreamResponse:
         received = Received(
             request.path,
             MultiDict(request.query),
@@ -170,6 +192,10 @@ class RecordingUpstream:
         if body is None:
             body = self.body if answer.status < 300 else "nope"
         return web.Response(status=answer.status, text=body)
+
+
+def _connected(request: web.Request) -> bool:
+    return request.transport is not None and not request.transport.is_closing()
 
 
 def _answer_of(behaviour: Behaviour, number: int, received: Received) -> Answer:
