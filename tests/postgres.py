@@ -71,8 +71,18 @@ class PostgresCluster:
             if self._as_server:
                 server = _server_account()
                 os.chown(self.directory, server.pw_uid, server.pw_gid)
-            self._run("initdb", "-D", str(self.data), "-A", "trust", "-U", "postgres",
-                      "-E", "UTF8", "--no-instructions")  # fmt: skip
+            self._run(
+                "initdb",
+                "-D",
+                str(self.data),
+                "-A",
+                "trust",
+                "-U",
+                "postgres",
+                "-E",
+                "UTF8",
+                "--no-instructions",
+            )
         except BaseException:
             shutil.rmtree(self.directory, ignore_errors=True)
             raise
@@ -85,12 +95,22 @@ class PostgresCluster:
         assert self._server is None, "already started"
         with self.log.open("ab") as log:
             self._server = subprocess.Popen(
-                [str(self._bin / "postgres"), "-D", str(self.data), "-p", str(self.port),
-                 "-k", str(self.directory),
-                 *(f"-c{name}={value}" for name, value in SETTINGS.items())],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=log, cwd=self.directory,
+                [
+                    str(self._bin / "postgres"),
+                    "-D",
+                    str(self.data),
+                    "-p",
+                    str(self.port),
+                    "-k",
+                    str(self.directory),
+                    *(f"-c{name}={value}" for name, value in SETTINGS.items()),
+                ],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                cwd=self.directory,
                 **self._server_user(),
-            )  # fmt: skip
+            )
         deadline = time.monotonic() + PATIENCE
         while not self._ready(self._server.pid):
             if self._server.poll() is not None or time.monotonic() > deadline:
@@ -139,10 +159,22 @@ class PostgresCluster:
     def sql(self, statement: str, database: str = "postgres") -> str:
         """Run one statement with psql; its output, unaligned, without headers."""
         done = subprocess.run(
-            [str(self._bin / "psql") if (self._bin / "psql").exists() else "psql",
-             "-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-d", self.url(database), "-c", statement],
-            capture_output=True, text=True, timeout=PATIENCE,
-        )  # fmt: skip
+            [
+                str(self._bin / "psql") if (self._bin / "psql").exists() else "psql",
+                "-X",
+                "-A",
+                "-t",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-d",
+                self.url(database),
+                "-c",
+                statement,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=PATIENCE,
+        )
         if done.returncode != 0:
             pytest.fail(f"psql {statement!r}: {done.stderr.strip()}", pytrace=False)
         return done.stdout
@@ -183,8 +215,9 @@ class PostgresCluster:
             command, cwd=self.directory, capture_output=True, text=True, timeout=PATIENCE + 30
         )
         if done.returncode != 0:
-            self._fail(f"{program} {' '.join(args)} failed ({done.returncode})",
-                       done.stdout + done.stderr)  # fmt: skip
+            self._fail(
+                f"{program} {' '.join(args)} failed ({done.returncode})", done.stdout + done.stderr
+            )
 
 
 def _server_account() -> pwd.struct_passwd:

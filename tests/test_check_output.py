@@ -151,11 +151,14 @@ def test_check_says_aliases_came_from_aliases_on_a_route_without_template(
 @pytest.mark.parametrize(
     "route, never",
     [
-        pytest.param("tapper", {"sub_zone_id", "request_var", "telegram_id", "estimated_price"},
-                     id="template-carries-four-macros"),
+        pytest.param(
+            "tapper",
+            {"sub_zone_id", "request_var", "telegram_id", "estimated_price"},
+            id="template-carries-four-macros",
+        ),
         pytest.param("spinner", {"zone_id"}, id="alias-renames-zone-id-away"),
     ],
-)  # fmt: skip
+)
 def test_check_lists_the_fields_never_delivered(
     summary: tuple[str, str, str], route: str, never: set[str]
 ) -> None:
@@ -215,18 +218,35 @@ def test_check_prints_no_secret_and_no_static_value(summary: tuple[str, str, str
 @pytest.mark.parametrize(
     "old, new, key_path",
     [
-        pytest.param(f"&token={FILE_KEY}", "&token=not-a-key-of-this-route",
-                     "routes.tapper.template", id="template-key-not-accepted"),
-        pytest.param("/postback/tapper?", "/postback/elsewhere?", "routes.tapper.template",
-                     id="template-path-differs"),
-        pytest.param("&zone={zone_id}", f"&zone={{zone_id}}&token={FILE_KEY}",
-                     "routes.tapper.template", id="secret-parameter-twice"),
-        pytest.param("&zone={zone_id}", "", "routes.tapper.dedup.key[2]",
-                     id="dedup-field-not-carried"),
-        pytest.param("version: 2}", "version: 2, 'bad name': x}",
-                     "routes.tapper.upstreams[1].static_params.bad name", id="bad-static-name"),
+        pytest.param(
+            f"&token={FILE_KEY}",
+            "&token=not-a-key-of-this-route",
+            "routes.tapper.template",
+            id="template-key-not-accepted",
+        ),
+        pytest.param(
+            "/postback/tapper?",
+            "/postback/elsewhere?",
+            "routes.tapper.template",
+            id="template-path-differs",
+        ),
+        pytest.param(
+            "&zone={zone_id}",
+            f"&zone={{zone_id}}&token={FILE_KEY}",
+            "routes.tapper.template",
+            id="secret-parameter-twice",
+        ),
+        pytest.param(
+            "&zone={zone_id}", "", "routes.tapper.dedup.key[2]", id="dedup-field-not-carried"
+        ),
+        pytest.param(
+            "version: 2}",
+            "version: 2, 'bad name': x}",
+            "routes.tapper.upstreams[1].static_params.bad name",
+            id="bad-static-name",
+        ),
     ],
-)  # fmt: skip
+)
 def test_check_of_a_bad_config_exits_2_without_secrets(
     tmp_path: Path, old: str, new: str, key_path: str
 ) -> None:

@@ -126,16 +126,36 @@ def test_check_reports_config_warnings(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     "old, new, key_path, phrase",
     [
-        pytest.param("203.0.113.0/24]", "203.0.113.7/24]", "routes.tapper.allow_ips[2]",
-                     "host bits", id="cidr-with-host-bits"),
-        pytest.param("        retries: 1\n", "        retries: two\n",
-                     "routes.tapper.upstreams[0].retries", "whole number", id="retries-is-a-word"),
-        pytest.param("'${MONETAG_SECRET}', ", "'${UNSET_GATEWAY_KEY}', ",
-                     "routes.tapper.secret.keys[0]", "UNSET_GATEWAY_KEY", id="unset-variable"),
-        pytest.param("    aliases:", "    alow_ips: []\n    aliases:", "routes.tapper.alow_ips",
-                     "unknown key", id="misspelt-key"),
+        pytest.param(
+            "203.0.113.0/24]",
+            "203.0.113.7/24]",
+            "routes.tapper.allow_ips[2]",
+            "host bits",
+            id="cidr-with-host-bits",
+        ),
+        pytest.param(
+            "        retries: 1\n",
+            "        retries: two\n",
+            "routes.tapper.upstreams[0].retries",
+            "whole number",
+            id="retries-is-a-word",
+        ),
+        pytest.param(
+            "'${MONETAG_SECRET}', ",
+            "'${UNSET_GATEWAY_KEY}', ",
+            "routes.tapper.secret.keys[0]",
+            "UNSET_GATEWAY_KEY",
+            id="unset-variable",
+        ),
+        pytest.param(
+            "    aliases:",
+            "    alow_ips: []\n    aliases:",
+            "routes.tapper.alow_ips",
+            "unknown key",
+            id="misspelt-key",
+        ),
     ],
-)  # fmt: skip
+)
 @pytest.mark.parametrize("command", ["check", "run", "health"])
 def test_bad_config_exits_2_naming_key_path_and_problem(
     tmp_path: Path, command: str, old: str, new: str, key_path: str, phrase: str

@@ -106,8 +106,10 @@ def test_nginx_start_script_fills_in_the_networks_dns_server(tmp_path: Path) -> 
     script = (REPO / "deploy/nginx-start.sh").read_text()
     lb = compose()["services"]["lb"]
     mounts = dict(volume.rsplit(":", 1)[0].split(":", 1) for volume in lb["volumes"])
-    assert mounts == {"./deploy/nginx.conf": "/etc/nginx/gateway.conf.in",
-                      "./deploy/nginx-start.sh": "/etc/nginx/nginx-start.sh"}  # fmt: skip
+    assert mounts == {
+        "./deploy/nginx.conf": "/etc/nginx/gateway.conf.in",
+        "./deploy/nginx-start.sh": "/etc/nginx/nginx-start.sh",
+    }
     assert lb["command"] == ["sh", "/etc/nginx/nginx-start.sh"]
     # run it here, with its paths pointed into tmp_path and nginx replaced by `cat`
     for nameserver, resolver in (("127.0.0.11", "127.0.0.11"), ("fd00::1", "[fd00::1]")):
@@ -211,9 +213,12 @@ def test_replicas_stop_after_draining_and_queue_with_a_short_retry_cap() -> None
 def test_compose_gateway_config_passes_check() -> None:
     result = subprocess.run(
         [sys.executable, "-m", "gateway", "check", "--config", "deploy/gateway.yaml"],
-        cwd=REPO, capture_output=True, text=True, timeout=30,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=30,
         env=command_env(SECRET, STORE_URL=compose_env()["STORE_URL"], ADMIN_TOKEN=ADMIN_TOKEN),
-    )  # fmt: skip
+    )
     assert result.returncode == 0, result.stderr
     assert (
         "  store PostgreSQL postgresql://***@postgres:5432/gateway, shared by every replica"
@@ -263,8 +268,11 @@ def test_walkthrough_queue_command_is_one_the_cli_accepts(tmp_path: Path) -> Non
     nowhere = f"postgresql://gateway:{PASSWORD}@127.0.0.1:{free_port()}/gateway"
     result = subprocess.run(
         [sys.executable, "-m", "gateway", *arguments],
-        cwd=REPO, capture_output=True, text=True, timeout=60,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
         env=command_env(SECRET, STORE_URL=nowhere, ADMIN_TOKEN=ADMIN_TOKEN),
-    )  # fmt: skip
+    )
     assert "cannot open the store" in result.stdout, result.stderr
     assert PASSWORD not in result.stdout + result.stderr

@@ -154,166 +154,473 @@ OTHER_ROUTE = {"path": "/postback/other", "insecure": True, "upstreams": [{"url"
 @pytest.mark.parametrize(
     "changes, environ, key_path, phrase",
     [
-        pytest.param({"metrics": {"port": 9100}}, ENV, "metrics", "unknown key",
-                     id="unknown-top-level-key"),
-        pytest.param({"server.listne": "127.0.0.1:1"}, ENV, "server.listne", "unknown key",
-                     id="unknown-server-key"),
-        pytest.param({"routes.tapper.alow_ips": ["1.2.3.4"]}, ENV, "routes.tapper.alow_ips",
-                     "unknown key", id="misspelt-route-key"),
-        pytest.param({"routes.tapper.upstreams.0.timout": "1s"}, ENV,
-                     "routes.tapper.upstreams[0].timout", "unknown key",
-                     id="misspelt-upstream-key"),
-        pytest.param({"routes.tapper.upstreams.0.retries": "two"}, ENV,
-                     "routes.tapper.upstreams[0].retries", "whole number", id="retries-is-a-word"),
-        pytest.param({"routes.tapper.upstreams.0.retries": "3"}, ENV,
-                     "routes.tapper.upstreams[0].retries", "whole number",
-                     id="retries-is-a-quoted-number-in-the-file"),
-        pytest.param({"routes.tapper.upstreams.0.retries": True}, ENV,
-                     "routes.tapper.upstreams[0].retries", "whole number", id="retries-is-a-bool"),
-        pytest.param({"routes.tapper.upstreams.0.timeout": [1]}, ENV,
-                     "routes.tapper.upstreams[0].timeout", "duration", id="timeout-is-a-list"),
-        pytest.param({"routes.tapper.insecure": "yes"}, ENV, "routes.tapper.insecure",
-                     "true or false", id="insecure-is-a-string"),
-        pytest.param({"routes.tapper.allow_ips": "203.0.113.0/24"}, ENV, "routes.tapper.allow_ips",
-                     "expected a list", id="allow-ips-is-not-a-list"),
-        pytest.param({"routes.tapper.allow_ips": ["203.0.113.0/24", "::1", "10.0.0.0/33"]}, ENV,
-                     "routes.tapper.allow_ips[2]", "10.0.0.0/33", id="bad-cidr-at-index-2"),
-        pytest.param({"routes.tapper.allow_ips": ["1.2.3.4/24"]}, ENV, "routes.tapper.allow_ips[0]",
-                     "'1.2.3.4/24' has host bits", id="cidr-with-host-bits"),
-        pytest.param({"routes.tapper.allow_ips": ["1.2.3.4:80"]}, ENV,
-                     "routes.tapper.allow_ips[0]", "1.2.3.4:80", id="address-with-port"),
-        pytest.param({"routes.tapper.allow_ips": ["10.0.0.9-10.0.0.1"]}, ENV,
-                     "routes.tapper.allow_ips[0]", "ends before it starts", id="backwards-range"),
-        pytest.param({"routes.tapper.allow_ips": []}, ENV, "routes.tapper.allow_ips",
-                     "allows nobody", id="empty-allowlist"),
-        pytest.param({"server.trusted_proxies": ["lb.internal"]}, ENV, "server.trusted_proxies[0]",
-                     "lb.internal", id="bad-trusted-proxy"),
-        pytest.param({"routes.tapper.upstreams.0.timeout": "5 parsecs"}, ENV,
-                     "routes.tapper.upstreams[0].timeout", "not a duration", id="unknown-unit"),
-        pytest.param({"routes.tapper.dedup": {"ttl": "0s"}}, ENV, "routes.tapper.dedup.ttl",
-                     "longer than zero", id="zero-duration"),
-        pytest.param({"routes.tapper.dedup": {"ttl": 0}}, ENV, "routes.tapper.dedup.ttl",
-                     "longer than zero", id="zero-bare-number"),
-        pytest.param({"routes.tapper.upstreams.0.timeout": "-1s"}, ENV,
-                     "routes.tapper.upstreams[0].timeout", "not a duration",
-                     id="negative-duration"),
-        pytest.param({"routes.tapper.upstreams.0.timeout": -1}, ENV,
-                     "routes.tapper.upstreams[0].timeout", "longer than zero",
-                     id="negative-bare-number"),
-        pytest.param({"routes.tapper.secret.keys": ["${NOT_SET_ANYWHERE}"]}, ENV,
-                     "routes.tapper.secret.keys[0]", "NOT_SET_ANYWHERE",
-                     id="unset-variable-without-default"),
-        pytest.param({"routes.tapper.path": "${ROUTE_PATH}"}, {}, "routes.tapper.path",
-                     "environment variable ROUTE_PATH is not set", id="unset-variable-in-path"),
-        pytest.param({"routes.tapper.secret.keys": ["${EMPTY_KEY:-}"]}, ENV,
-                     "routes.tapper.secret.keys[0]", "empty", id="secret-from-empty-default"),
-        pytest.param({"routes.tapper.path": "postback"}, ENV, "routes.tapper.path",
-                     "absolute path", id="relative-path"),
-        pytest.param({"routes.tapper.path": DROP}, ENV, "routes.tapper.path", "is required",
-                     id="missing-path"),
-        pytest.param({"routes.other": {**OTHER_ROUTE, "path": "/postback/tapper"}}, ENV,
-                     "routes.other.path", "already the path of route 'tapper'",
-                     id="duplicate-path-across-routes"),
-        pytest.param({"routes.tapper.allow_ips": DROP, "routes.tapper.secret": DROP}, ENV,
-                     "routes.tapper", "neither an enforced allow_ips", id="unprotected-route"),
-        pytest.param({"routes.tapper.secret.header": "X-Postback-Key"}, ENV,
-                     "routes.tapper.secret", "exactly one of query_param or header",
-                     id="secret-in-query-and-header"),
-        pytest.param({"routes.tapper.secret.query_param": DROP}, ENV, "routes.tapper.secret",
-                     "exactly one of query_param or header", id="secret-with-no-location"),
-        pytest.param({"routes.tapper.secret.keys": []}, ENV, "routes.tapper.secret.keys",
-                     "at least one key", id="secret-without-keys"),
-        pytest.param({"routes.tapper.secret.keys": DROP}, ENV, "routes.tapper.secret.keys",
-                     "is required", id="secret-keys-missing"),
-        pytest.param({"routes.tapper.secret.header": "X Key", "routes.tapper.secret.query_param":
-                      DROP}, ENV, "routes.tapper.secret.header", "header name",
-                     id="header-name-with-space"),
-        pytest.param({"routes.tapper.aliases": {"event": "evt_type"}}, ENV,
-                     "routes.tapper.aliases.event", "not a canonical field",
-                     id="alias-to-unknown-field"),
-        pytest.param({"routes.tapper.required": ["ymid", "user"]}, ENV, "routes.tapper.required[1]",
-                     "not a canonical field", id="required-unknown-field"),
-        pytest.param({"routes.tapper.dedup": {"key": ["uid"]}}, ENV, "routes.tapper.dedup.key[0]",
-                     "not a canonical field", id="dedup-key-unknown-field"),
-        pytest.param({"routes.tapper.dedup": {"key": []}}, ENV, "routes.tapper.dedup.key",
-                     "at least one field", id="dedup-key-empty"),
-        pytest.param({"routes.tapper.dedup": {"max_entries": 0}}, ENV,
-                     "routes.tapper.dedup.max_entries", "at least 1", id="dedup-max-entries-zero"),
-        pytest.param({"routes.tapper.aliases": {"zone_id": "sub_zone_id"},
-                      "routes.tapper.dedup": {"key": ["ymid", "zone_id"]}}, ENV,
-                     "routes.tapper.dedup.key[1]", "can never be present",
-                     id="dedup-key-renamed-away-by-alias"),
-        pytest.param({"routes.tapper.aliases": {"event_type": "reward_event_type"},
-                      "routes.tapper.dedup": {"key": ["ymid"]}}, ENV,
-                     "routes.tapper.required[1]", "can never be present",
-                     id="required-field-renamed-away-by-alias"),
-        pytest.param({"routes.tapper.secret.query_param": "ymid"}, ENV,
-                     "routes.tapper.secret.query_param", "postback field name",
-                     id="secret-param-is-a-canonical-field"),
-        pytest.param({"routes.tapper.secret.query_param": "uid"}, ENV,
-                     "routes.tapper.secret.query_param", "postback field name",
-                     id="secret-param-is-an-alias-source"),
-        pytest.param({"routes.tapper.upstreams.0.url": "ftp://files.example/postback"}, ENV,
-                     "routes.tapper.upstreams[0].url", "http:// or https://",
-                     id="upstream-not-http"),
-        pytest.param({"routes.tapper.upstreams.0.url": "127.0.0.1:3000/postback"}, ENV,
-                     "routes.tapper.upstreams[0].url", "http:// or https://",
-                     id="upstream-without-scheme"),
-        pytest.param({"routes.tapper.upstreams.0.url": DROP}, ENV,
-                     "routes.tapper.upstreams[0].url", "is required", id="upstream-without-url"),
-        pytest.param({"routes.tapper.upstreams": []}, ENV, "routes.tapper.upstreams",
-                     "at least one upstream", id="no-upstreams"),
-        pytest.param({"routes.tapper.upstreams.0.retries": 11}, ENV,
-                     "routes.tapper.upstreams[0].retries", "between 0 and 10",
-                     id="retries-above-range"),
-        pytest.param({"routes.tapper.upstreams.0.retries": -1}, ENV,
-                     "routes.tapper.upstreams[0].retries", "between 0 and 10",
-                     id="retries-below-range"),
-        pytest.param({"routes.tapper.upstreams.0.rename": {"event": "evt"}}, ENV,
-                     "routes.tapper.upstreams[0].rename.event", "not a canonical field",
-                     id="rename-of-unknown-field"),
-        pytest.param({"server.listen": "8080"}, ENV, "server.listen", "not host:port",
-                     id="listen-port-only"),
-        pytest.param({"server.listen": "localhost"}, ENV, "server.listen", "not host:port",
-                     id="listen-host-only"),
-        pytest.param({"server.listen": "127.0.0.1:70000"}, ENV, "server.listen", "not host:port",
-                     id="listen-port-too-large"),
-        pytest.param({"server.admin_listen": "127.0.0.1:8080"}, ENV, "server.admin_listen",
-                     "must not share server.listen's port", id="admin-listen-equals-listen"),
+        pytest.param(
+            {"metrics": {"port": 9100}}, ENV, "metrics", "unknown key", id="unknown-top-level-key"
+        ),
+        pytest.param(
+            {"server.listne": "127.0.0.1:1"},
+            ENV,
+            "server.listne",
+            "unknown key",
+            id="unknown-server-key",
+        ),
+        pytest.param(
+            {"routes.tapper.alow_ips": ["1.2.3.4"]},
+            ENV,
+            "routes.tapper.alow_ips",
+            "unknown key",
+            id="misspelt-route-key",
+        ),
+        pytest.param(
+            {"routes.tapper.upstreams.0.timout": "1s"},
+            ENV,
+            "routes.tapper.upstreams[0].timout",
+            "unknown key",
+            id="misspelt-upstream-key",
+        ),
+        pytest.param(
+            {"routes.tapper.upstreams.0.retries": "two"},
+            ENV,
+            "routes.tapper.upstreams[0].retries",
+            "whole number",
+            id="retries-is-a-word",
+        ),
+        pytest.param(
+            {"routes.tapper.upstreams.0.retries": "3"},
+            ENV,
+            "routes.tapper.upstreams[0].retries",
+            "whole number",
+            id="retries-is-a-quoted-number-in-the-file",
+        ),
+        pytest.param(
+            {"routes.tapper.upstreams.0.retries": True},
+            ENV,
+            "routes.tapper.upstreams[0].retries",
+            "whole number",
+            id="retries-is-a-bool",
+        ),
+        pytest.param(
+            {"routes.tapper.upstreams.0.timeout": [1]},
+            ENV,
+            "routes.tapper.upstreams[0].timeout",
+            "duration",
+            id="timeout-is-a-list",
+        ),
+        pytest.param(
+            {"routes.tapper.insecure": "yes"},
+            ENV,
+            "routes.tapper.insecure",
+            "true or false",
+            id="insecure-is-a-string",
+        ),
+        pytest.param(
+            {"routes.tapper.allow_ips": "203.0.113.0/24"},
+            ENV,
+            "routes.tapper.allow_ips",
+            "expected a list",
+            id="allow-ips-is-not-a-list",
+        ),
+        pytest.param(
+            {"routes.tapper.allow_ips": ["203.0.113.0/24", "::1", "10.0.0.0/33"]},
+            ENV,
+            "routes.tapper.allow_ips[2]",
+            "10.0.0.0/33",
+            id="bad-cidr-at-index-2",
+        ),
+        pytest.param(
+            {"routes.tapper.allow_ips": ["1.2.3.4/24"]},
+            ENV,
+            "routes.tapper.allow_ips[0]",
+            "'1.2.3.4/24' has host bits",
+            id="cidr-with-host-bits",
+        ),
+        pytest.param(
+            {"routes.tapper.allow_ips": ["1.2.3.4:80"]},
+            ENV,
+            "routes.tapper.allow_ips[0]",
+            "1.2.3.4:80",
+            id="address-with-port",
+        ),
+        pytest.param(
+            {"routes.tapper.allow_ips": ["10.0.0.9-10.0.0.1"]},
+            ENV,
+            "routes.tapper.allow_ips[0]",
+            "ends before it starts",
+            id="backwards-range",
+        ),
+        pytest.param(
+            {"routes.tapper.allow_ips": []},
+            ENV,
+            "routes.tapper.allow_ips",
+            "allows nobody",
+            id="empty-allowlist",
+        ),
+        pytest.param(
+            {"server.trusted_proxies": ["lb.internal"]},
+            ENV,
+            "server.trusted_proxies[0]",
+            "lb.internal",
+            id="bad-trusted-proxy",
+        ),
+        pytest.param(
+            {"routes.tapper.upstreams.0.timeout": "5 parsecs"},
+            ENV,
+            "routes.tapper.upstreams[0].timeout",
+            "not a duration",
+            id="unknown-unit",
+        ),
+        pytest.param(
+            {"routes.tapper.dedup": {"ttl": "0s"}},
+            ENV,
+            "routes.tapper.dedup.ttl",
+            "longer than zero",
+            id="zero-duration",
+        ),
+        pytest.param(
+            {"routes.tapper.dedup": {"ttl": 0}},
+            ENV,
+            "routes.tapper.dedup.ttl",
+            "longer than zero",
+            id="zero-bare-number",
+        ),
+        pytest.param(
+            {"routes.tapper.upstreams.0.timeout": "-1s"},
+            ENV,
+            "routes.tapper.upstreams[0].timeout",
+            "not a duration",
+            id="negative-duration",
+        ),
+        pytest.param(
+            {"routes.tapper.upstreams.0.timeout": -1},
+            ENV,
+            "routes.tapper.upstreams[0].timeout",
+            "longer than zero",
+            id="negative-bare-number",
+        ),
+        pytest.param(
+            {"routes.tapper.secret.keys": ["${NOT_SET_ANYWHERE}"]},
+            ENV,
+            "routes.tapper.secret.keys[0]",
+            "NOT_SET_ANYWHERE",
+            id="unset-variable-without-default",
+        ),
+        pytest.param(
+            {"routes.tapper.path": "${ROUTE_PATH}"},
+            {},
+            "routes.tapper.path",
+            "environment variable ROUTE_PATH is not set",
+            id="unset-variable-in-path",
+        ),
+        pytest.param(
+            {"routes.tapper.secret.keys": ["${EMPTY_KEY:-}"]},
+            ENV,
+            "routes.tapper.secret.keys[0]",
+            "empty",
+            id="secret-from-empty-default",
+        ),
+        pytest.param(
+            {"routes.tapper.path": "postback"},
+            ENV,
+            "routes.tapper.path",
+            "absolute path",
+            id="relative-path",
+        ),
+        pytest.param(
+            {"routes.tapper.path": DROP},
+            ENV,
+            "routes.tapper.path",
+            "is required",
+            id="missing-path",
+        ),
+        pytest.param(
+            {"routes.other": {**OTHER_ROUTE, "path": "/postback/tapper"}},
+            ENV,
+            "routes.other.path",
+            "already the path of route 'tapper'",
+            id="duplicate-path-across-routes",
+        ),
+        pytest.param(
+            {"routes.tapper.allow_ips": DROP, "routes.tapper.secret": DROP},
+            ENV,
+            "routes.tapper",
+            "neither an enforced allow_ips",
+            id="unprotected-route",
+        ),
+        pytest.param(
+            {"routes.tapper.secret.header": "X-Postback-Key"},
+            ENV,
+            "routes.tapper.secret",
+            "exactly one of query_param or header",
+            id="secret-in-query-and-header",
+        ),
+        pytest.param(
+            {"routes.tapper.secret.query_param": DROP},
+            ENV,
+            "routes.tapper.secret",
+            "exactly one of query_param or header",
+            id="secret-with-no-location",
+        ),
+        pytest.param(
+            {"routes.tapper.secret.keys": []},
+            ENV,
+            "routes.tapper.secret.keys",
+            "at least one key",
+            id="secret-without-keys",
+        ),
+        pytest.param(
+            {"routes.tapper.secret.keys": DROP},
+            ENV,
+            "routes.tapper.secret.keys",
+            "is required",
+            id="secret-keys-missing",
+        ),
+        pytest.param(
+            {"routes.tapper.secret.header": "X Key", "routes.tapper.secret.query_param": DROP},
+            ENV,
+            "routes.tapper.secret.header",
+            "header name",
+            id="header-name-with-space",
+        ),
+        pytest.param(
+            {"routes.tapper.aliases": {"event": "evt_type"}},
+            ENV,
+            "routes.tapper.aliases.event",
+            "not a canonical field",
+            id="alias-to-unknown-field",
+        ),
+        pytest.param(
+            {"routes.tapper.required": ["ymid", "user"]},
+            ENV,
+            "routes.tapper.required[1]",
+            "not a canonical field",
+            id="required-unknown-field",
+        ),
+        pytest.param(
+            {"routes.tapper.dedup": {"key": ["uid"]}},
+            ENV,
+            "routes.tapper.dedup.key[0]",
+            "not a canonical field",
+            id="dedup-key-unknown-field",
+        ),
+        pytest.param(
+            {"routes.tapper.dedup": {"key": []}},
+            ENV,
+            "routes.tapper.dedup.key",
+            "at least one field",
+            id="dedup-key-empty",
+        ),
+        pytest.param(
+            {"routes.tapper.dedup": {"max_entries": 0}},
+            ENV,
+            "routes.tapper.dedup.max_entries",
+            "at least 1",
+            id="dedup-max-entries-zero",
+        ),
+        pytest.param(
+            {
+                "routes.tapper.aliases": {"zone_id": "sub_zone_id"},
+                "routes.tapper.dedup": {"key": ["ymid", "zone_id"]},
+            },
+            ENV,
+            "routes.tapper.dedup.key[1]",
+            "can never be present",
+            id="dedup-key-renamed-away-by-alias",
+        ),
+        pytest.param(
+            {
+                "routes.tapper.aliases": {"event_type": "reward_event_type"},
+                "routes.tapper.dedup": {"key": ["ymid"]},
+            },
+            ENV,
+            "routes.tapper.required[1]",
+            "can never be present",
+            id="required-field-renamed-away-by-alias",
+        ),
+        pytest.param(
+            {"routes.tapper.secret.query_param": "ymid"},
+            ENV,
+            "routes.tapper.secret.query_param",
+            "postback field name",
+            id="secret-param-is-a-canonical-field",
+        ),
+        pytest.param(
+            {"routes.tapper.secret.query_param": "uid"},
+            ENV,
+            "routes.tapper.secret.query_param",
+            "postback field name",
+            id="secret-param-is-an-alias-source",
+        ),
+        pytest.param(
+            {"routes.tapper.upstreams.0.url": "ftp://files.example/postback"},
+            ENV,
+            "routes.tapper.upstreams[0].url",
+            "http:// or https://",
+            id="upstream-not-http",
+        ),
+        pytest.param(
+            {"routes.tapper.upstreams.0.url": "127.0.0.1:3000/postback"},
+            ENV,
+            "routes.tapper.upstreams[0].url",
+            "http:// or https://",
+            id="upstream-without-scheme",
+        ),
+        pytest.param(
+            {"routes.tapper.upstreams.0.url": DROP},
+            ENV,
+            "routes.tapper.upstreams[0].url",
+            "is required",
+            id="upstream-without-url",
+        ),
+        pytest.param(
+            {"routes.tapper.upstreams": []},
+            ENV,
+            "routes.tapper.upstreams",
+            "at least one upstream",
+            id="no-upstreams",
+        ),
+        pytest.param(
+            {"routes.tapper.upstreams.0.retries": 11},
+            ENV,
+            "routes.tapper.upstreams[0].retries",
+            "between 0 and 10",
+            id="retries-above-range",
+        ),
+        pytest.param(
+            {"routes.tapper.upstreams.0.retries": -1},
+            ENV,
+            "routes.tapper.upstreams[0].retries",
+            "between 0 and 10",
+            id="retries-below-range",
+        ),
+        pytest.param(
+            {"routes.tapper.upstreams.0.rename": {"event": "evt"}},
+            ENV,
+            "routes.tapper.upstreams[0].rename.event",
+            "not a canonical field",
+            id="rename-of-unknown-field",
+        ),
+        pytest.param(
+            {"server.listen": "8080"}, ENV, "server.listen", "not host:port", id="listen-port-only"
+        ),
+        pytest.param(
+            {"server.listen": "localhost"},
+            ENV,
+            "server.listen",
+            "not host:port",
+            id="listen-host-only",
+        ),
+        pytest.param(
+            {"server.listen": "127.0.0.1:70000"},
+            ENV,
+            "server.listen",
+            "not host:port",
+            id="listen-port-too-large",
+        ),
+        pytest.param(
+            {"server.admin_listen": "127.0.0.1:8080"},
+            ENV,
+            "server.admin_listen",
+            "must not share server.listen's port",
+            id="admin-listen-equals-listen",
+        ),
         pytest.param({"routes": DROP}, ENV, "routes", "at least one route", id="missing-routes"),
         pytest.param({"routes": {}}, ENV, "routes", "at least one route", id="empty-routes"),
-        pytest.param({"routes": ["tapper"]}, ENV, "routes", "expected a mapping",
-                     id="routes-is-a-list"),
-        pytest.param({"routes.bad name": OTHER_ROUTE}, ENV, "routes.bad name", "route name",
-                     id="route-name-with-space"),
-        pytest.param({"routes.tapper.path": "/postback%2Ftapper"}, ENV, "routes.tapper.path",
-                     "no %-escapes", id="path-with-an-escape"),
-        pytest.param({"routes.tapper.path": "/postback/t\u00e4pper"}, ENV, "routes.tapper.path",
-                     "absolute path", id="path-with-non-ascii"),
-        pytest.param({"routes.tapper.path": "/post back"}, ENV, "routes.tapper.path",
-                     "no spaces", id="path-with-a-space"),
-        pytest.param({"routes.tapper.path": "/postback?x=1"}, ENV, "routes.tapper.path",
-                     "no query", id="path-with-a-query"),
-        pytest.param({"routes.tapper.path": "/postback#x"}, ENV, "routes.tapper.path",
-                     "absolute path", id="path-with-a-fragment"),
-        pytest.param({"routes.tapper.max_estimated_price": 0}, ENV,
-                     "routes.tapper.max_estimated_price", "above zero", id="max-price-zero"),
-        pytest.param({"routes.tapper.max_estimated_price": -1}, ENV,
-                     "routes.tapper.max_estimated_price", "above zero", id="max-price-negative"),
-        pytest.param({"routes.tapper.max_estimated_price": "lots"}, ENV,
-                     "routes.tapper.max_estimated_price", "not a number", id="max-price-word"),
-        pytest.param({"routes.tapper.max_estimated_price": math.inf}, ENV,
-                     "routes.tapper.max_estimated_price", "finite", id="max-price-infinite"),
-        pytest.param({"routes.tapper.max_estimated_price": True}, ENV,
-                     "routes.tapper.max_estimated_price", "expected a number",
-                     id="max-price-boolean"),
-        pytest.param({"routes.tapper.upstreams.0.keep_alive": "no"}, ENV,
-                     "routes.tapper.upstreams[0].keep_alive", "true or false",
-                     id="keep-alive-is-a-string"),
-        pytest.param({"server.listen": "**:8080"}, ENV, "server.listen", "not host:port",
-                     id="listen-two-stars"),
+        pytest.param(
+            {"routes": ["tapper"]}, ENV, "routes", "expected a mapping", id="routes-is-a-list"
+        ),
+        pytest.param(
+            {"routes.bad name": OTHER_ROUTE},
+            ENV,
+            "routes.bad name",
+            "route name",
+            id="route-name-with-space",
+        ),
+        pytest.param(
+            {"routes.tapper.path": "/postback%2Ftapper"},
+            ENV,
+            "routes.tapper.path",
+            "no %-escapes",
+            id="path-with-an-escape",
+        ),
+        pytest.param(
+            {"routes.tapper.path": "/postback/t\u00e4pper"},
+            ENV,
+            "routes.tapper.path",
+            "absolute path",
+            id="path-with-non-ascii",
+        ),
+        pytest.param(
+            {"routes.tapper.path": "/post back"},
+            ENV,
+            "routes.tapper.path",
+            "no spaces",
+            id="path-with-a-space",
+        ),
+        pytest.param(
+            {"routes.tapper.path": "/postback?x=1"},
+            ENV,
+            "routes.tapper.path",
+            "no query",
+            id="path-with-a-query",
+        ),
+        pytest.param(
+            {"routes.tapper.path": "/postback#x"},
+            ENV,
+            "routes.tapper.path",
+            "absolute path",
+            id="path-with-a-fragment",
+        ),
+        pytest.param(
+            {"routes.tapper.max_estimated_price": 0},
+            ENV,
+            "routes.tapper.max_estimated_price",
+            "above zero",
+            id="max-price-zero",
+        ),
+        pytest.param(
+            {"routes.tapper.max_estimated_price": -1},
+            ENV,
+            "routes.tapper.max_estimated_price",
+            "above zero",
+            id="max-price-negative",
+        ),
+        pytest.param(
+            {"routes.tapper.max_estimated_price": "lots"},
+            ENV,
+            "routes.tapper.max_estimated_price",
+            "not a number",
+            id="max-price-word",
+        ),
+        pytest.param(
+            {"routes.tapper.max_estimated_price": math.inf},
+            ENV,
+            "routes.tapper.max_estimated_price",
+            "finite",
+            id="max-price-infinite",
+        ),
+        pytest.param(
+            {"routes.tapper.max_estimated_price": True},
+            ENV,
+            "routes.tapper.max_estimated_price",
+            "expected a number",
+            id="max-price-boolean",
+        ),
+        pytest.param(
+            {"routes.tapper.upstreams.0.keep_alive": "no"},
+            ENV,
+            "routes.tapper.upstreams[0].keep_alive",
+            "true or false",
+            id="keep-alive-is-a-string",
+        ),
+        pytest.param(
+            {"server.listen": "**:8080"},
+            ENV,
+            "server.listen",
+            "not host:port",
+            id="listen-two-stars",
+        ),
     ],
-)  # fmt: skip
+)
 def test_bad_config_is_rejected_naming_its_key_path(
     changes: dict[str, Any], environ: dict[str, str], key_path: str, phrase: str
 ) -> None:
@@ -323,16 +630,23 @@ def test_bad_config_is_rejected_naming_its_key_path(
 @pytest.mark.parametrize(
     "changes, key_path",
     [
-        pytest.param({"routes.tapper.dedup": {"ttl": math.nan}}, "routes.tapper.dedup.ttl",
-                     id="nan-ttl"),
-        pytest.param({"routes.tapper.upstreams.0.timeout": math.nan},
-                     "routes.tapper.upstreams[0].timeout", id="nan-timeout"),
+        pytest.param(
+            {"routes.tapper.dedup": {"ttl": math.nan}}, "routes.tapper.dedup.ttl", id="nan-ttl"
+        ),
+        pytest.param(
+            {"routes.tapper.upstreams.0.timeout": math.nan},
+            "routes.tapper.upstreams[0].timeout",
+            id="nan-timeout",
+        ),
         # On Linux 127.0.0.1:8080 cannot be bound while 0.0.0.0:8080 listens, and the admin port
         # would be the public port on loopback: `check` passes, `run` dies on bind.
-        pytest.param({"server.listen": "0.0.0.0:8080", "server.admin_listen": "127.0.0.1:8080"},
-                     "server.admin_listen", id="admin-on-the-wildcard-public-port"),
+        pytest.param(
+            {"server.listen": "0.0.0.0:8080", "server.admin_listen": "127.0.0.1:8080"},
+            "server.admin_listen",
+            id="admin-on-the-wildcard-public-port",
+        ),
     ],
-)  # fmt: skip
+)
 def test_config_that_cannot_work_at_run_time_is_rejected_at_load(
     changes: dict[str, Any], key_path: str
 ) -> None:
@@ -344,14 +658,17 @@ def test_config_that_cannot_work_at_run_time_is_rejected_at_load(
     "text, phrases",
     [
         pytest.param("", ["config is empty"], id="empty-file"),
-        pytest.param("# only a comment\n", ["config is empty"],
-                     id="comments-only"),
-        pytest.param("- tapper\n", ["the config file: expected a mapping, got list"],
-                     id="top-level-list"),
+        pytest.param("# only a comment\n", ["config is empty"], id="comments-only"),
+        pytest.param(
+            "- tapper\n", ["the config file: expected a mapping, got list"], id="top-level-list"
+        ),
         pytest.param("routes: [unclosed\n", ["not valid YAML"], id="invalid-yaml"),
         pytest.param("routes:\n\ttapper: {}\n", ["not valid YAML"], id="tab-indentation"),
-        pytest.param("!!python/object/apply:os.system ['true']\n", ["not valid YAML"],
-                     id="python-tag-is-not-executed"),
+        pytest.param(
+            "!!python/object/apply:os.system ['true']\n",
+            ["not valid YAML"],
+            id="python-tag-is-not-executed",
+        ),
         pytest.param(
             "routes:\n"
             "  tapper:\n"
@@ -370,7 +687,7 @@ def test_config_that_cannot_work_at_run_time_is_rejected_at_load(
             id="same-key-twice-in-one-route",
         ),
     ],
-)  # fmt: skip
+)
 def test_unusable_document_is_rejected(text: str, phrases: list[str]) -> None:
     problems = problems_of(text)
     assert any(all(phrase in problem for phrase in phrases) for problem in problems), problems
@@ -457,14 +774,22 @@ def test_duration_is_read_as_seconds(written: str | float, seconds: float) -> No
     [
         pytest.param("${ROUTE_PATH}", {"ROUTE_PATH": "/from/env"}, "/from/env", id="set-variable"),
         pytest.param("${ROUTE_PATH:-/by/default}", {}, "/by/default", id="default-when-unset"),
-        pytest.param("${ROUTE_PATH:-/by/default}", {"ROUTE_PATH": "/from/env"}, "/from/env",
-                     id="set-variable-beats-default"),
-        pytest.param("/postback/${ROUTE_NAME}", {"ROUTE_NAME": "tapper"}, "/postback/tapper",
-                     id="variable-inside-a-string"),
+        pytest.param(
+            "${ROUTE_PATH:-/by/default}",
+            {"ROUTE_PATH": "/from/env"},
+            "/from/env",
+            id="set-variable-beats-default",
+        ),
+        pytest.param(
+            "/postback/${ROUTE_NAME}",
+            {"ROUTE_NAME": "tapper"},
+            "/postback/tapper",
+            id="variable-inside-a-string",
+        ),
         pytest.param("/${A}/${B:-b}", {"A": "a"}, "/a/b", id="two-variables-in-one-string"),
         pytest.param("/plain", {"PLAIN": "x"}, "/plain", id="no-reference-is-left-alone"),
     ],
-)  # fmt: skip
+)
 def test_environment_references_are_substituted(
     written: str, environ: dict[str, str], expected: str
 ) -> None:
@@ -602,15 +927,23 @@ def test_defaults_fill_what_a_minimal_route_leaves_out() -> None:
 @pytest.mark.parametrize(
     "changes, phrases",
     [
-        pytest.param({"routes.tapper.secret": DROP}, ["routes.tapper", "no secret"],
-                     id="allowlist-only"),
-        pytest.param({"routes.tapper.allow_ips": DROP}, ["routes.tapper", "no allow_ips"],
-                     id="secret-only"),
-        pytest.param({"routes.tapper.allow_ips": DROP, "routes.tapper.secret": DROP,
-                      "routes.tapper.insecure": True}, ["routes.tapper", "insecure"],
-                     id="neither-but-insecure"),
+        pytest.param(
+            {"routes.tapper.secret": DROP}, ["routes.tapper", "no secret"], id="allowlist-only"
+        ),
+        pytest.param(
+            {"routes.tapper.allow_ips": DROP}, ["routes.tapper", "no allow_ips"], id="secret-only"
+        ),
+        pytest.param(
+            {
+                "routes.tapper.allow_ips": DROP,
+                "routes.tapper.secret": DROP,
+                "routes.tapper.insecure": True,
+            },
+            ["routes.tapper", "insecure"],
+            id="neither-but-insecure",
+        ),
     ],
-)  # fmt: skip
+)
 def test_route_with_one_check_parses_with_a_warning(
     changes: dict[str, Any], phrases: list[str]
 ) -> None:
@@ -726,16 +1059,24 @@ def test_tls_problems_name_the_key_and_never_quote_the_files(
     garbage = tmp_path / "garbage.pem"
     garbage.write_text("-----BEGIN PRIVATE KEY-----\nsecret-looking-bytes\n")
     cases = {
-        "missing-file": ({**_tls(certificate), "cert_file": str(tmp_path / "nope.crt")},
-                         "server.tls: cannot read"),
-        "key-of-another-certificate": ({**_tls(certificate), "key_file": str(other.key_file)},
-                                       "server.tls: not a usable certificate and key"),
-        "garbage-key": ({**_tls(certificate), "key_file": str(garbage)},
-                        "server.tls: not a usable certificate and key"),
-        "no-key-file": ({"cert_file": str(certificate.cert_file)},
-                        "server.tls.key_file: is required"),
+        "missing-file": (
+            {**_tls(certificate), "cert_file": str(tmp_path / "nope.crt")},
+            "server.tls: cannot read",
+        ),
+        "key-of-another-certificate": (
+            {**_tls(certificate), "key_file": str(other.key_file)},
+            "server.tls: not a usable certificate and key",
+        ),
+        "garbage-key": (
+            {**_tls(certificate), "key_file": str(garbage)},
+            "server.tls: not a usable certificate and key",
+        ),
+        "no-key-file": (
+            {"cert_file": str(certificate.cert_file)},
+            "server.tls.key_file: is required",
+        ),
         "unknown-key": ({**_tls(certificate), "ciphers": "ALL"}, "server.tls.ciphers: unknown key"),
-    }  # fmt: skip
+    }
     for name, (tls, expected) in cases.items():
         problems = tls_problems(tls)
         assert any(problem.startswith(expected) for problem in problems), (name, problems)
@@ -752,11 +1093,18 @@ LITERAL_SECRET = "topsecret-value-123"
     [
         pytest.param({"routes.tapper.secret.keys": [LITERAL_SECRET]}, {}, id="key-in-the-file"),
         pytest.param({}, {"MONETAG_SECRET": LITERAL_SECRET}, id="key-from-the-environment"),
-        pytest.param({"routes.tapper.secret": {"header": "X-Postback-Key",
-                                               "keys": ["old-key-0", LITERAL_SECRET]}},
-                     ENV, id="second-key-in-a-header-secret"),
+        pytest.param(
+            {
+                "routes.tapper.secret": {
+                    "header": "X-Postback-Key",
+                    "keys": ["old-key-0", LITERAL_SECRET],
+                }
+            },
+            ENV,
+            id="second-key-in-a-header-secret",
+        ),
     ],
-)  # fmt: skip
+)
 def test_secret_never_appears_in_the_config_repr(
     changes: dict[str, Any], environ: dict[str, str]
 ) -> None:
@@ -769,24 +1117,53 @@ def test_secret_never_appears_in_the_config_repr(
 @pytest.mark.parametrize(
     "text, environ",
     [
-        pytest.param(config_with({"routes.tapper.secret.keys": [LITERAL_SECRET],
-                                  "routes.tapper.upstreams.0.retries": 99}), {},
-                     id="other-problem-in-a-file-with-a-key"),
-        pytest.param(config_with({"routes.tapper.secret.keys": [LITERAL_SECRET + " x"]}), {},
-                     id="key-with-a-space"),
-        pytest.param(config_with({"routes.tapper.secret.keys": [LITERAL_SECRET + "\u00e9"]}), {},
-                     id="non-ascii-key"),
-        pytest.param(config_with({"routes.tapper.secret.keys": "${MONETAG_SECRET}"}),
-                     {"MONETAG_SECRET": LITERAL_SECRET}, id="keys-not-a-list"),
-        pytest.param(config_with({"routes.tapper.secret.keys": ["${MONETAG_SECRET}"],
-                                  "routes.tapper.secret.query_param": "uid"}),
-                     {"MONETAG_SECRET": LITERAL_SECRET}, id="key-from-env-route-rejected"),
-        pytest.param(config_with({"routes.tapper.secret.keys": [9_123_456_789]}), {},
-                     id="key-written-as-a-number"),
-        pytest.param(config_with({}) + f"    - [{LITERAL_SECRET}\n", {},
-                     id="yaml-syntax-error-on-the-key-line"),
+        pytest.param(
+            config_with(
+                {
+                    "routes.tapper.secret.keys": [LITERAL_SECRET],
+                    "routes.tapper.upstreams.0.retries": 99,
+                }
+            ),
+            {},
+            id="other-problem-in-a-file-with-a-key",
+        ),
+        pytest.param(
+            config_with({"routes.tapper.secret.keys": [LITERAL_SECRET + " x"]}),
+            {},
+            id="key-with-a-space",
+        ),
+        pytest.param(
+            config_with({"routes.tapper.secret.keys": [LITERAL_SECRET + "\u00e9"]}),
+            {},
+            id="non-ascii-key",
+        ),
+        pytest.param(
+            config_with({"routes.tapper.secret.keys": "${MONETAG_SECRET}"}),
+            {"MONETAG_SECRET": LITERAL_SECRET},
+            id="keys-not-a-list",
+        ),
+        pytest.param(
+            config_with(
+                {
+                    "routes.tapper.secret.keys": ["${MONETAG_SECRET}"],
+                    "routes.tapper.secret.query_param": "uid",
+                }
+            ),
+            {"MONETAG_SECRET": LITERAL_SECRET},
+            id="key-from-env-route-rejected",
+        ),
+        pytest.param(
+            config_with({"routes.tapper.secret.keys": [9_123_456_789]}),
+            {},
+            id="key-written-as-a-number",
+        ),
+        pytest.param(
+            config_with({}) + f"    - [{LITERAL_SECRET}\n",
+            {},
+            id="yaml-syntax-error-on-the-key-line",
+        ),
     ],
-)  # fmt: skip
+)
 def test_secret_never_appears_in_a_config_error(text: str, environ: dict[str, str]) -> None:
     with pytest.raises(ConfigError) as caught:
         parse_config(text, environ)
@@ -896,9 +1273,11 @@ def test_routes_sharing_a_dedup_scope_must_remember_events_the_same_way() -> Non
 def test_routes_sharing_a_dedup_scope_with_the_same_settings_are_fine_in_any_key_order() -> None:
     routes = {
         "old": route(["http://127.0.0.1:3000/cb"], dedup={"scope": "tapper"}),
-        "new": route(["http://127.0.0.1:3000/cb"],
-                     dedup={"scope": "tapper", "key": ["zone_id", "event_type", "ymid"]}),
-    }  # fmt: skip
+        "new": route(
+            ["http://127.0.0.1:3000/cb"],
+            dedup={"scope": "tapper", "key": ["zone_id", "event_type", "ymid"]},
+        ),
+    }
     config = parse_config(gateway_config(routes=routes), ENV)
     assert {route.dedup_scope for route in config.routes} == {"tapper"}
 
@@ -912,8 +1291,10 @@ def test_a_routes_dedup_scope_is_its_path_unless_given() -> None:
 def test_upstreams_of_a_route_that_look_the_same_need_names() -> None:
     # Their queued deliveries were one row: every postback refused by a UNIQUE constraint,
     # /readyz down for the whole replica, while `check` said OK.
-    twins = [{"url": "http://127.0.0.1:3000/q?dest=app"},
-             {"url": "http://127.0.0.1:3000/q?dest=analytics"}]  # fmt: skip
+    twins = [
+        {"url": "http://127.0.0.1:3000/q?dest=app"},
+        {"url": "http://127.0.0.1:3000/q?dest=analytics"},
+    ]
     problems = problems_of(gateway_config(twins[0], twins[1]))
     assert_problem_at(problems, "routes.tapper.upstreams[1]", "give each a distinct `name:`")
 
@@ -952,16 +1333,32 @@ def test_an_allowlist_that_takes_in_everyone_is_no_allowlist(everyone: list[str]
 @pytest.mark.parametrize(
     ("proxies", "opt_in", "where", "phrase"),
     [
-        pytest.param(["0.0.0.0/0"], False, "server.trusted_proxies", "every address",
-                     id="every-address"),
-        pytest.param(["0.0.0.0/0"], True, "server.trusted_proxies", "every address",
-                     id="every-address-even-with-the-opt-in"),
-        pytest.param(["10.0.0.0/8", "203.0.113.0/24"], False, "server.trusted_proxies[1]",
-                     "trust_public_proxies", id="a-public-range"),
-        pytest.param(["2001:db8::/32"], False, "server.trusted_proxies[0]",
-                     "trust_public_proxies", id="a-public-ipv6-range"),
+        pytest.param(
+            ["0.0.0.0/0"], False, "server.trusted_proxies", "every address", id="every-address"
+        ),
+        pytest.param(
+            ["0.0.0.0/0"],
+            True,
+            "server.trusted_proxies",
+            "every address",
+            id="every-address-even-with-the-opt-in",
+        ),
+        pytest.param(
+            ["10.0.0.0/8", "203.0.113.0/24"],
+            False,
+            "server.trusted_proxies[1]",
+            "trust_public_proxies",
+            id="a-public-range",
+        ),
+        pytest.param(
+            ["2001:db8::/32"],
+            False,
+            "server.trusted_proxies[0]",
+            "trust_public_proxies",
+            id="a-public-ipv6-range",
+        ),
     ],
-)  # fmt: skip
+)
 def test_trusted_proxies_that_anyone_could_be_are_refused(
     proxies: list[str], opt_in: bool, where: str, phrase: str
 ) -> None:
@@ -986,15 +1383,22 @@ def test_private_proxies_need_nothing_and_public_ones_an_opt_in() -> None:
 @pytest.mark.parametrize(
     ("key", "url"),
     [
-        pytest.param("redis_url", "unix:///run/redis/redis.sock?db=0&password=PwInQuery1",
-                     id="redis-unix-socket"),
-        pytest.param("redis_url", "rediss://:Pw%23With%2FMarks@redis.internal:6380/1",
-                     id="redis-encoded-password"),
-        pytest.param("store", "postgresql:///gateway?host=/run/postgresql&user=gw",
-                     id="postgres-socket-dsn"),
+        pytest.param(
+            "redis_url",
+            "unix:///run/redis/redis.sock?db=0&password=PwInQuery1",
+            id="redis-unix-socket",
+        ),
+        pytest.param(
+            "redis_url",
+            "rediss://:Pw%23With%2FMarks@redis.internal:6380/1",
+            id="redis-encoded-password",
+        ),
+        pytest.param(
+            "store", "postgresql:///gateway?host=/run/postgresql&user=gw", id="postgres-socket-dsn"
+        ),
         pytest.param("store", "postgresql://gw:Pw%23%3F%2F@db:5432/gateway", id="postgres-encoded"),
     ],
-)  # fmt: skip
+)
 def test_documented_url_forms_load_and_show_without_their_secrets(key: str, url: str) -> None:
     """Before: `check` and `run` crashed with yarl's ValueError on these."""
     config = parse_with(_url_change(key, url))

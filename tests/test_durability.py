@@ -42,7 +42,7 @@ from tests.queuedgateway import (
     queue_list,
     queue_stats,
     settled,
-)  # fmt: skip
+)
 from tests.upstream import Answer, Received
 from tests.waiting import eventually
 
@@ -413,8 +413,9 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
     disk.mkdir()
     mounted = subprocess.run(
         ["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(disk)],
-        capture_output=True, text=True,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+    )
     if mounted.returncode != 0:
         pytest.fail(f"a full disk needs a small tmpfs (run as root): {mounted.stderr.strip()}")
     try:
@@ -460,8 +461,9 @@ def test_full_disk_is_unready_until_writes_commit_again_and_says_both(
     assert refused == [503] * 5
     probes = []
     for _ in range(20):  # several of the gateway's own probes and reads fall in here
-        probes.append((gateway.admin("/readyz").status, metric_sum(gateway.metrics(),
-                       "gateway_store_up")))  # fmt: skip
+        probes.append(
+            (gateway.admin("/readyz").status, metric_sum(gateway.metrics(), "gateway_store_up"))
+        )
         time.sleep(0.25)
     assert probes == [(503, 0.0)] * 20  # before: 200 and store_up 1 now and then
     assert gateway.admin("/readyz").json()["store"] == "down"

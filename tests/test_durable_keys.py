@@ -230,10 +230,15 @@ async def test_key_stored_with_a_queued_event_is_a_duplicate_after_restart(
     memory = backed_by(keys)
     async with memory.reserve(KEY, queued=True) as reservation:
         event = NewEvent(
-            route="tapper", upstreams=["app"], postback=Postback({"ymid": "u1", "zone_id": "5"}),
-            dedup_key=KEY, dedup_expires_at=clock.now + TTL, request_id="req-1",
-            client="203.0.113.7", accepted_at=clock.now,
-        )  # fmt: skip
+            route="tapper",
+            upstreams=["app"],
+            postback=Postback({"ymid": "u1", "zone_id": "5"}),
+            dedup_key=KEY,
+            dedup_expires_at=clock.now + TTL,
+            request_id="req-1",
+            client="203.0.113.7",
+            accepted_at=clock.now,
+        )
         await store.run(lambda connection: sqlite_outbox.enqueue(connection, event))
         reservation.commit()
 

@@ -14,10 +14,18 @@ REPO = Path(__file__).resolve().parents[1]
 
 async def fire(config_file: Path, *arguments: str) -> tuple[int, str, str]:
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "gateway", "fire", "--config", str(config_file), *arguments,
-        cwd=REPO, env={"MONETAG_SECRET": SECRET, "PATH": "/usr/bin:/bin"},
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
+        sys.executable,
+        "-m",
+        "gateway",
+        "fire",
+        "--config",
+        str(config_file),
+        *arguments,
+        cwd=REPO,
+        env={"MONETAG_SECRET": SECRET, "PATH": "/usr/bin:/bin"},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
     stdout, stderr = await asyncio.wait_for(process.communicate(), timeout=30)
     assert process.returncode is not None
     return process.returncode, stdout.decode(), stderr.decode()

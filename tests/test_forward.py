@@ -50,14 +50,22 @@ def test_url_keeps_own_query_then_renamed_fields_then_extras():
 @pytest.mark.parametrize(
     ("url", "name", "label"),
     [
-        pytest.param("https://user:pw@app.example/cb?key=app-key", None, "app.example:443",
-                     id="userinfo-and-query"),
-        pytest.param("https://app.example/bot123456:AAHsecret/cb", None, "app.example:443",
-                     id="a-token-in-the-path"),
+        pytest.param(
+            "https://user:pw@app.example/cb?key=app-key",
+            None,
+            "app.example:443",
+            id="userinfo-and-query",
+        ),
+        pytest.param(
+            "https://app.example/bot123456:AAHsecret/cb",
+            None,
+            "app.example:443",
+            id="a-token-in-the-path",
+        ),
         pytest.param("http://[::1]:3000/cb", None, "[::1]:3000", id="ipv6"),
         pytest.param("https://app.example/bot1:AAH/cb", "telegram", "telegram", id="named"),
     ],
-)  # fmt: skip
+)
 def test_an_upstreams_label_never_holds_its_path_or_query(url, name, label):
     assert upstream(url, name=name).label == label
 

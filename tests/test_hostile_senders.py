@@ -141,9 +141,12 @@ async def test_parameter_posing_as_a_name_the_gateway_writes_never_reaches_the_a
         if set(comparable_forms(key)) & WRITTEN
     }
     assert app_reads == {
-        "app": ["gw"], "api_key": ["app-key-123"], "user_id": ["u1"], "event": ["click"],
+        "app": ["gw"],
+        "api_key": ["app-key-123"],
+        "user_id": ["u1"],
+        "event": ["click"],
         "zone_id": ["1"],
-    }  # fmt: skip
+    }
     (line,) = access_lines(capsys)
     assert line["dropped"] == [received_name(name)]
     assert metric(gateway, "gateway_dropped_parameters_total", route="tapper") == 1
@@ -276,28 +279,65 @@ KEYED = f"/postback/tapper?uid=u1&event=click&token={SECRET}".encode()
 @pytest.mark.parametrize(
     ("request_bytes", "status", "problem"),
     [
-        pytest.param(b"GET " + KEYED + b"&x=a b HTTP/1.1\r\nHost: x\r\n\r\n", 400,
-                     "bad_request_line", id="raw-space-in-the-target"),
-        pytest.param(b"GET " + KEYED + b"&x=\x01 HTTP/1.1\r\nHost: x\r\n\r\n", 400,
-                     "bad_target", id="control-byte-in-the-target"),
-        pytest.param(b"GET " + KEYED + b"&x=\xff HTTP/1.1\r\nHost: x\r\n\r\n", 400,
-                     "bad_target", id="8-bit-byte-in-the-target"),
-        pytest.param(b"GET " + KEYED + b" HTTP/1.1\nHost: x\n\n", 400, "bad_request_line",
-                     id="bare-lf-line-endings"),
-        pytest.param(b"GET " + KEYED + b"&x=" + b"a" * 70_000 + b" HTTP/1.1\r\nHost: x\r\n\r\n",
-                     414, "request_line_too_long", id="request-line-over-64k"),
-        pytest.param(b"GET " + KEYED + b" HTTP/1.1\r\nX-Pad: " + b"k" * 9000 + SECRET.encode()
-                     + b"\r\n\r\n", 431, "header_too_long", id="header-line-over-8k"),
-        pytest.param(b"GET " + KEYED + b" HTTP/1.1\r\nX-Key: a\x00" + SECRET.encode()
-                     + b"\r\n\r\n", 400, "bad_request", id="nul-in-a-header-value"),
-        pytest.param(b"G@T " + KEYED + b" HTTP/1.1\r\n\r\n", 400, "bad_method",
-                     id="bad-method-token"),
-        pytest.param(b"GET " + KEYED + b" HTTP/9.9\r\n\r\n", 400, "bad_request_line",
-                     id="unknown-http-version"),
-        pytest.param(TLS_HELLO + SECRET.encode() + b"\r\n\r\n", 400, "bad_method",
-                     id="tls-hello-on-the-plain-port"),
+        pytest.param(
+            b"GET " + KEYED + b"&x=a b HTTP/1.1\r\nHost: x\r\n\r\n",
+            400,
+            "bad_request_line",
+            id="raw-space-in-the-target",
+        ),
+        pytest.param(
+            b"GET " + KEYED + b"&x=\x01 HTTP/1.1\r\nHost: x\r\n\r\n",
+            400,
+            "bad_target",
+            id="control-byte-in-the-target",
+        ),
+        pytest.param(
+            b"GET " + KEYED + b"&x=\xff HTTP/1.1\r\nHost: x\r\n\r\n",
+            400,
+            "bad_target",
+            id="8-bit-byte-in-the-target",
+        ),
+        pytest.param(
+            b"GET " + KEYED + b" HTTP/1.1\nHost: x\n\n",
+            400,
+            "bad_request_line",
+            id="bare-lf-line-endings",
+        ),
+        pytest.param(
+            b"GET " + KEYED + b"&x=" + b"a" * 70_000 + b" HTTP/1.1\r\nHost: x\r\n\r\n",
+            414,
+            "request_line_too_long",
+            id="request-line-over-64k",
+        ),
+        pytest.param(
+            b"GET " + KEYED + b" HTTP/1.1\r\nX-Pad: " + b"k" * 9000 + SECRET.encode() + b"\r\n\r\n",
+            431,
+            "header_too_long",
+            id="header-line-over-8k",
+        ),
+        pytest.param(
+            b"GET " + KEYED + b" HTTP/1.1\r\nX-Key: a\x00" + SECRET.encode() + b"\r\n\r\n",
+            400,
+            "bad_request",
+            id="nul-in-a-header-value",
+        ),
+        pytest.param(
+            b"G@T " + KEYED + b" HTTP/1.1\r\n\r\n", 400, "bad_method", id="bad-method-token"
+        ),
+        pytest.param(
+            b"GET " + KEYED + b" HTTP/9.9\r\n\r\n",
+            400,
+            "bad_request_line",
+            id="unknown-http-version",
+        ),
+        pytest.param(
+            TLS_HELLO + SECRET.encode() + b"\r\n\r\n",
+            400,
+            "bad_method",
+            id="tls-hello-on-the-plain-port",
+        ),
     ],
-)  # fmt: skip
+)
 async def test_malformed_request_gets_our_answer_one_short_log_line_and_a_metric(
     request_bytes: bytes,
     status: int,
@@ -316,15 +356,19 @@ async def test_malformed_request_gets_our_answer_one_short_log_line_and_a_metric
     assert answer.headers["x-gateway-outcome"] == "invalid"
     assert answer.headers["connection"] == "close"
     assert json.loads(answer.body) == {
-        "outcome": "invalid", "error": "malformed request", "problem": problem
-    }  # fmt: skip
+        "outcome": "invalid",
+        "error": "malformed request",
+        "problem": problem,
+    }
     assert SECRET.encode() not in answer.body
     assert upstream.received == []
     output = capsys.readouterr()
     (line,) = [json.loads(text) for text in output.out.splitlines() if "gateway.access" in text]
     assert (line["status"], line["outcome"], line["reason"]) == (
-        status, "invalid", "malformed_request"
-    )  # fmt: skip
+        status,
+        "invalid",
+        "malformed_request",
+    )
     assert line["detail"] == problem
     assert line["client"] == "127.0.0.1"
     assert len(output.out) < 1000  # one short line, whatever the size of the request
@@ -341,19 +385,32 @@ async def test_malformed_request_gets_our_answer_one_short_log_line_and_a_metric
 @pytest.mark.parametrize(
     ("queries", "outcomes", "app_zone"),
     [
-        pytest.param(["zone=42", "zone=042"], ["forwarded", "duplicate"], ["42"],
-                     id="leading-zero-after-plain"),
-        pytest.param(["zone=042", "zone=0042"], ["forwarded", "duplicate"], ["42"],
-                     id="app-sees-the-plain-number"),
+        pytest.param(
+            ["zone=42", "zone=042"],
+            ["forwarded", "duplicate"],
+            ["42"],
+            id="leading-zero-after-plain",
+        ),
+        pytest.param(
+            ["zone=042", "zone=0042"],
+            ["forwarded", "duplicate"],
+            ["42"],
+            id="app-sees-the-plain-number",
+        ),
         pytest.param(["zone=0", "zone=000"], ["forwarded", "duplicate"], ["0"], id="zero"),
         pytest.param(["", "zone="], ["forwarded", "duplicate"], [], id="missing-then-empty"),
         pytest.param(["zone=", ""], ["forwarded", "duplicate"], [], id="empty-then-missing"),
-        pytest.param(["zone=%7Bzone_id%7D", "zone="], ["forwarded", "duplicate"], [],
-                     id="macro-then-empty"),
-        pytest.param(["zone=42", "zone=43"], ["forwarded", "forwarded"], ["42", "43"],
-                     id="different-zones-are-different-events"),
+        pytest.param(
+            ["zone=%7Bzone_id%7D", "zone="], ["forwarded", "duplicate"], [], id="macro-then-empty"
+        ),
+        pytest.param(
+            ["zone=42", "zone=43"],
+            ["forwarded", "forwarded"],
+            ["42", "43"],
+            id="different-zones-are-different-events",
+        ),
     ],
-)  # fmt: skip
+)
 async def test_equivalent_values_are_one_event_for_dedup_and_the_app(
     queries: list[str],
     outcomes: list[str],
@@ -401,8 +458,9 @@ async def test_estimated_price_beyond_the_limit_is_refused_and_never_counted(
     if status == 400:
         body = json.loads(answer[2])
         assert (body["parameter"], body["problem"]) == (
-            "estimated_price", "must be at most 10 (max_estimated_price)"
-        )  # fmt: skip
+            "estimated_price",
+            "must be at most 10 (max_estimated_price)",
+        )
         assert upstream.received == []
     counted = metric(
         gateway, "gateway_valued_estimated_price_usd_total", route="tapper", zone_id="1"
@@ -439,8 +497,9 @@ async def test_value_that_is_not_utf8_is_400_naming_the_parameter(
 
     assert (status, outcome) == (400, "invalid")
     assert (json.loads(body)["parameter"], json.loads(body)["problem"]) == (
-        parameter, "is not UTF-8 text"
-    )  # fmt: skip
+        parameter,
+        "is not UTF-8 text",
+    )
     assert upstream.received == []
 
 

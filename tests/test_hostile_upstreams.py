@@ -76,29 +76,53 @@ def the_log_agrees(capsys: Any, answers: list[tuple[int, str, bytes, dict[str, s
 @pytest.mark.parametrize(
     "raw",
     [
-        pytest.param(answer("HTTP/1.1 200 OK\nContent-Length: 2\nContent-Length: 3"),
-                     id="two-different-content-lengths"),
-        pytest.param(answer("HTTP/1.1 200 OK\nContent-Length: 2\nTransfer-Encoding: chunked",
-                            b"2\r\nok\r\n0\r\n\r\n"), id="content-length-and-chunked"),
-        pytest.param(answer("HTTP/1.1 200 OK\nTransfer-Encoding: chunked\n"
-                            "Transfer-Encoding: chunked", b"2\r\nok\r\n0\r\n\r\n"),
-                     id="two-transfer-encodings"),
-        pytest.param(answer("HTTP/1.1 200 OK\nTransfer-Encoding: gzip, chunked",
-                            b"2\r\nok\r\n0\r\n\r\n"), id="transfer-encoding-we-never-asked-for"),
+        pytest.param(
+            answer("HTTP/1.1 200 OK\nContent-Length: 2\nContent-Length: 3"),
+            id="two-different-content-lengths",
+        ),
+        pytest.param(
+            answer(
+                "HTTP/1.1 200 OK\nContent-Length: 2\nTransfer-Encoding: chunked",
+                b"2\r\nok\r\n0\r\n\r\n",
+            ),
+            id="content-length-and-chunked",
+        ),
+        pytest.param(
+            answer(
+                "HTTP/1.1 200 OK\nTransfer-Encoding: chunked\nTransfer-Encoding: chunked",
+                b"2\r\nok\r\n0\r\n\r\n",
+            ),
+            id="two-transfer-encodings",
+        ),
+        pytest.param(
+            answer("HTTP/1.1 200 OK\nTransfer-Encoding: gzip, chunked", b"2\r\nok\r\n0\r\n\r\n"),
+            id="transfer-encoding-we-never-asked-for",
+        ),
         pytest.param(b"HTTP/1.1 200 OK\nContent-Length: 2\n\nok", id="bare-lf-line-ends"),
-        pytest.param(answer("HTTP/1.1 101 Switching Protocols\nUpgrade: websocket\n"
-                            "Connection: Upgrade", b""), id="switching-protocols"),
+        pytest.param(
+            answer(
+                "HTTP/1.1 101 Switching Protocols\nUpgrade: websocket\nConnection: Upgrade", b""
+            ),
+            id="switching-protocols",
+        ),
         pytest.param(answer("HTTP/1.1 20 OK\nContent-Length: 2"), id="two-digit-status"),
-        pytest.param(answer("HTTP/1.1 200 OK\nContent-Length: 2\nX-Folded: a\n b"),
-                     id="folded-header-line"),
-        pytest.param(answer("HTTP/1.1 200 OK\nContent-Type: text/plain\nX: \x00\n"
-                            "Content-Length: 2"), id="nul-in-a-header"),
-        pytest.param(b"HTTP/1.1 200 OK\r\nContent-Type: text/\nplain\r\nContent-Length: 2\r\n"
-                     b"\r\nok", id="bare-lf-inside-content-type"),
-        pytest.param(answer("HTTP/1.1 200 OK\nX-Pad: " + "p" * 70_000 + "\nContent-Length: 2"),
-                     id="header-block-over-64k"),
+        pytest.param(
+            answer("HTTP/1.1 200 OK\nContent-Length: 2\nX-Folded: a\n b"), id="folded-header-line"
+        ),
+        pytest.param(
+            answer("HTTP/1.1 200 OK\nContent-Type: text/plain\nX: \x00\nContent-Length: 2"),
+            id="nul-in-a-header",
+        ),
+        pytest.param(
+            b"HTTP/1.1 200 OK\r\nContent-Type: text/\nplain\r\nContent-Length: 2\r\n\r\nok",
+            id="bare-lf-inside-content-type",
+        ),
+        pytest.param(
+            answer("HTTP/1.1 200 OK\nX-Pad: " + "p" * 70_000 + "\nContent-Length: 2"),
+            id="header-block-over-64k",
+        ),
     ],
-)  # fmt: skip
+)
 async def test_unclean_answer_is_502_logged_as_such_and_never_delivered(
     raw: bytes,
     start_server: ServerFactory,

@@ -533,8 +533,11 @@ async def test_the_admin_port_answers_only_to_its_own_names(
     assert (await sent(site, "private-ymid")).outcome == "forwarded"
     named = host.format(port=site.admin_port)
 
-    for path, headers in [("/postbacks.json", f"Authorization: Bearer {ADMIN_TOKEN}\r\n"),
-                          ("/healthz", ""), ("/queue", "")]:  # fmt: skip
+    for path, headers in [
+        ("/postbacks.json", f"Authorization: Bearer {ADMIN_TOKEN}\r\n"),
+        ("/healthz", ""),
+        ("/queue", ""),
+    ]:
         request = f"GET {path} HTTP/1.1\r\nHost: {named}\r\n{headers}Connection: close\r\n\r\n"
         status_line, _, body = answered(await raw_exchange(site.admin_port, request.encode()))
         if allowed:
@@ -610,8 +613,9 @@ async def test_guessing_the_token_is_slowed_down_per_address_and_said_once(
     ):
         statuses = [(await post(guesser, site.url("/login"), wrong)).status for _ in range(40)]
         bearer_wrong = {"Authorization": "Bearer wrong-" + ADMIN_TOKEN}
-        statuses += [(await get(guesser, site.url("/postbacks.json"), bearer_wrong))[0]
-                     for _ in range(40)]  # fmt: skip
+        statuses += [
+            (await get(guesser, site.url("/postbacks.json"), bearer_wrong))[0] for _ in range(40)
+        ]
         right_from_here = await post(guesser, site.url("/login"), {"token": ADMIN_TOKEN})
         right_bearer_here = await get(guesser, site.url("/postbacks.json"), BEARER)
         right_from_there = await post(operator, site.url("/login"), {"token": ADMIN_TOKEN})
@@ -696,13 +700,17 @@ async def test_a_session_ends_at_its_expiry_and_when_the_token_changes(
 @pytest.mark.parametrize(
     "request_bytes",
     [
-        pytest.param(b"GET /?<script>x</script> HTTP/1.1\r\nHost: a\r\nBad Header\r\n\r\n",
-                     id="header-without-colon"),
-        pytest.param(b"GET /<script>alert(1)</script>\x01 HTTP/1.1\r\nHost: a\r\n\r\n",
-                     id="control-byte-in-the-target"),
+        pytest.param(
+            b"GET /?<script>x</script> HTTP/1.1\r\nHost: a\r\nBad Header\r\n\r\n",
+            id="header-without-colon",
+        ),
+        pytest.param(
+            b"GET /<script>alert(1)</script>\x01 HTTP/1.1\r\nHost: a\r\n\r\n",
+            id="control-byte-in-the-target",
+        ),
         pytest.param(b"G<script>ET / HTTP/1.1\r\nHost: a\r\n\r\n", id="markup-in-the-method"),
     ],
-)  # fmt: skip
+)
 async def test_what_is_not_http_on_the_admin_port_is_answered_without_an_echo(
     request_bytes: bytes, start_upstream: UpstreamFactory, start_site: SiteFactory
 ) -> None:

@@ -825,8 +825,9 @@ async def test_a_page_rebound_to_the_admin_port_reads_nothing_and_re_drives_noth
     its scripts could read answers. Without a token the inspector is open on loopback; before,
     such a page read /postbacks.json and took the form token from /queue."""
     app = start_upstream(default=500)
-    site = await start_site(queued_config(app, tmp_path / "gw.db", token=False, max_attempts=1),
-                            app)  # fmt: skip
+    site = await start_site(
+        queued_config(app, tmp_path / "gw.db", token=False, max_attempts=1), app
+    )
     assert (await asyncio.to_thread(site.send, "private-ymid")).outcome == "queued"
     rebound = f"http://{REBOUND_NAME}:{site.admin_port}"
 

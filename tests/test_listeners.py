@@ -126,8 +126,10 @@ def trusting(*certificates: Certificate) -> ssl.SSLContext:
 
 def install(certificate: Certificate, live: Certificate) -> None:
     """Renew like certbot or cert-manager do: new files moved over the live paths."""
-    for source, target in ((certificate.key_file, live.key_file),
-                           (certificate.cert_file, live.cert_file)):  # fmt: skip
+    for source, target in (
+        (certificate.key_file, live.key_file),
+        (certificate.cert_file, live.cert_file),
+    ):
         staged = target.with_suffix(".new")
         shutil.copyfile(source, staged)
         os.replace(staged, target)
@@ -353,9 +355,13 @@ def test_a_low_open_files_limit_lowers_the_cap_and_nothing_floods_the_log(
 
     with stdout.open("wb") as out, stderr.open("wb") as err:
         process = subprocess.Popen(
-            [sys.executable, "-m", "gateway", "run", "--config", str(path)], cwd=REPO,
-            env=command_env(SECRET), stdout=out, stderr=err, preexec_fn=limited,
-        )  # fmt: skip
+            [sys.executable, "-m", "gateway", "run", "--config", str(path)],
+            cwd=REPO,
+            env=command_env(SECRET),
+            stdout=out,
+            stderr=err,
+            preexec_fn=limited,
+        )
     try:
         eventually(lambda: answers(admin), START_TIMEOUT)
         flood = held_open(port, 200)

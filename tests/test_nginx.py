@@ -155,8 +155,9 @@ def nginx(tmp_path: Path, names: Names, replica_port: int) -> Iterator[Nginx]:
     )
     nginx = subprocess.Popen(
         [nginx_binary(), "-c", str(tmp_path / "nginx.conf"), "-e", str(logs / "main-error.log")],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-    )  # fmt: skip
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
 
     def listening() -> bool:
         assert nginx.poll() is None, nginx.stderr.read() if nginx.stderr else ""

@@ -296,8 +296,10 @@ def test_a_reload_that_needs_a_restart_says_so_everywhere_and_keeps_serving(
 
     line = eventually(reloaded, 10.0)
     assert line["level"] == "warning" and line["restart_pending"] == ["server.listen"], line
-    assert gw.readyz() == (200, {"status": "ready", "config_checksum": new_checksum,
-                                 "restart_pending": ["server.listen"]})  # fmt: skip
+    assert gw.readyz() == (
+        200,
+        {"status": "ready", "config_checksum": new_checksum, "restart_pending": ["server.listen"]},
+    )
     scrape = gw.scrape()
     assert scrape.value("gateway_config_restart_pending", key="server.listen") == 1
     assert scrape.value("gateway_config_restart_pending", key="store") == 0
@@ -468,16 +470,20 @@ PanelSpec = tuple[str, tuple[str, ...]]
 REQUIRED_ROWS: dict[str, dict[str, PanelSpec]] = {
     "Queue (delivery: queued)": {
         "Queue depth (pending) by route": (
-            "short", ("gateway_queue_deliveries{", f'state="{PENDING}"', ROUTE_FILTER)
+            "short",
+            ("gateway_queue_deliveries{", f'state="{PENDING}"', ROUTE_FILTER),
         ),
         "Oldest pending delivery age by route": (
-            "s", ("gateway_queue_oldest_pending_age_seconds{", ROUTE_FILTER)
+            "s",
+            ("gateway_queue_oldest_pending_age_seconds{", ROUTE_FILTER),
         ),
         "Deliveries/s by result": (
-            "reqps", ("by (result)", "rate(gateway_deliveries_total{", ROUTE_FILTER)
+            "reqps",
+            ("by (result)", "rate(gateway_deliveries_total{", ROUTE_FILTER),
         ),
         "Dead letters by route": (
-            "short", ("gateway_queue_deliveries{", f'state="{DEAD}"', ROUTE_FILTER)
+            "short",
+            ("gateway_queue_deliveries{", f'state="{DEAD}"', ROUTE_FILTER),
         ),
     },
     "Store": {
@@ -496,13 +502,15 @@ REQUIRED_ROWS: dict[str, dict[str, PanelSpec]] = {
             ),
         ),
         "Redis errors/s by operation": (
-            "ops", ("by (operation)", "rate(gateway_redis_errors_total[")
+            "ops",
+            ("by (operation)", "rate(gateway_redis_errors_total["),
         ),
         "Dedup fallbacks/s by route (fail_open)": (
-            "reqps", ("rate(gateway_dedup_fallbacks_total{", ROUTE_FILTER)
+            "reqps",
+            ("rate(gateway_dedup_fallbacks_total{", ROUTE_FILTER),
         ),
     },
-}  # fmt: skip
+}
 
 
 def load_dashboard() -> dict[str, Any]:
@@ -985,16 +993,22 @@ def test_shutdown_has_one_deadline_and_logs_the_postback_it_cuts_off(
     # took 6.2 s to exit (the listener, each retiring config and the deliverer waited a full
     # grace each), and the postback cut off left no log line.
     app = start_upstream(
-        default=lambda number, received: Answer(delay=30.0 if received.query["ymid"] == "held"
-                                                else 0.0)
-    )  # fmt: skip
+        default=lambda number, received: Answer(
+            delay=30.0 if received.query["ymid"] == "held" else 0.0
+        )
+    )
     copies = start_upstream(default=Answer(delay=30.0))  # a copy that never finishes
     slow = {"timeout": "60s", "retries": 0}
-    fanout = route([{"url": app.postback_url, **slow}, {"url": copies.postback_url, **slow}],
-                   allow_ips=["127.0.0.1"], aliases=None, deadline="60s")  # fmt: skip
+    fanout = route(
+        [{"url": app.postback_url, **slow}, {"url": copies.postback_url, **slow}],
+        allow_ips=["127.0.0.1"],
+        aliases=None,
+        deadline="60s",
+    )
     grace = 2.0
-    gw = launch(app.postback_url, server={"shutdown_grace": f"{grace:g}s"},
-                extra_routes={"fanout": fanout})  # fmt: skip
+    gw = launch(
+        app.postback_url, server={"shutdown_grace": f"{grace:g}s"}, extra_routes={"fanout": fanout}
+    )
     assert gw.postback("/postback/fanout", **click("copied")).outcome == "forwarded"
     eventually(copies.count)  # the copy is at the second upstream, held there
 

@@ -491,8 +491,12 @@ async def dead_letters(outbox: Outbox) -> dict[str, int]:
     [
         pytest.param(
             {},
-            {("two_dead", "app"), ("two_dead", "analytics"), ("mixed", "app"),
-             ("elsewhere", "app")},
+            {
+                ("two_dead", "app"),
+                ("two_dead", "analytics"),
+                ("mixed", "app"),
+                ("elsewhere", "app"),
+            },
             id="all-dead-letters",
         ),
         pytest.param(
@@ -505,7 +509,7 @@ async def dead_letters(outbox: Outbox) -> dict[str, int]:
         pytest.param({"event": "retrying"}, {("retrying", "app")}, id="by-event-resets-pending"),
         pytest.param({"route": "nope"}, set(), id="unknown-route"),
     ],
-)  # fmt: skip
+)
 async def test_redrive_resets_the_selected_deliveries(
     outbox: Outbox,
     dead_letters: dict[str, int],

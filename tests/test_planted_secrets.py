@@ -52,27 +52,44 @@ def config(public: int, admin: int, app_port: int, redis_port: int, store: Path)
     aliases = {"uid": "ymid", "event": "event_type", "zone": "zone_id"}
     document = {
         "server": {
-            "listen": f"127.0.0.1:{public}", "admin_listen": f"127.0.0.1:{admin}",
-            "admin_token": "${ADMIN_TOKEN}", "reload_interval": 0, "shutdown_grace": "2s",
+            "listen": f"127.0.0.1:{public}",
+            "admin_listen": f"127.0.0.1:{admin}",
+            "admin_token": "${ADMIN_TOKEN}",
+            "reload_interval": 0,
+            "shutdown_grace": "2s",
         },
         "store": {"path": str(store)},
         "routes": {
             "tapper": {
-                "path": "/postback/tapper", "allow_ips": ["127.0.0.1"], "secret": secret,
+                "path": "/postback/tapper",
+                "allow_ips": ["127.0.0.1"],
+                "secret": secret,
                 "aliases": aliases,
-                "dedup": {"backend": "redis", "redis_url": redis_url,
-                          "on_redis_error": "fail_open"},
-                "upstreams": [{"url": f"{app}/cb?api_key=${{APP_API_KEY}}", "retries": 1,
-                               "timeout": "1s", "static_params": {"key": "${STATIC_SECRET}"}}],
+                "dedup": {
+                    "backend": "redis",
+                    "redis_url": redis_url,
+                    "on_redis_error": "fail_open",
+                },
+                "upstreams": [
+                    {
+                        "url": f"{app}/cb?api_key=${{APP_API_KEY}}",
+                        "retries": 1,
+                        "timeout": "1s",
+                        "static_params": {"key": "${STATIC_SECRET}"},
+                    }
+                ],
             },
             "runner": {
-                "path": "/postback/runner", "allow_ips": ["127.0.0.1"], "secret": secret,
-                "aliases": aliases, "delivery": "queued",
+                "path": "/postback/runner",
+                "allow_ips": ["127.0.0.1"],
+                "secret": secret,
+                "aliases": aliases,
+                "delivery": "queued",
                 "queue": {"retry_base": "100ms", "retry_cap": "200ms", "max_attempts": 2},
                 "upstreams": [{"url": f"{app}/fail?api_key=${{APP_API_KEY}}", "timeout": "1s"}],
             },
         },
-    }  # fmt: skip
+    }
     return yaml.safe_dump(document, sort_keys=False)
 
 
@@ -94,8 +111,13 @@ def test_no_output_holds_a_secret_the_config_was_given(
         eventually(lambda: answers(admin), 15)
 
         def postback(route: str, ymid: str, **extra: str) -> int:
-            query = {"uid": ymid, "event": "click", "zone": "7",
-                     "token": PLANTED["MONETAG_SECRET"], **extra}  # fmt: skip
+            query = {
+                "uid": ymid,
+                "event": "click",
+                "zone": "7",
+                "token": PLANTED["MONETAG_SECRET"],
+                **extra,
+            }
             return http_get(public, f"/postback/{route}?{urlencode(query)}").status
 
         assert postback("tapper", "u1") == 200
@@ -117,8 +139,9 @@ def test_no_output_holds_a_secret_the_config_was_given(
         working = path.read_text()
         broken = working.replace(
             f"http://svc:${{UPSTREAM_PASSWORD}}@127.0.0.1:{app.port}",
-            "http//svc:${UPSTREAM_PASSWORD}@host:99999", 1,
-        )  # fmt: skip
+            "http//svc:${UPSTREAM_PASSWORD}@host:99999",
+            1,
+        )
         path.write_text(broken)
         process.send_signal(signal.SIGHUP)
         eventually(lambda: "config reload failed" in stdout.read_text(), 10)

@@ -25,9 +25,11 @@ from tests.waiting import eventually, eventually_async
 
 PASSWORD = "pw-Zq81-never-shown"
 OURS = {
-    "monetag_gateway_events", "monetag_gateway_deliveries", "monetag_gateway_dedup_keys",
+    "monetag_gateway_events",
+    "monetag_gateway_deliveries",
+    "monetag_gateway_dedup_keys",
     "monetag_gateway_schema",
-}  # fmt: skip
+}
 
 
 def event(ymid: str, now: float = 1000.0) -> NewEvent:

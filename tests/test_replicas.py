@@ -38,8 +38,10 @@ class Replicas:
         self.app_port = free_port()
         self.app = subprocess.Popen(
             [sys.executable, "-m", "gateway.demo_app", "--port", str(self.app_port)],
-            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
+            cwd=REPO,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         self.ports: list[int] = []
         self.admin_ports: list[int] = []
         self.processes: list[subprocess.Popen[bytes]] = []

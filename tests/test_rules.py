@@ -27,8 +27,10 @@ async def test_match_forwards_only_paid_events(start_upstream, start_gateway, ht
     unsaid = {**CLICK, "uid": "user-3"}
     assert (await get(http, gateway.postback_url(), paid))[:2] == (200, "forwarded")
     assert await get(http, gateway.postback_url(), unpaid) == (
-        200, "filtered", '{"outcome": "filtered"}'
-    )  # fmt: skip
+        200,
+        "filtered",
+        '{"outcome": "filtered"}',
+    )
     assert (await get(http, gateway.postback_url(), unsaid))[:2] == (200, "filtered")
     assert [r.query["ymid"] for r in app.received] == ["user-1"]
     counted = sample(gateway, "gateway_rejections_total", route="tapper", reason="filtered")
@@ -77,8 +79,10 @@ async def test_template_derives_the_alias_map(start_upstream, start_gateway, htt
     params = {"u": "player-9", "e": "Impression", "z": "5", "token": SECRET}
     assert (await get(http, gateway.postback_url(), params))[:2] == (200, "forwarded")
     assert dict(app.received[0].query) == {
-        "ymid": "player-9", "event_type": "impression", "zone_id": "5"
-    }  # fmt: skip
+        "ymid": "player-9",
+        "event_type": "impression",
+        "zone_id": "5",
+    }
 
 
 async def test_log_only_allowlist_lets_in_and_counts(start_upstream, start_gateway, http, capsys):

@@ -86,8 +86,9 @@ async def test_readyz_reports_the_live_checksum(start_upstream, start_gateway, h
         await gateway.runtime.apply(new_config)
         async with http.get(readyz) as response:
             assert (response.status, await response.json()) == (
-                200, {"status": "ready", "config_checksum": new_config.checksum}
-            )  # fmt: skip
+                200,
+                {"status": "ready", "config_checksum": new_config.checksum},
+            )
         gateway.runtime.draining = True
         async with http.get(readyz) as response:
             assert response.status == 503

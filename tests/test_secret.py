@@ -344,11 +344,17 @@ Pairs = list[tuple[str, str]]
     ("check", "query", "kept", "removed"),
     [
         pytest.param(
-            IN_QUERY, [("token", OLD_KEY), ("uid", "u1")], [("uid", "u1")], [],
+            IN_QUERY,
+            [("token", OLD_KEY), ("uid", "u1")],
+            [("uid", "u1")],
+            [],
             id="the-secret-parameter-goes-silently",
         ),
         pytest.param(
-            IN_QUERY, [("token", "wrong"), ("uid", "u1")], [("uid", "u1")], [],
+            IN_QUERY,
+            [("token", "wrong"), ("uid", "u1")],
+            [("uid", "u1")],
+            [],
             id="the-secret-parameter-goes-whatever-its-value",
         ),
         pytest.param(
@@ -366,9 +372,7 @@ Pairs = list[tuple[str, str]]
             IN_QUERY, [("note", NEW_KEY)], [], ["note"], id="rotated-key-under-another-name"
         ),
         pytest.param(IN_QUERY, [(OLD_KEY, "1")], [], [KEY_AS_NAME], id="key-as-a-name"),
-        pytest.param(
-            IN_QUERY, [("uid", OLD_KEY)], [], ["uid"], id="key-as-a-field-value"
-        ),
+        pytest.param(IN_QUERY, [("uid", OLD_KEY)], [], ["uid"], id="key-as-a-field-value"),
         pytest.param(
             IN_QUERY,
             [("note", OLD_KEY[:-1]), ("note", OLD_KEY + "x"), ("note", OLD_KEY.upper())],
@@ -377,23 +381,35 @@ Pairs = list[tuple[str, str]]
             id="near-keys-are-not-keys",
         ),
         pytest.param(
-            IN_QUERY, [("tokens", "v"), ("my_token", "v")], [("tokens", "v"), ("my_token", "v")],
-            [], id="names-merely-containing-the-parameter-stay",
+            IN_QUERY,
+            [("tokens", "v"), ("my_token", "v")],
+            [("tokens", "v"), ("my_token", "v")],
+            [],
+            id="names-merely-containing-the-parameter-stay",
         ),
         pytest.param(
-            IN_HEADER, [("token", OLD_KEY), ("uid", "u1")], [("uid", "u1")], ["token"],
+            IN_HEADER,
+            [("token", OLD_KEY), ("uid", "u1")],
+            [("uid", "u1")],
+            ["token"],
             id="header-route-key-sent-in-the-query-too",
         ),
         pytest.param(
-            IN_HEADER, [("X-Gateway-Key", "v")], [("X-Gateway-Key", "v")], [],
+            IN_HEADER,
+            [("X-Gateway-Key", "v")],
+            [("X-Gateway-Key", "v")],
+            [],
             id="header-route-has-no-secret-parameter",
         ),
         pytest.param(
-            IN_QUERY, [("uid", "ключ"), ("v", "")], [("uid", "ключ"), ("v", "")], [],
+            IN_QUERY,
+            [("uid", "ключ"), ("v", "")],
+            [("uid", "ключ"), ("v", "")],
+            [],
             id="non-ascii-and-empty-values-stay",
         ),
     ],
-)  # fmt: skip
+)
 def test_scrub_removes_every_trace_of_the_key(
     check: SecretCheck, query: Pairs, kept: Pairs, removed: list[str]
 ) -> None:

@@ -37,9 +37,11 @@ from tests.test_pipeline import CLICK, get
 from tests.upstream import Answer
 from tests.waiting import eventually_async
 
-CLICK_KEY = dedup_key("/postback/tapper", ("ymid", "event_type", "zone_id"), Postback(
-    {"ymid": "user-1", "event_type": "click", "zone_id": "42"}
-))  # fmt: skip
+CLICK_KEY = dedup_key(
+    "/postback/tapper",
+    ("ymid", "event_type", "zone_id"),
+    Postback({"ymid": "user-1", "event_type": "click", "zone_id": "42"}),
+)
 
 
 def shared_yaml(app: str | dict[str, object], redis_url: str, policy: str = "fail_closed") -> str:
@@ -83,8 +85,10 @@ async def shared(request: pytest.FixtureRequest) -> AsyncIterator[Shared]:
         yield Shared(
             lambda app: shared_yaml(app, redis_url),
             lambda hold: SharedReservations(RedisReservations(client, Metrics()), hold),
-            RedisUnavailable, hold_on_redis, stored_on_redis,
-        )  # fmt: skip
+            RedisUnavailable,
+            hold_on_redis,
+            stored_on_redis,
+        )
         await client.aclose()
         return
     store_url = request.getfixturevalue("postgres_url")
@@ -96,8 +100,10 @@ async def shared(request: pytest.FixtureRequest) -> AsyncIterator[Shared]:
         await connection.execute(
             "INSERT INTO monetag_gateway_dedup_keys (key, state, token, expires_at)"
             " VALUES ($1, 'reserved', $2, $3)",
-            key, token, time.time() + seconds,
-        )  # fmt: skip
+            key,
+            token,
+            time.time() + seconds,
+        )
         await connection.close()
 
     async def stored_on_postgres(key: DedupKey) -> tuple[str, str | None, float]:
@@ -109,9 +115,12 @@ async def shared(request: pytest.FixtureRequest) -> AsyncIterator[Shared]:
         return row["state"], row["token"], row["expires_at"] - time.time()
 
     yield Shared(
-        lambda app: gateway_config(app, store=store_url), outbox.keys_for,
-        PostgresUnavailable, hold_on_postgres, stored_on_postgres,
-    )  # fmt: skip
+        lambda app: gateway_config(app, store=store_url),
+        outbox.keys_for,
+        PostgresUnavailable,
+        hold_on_postgres,
+        stored_on_postgres,
+    )
     await outbox.close()
 
 
@@ -233,10 +242,24 @@ async def test_redis_on_a_unix_socket_with_its_password_in_the_query_works(
     """The documented `unix://` form: before, `check` and `run` crashed (yarl's ValueError)."""
     socket_path = tmp_path / "redis.sock"
     server = subprocess.Popen(
-        ["redis-server", "--port", "0", "--unixsocket", str(socket_path), "--save", "",
-         "--appendonly", "no", "--dir", str(tmp_path), "--requirepass", "SocketPw-31"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+        [
+            "redis-server",
+            "--port",
+            "0",
+            "--unixsocket",
+            str(socket_path),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(tmp_path),
+            "--requirepass",
+            "SocketPw-31",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         await eventually_async(socket_path.exists, timeout=10)
         app = start_upstream()

@@ -15,8 +15,11 @@ CLIMBING = ["parents[" + "2]", "parent.parent" + ".parent"]
 def tracked_files() -> list[Path]:
     listed = subprocess.run(
         ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
-        cwd=REPO, capture_output=True, text=True, check=True,
-    ).stdout.split("\n")  # fmt: skip
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split("\n")
     return [REPO / name for name in listed if name and (REPO / name).is_file()]
 
 

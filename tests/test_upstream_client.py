@@ -401,19 +401,37 @@ async def test_close_before_the_head_is_complete_is_connection_error(start_serve
 # A clean head is the app's decision: whatever happens to the body, the status stands (a 200
 # counted as a failure would be sent again, and paid again).
 CUT_SHORT = [
-    pytest.param(send_and_close(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\npartial"),
-                 b"partial", id="closed-inside-the-body"),
-    pytest.param(send_and_reset(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\npartial"),
-                 b"partial", id="reset-inside-the-body"),
-    pytest.param(send_and_close(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
-                                b"2\r\nok\r\n"), b"ok", id="chunked-closed-before-last-chunk"),
-    pytest.param(send_and_reset(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
-                                b"2\r\nok\r\n"), b"ok", id="chunked-reset-before-last-chunk"),
-    pytest.param(send(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n"
-                      b"zz\r\n"), b"ok", id="chunked-garbled-after-the-head"),
-    pytest.param(drip(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n", b"x" * 100, 0.5),
-                 b"x", id="body-dripping-past-the-wait"),
-]  # fmt: skip
+    pytest.param(
+        send_and_close(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\npartial"),
+        b"partial",
+        id="closed-inside-the-body",
+    ),
+    pytest.param(
+        send_and_reset(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\npartial"),
+        b"partial",
+        id="reset-inside-the-body",
+    ),
+    pytest.param(
+        send_and_close(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n"),
+        b"ok",
+        id="chunked-closed-before-last-chunk",
+    ),
+    pytest.param(
+        send_and_reset(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n"),
+        b"ok",
+        id="chunked-reset-before-last-chunk",
+    ),
+    pytest.param(
+        send(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\nzz\r\n"),
+        b"ok",
+        id="chunked-garbled-after-the-head",
+    ),
+    pytest.param(
+        drip(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n", b"x" * 100, 0.5),
+        b"x",
+        id="body-dripping-past-the-wait",
+    ),
+]
 
 
 @pytest.mark.parametrize(("reply", "body_so_far"), CUT_SHORT)

@@ -240,15 +240,20 @@ PRICE_LIMIT = "must be at most 10 (max_estimated_price)"
             "9" * 30, None, [Problem("estimated_price", PRICE_LIMIT)], id="thirty-digit-price"
         ),
         pytest.param(
-            "0" * 20 + "11", None, [Problem("estimated_price", PRICE_LIMIT)],
+            "0" * 20 + "11",
+            None,
+            [Problem("estimated_price", PRICE_LIMIT)],
             id="leading-zeros-do-not-hide-it",
         ),
-        pytest.param("0.5", Decimal("0.25"), [
-            Problem("estimated_price", "must be at most 0.25 (max_estimated_price)")
-        ], id="configured-limit"),
+        pytest.param(
+            "0.5",
+            Decimal("0.25"),
+            [Problem("estimated_price", "must be at most 0.25 (max_estimated_price)")],
+            id="configured-limit",
+        ),
         pytest.param("abc", None, [Problem("estimated_price", DECIMAL)], id="only-one-problem"),
     ],
-)  # fmt: skip
+)
 def test_estimated_price_has_an_upper_bound(
     price: str, max_price: Decimal | None, problems: list[Problem]
 ) -> None:
