@@ -27,7 +27,7 @@ class UpstreamAttempt(NamedTuple):
 
     A tuple of plain values, so the garbage collector stops tracking it: the inspector keeps
     a thousand postbacks' attempts alive, and every tracked object they hold makes each
-    collection longer (README, Performance)."""
+    collection longer (measured with bench/instructions.py: bench/README.md)."""
 
     upstream: str  # the upstream's label
     status: int | None  # None: no answer (timeout, connection error, bad response)
@@ -103,8 +103,8 @@ _ENCODER = json.JSONEncoder(ensure_ascii=False)  # json.dumps with options build
 
 def _encoded(fields: dict[str, Any]) -> str:
     """The access line's fields as JSON. orjson, because this runs for every postback and the
-    standard encoder was about 7 % of the gateway's time under load (README, Performance);
-    the standard one for what orjson refuses (a string that is not valid UTF-8)."""
+    standard encoder cost 6 % of the instructions per postback (bench/README.md); the
+    standard one for what orjson refuses (a string that is not valid UTF-8)."""
     try:
         return orjson.dumps(fields).decode()
     except orjson.JSONEncodeError:
