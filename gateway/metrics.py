@@ -60,7 +60,8 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
-        # updated by every postback: plain counts, read at scrape time (hotmetrics.py)
+        # updated by every postback: plain counts, read at scrape time; which kind a new
+        # metric should be, and what it saves: hotmetrics.py
         self.requests = CounterFamily(
             "gateway_requests", "Postback requests by route and outcome.", ("route", "outcome")
         )
