@@ -32,9 +32,13 @@ OTHER_ZONES = "other"
 # config keys a reload cannot apply: the listeners, their header deadline, TLS and the store
 # are built once, at start (`runtime.restart_pending`)
 RESTART_ONLY = (
-    "server.listen", "server.admin_listen", "server.client_timeout", "server.tls",
-    "server.max_connections", "store",
-)  # fmt: skip
+    "server.listen",
+    "server.admin_listen",
+    "server.client_timeout",
+    "server.tls",
+    "server.max_connections",
+    "store",
+)
 
 
 def status_class(status: int) -> str:
@@ -69,22 +73,28 @@ class Metrics:
             "gateway_rejections", "Requests not forwarded, by reason.", ("route", "reason")
         )
         self.upstream_attempts = CounterFamily(
-            "gateway_upstream_attempts", "Attempts to reach an upstream, by status class.",
+            "gateway_upstream_attempts",
+            "Attempts to reach an upstream, by status class.",
             ("route", "upstream", "status_class"),
-        )  # fmt: skip
+        )
         self.upstream_latency = HistogramFamily(
-            "gateway_upstream_attempt_duration_seconds", "Duration of one upstream attempt.",
-            ("route", "upstream"), LATENCY_BUCKETS,
-        )  # fmt: skip
+            "gateway_upstream_attempt_duration_seconds",
+            "Duration of one upstream attempt.",
+            ("route", "upstream"),
+            LATENCY_BUCKETS,
+        )
         self.request_latency = HistogramFamily(
-            "gateway_request_duration_seconds", "End-to-end duration of a postback request.",
-            ("route",), LATENCY_BUCKETS,
-        )  # fmt: skip
+            "gateway_request_duration_seconds",
+            "End-to-end duration of a postback request.",
+            ("route",),
+            LATENCY_BUCKETS,
+        )
         self.dedup_evictions = Counter(
             "gateway_dedup_evictions",
             "Dedup entries evicted before their TTL because the cache was full (weakens dedup).",
-            ["route"], registry=r,
-        )  # fmt: skip
+            ["route"],
+            registry=r,
+        )
         self.in_flight = Gauge(
             "gateway_requests_in_flight", "Postback requests being handled now.", registry=r
         )
@@ -93,91 +103,122 @@ class Metrics:
         )
         self.last_reload = Gauge(
             "gateway_config_last_reload_success_timestamp_seconds",
-            "Unix time of the last successful config load.", registry=r,
-        )  # fmt: skip
+            "Unix time of the last successful config load.",
+            registry=r,
+        )
         self.admin_refusals = Counter(
             "gateway_admin_refusals",
             "Admin port requests refused: wrong_token, locked_out (too many wrong tokens from "
             "one address), misdirected (a Host that is not this port's), malformed.",
-            ["reason"], registry=r,
-        )  # fmt: skip
+            ["reason"],
+            registry=r,
+        )
         for reason in ("wrong_token", "locked_out", "misdirected", "malformed"):
             self.admin_refusals.labels(reason)
         self.connections_refused = Counter(
             "gateway_connections_refused",
             "Connections closed before a request: over_capacity (max_connections), "
             "out_of_descriptors, plain_http_on_tls, tls_handshake (failed or too slow), idle.",
-            ["port", "reason"], registry=r,
-        )  # fmt: skip
+            ["port", "reason"],
+            registry=r,
+        )
         self.restart_pending = Gauge(
             "gateway_config_restart_pending",
             "1 for each config key whose reloaded value waits for a restart to take effect.",
-            ["key"], registry=r,
-        )  # fmt: skip
+            ["key"],
+            registry=r,
+        )
         self._zones_seen: dict[str, set[str]] = {}  # route -> zone labels given out so far
         self.valued_price = Counter(
             "gateway_valued_estimated_price_usd",
             "Sum of estimated_price of delivered valued events (compare with Monetag revenue).",
-            ["route", "zone_id"], registry=r,
-        )  # fmt: skip
+            ["route", "zone_id"],
+            registry=r,
+        )
         self.log_only = CounterFamily(
             "gateway_allowlist_log_only",
             "Requests allow_ips would have rejected while the route is in log_only mode.",
             ("route",),
-        )  # fmt: skip
+        )
         self.deliveries = Counter(
-            "gateway_deliveries", "Queued delivery attempts by result (delivered, retry, dead).",
-            ["route", "upstream", "result"], registry=r,
-        )  # fmt: skip
+            "gateway_deliveries",
+            "Queued delivery attempts by result (delivered, retry, dead).",
+            ["route", "upstream", "result"],
+            registry=r,
+        )
         self.queue_depth = Gauge(
-            "gateway_queue_deliveries", "Queued deliveries by state (pending, delivered, dead).",
-            ["route", "state"], registry=r,
-        )  # fmt: skip
+            "gateway_queue_deliveries",
+            "Queued deliveries by state (pending, delivered, dead).",
+            ["route", "state"],
+            registry=r,
+        )
         self.queue_oldest = Gauge(
             "gateway_queue_oldest_pending_age_seconds",
-            "Age of the oldest event still pending delivery.", ["route"], registry=r,
-        )  # fmt: skip
-        self.store_commits = Counter(
-            "gateway_store_commits", "Store transactions committed (one per group of writes).",
+            "Age of the oldest event still pending delivery.",
+            ["route"],
             registry=r,
-        )  # fmt: skip
+        )
+        self.store_commits = Counter(
+            "gateway_store_commits",
+            "Store transactions committed (one per group of writes).",
+            registry=r,
+        )
         self.store_failures = Counter(
             "gateway_store_failures", "Store transactions that failed (disk full...).", registry=r
         )
         self.redis_latency = Histogram(
-            "gateway_redis_duration_seconds", "Duration of Redis dedup operations.",
-            ["operation"], buckets=LATENCY_BUCKETS, registry=r,
-        )  # fmt: skip
-        self.redis_errors = Counter(
-            "gateway_redis_errors", "Redis dedup operations that failed.", ["operation"],
+            "gateway_redis_duration_seconds",
+            "Duration of Redis dedup operations.",
+            ["operation"],
+            buckets=LATENCY_BUCKETS,
             registry=r,
-        )  # fmt: skip
+        )
+        self.redis_errors = Counter(
+            "gateway_redis_errors",
+            "Redis dedup operations that failed.",
+            ["operation"],
+            registry=r,
+        )
         self.dropped_parameters = CounterFamily(
             "gateway_dropped_parameters",
             "Incoming parameters not passed on: posing as a name the gateway writes, or "
-            "carrying the key.", ("route",),
-        )  # fmt: skip
-        r.register(HotPathCollector((
-            self.requests, self.rejections, self.upstream_attempts, self.upstream_latency,
-            self.request_latency, self.log_only, self.dropped_parameters,
-        )))  # fmt: skip
+            "carrying the key.",
+            ("route",),
+        )
+        r.register(
+            HotPathCollector(
+                (
+                    self.requests,
+                    self.rejections,
+                    self.upstream_attempts,
+                    self.upstream_latency,
+                    self.request_latency,
+                    self.log_only,
+                    self.dropped_parameters,
+                )
+            )
+        )
         self.malformed = Counter(
             "gateway_malformed_requests",
             "Requests refused before routing because they are not valid HTTP, by problem.",
-            ["problem"], registry=r,
-        )  # fmt: skip
-        self.tls_reloads = Counter(
-            "gateway_tls_certificate_reloads", "Certificate reloads by result.", ["result"],
+            ["problem"],
             registry=r,
-        )  # fmt: skip
+        )
+        self.tls_reloads = Counter(
+            "gateway_tls_certificate_reloads",
+            "Certificate reloads by result.",
+            ["result"],
+            registry=r,
+        )
         self.dedup_fallbacks = Counter(
             "gateway_dedup_fallbacks",
             "Postbacks deduplicated by local memory only because Redis failed (fail_open).",
-            ["route"], registry=r,
-        )  # fmt: skip
-        Gauge(
-            "gateway_build_info", "Build information.", ["version"], registry=r
-        ).labels(__version__).set(1)  # fmt: skip
+            ["route"],
+            registry=r,
+        )
+        Gauge("gateway_build_info", "Build information.", ["version"], registry=r).labels(
+            __version__
+        ).set(1)
         for result in ("success", "failure"):
             self.reloads.labels(result)
             self.tls_reloads.labels(result)
