@@ -24,14 +24,11 @@ from gateway.durable.sqlite_writer import SqliteWriter
 from gateway.metrics import Metrics
 from gateway.runtime import Runtime
 from gateway.serving.app import public_runner
-from tests.postgres import PostgresCluster
-from tests.processes import free_port
-from tests.rawupstream import start_server  # noqa: F401  (a fixture: raw upstreams)
-from tests.upstream import RecordingUpstream
-from tests.waiting import eventually
-
-SECRET = "s3cret-key-0123456789"
-
+from tests.support.postgres import PostgresCluster
+from tests.support.processes import SECRET, free_port
+from tests.support.rawupstream import start_server  # noqa: F401  (a fixture: raw upstreams)
+from tests.support.upstream import RecordingUpstream
+from tests.support.waiting import eventually
 
 UpstreamFactory = Callable[..., RecordingUpstream]
 

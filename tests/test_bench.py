@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from tests.support.processes import REPO
 
 
 def test_ack_throughput_script_runs_every_mode_on_both_stores(tmp_path: Path) -> None:

@@ -20,8 +20,8 @@ from selenium import webdriver
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions
 
-import tests.browser
-from tests.browser import (
+import tests.support.browser
+from tests.support.browser import (
     _installed,
     add_cookie_for,
     alert_present,

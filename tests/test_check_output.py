@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.configedit import edited
-from tests.tlscerts import make_certificate
+from tests.support.configedit import edited
+from tests.support.processes import REPO
+from tests.support.tlscerts import make_certificate
 
-REPO = Path(__file__).resolve().parents[1]
 COMMAND_TIMEOUT = 30.0
 ENV_SECRET = "check-env-secret-3141"  # MONETAG_SECRET: the route's first key
 FILE_KEY = "check-file-key-2718"  # the rotation key written in the file and in the template

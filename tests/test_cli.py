@@ -13,12 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from tests import processes
-from tests.processes import GatewayProcess as RunningGateway
-from tests.processes import free_port, gateway_command, spawn_gateway
-from tests.waiting import eventually
+from tests.support import processes
+from tests.support.processes import GatewayProcess as RunningGateway
+from tests.support.processes import free_port, gateway_command, spawn_gateway
+from tests.support.waiting import eventually
 
-REPO = Path(__file__).resolve().parents[1]
 COMMAND_TIMEOUT = 30.0
 FILE_SECRET = "topsecret-value-123"
 ENV_SECRET = "envsecret-value-456"

@@ -19,7 +19,7 @@ from urllib.parse import parse_qs, urlsplit
 import yaml
 
 from gateway.config import GatewayConfig, load_config
-from tests.processes import REPO, command_env, free_port
+from tests.support.processes import REPO, command_env, free_port
 
 COMPOSE_FILE = REPO / "docker-compose.yml"
 GATEWAY_YAML = REPO / "deploy/gateway.yaml"

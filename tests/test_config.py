@@ -19,15 +19,14 @@ from gateway.metrics import Metrics
 from gateway.reload import ConfigWatcher
 from gateway.runtime import Runtime
 from gateway.tls import check_certificates
-from tests.configedit import DROP, ConfigEdits, assert_problem_at
-from tests.gatewayconfig import gateway_config, route
-from tests.tlscerts import Certificate, make_certificate
+from tests.support.configedit import DROP, ConfigEdits, assert_problem_at
+from tests.support.gatewayconfig import gateway_config, route
+from tests.support.processes import REPO, SECRET
+from tests.support.tlscerts import Certificate, make_certificate
 
-REPO = Path(__file__).resolve().parents[1]
 CONTRACT = REPO / "tests/data/contract.yaml"  # the key names operators and outside tests use
 SHIPPED = REPO / "config.yaml"
 REFERENCE = REPO / "docs/config-reference.yaml"
-SECRET = "s3cret-key-from-env"
 ENV = {"MONETAG_SECRET": SECRET}
 
 # A valid config every table case starts from; a case changes a few keys of it.

@@ -22,9 +22,9 @@ import yaml
 from gateway.config import MAX_CONFIG_BYTES, ConfigError, parse_config
 from gateway.config.yamlfile import MAX_VALUES
 from tests.conftest import SECRET, UpstreamFactory
-from tests.gatewayconfig import gateway_config
-from tests.processes import REPO, answers, command_env, free_port, http_get, spawn_gateway
-from tests.waiting import eventually
+from tests.support.gatewayconfig import gateway_config
+from tests.support.processes import REPO, answers, command_env, free_port, http_get, spawn_gateway
+from tests.support.waiting import eventually
 
 
 def laughs(levels: int) -> str:

@@ -13,9 +13,9 @@ import pytest
 
 from gateway.config import ConfigError, load_config, parse_config
 from gateway.postback import CANONICAL_FIELDS
-from tests.configedit import DROP, ConfigEdits, assert_problem_at, edited
+from tests.support.configedit import DROP, ConfigEdits, assert_problem_at, edited
+from tests.support.processes import SECRET
 
-SECRET = "rules-secret-8c1f"  # the key, from the environment
 FILE_KEY = "file-key-77aa"  # a second key written in the file (rotation)
 STATIC_VALUE = "static-api-value-5e5e"
 ENV = {"MONETAG_SECRET": SECRET}

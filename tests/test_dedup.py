@@ -11,7 +11,7 @@ import pytest
 from gateway.dedup import DedupKey, RouteDedup, dedup_key, key_fields
 from gateway.errors import DuplicatePostback
 from gateway.postback import Postback
-from tests.clock import FakeClock
+from tests.support.clock import FakeClock
 
 KEY_FIELDS = ["ymid", "zone_id"]
 KEY: DedupKey = dedup_key("tapper", KEY_FIELDS, Postback({"ymid": "u1", "zone_id": "5"}))

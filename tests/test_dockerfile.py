@@ -14,11 +14,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.configedit import edited
-from tests.processes import free_port
-from tests.waiting import eventually
-
-REPO = Path(__file__).resolve().parents[1]
+from tests.support.configedit import edited
+from tests.support.processes import REPO, free_port
+from tests.support.waiting import eventually
 
 
 def instructions() -> list[tuple[str, str]]:

@@ -26,14 +26,13 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import UpstreamFactory
-from tests.gatewayconfig import gateway_config
-from tests.processes import free_port, gateway_command
-from tests.queuedgateway import (
+from tests.support.gatewayconfig import gateway_config
+from tests.support.processes import command_env, free_port, gateway_command
+from tests.support.queuedgateway import (
     Harness,
     Row,
     assert_all_queued,
     assert_queued,
-    command_env,
     durable_route,
     harness,
     metric_sum,
@@ -43,8 +42,8 @@ from tests.queuedgateway import (
     queue_stats,
     settled,
 )
-from tests.upstream import Answer, Received
-from tests.waiting import eventually
+from tests.support.upstream import Answer, Received
+from tests.support.waiting import eventually
 
 __all__ = ["harness"]  # the fixture, used by name
 

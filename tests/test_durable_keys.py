@@ -18,7 +18,7 @@ from gateway.durable.sqlite_outbox import STORE_SCHEMA
 from gateway.durable.sqlite_writer import SqliteWriter
 from gateway.errors import DedupUnavailable, DuplicatePostback, Outcome
 from gateway.postback import Postback
-from tests.clock import FakeClock
+from tests.support.clock import FakeClock
 
 KEY_FIELDS = ["ymid", "zone_id"]
 KEY: DedupKey = dedup_key("tapper", KEY_FIELDS, Postback({"ymid": "u1", "zone_id": "5"}))

@@ -12,10 +12,10 @@ import pytest
 from gateway import queue_cli
 from gateway.cli import main
 from gateway.config import ConfigError, StoreConfig, parse_config
-from tests.configedit import assert_problem_at
-from tests.gatewayconfig import gateway_config
+from tests.support.configedit import assert_problem_at
+from tests.support.gatewayconfig import gateway_config
+from tests.support.processes import SECRET
 
-SECRET = "durations-secret-0123456789"
 APP = "http://127.0.0.1:9/postback"
 
 DURATIONS = [

@@ -7,9 +7,8 @@ import sys
 from pathlib import Path
 
 from tests.conftest import SECRET
-from tests.gatewayconfig import gateway_config
-
-REPO = Path(__file__).resolve().parents[1]
+from tests.support.gatewayconfig import gateway_config
+from tests.support.processes import REPO
 
 
 async def fire(config_file: Path, *arguments: str) -> tuple[int, str, str]:

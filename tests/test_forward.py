@@ -16,7 +16,7 @@ from gateway.forwarding.forward import Forwarder, Upstream
 from gateway.forwarding.upstream_client import UpstreamClient
 from gateway.metrics import Metrics
 from gateway.postback import Postback
-from tests.upstream import Answer
+from tests.support.upstream import Answer
 
 POSTBACK = Postback({"ymid": "u 1&x", "event_type": "click"}, (("source", "a"), ("source", "b")))
 

@@ -26,8 +26,8 @@ from gateway.checks.paramnames import comparable_forms
 from gateway.metrics import MAX_ZONE_LABELS
 from gateway.serving.app import admin_runner
 from tests.conftest import SECRET, GatewayFactory, RunningGateway, UpstreamFactory, access_lines
-from tests.gatewayconfig import MONETAG_ALIASES, gateway_config, route, upstream
-from tests.upstream import Received, RecordingUpstream
+from tests.support.gatewayconfig import MONETAG_ALIASES, gateway_config, route, upstream
+from tests.support.upstream import Received, RecordingUpstream
 
 ROTATED = "rotated-key-98765"  # a second accepted key
 GUARD = 10.0  # bound on every socket wait

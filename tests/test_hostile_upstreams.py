@@ -16,9 +16,9 @@ import pytest
 from prometheus_client import generate_latest
 
 from tests.conftest import SECRET, GatewayFactory, RunningGateway, access_lines
-from tests.gatewayconfig import gateway_config, upstream
-from tests.queuedgateway import metric_sum
-from tests.rawupstream import (
+from tests.support.gatewayconfig import gateway_config, upstream
+from tests.support.queuedgateway import metric_sum
+from tests.support.rawupstream import (
     GUARD,
     OK,
     RawServer,
@@ -33,7 +33,7 @@ from tests.rawupstream import (
     send_when_told,
     until,
 )
-from tests.waiting import eventually_async
+from tests.support.waiting import eventually_async
 
 SERVICE_UNAVAILABLE = b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 4\r\n\r\nbusy"
 

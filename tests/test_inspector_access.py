@@ -28,8 +28,8 @@ from gateway.checks.secret import Secret
 from gateway.config import ConfigError, GatewayConfig, load_config, parse_config
 from gateway.runtime import Runtime
 from tests.conftest import SECRET, UpstreamFactory
-from tests.gatewayconfig import gateway_config, upstream
-from tests.inspectorsite import (
+from tests.support.gatewayconfig import gateway_config, upstream
+from tests.support.inspectorsite import (
     ADMIN_ENV,
     ADMIN_TOKEN,
     Site,
@@ -39,10 +39,10 @@ from tests.inspectorsite import (
     start_site,
     tapper_config,
 )
-from tests.processes import Reply, command_env, http_get, spawn_gateway
-from tests.queuedgateway import metric_sum
-from tests.upstream import RecordingUpstream
-from tests.waiting import eventually, eventually_async
+from tests.support.processes import Reply, command_env, http_get, spawn_gateway
+from tests.support.queuedgateway import metric_sum
+from tests.support.upstream import RecordingUpstream
+from tests.support.waiting import eventually, eventually_async
 
 __all__ = ["start_site"]  # the fixture, used by name
 

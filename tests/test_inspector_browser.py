@@ -33,7 +33,8 @@ from selenium.webdriver.remote.webelement import WebElement
 from selenium.webdriver.support import expected_conditions
 from selenium.webdriver.support.ui import Select
 
-from tests.browser import (
+from tests.conftest import SECRET, UpstreamFactory
+from tests.support.browser import (
     REBOUND_NAME,
     alert_present,
     browser,
@@ -42,9 +43,8 @@ from tests.browser import (
     save_screenshot,
     wait_for,
 )
-from tests.conftest import SECRET, UpstreamFactory
-from tests.gatewayconfig import gateway_config, route, upstream
-from tests.inspectorsite import (
+from tests.support.gatewayconfig import gateway_config, route, upstream
+from tests.support.inspectorsite import (
     ADMIN_TOKEN,
     FAST_QUEUE,
     WRONG_KEY,
@@ -55,9 +55,9 @@ from tests.inspectorsite import (
     start_site,
     tapper_config,
 )
-from tests.processes import Reply, http_get
-from tests.upstream import Received, RecordingUpstream
-from tests.waiting import eventually
+from tests.support.processes import Reply, http_get
+from tests.support.upstream import Received, RecordingUpstream
+from tests.support.waiting import eventually
 
 __all__ = ["browser", "start_site"]  # the fixtures, used by name
 

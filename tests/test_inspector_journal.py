@@ -17,9 +17,9 @@ from gateway.inspector.present import FAILED, PASSED, SKIPPED, curl_line, steps
 from gateway.journal import MINUTES, Filters, Journal
 from gateway.record import RequestRecord, UpstreamAttempt
 from gateway.route import STEPS
-from tests.gatewayconfig import gateway_config
+from tests.support.gatewayconfig import gateway_config
+from tests.support.processes import SECRET
 
-SECRET = "journal-secret-0123"
 HOSTILE_YMIDS = [
     "<img src=x onerror=alert(1)>",
     "</script><script>alert(2)</script>",

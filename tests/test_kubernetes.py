@@ -14,9 +14,9 @@ import pytest
 import yaml
 
 from gateway.config import GatewayConfig, load_config
-from tests.configedit import edited
-from tests.processes import REPO, command_env
-from tests.tlscerts import make_certificate
+from tests.support.configedit import edited
+from tests.support.processes import REPO, command_env
+from tests.support.tlscerts import make_certificate
 
 K8S = REPO / "deploy/kubernetes"
 PASSWORD = "k8s-pg-pass-Yv42qe"  # in STORE_URL: must never appear in `check`'s output

@@ -22,13 +22,20 @@ from typing import Any
 import pytest
 
 from tests.conftest import UpstreamFactory
-from tests.gatewayconfig import gateway_config, upstream
-from tests.processes import REPO, answers, command_env, free_port, http_get, spawn_gateway
-from tests.tlscerts import Certificate, make_certificate
-from tests.upstream import RecordingUpstream
-from tests.waiting import eventually
+from tests.support.gatewayconfig import gateway_config, upstream
+from tests.support.processes import (
+    REPO,
+    SECRET,
+    answers,
+    command_env,
+    free_port,
+    http_get,
+    spawn_gateway,
+)
+from tests.support.tlscerts import Certificate, make_certificate
+from tests.support.upstream import RecordingUpstream
+from tests.support.waiting import eventually
 
-SECRET = "listener-secret-4567"
 START_TIMEOUT = 15.0
 
 

@@ -31,10 +31,10 @@ from gateway.metrics import Metrics
 from gateway.runtime import Runtime
 from gateway.serving.app import public_runner
 from tests.conftest import SECRET, UpstreamFactory
-from tests.gatewayconfig import gateway_config, route
-from tests.processes import REPO
-from tests.upstream import RecordingUpstream
-from tests.waiting import eventually, eventually_async
+from tests.support.gatewayconfig import gateway_config, route
+from tests.support.processes import REPO
+from tests.support.upstream import RecordingUpstream
+from tests.support.waiting import eventually, eventually_async
 
 NGINX_CONF = REPO / "deploy/nginx.conf"
 REPLICA_PORT = 8080  # where deploy/nginx.conf sends: the gateways' `listen` port

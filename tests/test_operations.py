@@ -32,16 +32,22 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.durable.outbox import DEAD, DELIVERED, PENDING, RETRY
 from gateway.metrics import Metrics
-from tests import processes
 from tests.conftest import RedisServer, UpstreamFactory
-from tests.gatewayconfig import gateway_config, route, upstream
-from tests.processes import Reply, free_port, gateway_command, http_get, spawn_gateway
-from tests.upstream import Answer
-from tests.waiting import eventually
+from tests.support import processes
+from tests.support.gatewayconfig import gateway_config, route, upstream
+from tests.support.processes import (
+    REPO,
+    SECRET,
+    Reply,
+    free_port,
+    gateway_command,
+    http_get,
+    spawn_gateway,
+)
+from tests.support.upstream import Answer
+from tests.support.waiting import eventually
 
-REPO = Path(__file__).resolve().parents[1]
 DASHBOARD = REPO / "dashboards" / "monetag-gateway.json"
-SECRET = "ops-secret-value-789"
 START_TIMEOUT = 15.0
 HTTP_TIMEOUT = 10.0
 COMMAND_TIMEOUT = 30.0
@@ -50,13 +56,9 @@ COMMAND_TIMEOUT = 30.0
 # -- helpers ----------------------------------------------------------------------------------
 
 
-def command_env() -> dict[str, str]:
-    return processes.command_env(SECRET)
-
-
 def check_checksum(config: Path) -> str:
     """The checksum `python -m gateway check` prints for a config file."""
-    result = gateway_command("check", "--config", str(config), env=command_env())
+    result = gateway_command("check", "--config", str(config), env=processes.command_env())
     assert result.returncode == 0, result.stderr
     match = re.search(r"checksum ([0-9a-f]{16})", result.stdout)
     assert match, result.stdout
@@ -212,7 +214,7 @@ def launch(tmp_path: Path) -> Iterator[Launcher]:
 
         config.write_text(builder(public_port, admin_port), encoding="utf-8")
         stdout, stderr = tmp_path / f"stdout{index}.log", tmp_path / f"stderr{index}.log"
-        process = spawn_gateway(config, command_env(), stdout, stderr)
+        process = spawn_gateway(config, processes.command_env(), stdout, stderr)
         running = GatewayProcess(process, config, public_port, admin_port, stdout, stderr, builder)
         started.append(running)
         eventually(running.is_ready, START_TIMEOUT, interval=0.05, explain=stderr.read_text)

@@ -19,9 +19,9 @@ from gateway.metrics import Metrics
 from gateway.runtime import Runtime
 from gateway.serving.app import public_runner
 from tests.conftest import SECRET
-from tests.gatewayconfig import gateway_config, upstream
-from tests.upstream import DROP, Answer
-from tests.waiting import eventually_async
+from tests.support.gatewayconfig import gateway_config, upstream
+from tests.support.upstream import DROP, Answer
+from tests.support.waiting import eventually_async
 
 CLICK = {"uid": "user-1", "event": "click", "zone": "42", "token": SECRET}
 

@@ -19,7 +19,7 @@ from urllib.parse import urlencode
 import yaml
 
 from tests.conftest import RedisServer, UpstreamFactory
-from tests.processes import (
+from tests.support.processes import (
     answers,
     command_env,
     free_port,
@@ -27,8 +27,8 @@ from tests.processes import (
     http_get,
     spawn_gateway,
 )
-from tests.upstream import Answer, Received
-from tests.waiting import eventually
+from tests.support.upstream import Answer, Received
+from tests.support.waiting import eventually
 
 PLANTED = {
     "MONETAG_SECRET": "planted-route-key-7f3a91",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncpg
 import pytest
 
-from tests.postgres import PostgresCluster
+from tests.support.postgres import PostgresCluster
 
 
 async def query(url: str, statement: str) -> list[asyncpg.Record]:

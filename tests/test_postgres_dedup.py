@@ -9,10 +9,10 @@ from __future__ import annotations
 import asyncpg
 import pytest
 
-from tests.gatewayconfig import gateway_config
-from tests.postgres import PostgresCluster
+from tests.support.gatewayconfig import gateway_config
+from tests.support.postgres import PostgresCluster
+from tests.support.waiting import eventually_async
 from tests.test_pipeline import CLICK, get
-from tests.waiting import eventually_async
 
 
 def shared_yaml(app: str | dict[str, object], url: str) -> str:

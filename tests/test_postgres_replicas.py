@@ -19,9 +19,9 @@ from typing import Any
 import pytest
 
 from tests.conftest import UpstreamFactory
-from tests.postgres import PostgresCluster
-from tests.processes import Reply
-from tests.queuedgateway import (
+from tests.support.postgres import PostgresCluster
+from tests.support.processes import Reply
+from tests.support.queuedgateway import (
     FAST_QUEUE,
     Gateway,
     Harness,
@@ -32,8 +32,8 @@ from tests.queuedgateway import (
     metric_sum,
     queue_stats,
 )
-from tests.upstream import Answer, Received
-from tests.waiting import eventually
+from tests.support.upstream import Answer, Received
+from tests.support.waiting import eventually
 
 __all__ = ["harness"]  # the fixture, used by name
 

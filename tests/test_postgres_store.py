@@ -17,11 +17,11 @@ from gateway.dedup import dedup_key
 from gateway.durable.outbox import NewEvent, StoreError
 from gateway.durable.postgres_outbox import SCHEMA_VERSION, PostgresOutbox
 from gateway.postback import Postback
-from tests.gatewayconfig import gateway_config
-from tests.postgres import PostgresCluster
-from tests.processes import free_port, gateway_command
-from tests.queuedgateway import Harness, command_env, durable_route, metric_sum
-from tests.waiting import eventually, eventually_async
+from tests.support.gatewayconfig import gateway_config
+from tests.support.postgres import PostgresCluster
+from tests.support.processes import command_env, free_port, gateway_command
+from tests.support.queuedgateway import Harness, durable_route, metric_sum
+from tests.support.waiting import eventually, eventually_async
 
 PASSWORD = "pw-Zq81-never-shown"
 OURS = {

@@ -20,10 +20,10 @@ from gateway.forwarding.upstream_client import UpstreamClient
 from gateway.metrics import Metrics
 from gateway.postback import Postback
 from tests.conftest import RunningGateway
-from tests.gatewayconfig import gateway_config, upstream
+from tests.support.gatewayconfig import gateway_config, upstream
+from tests.support.upstream import DROP, Answer, RecordingUpstream
+from tests.support.waiting import eventually_async
 from tests.test_pipeline import CLICK, get
-from tests.upstream import DROP, Answer, RecordingUpstream
-from tests.waiting import eventually_async
 
 FAST_RETRIES = {"retry_base": "50ms", "retry_cap": "200ms"}
 

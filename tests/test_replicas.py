@@ -14,11 +14,9 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import RedisServer
-from tests.gatewayconfig import gateway_config
-from tests.processes import REPO, command_env, free_port, http_get, spawn_gateway
-from tests.waiting import eventually
-
-SECRET = "replica-secret-12345"
+from tests.support.gatewayconfig import gateway_config
+from tests.support.processes import REPO, SECRET, command_env, free_port, http_get, spawn_gateway
+from tests.support.waiting import eventually
 
 
 def config(public: int, admin: int, app: int, redis_url: str, policy: str) -> str:

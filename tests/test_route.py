@@ -16,10 +16,10 @@ from gateway.inspector.present import FAILED, PASSED, SKIPPED, steps
 from gateway.journal import Journal
 from gateway.record import RequestRecord
 from gateway.route import STEPS, Arrival, CompiledRoute
+from tests.support.processes import SECRET
 
-from .gatewayconfig import gateway_config
+from .support.gatewayconfig import gateway_config
 
-SECRET = "s3cret-for-the-route-tests"
 VALID = "uid=u1&event=click&zone=9&token=" + SECRET
 
 

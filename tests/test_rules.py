@@ -7,9 +7,9 @@ import asyncio
 from prometheus_client import generate_latest
 
 from tests.conftest import SECRET, access_lines
-from tests.gatewayconfig import gateway_config, upstream
+from tests.support.gatewayconfig import gateway_config, upstream
+from tests.support.upstream import Answer
 from tests.test_pipeline import CLICK, get
-from tests.upstream import Answer
 
 
 def sample(gateway, name: str, **labels: str) -> float:

@@ -12,10 +12,10 @@ from gateway.config import parse_config
 from gateway.deadline import Deadline
 from gateway.serving.app import create_admin_app
 from tests.conftest import SECRET
-from tests.gatewayconfig import gateway_config, route
+from tests.support.gatewayconfig import gateway_config, route
+from tests.support.upstream import Answer
+from tests.support.waiting import eventually_async
 from tests.test_pipeline import CLICK, get
-from tests.upstream import Answer
-from tests.waiting import eventually_async
 
 
 def config_of(yaml_text: str):

@@ -32,10 +32,10 @@ from gateway.durable.postgres_keys import PostgresUnavailable
 from gateway.durable.postgres_outbox import PostgresOutbox
 from gateway.metrics import Metrics
 from gateway.postback import Postback
-from tests.gatewayconfig import gateway_config, upstream
+from tests.support.gatewayconfig import gateway_config, upstream
+from tests.support.upstream import Answer
+from tests.support.waiting import eventually_async
 from tests.test_pipeline import CLICK, get
-from tests.upstream import Answer
-from tests.waiting import eventually_async
 
 CLICK_KEY = dedup_key(
     "/postback/tapper",

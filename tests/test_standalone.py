@@ -6,7 +6,8 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from tests.support.processes import REPO
+
 # Built from parts so this file does not name what it looks for.
 OUTSIDE = ["../" + "shared", "shared" + "/design", "shared" + "/seeds", "shared" + "/STYLE"]
 CLIMBING = ["parents[" + "2]", "parent.parent" + ".parent"]

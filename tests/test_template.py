@@ -7,8 +7,8 @@ import pytest
 
 from gateway.config.template import parse_template
 from gateway.postback import CANONICAL_FIELDS
+from tests.support.processes import SECRET
 
-SECRET = "tmpl-secret-4711"
 HOST = "https://gw.example.com"
 
 

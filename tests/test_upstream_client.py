@@ -15,7 +15,6 @@ import socket
 import sys
 import time
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -31,7 +30,8 @@ from gateway.forwarding.upstream_client import (
     UpstreamClient,
     UpstreamConnectionError,
 )
-from tests.rawupstream import (
+from tests.support.processes import REPO
+from tests.support.rawupstream import (
     GUARD,
     OK,
     Reply,
@@ -49,10 +49,9 @@ from tests.rawupstream import (
     trickle,
     until,
 )
-from tests.waiting import eventually_async
+from tests.support.waiting import eventually_async
 
 TIMEOUT = 2.0  # the client's own timeout for one get, unless a test says otherwise
-REPO = Path(__file__).resolve().parent.parent
 
 OK_ANSWER = Answer(200, b"ok", None)
 

@@ -27,7 +27,7 @@ from typing import Any, NoReturn
 
 import pytest
 
-from tests.processes import free_port
+from tests.support.processes import free_port
 
 SERVER_USER = "postgres"  # as root, the server and its files belong to this user
 SETTINGS = {

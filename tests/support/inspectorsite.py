@@ -26,9 +26,9 @@ from gateway.metrics import Metrics
 from gateway.runtime import Runtime
 from gateway.serving.app import admin_runner, public_runner
 from tests.conftest import SECRET
-from tests.gatewayconfig import gateway_config, upstream
-from tests.processes import Reply, free_port, http_get
-from tests.upstream import RecordingUpstream
+from tests.support.gatewayconfig import gateway_config, upstream
+from tests.support.processes import Reply, free_port, http_get
+from tests.support.upstream import RecordingUpstream
 
 ADMIN_TOKEN = "inspector-token-0123456789abcdef"
 ADMIN_ENV = {"ADMIN_TOKEN": ADMIN_TOKEN}

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
+# the checkout: the nearest folder above that holds pyproject.toml
+REPO = next(up for up in Path(__file__).resolve().parents if (up / "pyproject.toml").is_file())
 
 
 def free_port() -> int:
@@ -23,7 +24,10 @@ def free_port() -> int:
         return port
 
 
-def command_env(secret: str, **extra: str) -> dict[str, str]:
+SECRET = "s3cret-key-0123456789"  # the route key the tests' configs read from MONETAG_SECRET
+
+
+def command_env(secret: str = SECRET, **extra: str) -> dict[str, str]:
     """This process's environment without the gateway's own variables, plus the route secret."""
     env = {
         name: value

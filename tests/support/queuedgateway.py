@@ -27,12 +27,19 @@ from urllib.parse import urlencode
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests import processes
-from tests.gatewayconfig import gateway_config, route, upstream
-from tests.processes import REPO, Reply, free_port, gateway_command, http_get, spawn_gateway
-from tests.waiting import eventually
+from tests.support import processes
+from tests.support.gatewayconfig import gateway_config, route, upstream
+from tests.support.processes import (
+    REPO,
+    SECRET,
+    Reply,
+    free_port,
+    gateway_command,
+    http_get,
+    spawn_gateway,
+)
+from tests.support.waiting import eventually
 
-SECRET = "durable-secret-value-456"
 START_TIMEOUT = 15.0
 COMMAND_TIMEOUT = 30.0
 STOP_TIMEOUT = 10.0
@@ -40,10 +47,6 @@ FAST_QUEUE = {"retry_base": "100ms", "retry_cap": "500ms"}
 
 
 # -- helpers ----------------------------------------------------------------------------------
-
-
-def command_env() -> dict[str, str]:
-    return processes.command_env(SECRET)
 
 
 def metric_samples(text: str) -> list[tuple[str, dict[str, str], float]]:
@@ -193,7 +196,7 @@ class Harness:
         index = len(self.gateways)
         stdout, stderr = self.tmp / f"gateway{index}.out", self.tmp / f"gateway{index}.err"
         if file_size_limit is None:
-            process = spawn_gateway(setup.config, command_env(), stdout, stderr)
+            process = spawn_gateway(setup.config, processes.command_env(), stdout, stderr)
         else:
             process = self._spawn_limited(setup.config, file_size_limit, stdout, stderr)
         gateway = Gateway(process, setup, stdout, stderr)
@@ -216,7 +219,7 @@ class Harness:
         process = subprocess.Popen(
             [sys.executable, "-m", "gateway", "run", "--config", str(config)],
             cwd=REPO,
-            env=command_env(),
+            env=processes.command_env(),
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             preexec_fn=limit_file_size,
@@ -252,7 +255,7 @@ def harness(tmp_path: Path) -> Iterator[Harness]:
 
 def queue(setup: Setup, *args: str) -> subprocess.CompletedProcess[str]:
     config = str(setup.config)
-    return gateway_command("queue", "--config", config, *args, env=command_env())
+    return gateway_command("queue", "--config", config, *args, env=processes.command_env())
 
 
 def queue_stats(setup: Setup) -> dict[str, dict[str, int]]:

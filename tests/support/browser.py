@@ -34,7 +34,7 @@ from selenium.common.exceptions import (
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.support.ui import WebDriverWait
 
-from tests.processes import REPO
+from tests.support.processes import REPO
 
 T = TypeVar("T")
 

@@ -1,0 +1,2 @@
+"""What the tests share: real servers to run (gateways, upstreams, PostgreSQL, Chromium),
+configs to build, clocks and waits."""
