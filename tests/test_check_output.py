@@ -17,6 +17,8 @@ import yaml
 from tests.configedit import edited
 from tests.tlscerts import make_certificate
 
+pytestmark = pytest.mark.process
+
 REPO = Path(__file__).resolve().parents[1]
 COMMAND_TIMEOUT = 30.0
 ENV_SECRET = "check-env-secret-3141"  # MONETAG_SECRET: the route's first key

@@ -18,6 +18,8 @@ from tests.processes import GatewayProcess as RunningGateway
 from tests.processes import free_port, gateway_command, spawn_gateway
 from tests.waiting import eventually
 
+pytestmark = pytest.mark.process
+
 REPO = Path(__file__).resolve().parents[1]
 COMMAND_TIMEOUT = 30.0
 FILE_SECRET = "topsecret-value-123"

@@ -6,8 +6,12 @@ import asyncio
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import SECRET
 from tests.gatewayconfig import gateway_config
+
+pytestmark = pytest.mark.process
 
 REPO = Path(__file__).resolve().parents[1]
 

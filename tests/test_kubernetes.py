@@ -126,6 +126,7 @@ def test_deployment_runs_two_pods_of_app_and_gateway_behind_the_service() -> Non
     assert container("app")["image"] == container("gateway")["image"]
 
 
+@pytest.mark.process
 def test_configmap_config_passes_check_without_showing_the_password(local_config: Path) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "gateway", "check", "--config", str(local_config)],

@@ -28,6 +28,8 @@ from tests.tlscerts import Certificate, make_certificate
 from tests.upstream import RecordingUpstream
 from tests.waiting import eventually
 
+pytestmark = pytest.mark.process
+
 SECRET = "listener-secret-4567"
 START_TIMEOUT = 15.0
 

@@ -27,6 +27,8 @@ from tests.postgres import PostgresCluster
 from tests.test_pipeline import CLICK, get
 from tests.waiting import eventually_async
 
+pytestmark = pytest.mark.postgres
+
 KEY_FIELDS = ("ymid", "event_type", "zone_id")
 CLICK_KEY = dedup_key("/postback/tapper", KEY_FIELDS, Postback(
     {"ymid": "user-1", "event_type": "click", "zone_id": "42"}

@@ -35,6 +35,8 @@ from tests.queuedgateway import (
 from tests.upstream import Answer, Received
 from tests.waiting import eventually
 
+pytestmark = [pytest.mark.postgres, pytest.mark.process]
+
 __all__ = ["harness"]  # the fixture, used by name
 
 UNAVAILABLE = 503  # the app answering "not now": the queue retries, never dead-letters soon

@@ -23,6 +23,8 @@ from tests.processes import free_port, gateway_command
 from tests.queuedgateway import Harness, command_env, durable_route, metric_sum
 from tests.waiting import eventually, eventually_async
 
+pytestmark = pytest.mark.postgres
+
 PASSWORD = "pw-Zq81-never-shown"
 OURS = {
     "monetag_gateway_events", "monetag_gateway_deliveries", "monetag_gateway_dedup_keys",

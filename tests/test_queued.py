@@ -28,7 +28,7 @@ from tests.waiting import eventually_async
 FAST_RETRIES = {"retry_base": "50ms", "retry_cap": "200ms"}
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def store_at(request: pytest.FixtureRequest, tmp_path: Path) -> str | Path:
     """Where the queue is kept: an SQLite file, or a database on the test PostgreSQL."""
     if request.param == "sqlite":
@@ -67,6 +67,7 @@ async def test_queued_postback_is_acknowledged_then_delivered_everywhere(
     assert (await get(http, gateway.postback_url(), CLICK))[1] == "duplicate"
 
 
+@pytest.mark.process
 async def test_app_down_then_up_receives_every_event_once_by_key(
     start_upstream, start_gateway, http, store_at
 ):
@@ -84,6 +85,7 @@ async def test_app_down_then_up_receives_every_event_once_by_key(
     assert app.ymids() == {f"user-{n}" for n in range(20)}
 
 
+@pytest.mark.process
 async def test_one_upstream_down_does_not_hold_back_another(
     start_upstream, start_gateway, http, store_at
 ):
@@ -117,6 +119,7 @@ async def test_refused_event_is_dead_lettered_with_status_and_body(
     assert deliveries == 1
 
 
+@pytest.mark.process
 async def test_408_429_and_5xx_are_retried_until_delivered(
     start_upstream, start_gateway, http, store_at
 ):
@@ -129,6 +132,7 @@ async def test_408_429_and_5xx_are_retried_until_delivered(
     assert len(set(keys_of(app))) == 1
 
 
+@pytest.mark.process
 async def test_gives_up_after_max_attempts(start_upstream, start_gateway, http, store_at):
     app = start_upstream(default=503)
     gateway = await start_gateway(queued_yaml([app.url], store_at, max_attempts=3))

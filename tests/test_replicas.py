@@ -18,6 +18,8 @@ from tests.gatewayconfig import gateway_config
 from tests.processes import REPO, command_env, free_port, http_get, spawn_gateway
 from tests.waiting import eventually
 
+pytestmark = pytest.mark.process
+
 SECRET = "replica-secret-12345"
 
 

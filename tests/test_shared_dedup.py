@@ -34,7 +34,12 @@ def shared_yaml(app: str | dict[str, object], redis_url: str, policy: str = "fai
 SharedConfig = Callable[[str | dict[str, object]], str]
 
 
-@pytest.fixture(params=["redis", "postgres"])
+@pytest.fixture(
+    params=[
+        pytest.param("redis", marks=pytest.mark.process),  # a real redis-server
+        pytest.param("postgres", marks=pytest.mark.postgres),
+    ]
+)
 def shared_config(request: pytest.FixtureRequest) -> SharedConfig:
     """A config maker: one sync route whose dedup is shared by every replica on a backend."""
     if request.param == "redis":
@@ -83,6 +88,7 @@ async def test_failed_delivery_releases_the_reservation_for_any_replica(
     assert len(app.received) == 2
 
 
+@pytest.mark.process
 async def test_crashed_replicas_reservation_expires_by_itself(
     start_upstream, start_gateway, http, redis_server
 ):
@@ -103,6 +109,7 @@ async def test_crashed_replicas_reservation_expires_by_itself(
     await client.aclose()
 
 
+@pytest.mark.process
 async def test_redis_down_fail_closed_answers_503(
     start_upstream, start_gateway, http, redis_server
 ):
@@ -123,6 +130,7 @@ async def test_redis_down_fail_closed_answers_503(
     assert len(app.received) == 1
 
 
+@pytest.mark.process
 async def test_redis_down_fail_open_falls_back_to_local_memory(
     start_upstream, start_gateway, http, redis_server
 ):
@@ -138,6 +146,7 @@ async def test_redis_down_fail_open_falls_back_to_local_memory(
     assert len(app.received) == 1
 
 
+@pytest.mark.process
 async def test_restarted_redis_forgets_but_local_cache_still_knows(
     start_upstream, start_gateway, http, redis_server
 ):
@@ -154,6 +163,7 @@ async def test_restarted_redis_forgets_but_local_cache_still_knows(
     assert len(app.received) == 2
 
 
+@pytest.mark.process
 async def test_redis_on_a_unix_socket_with_its_password_in_the_query_works(
     start_upstream, start_gateway, http, tmp_path
 ):

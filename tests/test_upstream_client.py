@@ -412,7 +412,8 @@ CUT_SHORT = [
     pytest.param(send(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n"
                       b"zz\r\n"), b"ok", id="chunked-garbled-after-the-head"),
     pytest.param(drip(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n", b"x" * 100, 0.5),
-                 b"x", id="body-dripping-past-the-wait"),
+                 b"x", id="body-dripping-past-the-wait",
+                 marks=pytest.mark.process),
 ]  # fmt: skip
 
 
@@ -505,6 +506,7 @@ asyncio.run(main())
 """
 
 
+@pytest.mark.process
 @pytest.mark.parametrize(
     "size_line",
     [
