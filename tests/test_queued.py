@@ -12,7 +12,7 @@ import pytest
 from gateway.config.model import PostgresUrl, StoreConfig
 from gateway.deadline import Deadline
 from gateway.durable.deliverer import Deliverer
-from gateway.durable.outbox import NewEvent
+from gateway.durable.outbox import DEAD, DELIVERED, Listed, NewEvent
 from gateway.durable.service import open_outbox
 from gateway.durable.sqlite_outbox import SqliteOutbox
 from gateway.forwarding.forward import Forwarder
@@ -51,6 +51,26 @@ def keys_of(app: RecordingUpstream) -> list[str]:
     return [received.key for received in app.received]
 
 
+async def all_final(gateway: RunningGateway, deliveries: int) -> list[Listed]:
+    """The store's deliveries once there are `deliveries` and each is delivered or dead: none
+    is picked up again after that, so what the app has received by then is all it will get."""
+    durable = gateway.runtime.durable
+    assert durable is not None
+    seen: list[Listed] = []
+
+    async def final() -> list[Listed] | None:
+        seen[:] = await durable.outbox.listing(None, None, deliveries + 10)
+        done = len(seen) == deliveries and all(item.state in (DELIVERED, DEAD) for item in seen)
+        return list(seen) if done else None
+
+    def states() -> str:
+        return (
+            f"deliveries (ymid, state, attempts): {[(i.ymid, i.state, i.attempts) for i in seen]}"
+        )
+
+    return await eventually_async(final, explain=states)
+
+
 async def test_queued_postback_is_acknowledged_then_delivered_everywhere(
     start_upstream, start_gateway, http, store_at
 ):
@@ -79,7 +99,7 @@ async def test_app_down_then_up_receives_every_event_once_by_key(
     await eventually_async(lambda: len(app.received) >= 40)  # each event failed at least twice
     app.default = 200
     await eventually_async(lambda: len(app.accepted_per_key()) == 20)
-    await asyncio.sleep(0.3)  # time for a second delivery of an accepted event to show
+    await all_final(gateway, 20)
     accepted = [r.key for r in app.received if r.answered == 200]
     assert len(accepted) == 20  # each event accepted exactly once
     assert app.ymids() == {f"user-{n}" for n in range(20)}
@@ -111,7 +131,8 @@ async def test_refused_event_is_dead_lettered_with_status_and_body(
     gateway = await start_gateway(queued_yaml([app.url], store_at))
     assert (await get(http, gateway.postback_url(), CLICK))[1] == "queued"
     await eventually_async(lambda: len(app.received) == 1)
-    await asyncio.sleep(0.3)  # time for a wrong retry to show
+    (listed,) = await all_final(gateway, 1)
+    assert (listed.state, listed.attempts) == ("dead", 1)
     assert len(app.received) == 1  # a 400 is final: not retried
     deliveries = gateway.runtime.metrics.registry.get_sample_value(
         "gateway_deliveries_total", {"route": "tapper", "upstream": app.label, "result": "dead"}
@@ -127,7 +148,8 @@ async def test_408_429_and_5xx_are_retried_until_delivered(
     gateway = await start_gateway(queued_yaml([app.url], store_at))
     assert (await get(http, gateway.postback_url(), CLICK))[1] == "queued"
     await eventually_async(lambda: len(app.received) == 6)
-    await asyncio.sleep(0.3)  # time for a wrong extra delivery to show
+    (listed,) = await all_final(gateway, 1)
+    assert listed.state == "delivered"
     assert len(app.received) == 6
     assert len(set(keys_of(app))) == 1
 
@@ -138,7 +160,8 @@ async def test_gives_up_after_max_attempts(start_upstream, start_gateway, http, 
     gateway = await start_gateway(queued_yaml([app.url], store_at, max_attempts=3))
     await get(http, gateway.postback_url(), CLICK)
     await eventually_async(lambda: len(app.received) == 3)
-    await asyncio.sleep(0.5)  # time for a wrong fourth attempt to show
+    (listed,) = await all_final(gateway, 1)
+    assert (listed.state, listed.attempts) == ("dead", 3)
     assert len(app.received) == 3
 
 
@@ -167,7 +190,8 @@ async def test_concurrent_identical_queued_postbacks_are_stored_once(
     answers = await asyncio.gather(*(get(http, gateway.postback_url(), CLICK) for _ in range(20)))
     assert Counter(outcome for _, outcome, _ in answers) == {"queued": 1, "duplicate": 19}
     await eventually_async(lambda: len(app.received) == 1)
-    await asyncio.sleep(0.2)  # time for a second delivery to show
+    (listed,) = await all_final(gateway, 1)  # one event stored, delivered
+    assert listed.state == "delivered"
     assert len(app.received) == 1
 
 
