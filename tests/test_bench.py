@@ -7,16 +7,33 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.support.processes import REPO
+
+pytestmark = pytest.mark.bench
 
 
 def test_ack_throughput_script_runs_every_mode_on_both_stores(tmp_path: Path) -> None:
     output = tmp_path / "ack.json"
     result = subprocess.run(
-        [sys.executable, "bench/ack_throughput.py", "--seconds", "0.5", "--rounds", "1",
-         "--concurrency", "4", "--output", str(output)],
-        cwd=REPO, capture_output=True, text=True, timeout=180,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "bench/ack_throughput.py",
+            "--seconds",
+            "0.5",
+            "--rounds",
+            "1",
+            "--concurrency",
+            "4",
+            "--output",
+            str(output),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     assert result.returncode == 0, result.stderr
     for line in (
         "queued/sync requests/s:",
@@ -49,10 +66,19 @@ def test_ack_throughput_script_runs_every_mode_on_both_stores(tmp_path: Path) ->
 
 def test_ack_throughput_script_refuses_an_unknown_mode(tmp_path: Path) -> None:
     result = subprocess.run(
-        [sys.executable, "bench/ack_throughput.py", "--modes", "queued,postgres_qeued",
-         "--output", str(tmp_path / "ack.json")],
-        cwd=REPO, capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "bench/ack_throughput.py",
+            "--modes",
+            "queued,postgres_qeued",
+            "--output",
+            str(tmp_path / "ack.json"),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 2
     assert "postgres_qeued" in result.stderr
     assert not (tmp_path / "ack.json").exists()
@@ -61,10 +87,25 @@ def test_ack_throughput_script_refuses_an_unknown_mode(tmp_path: Path) -> None:
 def test_proxy_bench_runs_every_target_and_reports_ratios(tmp_path: Path) -> None:
     output = tmp_path / "proxy.json"
     result = subprocess.run(
-        [sys.executable, "bench/proxy_bench.py", "--seconds", "1", "--rounds", "1",
-         "--allowlist", "1000", "--output", str(output), "--baseline", str(REPO)],
-        cwd=REPO, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "bench/proxy_bench.py",
+            "--seconds",
+            "1",
+            "--rounds",
+            "1",
+            "--allowlist",
+            "1000",
+            "--output",
+            str(output),
+            "--baseline",
+            str(REPO),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr
     report = json.loads(output.read_text())
     for target in (
@@ -93,8 +134,11 @@ def test_dedup_memory_script_reports_bytes_and_rates(tmp_path: Path) -> None:
     output = tmp_path / "dedup.json"
     result = subprocess.run(
         [sys.executable, "bench/dedup_memory.py", "--events", "20000", "--output", str(output)],
-        cwd=REPO, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr
     report = json.loads(output.read_text())
     assert report["events"] == 20000
@@ -104,10 +148,23 @@ def test_dedup_memory_script_reports_bytes_and_rates(tmp_path: Path) -> None:
 def test_instructions_script_counts_both_checkouts(tmp_path: Path) -> None:
     output = tmp_path / "instructions.json"
     result = subprocess.run(
-        [sys.executable, "bench/instructions.py", "--requests", "20", "--warmup", "5",
-         "--baseline", str(REPO), "--output", str(output)],
-        cwd=REPO, capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "bench/instructions.py",
+            "--requests",
+            "20",
+            "--warmup",
+            "5",
+            "--baseline",
+            str(REPO),
+            "--output",
+            str(output),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr
     report = json.loads(output.read_text())
     counts = report["instructions_per_postback"]
@@ -119,10 +176,21 @@ def test_instructions_script_counts_both_checkouts(tmp_path: Path) -> None:
 def test_inspector_pages_script_reports_weight_and_times_of_every_view(tmp_path: Path) -> None:
     output = tmp_path / "pages.json"
     result = subprocess.run(
-        [sys.executable, "bench/inspector_pages.py", "--postbacks", "40", "--times", "3",
-         "--output", str(output)],
-        cwd=REPO, capture_output=True, text=True, timeout=180,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "bench/inspector_pages.py",
+            "--postbacks",
+            "40",
+            "--times",
+            "3",
+            "--output",
+            str(output),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     assert result.returncode == 0, result.stderr
     report = json.loads(output.read_text())
     assert set(report["pages"]) == {"overview", "postbacks", "postback", "queue"}

@@ -31,6 +31,8 @@ from tests.support.browser import (
     wait_for,
 )
 
+pytestmark = pytest.mark.browser
+
 __all__ = ["browser"]  # the fixture, used by name
 
 CSP = (

@@ -18,6 +18,8 @@ from tests.support.configedit import edited
 from tests.support.processes import REPO
 from tests.support.tlscerts import make_certificate
 
+pytestmark = pytest.mark.process
+
 COMMAND_TIMEOUT = 30.0
 ENV_SECRET = "check-env-secret-3141"  # MONETAG_SECRET: the route's first key
 FILE_KEY = "check-file-key-2718"  # the rotation key written in the file and in the template

@@ -18,6 +18,8 @@ from tests.support.processes import GatewayProcess as RunningGateway
 from tests.support.processes import free_port, gateway_command, spawn_gateway
 from tests.support.waiting import eventually
 
+pytestmark = pytest.mark.process
+
 COMMAND_TIMEOUT = 30.0
 FILE_SECRET = "topsecret-value-123"
 ENV_SECRET = "envsecret-value-456"

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+import pytest
 import yaml
 
 from gateway.config import GatewayConfig, load_config
@@ -102,6 +103,7 @@ def test_nginx_sends_to_both_replicas_by_their_alias_on_their_public_port() -> N
     assert "proxy_next_upstream error timeout;" in nginx
 
 
+@pytest.mark.process
 def test_nginx_start_script_fills_in_the_networks_dns_server(tmp_path: Path) -> None:
     script = (REPO / "deploy/nginx-start.sh").read_text()
     lb = compose()["services"]["lb"]
@@ -210,6 +212,7 @@ def test_replicas_stop_after_draining_and_queue_with_a_short_retry_cap() -> None
     assert route.queue.retry_cap <= 60  # the walkthrough says "within ~30s"
 
 
+@pytest.mark.process
 def test_compose_gateway_config_passes_check() -> None:
     result = subprocess.run(
         [sys.executable, "-m", "gateway", "check", "--config", "deploy/gateway.yaml"],
@@ -255,6 +258,7 @@ def test_walkthrough_postback_matches_the_route_and_the_lb_port() -> None:
         assert step in commands
 
 
+@pytest.mark.process
 def test_walkthrough_queue_command_is_one_the_cli_accepts(tmp_path: Path) -> None:
     """Run as written, against a PostgreSQL that is not there: the CLI parses it and gets as
     far as opening the store (an argument in the wrong place would stop it earlier)."""

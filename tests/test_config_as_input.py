@@ -38,6 +38,7 @@ def laughs(levels: int) -> str:
     return "\n".join(lines) + "\n" + text
 
 
+@pytest.mark.process
 @pytest.mark.parametrize("levels", [9, 8, 6])
 def test_a_config_that_expands_too_far_is_refused_at_once(tmp_path: Path, levels: int) -> None:
     text = laughs(levels)
@@ -68,6 +69,7 @@ def test_problem_messages_quote_at_most_80_characters_of_a_value() -> None:
     assert all(len(problem) <= 600 for problem in refused.value.problems)
 
 
+@pytest.mark.process
 def test_a_file_above_the_documented_size_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "config.yaml"
     path.write_text(gateway_config("http://127.0.0.1:3000/cb") + "#" * MAX_CONFIG_BYTES)
@@ -100,6 +102,7 @@ def big_allowlist_config(public: int, admin: int, app_url: str, entries: int) ->
     return text
 
 
+@pytest.mark.process
 def test_a_large_reload_leaves_postbacks_and_probes_answered(
     tmp_path: Path, start_upstream: UpstreamFactory
 ) -> None:

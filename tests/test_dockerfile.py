@@ -75,6 +75,7 @@ def exec_form(arguments: str) -> list[str]:
     return command
 
 
+@pytest.mark.process
 def test_image_commands_run_and_report_healthy(image_venv: Path, tmp_path: Path):
     steps = dict(instructions())
     cmd = exec_form(steps["CMD"])

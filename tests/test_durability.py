@@ -45,10 +45,12 @@ from tests.support.queuedgateway import (
 from tests.support.upstream import Answer, Received
 from tests.support.waiting import eventually
 
+pytestmark = pytest.mark.process
+
 __all__ = ["harness"]  # the fixture, used by name
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def store(request: pytest.FixtureRequest) -> str | None:
     """Where the tests that hold on both stores keep their queue: the SQLite file in the
     test's directory (None: the harness's default) or a database on the test PostgreSQL."""

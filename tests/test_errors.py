@@ -22,11 +22,21 @@ def raisable() -> list[type[GatewayError]]:
 
 def test_the_rejection_reasons_are_the_named_ones() -> None:
     assert reasons_for(REJECTIONS) == {
-        "method_not_allowed", "query_too_long", "malformed_request",
-        "no_peer", "peer_unparseable", "xff_unparseable", "ip_not_allowed",
-        "secret_missing", "secret_repeated", "secret_wrong",
-        "not_utf8", "ambiguous_fields", "invalid_fields", "filtered",
-    }  # fmt: skip
+        "method_not_allowed",
+        "query_too_long",
+        "malformed_request",
+        "no_peer",
+        "peer_unparseable",
+        "xff_unparseable",
+        "ip_not_allowed",
+        "secret_missing",
+        "secret_repeated",
+        "secret_wrong",
+        "not_utf8",
+        "ambiguous_fields",
+        "invalid_fields",
+        "filtered",
+    }
 
 
 @pytest.mark.parametrize("kind", raisable(), ids=lambda kind: kind.__name__)

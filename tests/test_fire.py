@@ -6,9 +6,13 @@ import asyncio
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import SECRET
 from tests.support.gatewayconfig import gateway_config
 from tests.support.processes import REPO
+
+pytestmark = pytest.mark.process
 
 
 async def fire(config_file: Path, *arguments: str) -> tuple[int, str, str]:

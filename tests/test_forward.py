@@ -86,7 +86,13 @@ async def test_backoff_stays_within_cap(start_upstream):
     ("script", "reason", "timed_out"),
     [
         pytest.param([503, 503], "upstream_unavailable", False, id="status"),
-        pytest.param([Answer(delay=1.0)] * 2, "upstream_timeout", True, id="timeout"),
+        pytest.param(
+            [Answer(delay=1.0)] * 2,
+            "upstream_timeout",
+            True,
+            id="timeout",
+            marks=pytest.mark.process,
+        ),
         pytest.param(
             [Answer(delay=1.0), 503], "upstream_unavailable", False, id="last-failure-wins"
         ),
@@ -117,8 +123,18 @@ async def test_user_agent_and_given_headers_are_sent(start_upstream):
 @pytest.mark.parametrize(
     ("budget", "timeout", "retries", "most_seconds", "most_attempts"),
     [
-        pytest.param(0.5, 5.0, 2, 0.8, 1, id="one-attempt-cut-by-the-deadline"),
-        pytest.param(0.7, 0.3, 10, 1.0, 3, id="retries-stop-when-the-deadline-is-spent"),
+        pytest.param(
+            0.5, 5.0, 2, 0.8, 1, id="one-attempt-cut-by-the-deadline", marks=pytest.mark.process
+        ),
+        pytest.param(
+            0.7,
+            0.3,
+            10,
+            1.0,
+            3,
+            id="retries-stop-when-the-deadline-is-spent",
+            marks=pytest.mark.process,
+        ),
     ],
 )
 async def test_deadline_bounds_every_attempt_and_backoff_together(

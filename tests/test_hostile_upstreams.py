@@ -331,7 +331,11 @@ CHUNKED_200 = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n7\r\npartia
 BROKEN_AFTER_A_200 = [
     pytest.param(send_and_reset(PARTIAL_200), id="reset-inside-the-body"),
     pytest.param(send_and_close(PARTIAL_200), id="closed-inside-the-body"),
-    pytest.param(drip(PARTIAL_200, b"x" * 93, 1.0), id="body-dripping-at-1-byte-a-second"),
+    pytest.param(
+        drip(PARTIAL_200, b"x" * 93, 1.0),
+        id="body-dripping-at-1-byte-a-second",
+        marks=pytest.mark.process,
+    ),
     pytest.param(send_and_reset(CHUNKED_200), id="chunked-then-reset"),
 ]
 

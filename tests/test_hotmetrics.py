@@ -9,9 +9,15 @@ from gateway.hotmetrics import CounterFamily, HistogramFamily, HotPathCollector
 from gateway.metrics import LATENCY_BUCKETS
 
 UPDATES = [  # (route, upstream, seconds), deliberately not in label order
-    ("zeta", "u2", 0.0004), ("alpha", "u1", 0.01), ("zeta", "u1", 31.0), ("mid", "u1", 2.5),
-    ("alpha", "u1", 0.0123), ("zeta", "u2", 1e-7), ("alpha", "u2", 5.0), ("mid", "u1", 10),
-]  # fmt: skip
+    ("zeta", "u2", 0.0004),
+    ("alpha", "u1", 0.01),
+    ("zeta", "u1", 31.0),
+    ("mid", "u1", 2.5),
+    ("alpha", "u1", 0.0123),
+    ("zeta", "u2", 1e-7),
+    ("alpha", "u2", 5.0),
+    ("mid", "u1", 10),
+]
 
 
 def test_a_scrape_is_byte_identical_to_prometheus_clients_classes() -> None:
@@ -27,9 +33,12 @@ def test_a_scrape_is_byte_identical_to_prometheus_clients_classes() -> None:
     plain = CollectorRegistry()
     counter = Counter("attempts", "Attempts.", ["route", "upstream"], registry=plain)
     histogram = Histogram(
-        "latency_seconds", "Latency.", ["route", "upstream"], buckets=LATENCY_BUCKETS,
+        "latency_seconds",
+        "Latency.",
+        ["route", "upstream"],
+        buckets=LATENCY_BUCKETS,
         registry=plain,
-    )  # fmt: skip
+    )
     for labels in sorted({(route, upstream) for route, upstream, _ in UPDATES}):
         counter.labels(*labels)  # children in label order: the order the hot collector writes
         histogram.labels(*labels)

@@ -448,6 +448,7 @@ def process(tmp_path: Path, start_upstream: UpstreamFactory) -> Iterator[Process
         running.process.wait(timeout=10)
 
 
+@pytest.mark.process
 def test_the_token_and_its_digests_never_reach_the_log(process: Process) -> None:
     """Signing in wrongly and rightly, scripts with and without the bearer token, nearly right
     credentials, refused actions: the log (at DEBUG) tells of them, and never holds the
@@ -668,6 +669,7 @@ async def test_each_sign_in_is_its_own_session_ended_by_sign_out(
     assert (await get(http, site.url("/postbacks.json"), {"Cookie": second}))[0] == 200
 
 
+@pytest.mark.process
 async def test_a_session_ends_at_its_expiry_and_when_the_token_changes(
     http: aiohttp.ClientSession, start_upstream: UpstreamFactory, start_site: SiteFactory
 ) -> None:

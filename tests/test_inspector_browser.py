@@ -59,6 +59,8 @@ from tests.support.processes import Reply, http_get
 from tests.support.upstream import Received, RecordingUpstream
 from tests.support.waiting import eventually
 
+pytestmark = pytest.mark.browser
+
 __all__ = ["browser", "start_site"]  # the fixtures, used by name
 
 LIVE = 5.0  # seconds a new postback may take to show in the list (it polls every second)

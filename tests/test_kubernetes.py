@@ -135,12 +135,16 @@ def test_deployment_runs_two_pods_of_app_and_gateway_behind_the_service() -> Non
     assert container("app")["image"] == container("gateway")["image"]
 
 
+@pytest.mark.process
 def test_configmap_config_passes_check_without_showing_the_password(local_config: Path) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "gateway", "check", "--config", str(local_config)],
-        cwd=REPO, capture_output=True, text=True, timeout=30,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=30,
         env=command_env(SECRET, STORE_URL=store_url(), ADMIN_TOKEN=ADMIN_TOKEN),
-    )  # fmt: skip
+    )
     assert result.returncode == 0, result.stderr
     assert (
         "  store PostgreSQL postgresql://***@postgres.example.internal:5432/gateway, "

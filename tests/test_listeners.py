@@ -36,6 +36,8 @@ from tests.support.tlscerts import Certificate, make_certificate
 from tests.support.upstream import RecordingUpstream
 from tests.support.waiting import eventually
 
+pytestmark = pytest.mark.process
+
 START_TIMEOUT = 15.0
 
 

@@ -36,6 +36,8 @@ from tests.support.processes import REPO
 from tests.support.upstream import RecordingUpstream
 from tests.support.waiting import eventually, eventually_async
 
+pytestmark = [pytest.mark.process, pytest.mark.postgres]
+
 NGINX_CONF = REPO / "deploy/nginx.conf"
 REPLICA_PORT = 8080  # where deploy/nginx.conf sends: the gateways' `listen` port
 RESOLVE_EVERY = 5.0  # `resolver ... valid=5s`

@@ -248,6 +248,7 @@ def first_forwarded(gw: GatewayProcess) -> Reply:
 # -- 1-4: live reload -------------------------------------------------------------------------
 
 
+@pytest.mark.process
 def test_sighup_reload_changes_behaviour_and_checksum(
     launch: Launcher, start_upstream: UpstreamFactory
 ) -> None:
@@ -280,6 +281,7 @@ def test_sighup_reload_changes_behaviour_and_checksum(
     assert reloaded[0].get("config_checksum") == new_checksum
 
 
+@pytest.mark.process
 def test_a_reload_that_needs_a_restart_says_so_everywhere_and_keeps_serving(
     launch: Launcher, start_upstream: UpstreamFactory
 ) -> None:
@@ -310,6 +312,7 @@ def test_a_reload_that_needs_a_restart_says_so_everywhere_and_keeps_serving(
         socket.create_connection(("127.0.0.1", elsewhere), timeout=2).close()
 
 
+@pytest.mark.process
 def test_invalid_edit_keeps_the_running_config(
     launch: Launcher, start_upstream: UpstreamFactory
 ) -> None:
@@ -347,6 +350,7 @@ def test_invalid_edit_keeps_the_running_config(
     assert SECRET not in gw.output()
 
 
+@pytest.mark.process
 def test_file_change_reloads_without_sighup(
     launch: Launcher, start_upstream: UpstreamFactory
 ) -> None:
@@ -364,6 +368,7 @@ def test_file_change_reloads_without_sighup(
     assert [line.get("trigger") for line in reloaded] == ["file changed"], reloaded
 
 
+@pytest.mark.process
 def test_dedup_memory_survives_a_reload(launch: Launcher, start_upstream: UpstreamFactory) -> None:
     app = start_upstream()
     gw = launch(app.postback_url, upstream_timeout="5s")
@@ -384,6 +389,7 @@ def test_dedup_memory_survives_a_reload(launch: Launcher, start_upstream: Upstre
 # -- 5-6: metrics -----------------------------------------------------------------------------
 
 
+@pytest.mark.process
 def test_metrics_move_by_exactly_what_was_sent(
     launch: Launcher, start_upstream: UpstreamFactory
 ) -> None:
@@ -690,6 +696,7 @@ def test_every_dashboard_metric_is_defined_by_the_gateway() -> None:
     assert not undefined, f"dashboard metrics gateway/metrics.py does not define: {undefined}"
 
 
+@pytest.mark.process
 def test_every_dashboard_metric_is_exposed(
     launch: Launcher, start_upstream: UpstreamFactory, redis_server: RedisServer, tmp_path: Path
 ) -> None:
@@ -856,6 +863,7 @@ def test_the_label_check_catches() -> None:
 # -- 7: drain ---------------------------------------------------------------------------------
 
 
+@pytest.mark.process
 def test_sigterm_drains_a_slow_request_then_exits_0(
     launch: Launcher, start_upstream: UpstreamFactory
 ) -> None:
@@ -896,6 +904,7 @@ def test_sigterm_drains_a_slow_request_then_exits_0(
 # -- 8-10: limits -----------------------------------------------------------------------------
 
 
+@pytest.mark.process
 def test_overload_answers_503_with_retry_after(
     launch: Launcher, start_upstream: UpstreamFactory
 ) -> None:
@@ -928,6 +937,7 @@ def test_overload_answers_503_with_retry_after(
     assert scrape.value("gateway_requests_in_flight") == 0
 
 
+@pytest.mark.process
 def test_long_query_is_answered_414(launch: Launcher, start_upstream: UpstreamFactory) -> None:
     app = start_upstream()
     gw = launch(app.postback_url, server={"max_query_length": 100})
@@ -939,6 +949,7 @@ def test_long_query_is_answered_414(launch: Launcher, start_upstream: UpstreamFa
     assert app.count() == 1
 
 
+@pytest.mark.process
 def test_slow_client_is_disconnected_after_client_timeout(
     launch: Launcher, start_upstream: UpstreamFactory
 ) -> None:
@@ -970,6 +981,7 @@ def test_slow_client_is_disconnected_after_client_timeout(
 # -- 11: logging ------------------------------------------------------------------------------
 
 
+@pytest.mark.process
 def test_text_log_format(launch: Launcher, start_upstream: UpstreamFactory) -> None:
     app = start_upstream()
     gw = launch(app.postback_url, log_format="text")
@@ -988,6 +1000,7 @@ def test_text_log_format(launch: Launcher, start_upstream: UpstreamFactory) -> N
     assert SECRET not in gw.output()
 
 
+@pytest.mark.process
 def test_shutdown_has_one_deadline_and_logs_the_postback_it_cuts_off(
     launch: Launcher, start_upstream: UpstreamFactory
 ) -> None:

@@ -59,7 +59,7 @@ async def opened(config: StoreConfig) -> AsyncIterator[Outbox]:
         await asyncio.wait_for(outbox.close(), PATIENCE)
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 async def outbox(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Outbox]:
     """An opened, empty outbox: an SQLite file in tmp_path, or a PostgreSQL database."""
     if request.param == "sqlite":
@@ -715,6 +715,7 @@ async def test_count_keys_counts_one_per_event_whatever_its_upstreams(outbox: Ou
 # --- leases (PostgreSQL: several processes share the store) ---------------------------------
 
 
+@pytest.mark.postgres
 async def test_a_leased_delivery_is_not_claimed_again_until_its_lease_ends(
     postgres_outbox: Outbox,
 ) -> None:
@@ -729,6 +730,7 @@ async def test_a_leased_delivery_is_not_claimed_again_until_its_lease_ends(
     assert await due_ids(postgres_outbox, 100.0 + LEASE) == [event_id], "lease never ended"
 
 
+@pytest.mark.postgres
 async def test_a_record_after_another_process_took_the_delivery_over_is_refused(
     postgres_outbox: Outbox, postgres_url: str
 ) -> None:
@@ -744,6 +746,7 @@ async def test_a_record_after_another_process_took_the_delivery_over_is_refused(
     assert (await state_of(postgres_outbox, event_id)).state == DELIVERED
 
 
+@pytest.mark.postgres
 async def test_a_result_whose_text_postgresql_refuses_is_recorded_without_it_and_blocks_nothing(
     postgres_outbox: Outbox,
 ) -> None:

@@ -406,6 +406,7 @@ async def test_app_refusal_is_logged_forwarded_with_reason_upstream_refused(
     )
 
 
+@pytest.mark.process
 async def test_delivered_event_is_forgotten_after_ttl(start_upstream, start_gateway, http):
     upstream = start_upstream()
     config = gateway_config(upstream.url, dedup={"ttl": "300ms"})
@@ -436,7 +437,14 @@ async def test_dedup_key_fields_come_from_config(start_upstream, start_gateway, 
         pytest.param([301], 502, "upstream_error", 1, id="redirect-not-followed"),
         pytest.param([404], 404, "forwarded", 1, id="4xx-passed-back-not-retried"),
         pytest.param([DROP, 200], 200, "forwarded", 2, id="dropped-connection-retried"),
-        pytest.param([Answer(delay=2.0)] * 3, 504, "upstream_error", 3, id="timeout-504"),
+        pytest.param(
+            [Answer(delay=2.0)] * 3,
+            504,
+            "upstream_error",
+            3,
+            id="timeout-504",
+            marks=pytest.mark.process,
+        ),
     ],
 )
 async def test_upstream_failures_and_retries(
@@ -448,6 +456,7 @@ async def test_upstream_failures_and_retries(
     assert len(app.received) == attempts
 
 
+@pytest.mark.process
 async def test_a_hung_app_is_answered_504_within_the_routes_deadline(
     start_upstream, start_gateway, http
 ):

@@ -16,6 +16,7 @@ import subprocess
 from pathlib import Path
 from urllib.parse import urlencode
 
+import pytest
 import yaml
 
 from tests.conftest import RedisServer, UpstreamFactory
@@ -29,6 +30,8 @@ from tests.support.processes import (
 )
 from tests.support.upstream import Answer, Received
 from tests.support.waiting import eventually
+
+pytestmark = pytest.mark.process
 
 PLANTED = {
     "MONETAG_SECRET": "planted-route-key-7f3a91",

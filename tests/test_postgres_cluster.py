@@ -7,6 +7,8 @@ import pytest
 
 from tests.support.postgres import PostgresCluster
 
+pytestmark = pytest.mark.postgres
+
 
 async def query(url: str, statement: str) -> list[asyncpg.Record]:
     """The rows of one statement, on a connection of its own."""

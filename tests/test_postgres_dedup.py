@@ -14,6 +14,8 @@ from tests.support.postgres import PostgresCluster
 from tests.support.waiting import eventually_async
 from tests.test_pipeline import CLICK, get
 
+pytestmark = pytest.mark.postgres
+
 
 def shared_yaml(app: str | dict[str, object], url: str) -> str:
     """One sync route; its dedup is shared through the PostgreSQL store at `url`."""

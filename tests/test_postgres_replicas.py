@@ -35,6 +35,8 @@ from tests.support.queuedgateway import (
 from tests.support.upstream import Answer, Received
 from tests.support.waiting import eventually
 
+pytestmark = [pytest.mark.postgres, pytest.mark.process]
+
 __all__ = ["harness"]  # the fixture, used by name
 
 UNAVAILABLE = 503  # the app answering "not now": the queue retries, never dead-letters soon
@@ -153,10 +155,11 @@ def test_a_rolling_update_with_fresh_disks_loses_nothing(
         old = [
             disk.start(setup)
             for disk, setup in zip(
-                generations[:2], _one_each(generations[:2], postgres_url, app.postback_url),
+                generations[:2],
+                _one_each(generations[:2], postgres_url, app.postback_url),
                 strict=True,
             )
-        ]  # fmt: skip
+        ]
         before = [f"before-{index}" for index in range(20)]
         for reply in send_all(old, before):
             assert_queued(reply)
@@ -171,8 +174,9 @@ def test_a_rolling_update_with_fresh_disks_loses_nothing(
         assert old[1].stop() == 0
         fresh1 = generations[2].setup(
             {"tapper": durable_route(app.postback_url, queue=PATIENT_QUEUE)},
-            store=postgres_url, name="replica1-new",
-        )  # fmt: skip
+            store=postgres_url,
+            name="replica1-new",
+        )
         new1 = generations[2].start(fresh1)
         after = [f"after-{index}" for index in range(20)]
         for reply in send_all([new0, new1], after):

@@ -23,6 +23,8 @@ from tests.support.processes import command_env, free_port, gateway_command
 from tests.support.queuedgateway import Harness, durable_route, metric_sum
 from tests.support.waiting import eventually, eventually_async
 
+pytestmark = pytest.mark.postgres
+
 PASSWORD = "pw-Zq81-never-shown"
 OURS = {
     "monetag_gateway_events",

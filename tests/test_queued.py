@@ -12,7 +12,7 @@ import pytest
 from gateway.config.model import PostgresUrl, StoreConfig
 from gateway.deadline import Deadline
 from gateway.durable.deliverer import Deliverer
-from gateway.durable.outbox import NewEvent
+from gateway.durable.outbox import DEAD, DELIVERED, DeliverySummary, NewEvent
 from gateway.durable.service import open_outbox
 from gateway.durable.sqlite_outbox import SqliteOutbox
 from gateway.forwarding.forward import Forwarder
@@ -28,7 +28,7 @@ from tests.test_pipeline import CLICK, get
 FAST_RETRIES = {"retry_base": "50ms", "retry_cap": "200ms"}
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def store_at(request: pytest.FixtureRequest, tmp_path: Path) -> str | Path:
     """Where the queue is kept: an SQLite file, or a database on the test PostgreSQL."""
     if request.param == "sqlite":
@@ -51,6 +51,26 @@ def keys_of(app: RecordingUpstream) -> list[str]:
     return [received.key for received in app.received]
 
 
+async def all_final(gateway: RunningGateway, deliveries: int) -> list[DeliverySummary]:
+    """The store's deliveries once there are `deliveries` and each is delivered or dead: none
+    is picked up again after that, so what the app has received by then is all it will get."""
+    durable = gateway.runtime.durable
+    assert durable is not None
+    seen: list[DeliverySummary] = []
+
+    async def final() -> list[DeliverySummary] | None:
+        seen[:] = await durable.outbox.listing(None, None, deliveries + 10)
+        done = len(seen) == deliveries and all(item.state in (DELIVERED, DEAD) for item in seen)
+        return list(seen) if done else None
+
+    def states() -> str:
+        return (
+            f"deliveries (ymid, state, attempts): {[(i.ymid, i.state, i.attempts) for i in seen]}"
+        )
+
+    return await eventually_async(final, explain=states)
+
+
 async def test_queued_postback_is_acknowledged_then_delivered_everywhere(
     start_upstream, start_gateway, http, store_at
 ):
@@ -58,8 +78,10 @@ async def test_queued_postback_is_acknowledged_then_delivered_everywhere(
     analytics = start_upstream()
     gateway = await start_gateway(queued_yaml([app.url, analytics.url], store_at))
     assert await get(http, gateway.postback_url(), CLICK) == (
-        200, "queued", '{"outcome": "queued"}'
-    )  # fmt: skip
+        200,
+        "queued",
+        '{"outcome": "queued"}',
+    )
     await eventually_async(lambda: app.received and analytics.received)
     assert app.received[0].query["ymid"] == "user-1"
     assert keys_of(app) == keys_of(analytics)  # one key per event, for every upstream
@@ -67,6 +89,7 @@ async def test_queued_postback_is_acknowledged_then_delivered_everywhere(
     assert (await get(http, gateway.postback_url(), CLICK))[1] == "duplicate"
 
 
+@pytest.mark.process
 async def test_app_down_then_up_receives_every_event_once_by_key(
     start_upstream, start_gateway, http, store_at
 ):
@@ -78,12 +101,13 @@ async def test_app_down_then_up_receives_every_event_once_by_key(
     await eventually_async(lambda: len(app.received) >= 40)  # each event failed at least twice
     app.default = 200
     await eventually_async(lambda: len(app.accepted_per_key()) == 20)
-    await asyncio.sleep(0.3)  # time for a second delivery of an accepted event to show
+    await all_final(gateway, 20)
     accepted = [r.key for r in app.received if r.answered == 200]
     assert len(accepted) == 20  # each event accepted exactly once
     assert app.ymids() == {f"user-{n}" for n in range(20)}
 
 
+@pytest.mark.process
 async def test_one_upstream_down_does_not_hold_back_another(
     start_upstream, start_gateway, http, store_at
 ):
@@ -109,7 +133,8 @@ async def test_refused_event_is_dead_lettered_with_status_and_body(
     gateway = await start_gateway(queued_yaml([app.url], store_at))
     assert (await get(http, gateway.postback_url(), CLICK))[1] == "queued"
     await eventually_async(lambda: len(app.received) == 1)
-    await asyncio.sleep(0.3)  # time for a wrong retry to show
+    (listed,) = await all_final(gateway, 1)
+    assert (listed.state, listed.attempts) == ("dead", 1)
     assert len(app.received) == 1  # a 400 is final: not retried
     deliveries = gateway.runtime.metrics.registry.get_sample_value(
         "gateway_deliveries_total", {"route": "tapper", "upstream": app.label, "result": "dead"}
@@ -117,6 +142,7 @@ async def test_refused_event_is_dead_lettered_with_status_and_body(
     assert deliveries == 1
 
 
+@pytest.mark.process
 async def test_408_429_and_5xx_are_retried_until_delivered(
     start_upstream, start_gateway, http, store_at
 ):
@@ -124,17 +150,20 @@ async def test_408_429_and_5xx_are_retried_until_delivered(
     gateway = await start_gateway(queued_yaml([app.url], store_at))
     assert (await get(http, gateway.postback_url(), CLICK))[1] == "queued"
     await eventually_async(lambda: len(app.received) == 6)
-    await asyncio.sleep(0.3)  # time for a wrong extra delivery to show
+    (listed,) = await all_final(gateway, 1)
+    assert listed.state == "delivered"
     assert len(app.received) == 6
     assert len(set(keys_of(app))) == 1
 
 
+@pytest.mark.process
 async def test_gives_up_after_max_attempts(start_upstream, start_gateway, http, store_at):
     app = start_upstream(default=503)
     gateway = await start_gateway(queued_yaml([app.url], store_at, max_attempts=3))
     await get(http, gateway.postback_url(), CLICK)
     await eventually_async(lambda: len(app.received) == 3)
-    await asyncio.sleep(0.5)  # time for a wrong fourth attempt to show
+    (listed,) = await all_final(gateway, 1)
+    assert (listed.state, listed.attempts) == ("dead", 3)
     assert len(app.received) == 3
 
 
@@ -163,7 +192,8 @@ async def test_concurrent_identical_queued_postbacks_are_stored_once(
     answers = await asyncio.gather(*(get(http, gateway.postback_url(), CLICK) for _ in range(20)))
     assert Counter(outcome for _, outcome, _ in answers) == {"queued": 1, "duplicate": 19}
     await eventually_async(lambda: len(app.received) == 1)
-    await asyncio.sleep(0.2)  # time for a second delivery to show
+    (listed,) = await all_final(gateway, 1)  # one event stored, delivered
+    assert listed.state == "delivered"
     assert len(app.received) == 1
 
 
@@ -253,16 +283,19 @@ async def test_two_upstreams_differing_only_in_their_query_each_get_every_event(
     config = gateway_config(
         upstream(f"{app.url}/q?dest=app", timeout="300ms", name="app"),
         upstream(f"{app.url}/q?dest=analytics", timeout="300ms", name="analytics"),
-        store=store_at, delivery="queued", queue=FAST_RETRIES,
-    )  # fmt: skip
+        store=store_at,
+        delivery="queued",
+        queue=FAST_RETRIES,
+    )
     gateway = await start_gateway(config)
     for number in range(3):
         params = {**CLICK, "uid": f"user-{number}"}
         assert (await get(http, gateway.postback_url(), params))[:2] == (200, "queued")
     await eventually_async(lambda: len(app.received) == 6)
     assert Counter(received.query["dest"] for received in app.received) == {
-        "app": 3, "analytics": 3
-    }  # fmt: skip
+        "app": 3,
+        "analytics": 3,
+    }
     assert gateway.runtime.store is not None and gateway.runtime.store.available
 
 
@@ -277,10 +310,15 @@ async def test_deliveries_stored_under_an_upstreams_earlier_label_are_still_deli
     await outbox.open()
     try:
         event = NewEvent(
-            route="tapper", upstreams=[earlier], postback=Postback({"ymid": "left-1"}),
-            dedup_key=b"left-behind-key!", dedup_expires_at=time.time() + 3600,
-            request_id="r-1", client="127.0.0.1", accepted_at=time.time(),
-        )  # fmt: skip
+            route="tapper",
+            upstreams=[earlier],
+            postback=Postback({"ymid": "left-1"}),
+            dedup_key=b"left-behind-key!",
+            dedup_expires_at=time.time() + 3600,
+            request_id="r-1",
+            client="127.0.0.1",
+            accepted_at=time.time(),
+        )
         assert await outbox.enqueue(event)
     finally:
         await outbox.close()

@@ -18,6 +18,8 @@ from tests.support.gatewayconfig import gateway_config
 from tests.support.processes import REPO, SECRET, command_env, free_port, http_get, spawn_gateway
 from tests.support.waiting import eventually
 
+pytestmark = pytest.mark.process
+
 
 def config(public: int, admin: int, app: int, redis_url: str, policy: str) -> str:
     """One replica's config: its own ports, the shared Redis, the one demo app."""

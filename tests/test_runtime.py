@@ -22,6 +22,7 @@ def config_of(yaml_text: str):
     return parse_config(yaml_text, {"MONETAG_SECRET": SECRET})
 
 
+@pytest.mark.process
 async def test_request_in_flight_finishes_on_the_old_config(start_upstream, start_gateway, http):
     slow = start_upstream(default=Answer(delay=0.4), body="old app")
     fast = start_upstream(body="new app")
@@ -184,6 +185,7 @@ async def test_a_route_removed_and_put_back_still_knows_its_events(
     assert len(app.received) == 1
 
 
+@pytest.mark.process
 async def test_a_twin_after_two_reloads_waits_for_the_postback_in_flight(
     start_upstream, start_gateway, http
 ):

@@ -66,7 +66,12 @@ class Shared:
     stored: Callable[[DedupKey], Awaitable[tuple[str, str | None, float]]]
 
 
-@pytest.fixture(params=["redis", "postgres"])
+@pytest.fixture(
+    params=[
+        pytest.param("redis", marks=pytest.mark.process),  # a real redis-server
+        pytest.param("postgres", marks=pytest.mark.postgres),
+    ]
+)
 async def shared(request: pytest.FixtureRequest) -> AsyncIterator[Shared]:
     if request.param == "redis":
         redis_url = request.getfixturevalue("redis_server").url
@@ -169,6 +174,7 @@ async def test_failed_delivery_releases_the_reservation_for_any_replica(
     assert len(app.received) == 2
 
 
+@pytest.mark.process
 async def test_crashed_replicas_reservation_expires_by_itself(
     start_upstream, start_gateway, http, shared: Shared
 ):
@@ -185,6 +191,7 @@ async def test_crashed_replicas_reservation_expires_by_itself(
     assert len(app.received) == 1
 
 
+@pytest.mark.process
 async def test_redis_down_fail_closed_answers_503(
     start_upstream, start_gateway, http, redis_server
 ):
@@ -205,6 +212,7 @@ async def test_redis_down_fail_closed_answers_503(
     assert len(app.received) == 1
 
 
+@pytest.mark.process
 async def test_redis_down_fail_open_falls_back_to_local_memory(
     start_upstream, start_gateway, http, redis_server
 ):
@@ -220,6 +228,7 @@ async def test_redis_down_fail_open_falls_back_to_local_memory(
     assert len(app.received) == 1
 
 
+@pytest.mark.process
 async def test_restarted_redis_forgets_but_local_cache_still_knows(
     start_upstream, start_gateway, http, redis_server
 ):
@@ -236,6 +245,7 @@ async def test_restarted_redis_forgets_but_local_cache_still_knows(
     assert len(app.received) == 2
 
 
+@pytest.mark.process
 async def test_redis_on_a_unix_socket_with_its_password_in_the_query_works(
     start_upstream, start_gateway, http, tmp_path
 ):

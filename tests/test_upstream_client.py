@@ -429,6 +429,7 @@ CUT_SHORT = [
         drip(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n", b"x" * 100, 0.5),
         b"x",
         id="body-dripping-past-the-wait",
+        marks=pytest.mark.process,
     ),
 ]
 
@@ -522,6 +523,7 @@ asyncio.run(main())
 """
 
 
+@pytest.mark.process
 @pytest.mark.parametrize(
     "size_line",
     [

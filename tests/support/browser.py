@@ -10,8 +10,8 @@ Selenium calls block. A test whose server runs on the test's own event loop (an 
 `start_gateway`) makes them through `asyncio.to_thread`, or the page it asks for never comes;
 servers in threads or processes (`RecordingUpstream`, `Harness`) need no such care.
 
-Use it by name: `from tests.browser import browser`, with `__all__ = ["browser"]` in the test
-module so linters see the import is used.
+Use it by name: `from tests.support.browser import browser`, with `__all__ = ["browser"]` in
+the test module so linters see the import is used.
 """
 
 from __future__ import annotations

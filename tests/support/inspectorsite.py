@@ -5,7 +5,7 @@ it: the public port and the admin port (health, readiness, metrics and the inspe
 the config says, so what the pages print about the gateway (the replay line's address) is
 true. The admin token is ADMIN_TOKEN, from the environment as operators give it.
 
-Use the fixture by name: `from tests.inspectorsite import start_site`, with it in the test
+Use the fixture by name: `from tests.support.inspectorsite import start_site`, with it in the test
 module's `__all__`.
 """
 
