@@ -54,12 +54,12 @@ def keys_of(app: RecordingUpstream) -> list[str]:
 async def all_final(gateway: RunningGateway, deliveries: int) -> list[DeliverySummary]:
     """The store's deliveries once there are `deliveries` and each is delivered or dead: none
     is picked up again after that, so what the app has received by then is all it will get."""
-    durable = gateway.runtime.durable
-    assert durable is not None
+    store = gateway.runtime.store
+    assert store is not None
     seen: list[DeliverySummary] = []
 
     async def final() -> list[DeliverySummary] | None:
-        seen[:] = await durable.outbox.listing(None, None, deliveries + 10)
+        seen[:] = await store.outbox.listing(None, None, deliveries + 10)
         done = len(seen) == deliveries and all(item.state in (DELIVERED, DEAD) for item in seen)
         return list(seen) if done else None
 
