@@ -30,6 +30,30 @@ from tests.support.rawupstream import start_server  # noqa: F401  (a fixture: ra
 from tests.support.upstream import RecordingUpstream
 from tests.support.waiting import eventually
 
+# The fixtures that need more than this process, and the marker a test asking for one must
+# carry (pyproject.toml describes the markers): `./scripts/test --quick` deselects marked tests,
+# so an unmarked one would slow the quick loop down or fail it where no server can start.
+NEEDS_MARKER = {
+    "postgres": "postgres",
+    "postgres_url": "postgres",
+    "own_postgres": "postgres",
+    "redis_server": "process",
+    "harness": "process",
+    "browser": "browser",
+}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    unmarked = [
+        f"{item.nodeid}: uses the fixture {fixture!r} without the marker {marker!r}"
+        for item in items
+        for fixture, marker in NEEDS_MARKER.items()
+        if fixture in getattr(item, "fixturenames", ()) and item.get_closest_marker(marker) is None
+    ]
+    if unmarked:
+        raise pytest.UsageError("\n".join(unmarked))
+
+
 UpstreamFactory = Callable[..., RecordingUpstream]
 
 

@@ -363,6 +363,7 @@ def test_host_bits_message_suggests_the_network() -> None:
     )
 
 
+@pytest.mark.slow
 def test_large_set_answers_correctly_at_every_boundary() -> None:
     # 10,000 disjoint /24s, each separated from the next by an unlisted /24.
     base = int(IPv4Address("10.0.0.0"))

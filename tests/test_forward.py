@@ -98,6 +98,7 @@ async def test_backoff_stays_within_cap(start_upstream):
         ),
     ],
 )
+@pytest.mark.slow
 async def test_spent_retries_raise_with_reason(start_upstream, script, reason, timed_out):
     app = start_upstream(script=list(script))
     async with closing_client() as session:
@@ -137,6 +138,7 @@ async def test_user_agent_and_given_headers_are_sent(start_upstream):
         ),
     ],
 )
+@pytest.mark.slow
 async def test_deadline_bounds_every_attempt_and_backoff_together(
     start_upstream, budget, timeout, retries, most_seconds, most_attempts
 ):

@@ -615,6 +615,7 @@ async def test_an_unsafe_caller_request_id_is_not_logged(
 
 
 @pytest.mark.parametrize("port_name", ["public", "admin"])
+@pytest.mark.slow
 async def test_connection_that_never_finishes_its_headers_is_closed_at_client_timeout(
     port_name: str, start_upstream: UpstreamFactory, start_gateway: GatewayFactory
 ) -> None:
@@ -639,6 +640,7 @@ async def test_connection_that_never_finishes_its_headers_is_closed_at_client_ti
 # -- values a sender chooses that would grow what the gateway keeps -----------------------------
 
 
+@pytest.mark.slow
 async def test_revenue_series_are_bounded_whatever_zones_senders_choose(
     start_upstream, start_gateway, http
 ):

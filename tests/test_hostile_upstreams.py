@@ -341,6 +341,7 @@ BROKEN_AFTER_A_200 = [
 
 
 @pytest.mark.parametrize("broken", BROKEN_AFTER_A_200)
+@pytest.mark.slow
 async def test_200_whose_connection_breaks_is_delivered_once_and_its_repeat_a_duplicate(
     broken: Reply,
     start_server: ServerFactory,
@@ -370,6 +371,7 @@ async def test_200_whose_connection_breaks_is_delivered_once_and_its_repeat_a_du
 
 
 @pytest.mark.parametrize("broken", BROKEN_AFTER_A_200)
+@pytest.mark.slow
 async def test_200_whose_connection_breaks_is_delivered_once_on_a_queued_route(
     broken: Reply,
     start_server: ServerFactory,

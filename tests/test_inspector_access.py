@@ -670,6 +670,7 @@ async def test_each_sign_in_is_its_own_session_ended_by_sign_out(
 
 
 @pytest.mark.process
+@pytest.mark.slow
 async def test_a_session_ends_at_its_expiry_and_when_the_token_changes(
     http: aiohttp.ClientSession, start_upstream: UpstreamFactory, start_site: SiteFactory
 ) -> None:

@@ -40,6 +40,7 @@ async def get(
 # -- 1. route -------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 async def test_unknown_path_is_404_not_found(start_upstream, start_gateway, http):
     upstream = start_upstream()
     gateway = await start_gateway(gateway_config(upstream.url))
@@ -349,6 +350,7 @@ async def test_duplicate_is_answered_200_and_not_forwarded(start_upstream, start
     assert len(upstream.received) == 3
 
 
+@pytest.mark.slow
 async def test_duplicate_during_inflight_waits_for_first_result(
     start_upstream, start_gateway, http
 ):
@@ -361,6 +363,7 @@ async def test_duplicate_during_inflight_waits_for_first_result(
     assert len(upstream.received) == 1
 
 
+@pytest.mark.slow
 async def test_concurrent_duplicates_take_over_when_first_fails(
     start_upstream, start_gateway, http
 ):
@@ -407,6 +410,7 @@ async def test_app_refusal_is_logged_forwarded_with_reason_upstream_refused(
 
 
 @pytest.mark.process
+@pytest.mark.slow
 async def test_delivered_event_is_forgotten_after_ttl(start_upstream, start_gateway, http):
     upstream = start_upstream()
     config = gateway_config(upstream.url, dedup={"ttl": "300ms"})
@@ -447,6 +451,7 @@ async def test_dedup_key_fields_come_from_config(start_upstream, start_gateway, 
         ),
     ],
 )
+@pytest.mark.slow
 async def test_upstream_failures_and_retries(
     script, status, outcome, attempts, start_upstream, start_gateway, http
 ):
@@ -457,6 +462,7 @@ async def test_upstream_failures_and_retries(
 
 
 @pytest.mark.process
+@pytest.mark.slow
 async def test_a_hung_app_is_answered_504_within_the_routes_deadline(
     start_upstream, start_gateway, http
 ):
@@ -478,6 +484,7 @@ def test_the_default_deadline_stays_below_what_senders_wait():
     assert route.deadline == 10.0  # README: senders commonly give 5-30 s
 
 
+@pytest.mark.slow
 async def test_unreachable_upstream_is_502(start_gateway, http):
     with socket.socket() as unused:
         unused.bind(("127.0.0.1", 0))
@@ -491,6 +498,7 @@ async def test_unreachable_upstream_is_502(start_gateway, http):
     )
 
 
+@pytest.mark.slow
 async def test_first_upstream_answers_copies_go_to_the_rest(start_upstream, start_gateway, http):
     first = start_upstream(body="from first")
     failing_copy = start_upstream(default=500)

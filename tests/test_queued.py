@@ -90,6 +90,7 @@ async def test_queued_postback_is_acknowledged_then_delivered_everywhere(
 
 
 @pytest.mark.process
+@pytest.mark.slow
 async def test_app_down_then_up_receives_every_event_once_by_key(
     start_upstream, start_gateway, http, store_at
 ):
@@ -108,6 +109,7 @@ async def test_app_down_then_up_receives_every_event_once_by_key(
 
 
 @pytest.mark.process
+@pytest.mark.slow
 async def test_one_upstream_down_does_not_hold_back_another(
     start_upstream, start_gateway, http, store_at
 ):
@@ -126,6 +128,7 @@ async def test_one_upstream_down_does_not_hold_back_another(
     assert down.most_at_once <= concurrency
 
 
+@pytest.mark.slow
 async def test_refused_event_is_dead_lettered_with_status_and_body(
     start_upstream, start_gateway, http, store_at
 ):
@@ -143,6 +146,7 @@ async def test_refused_event_is_dead_lettered_with_status_and_body(
 
 
 @pytest.mark.process
+@pytest.mark.slow
 async def test_408_429_and_5xx_are_retried_until_delivered(
     start_upstream, start_gateway, http, store_at
 ):
@@ -157,6 +161,7 @@ async def test_408_429_and_5xx_are_retried_until_delivered(
 
 
 @pytest.mark.process
+@pytest.mark.slow
 async def test_gives_up_after_max_attempts(start_upstream, start_gateway, http, store_at):
     app = start_upstream(default=503)
     gateway = await start_gateway(queued_yaml([app.url], store_at, max_attempts=3))
@@ -184,6 +189,7 @@ async def test_restart_remembers_delivered_events(start_upstream, start_gateway,
     assert (await get(http, queued.postback_url(), CLICK))[1] == "duplicate"
 
 
+@pytest.mark.slow
 async def test_concurrent_identical_queued_postbacks_are_stored_once(
     start_upstream, start_gateway, http, store_at
 ):
@@ -197,6 +203,7 @@ async def test_concurrent_identical_queued_postbacks_are_stored_once(
     assert len(app.received) == 1
 
 
+@pytest.mark.slow
 async def test_acknowledgements_share_commits(start_upstream, start_gateway, http, store_at):
     app = start_upstream()
     gateway = await start_gateway(queued_yaml([app.url], store_at))

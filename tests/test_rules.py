@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
 from prometheus_client import generate_latest
 
 from tests.conftest import SECRET, access_lines
@@ -98,6 +99,7 @@ async def test_log_only_allowlist_lets_in_and_counts(start_upstream, start_gatew
     assert (await get(http, gateway.postback_url(), wrong))[:2] == (403, "rejected")
 
 
+@pytest.mark.slow
 async def test_valued_revenue_is_summed_per_zone_once_delivered(
     start_upstream, start_gateway, http
 ):
@@ -130,6 +132,7 @@ async def test_dedup_evictions_before_ttl_are_counted(start_upstream, start_gate
     assert (await get(http, gateway.postback_url(), {**CLICK, "uid": "user-0"}))[1] == "forwarded"
 
 
+@pytest.mark.slow
 async def test_overload_answers_503_with_retry_after(start_upstream, start_gateway, http):
     app = start_upstream(default=Answer(delay=0.3))
     gateway = await start_gateway(gateway_config(app.url, server={"max_in_flight": 2}))

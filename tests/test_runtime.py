@@ -23,6 +23,7 @@ def config_of(yaml_text: str):
 
 
 @pytest.mark.process
+@pytest.mark.slow
 async def test_request_in_flight_finishes_on_the_old_config(start_upstream, start_gateway, http):
     slow = start_upstream(default=Answer(delay=0.4), body="old app")
     fast = start_upstream(body="new app")
@@ -49,6 +50,7 @@ async def test_dedup_memory_survives_reload(start_upstream, start_gateway, http)
     assert len(upstream.received) == 1
 
 
+@pytest.mark.slow
 async def test_duplicate_arriving_during_reload_waits_for_the_first(
     start_upstream, start_gateway, http
 ):
@@ -186,6 +188,7 @@ async def test_a_route_removed_and_put_back_still_knows_its_events(
 
 
 @pytest.mark.process
+@pytest.mark.slow
 async def test_a_twin_after_two_reloads_waits_for_the_postback_in_flight(
     start_upstream, start_gateway, http
 ):

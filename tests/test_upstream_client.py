@@ -435,6 +435,7 @@ CUT_SHORT = [
 
 
 @pytest.mark.parametrize(("reply", "body_so_far"), CUT_SHORT)
+@pytest.mark.slow
 async def test_answer_whose_body_breaks_after_a_clean_head_stands_as_it_is(
     start_server, client, reply, body_so_far
 ):
@@ -448,6 +449,7 @@ async def test_answer_whose_body_breaks_after_a_clean_head_stands_as_it_is(
     assert len(server.accepted) == 2  # the broken connection was never used again
 
 
+@pytest.mark.slow
 async def test_deadline_cuts_the_wait_for_the_body_too(start_server, client):
     server = await start_server(
         drip(b"HTTP/1.1 503 Busy\r\nContent-Length: 100\r\n\r\n", b"x" * 100, 0.05)
@@ -459,6 +461,7 @@ async def test_deadline_cuts_the_wait_for_the_body_too(start_server, client):
     assert time.monotonic() - started < 0.6
 
 
+@pytest.mark.slow
 async def test_deadline_before_the_head_is_a_timeout(start_server, client):
     server = await start_server(answer_after(2.0))
     loop = asyncio.get_running_loop()
@@ -562,6 +565,7 @@ async def test_bad_chunk_size_after_a_clean_head_leaves_the_status_standing(
         pytest.param(send_then_stall(b"HTTP/1.1 200 OK\r\nContent-Le"), id="half-a-head"),
     ],
 )
+@pytest.mark.slow
 async def test_slow_answer_times_out_and_its_connection_is_dropped(start_server, client, slow):
     server = await start_server(slow, send(OK))
     started = time.monotonic()
@@ -820,6 +824,7 @@ HOSTILE = [
 
 
 @pytest.mark.parametrize(("reply", "outcome", "kept"), HOSTILE)
+@pytest.mark.slow
 async def test_hostile_upstream_is_refused_and_its_connection_not_reused(
     start_server, client, reply, outcome, kept
 ):
@@ -877,6 +882,7 @@ async def test_chunked_body_in_many_small_pieces_is_read_whole(start_server, cli
     assert len(server.accepted) == 1
 
 
+@pytest.mark.slow
 async def test_waiting_for_a_free_connection_counts_in_the_timeout(start_server):
     server = await start_server(send_then_stall())
     client = UpstreamClient(connections_per_host=1)
@@ -938,6 +944,7 @@ async def test_close_closes_idle_connections(start_server, client):
         await until(connection.client_closed)
 
 
+@pytest.mark.slow
 async def test_connection_in_use_during_close_is_closed_after_its_answer(start_server, client):
     server = await start_server(answer_after(0.2))
     pending = asyncio.ensure_future(fetch(client, server.url()))
