@@ -27,6 +27,7 @@ import pytest
 
 from tests.conftest import UpstreamFactory
 from tests.support.gatewayconfig import gateway_config
+from tests.support.metrics import metric_sum
 from tests.support.processes import command_env, free_port, gateway_command
 from tests.support.queuedgateway import (
     Harness,
@@ -35,7 +36,6 @@ from tests.support.queuedgateway import (
     assert_queued,
     durable_route,
     harness,
-    metric_sum,
     printed_stats,
     queue,
     queue_list,

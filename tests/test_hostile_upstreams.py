@@ -17,7 +17,7 @@ from prometheus_client import generate_latest
 
 from tests.conftest import SECRET, GatewayFactory, RunningGateway, access_lines
 from tests.support.gatewayconfig import gateway_config, upstream
-from tests.support.queuedgateway import metric_sum
+from tests.support.metrics import metric_sum
 from tests.support.rawupstream import (
     GUARD,
     OK,

@@ -39,8 +39,8 @@ from tests.support.inspectorsite import (
     start_site,
     tapper_config,
 )
+from tests.support.metrics import metric_sum
 from tests.support.processes import Reply, command_env, http_get, spawn_gateway
-from tests.support.queuedgateway import metric_sum
 from tests.support.upstream import RecordingUpstream
 from tests.support.waiting import eventually, eventually_async
 

@@ -28,13 +28,13 @@ from typing import Any
 from urllib.parse import urlencode
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.durable.outbox import DEAD, DELIVERED, PENDING, RETRY
 from gateway.metrics import Metrics
 from tests.conftest import RedisServer, UpstreamFactory
 from tests.support import processes
 from tests.support.gatewayconfig import gateway_config, route, upstream
+from tests.support.metrics import Scrape
 from tests.support.processes import (
     REPO,
     SECRET,
@@ -63,30 +63,6 @@ def check_checksum(config: Path) -> str:
     match = re.search(r"checksum ([0-9a-f]{16})", result.stdout)
     assert match, result.stdout
     return match.group(1)
-
-
-@dataclass
-class Scrape:
-    """One /metrics scrape: raw text and every sample by (name, labels)."""
-
-    text: str
-    samples: dict[tuple[str, frozenset[tuple[str, str]]], float]
-
-    @classmethod
-    def parse(cls, text: str) -> Scrape:
-        samples = {
-            (sample.name, frozenset(sample.labels.items())): sample.value
-            for family in text_string_to_metric_families(text)
-            for sample in family.samples
-        }
-        return cls(text, samples)
-
-    def value(self, name: str, **labels: str) -> float:
-        """A sample's value; 0 when the series does not exist (yet)."""
-        return self.samples.get((name, frozenset(labels.items())), 0.0)
-
-    def has(self, name: str, **labels: str) -> bool:
-        return (name, frozenset(labels.items())) in self.samples
 
     @property
     def sample_names(self) -> set[str]:

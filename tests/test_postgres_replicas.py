@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import UpstreamFactory
+from tests.support.metrics import metric_sum
 from tests.support.postgres import PostgresCluster
 from tests.support.processes import Reply
 from tests.support.queuedgateway import (
@@ -29,7 +30,6 @@ from tests.support.queuedgateway import (
     assert_queued,
     durable_route,
     harness,
-    metric_sum,
     queue_stats,
 )
 from tests.support.upstream import Answer, Received

@@ -18,9 +18,10 @@ from gateway.durable.outbox import NewEvent, StoreError
 from gateway.durable.postgres_outbox import SCHEMA_VERSION, PostgresOutbox
 from gateway.postback import Postback
 from tests.support.gatewayconfig import gateway_config
+from tests.support.metrics import metric_sum
 from tests.support.postgres import PostgresCluster
 from tests.support.processes import command_env, free_port, gateway_command
-from tests.support.queuedgateway import Harness, durable_route, metric_sum
+from tests.support.queuedgateway import Harness, durable_route
 from tests.support.waiting import eventually, eventually_async
 
 pytestmark = pytest.mark.postgres

@@ -25,7 +25,6 @@ from typing import IO, Any
 from urllib.parse import urlencode
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support import processes
 from tests.support.gatewayconfig import gateway_config, route, upstream
@@ -47,23 +46,6 @@ FAST_QUEUE = {"retry_base": "100ms", "retry_cap": "500ms"}
 
 
 # -- helpers ----------------------------------------------------------------------------------
-
-
-def metric_samples(text: str) -> list[tuple[str, dict[str, str], float]]:
-    return [
-        (sample.name, sample.labels, sample.value)
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-    ]
-
-
-def metric_sum(text: str, name: str, **labels: str) -> float:
-    """The sum of every sample of `name` whose labels include `labels`."""
-    return sum(
-        value
-        for sample, sample_labels, value in metric_samples(text)
-        if sample == name and all(sample_labels.get(k) == v for k, v in labels.items())
-    )
 
 
 # -- the gateway process ----------------------------------------------------------------------
