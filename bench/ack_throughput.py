@@ -50,12 +50,12 @@ import aiohttp
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(HERE))
-sys.path.insert(1, str(REPO))  # for tests.postgres: the throwaway PostgreSQL of the tests
+sys.path.insert(1, str(REPO))  # for tests.support.postgres: the throwaway PostgreSQL of the tests
 
 from common import free_port, machine, run_wrk, wait_for_port  # noqa: E402
 
 if TYPE_CHECKING:
-    from tests.postgres import PostgresCluster
+    from tests.support.postgres import PostgresCluster
 
 SECRET = "bench-secret-0123456789"
 SQLITE, POSTGRES = "sqlite", "postgres"
@@ -337,7 +337,7 @@ async def main() -> None:
             store = f"{{path: '{workdir / 'gw.db'}'}}"
             gateways[SQLITE] = start_gateway(workdir, SQLITE, store, upstream_port)
         if POSTGRES in stores:
-            from tests.postgres import PostgresCluster
+            from tests.support.postgres import PostgresCluster
 
             cluster = PostgresCluster()
             cluster.start()

@@ -173,7 +173,7 @@ async def test_pictures_are_saved_only_when_asked(
     browser: webdriver.Chrome, site: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """(Not named for "screenshot": scripts/screenshots runs the tests selected by that word.)"""
-    monkeypatch.setattr(tests.browser, "SCREENSHOTS", tmp_path)
+    monkeypatch.setattr(tests.support.browser, "SCREENSHOTS", tmp_path)
     await asyncio.to_thread(browser.get, site + "/")
     monkeypatch.delenv("UPDATE_SCREENSHOTS", raising=False)
     assert await asyncio.to_thread(save_screenshot, browser, "index") is None
