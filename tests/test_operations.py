@@ -64,18 +64,6 @@ def check_checksum(config: Path) -> str:
     assert match, result.stdout
     return match.group(1)
 
-    @property
-    def sample_names(self) -> set[str]:
-        return {name for name, _ in self.samples}
-
-    @property
-    def label_names(self) -> dict[str, set[str]]:
-        """Every sample name, and the label names its samples carry."""
-        names: dict[str, set[str]] = {}
-        for name, labels in self.samples:
-            names.setdefault(name, set()).update(label for label, _ in labels)
-        return names
-
 
 # -- the gateway process ----------------------------------------------------------------------
 

@@ -31,7 +31,19 @@ class Scrape:
     def has(self, name: str, **labels: str) -> bool:
         return (name, frozenset(labels.items())) in self.samples
 
-    def sum(self, name: str, **labels: str) -> float:
+    @property
+    def sample_names(self) -> set[str]:
+        return {name for name, _ in self.samples}
+
+    @property
+    def label_names(self) -> dict[str, set[str]]:
+        """Every sample name, and the label names its samples carry."""
+        names: dict[str, set[str]] = {}
+        for name, labels in self.samples:
+            names.setdefault(name, set()).update(label for label, _ in labels)
+        return names
+
+    def total(self, name: str, **labels: str) -> float:
         """The sum of every sample of `name` whose labels include `labels`."""
         wanted = set(labels.items())
         return sum(
@@ -43,4 +55,4 @@ class Scrape:
 
 def metric_sum(text: str, name: str, **labels: str) -> float:
     """The sum of every sample of `name` in a scrape whose labels include `labels`."""
-    return Scrape.parse(text).sum(name, **labels)
+    return Scrape.parse(text).total(name, **labels)
