@@ -89,6 +89,8 @@ class CompiledRoute:
         self.dedup = dedup
         self._dedup_scope = config.dedup_scope
         self._dedup_fields = key_fields(config.dedup.key)
+        # CHECKS bound to this route once: a postback's loop only calls them
+        self._checks = tuple((check.name, check.run.__get__(self)) for check in self.CHECKS)
 
     def verify(self, arrival: Arrival, record: RequestRecord) -> Postback:
         """The checks in order, each noting in `record` what it found: the postback to deliver,
@@ -99,11 +101,11 @@ class CompiledRoute:
         checking = Checking(arrival, record, clean)
         passed = record.passed
         try:
-            for check in self.CHECKS:
-                check.run(self, checking)
-                passed.append(check.name)
+            for name, run in self._checks:
+                run(checking)
+                passed.append(name)
         except GatewayError:
-            record.failed_check = self.CHECKS[len(passed)].name
+            record.failed_check = STEPS[len(passed)]
             raise
         assert checking.postback is not None  # set by normalize
         return checking.postback
