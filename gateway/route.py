@@ -89,8 +89,6 @@ class CompiledRoute:
         self.dedup = dedup
         self._dedup_scope = config.dedup_scope
         self._dedup_fields = key_fields(config.dedup.key)
-        # CHECKS bound to this route once: a postback's loop only calls them
-        self._checks = tuple((check.name, check.run.__get__(self)) for check in self.CHECKS)
 
     def verify(self, arrival: Arrival, record: RequestRecord) -> Postback:
         """The checks in order, each noting in `record` what it found: the postback to deliver,
@@ -101,8 +99,8 @@ class CompiledRoute:
         checking = Checking(arrival, record, clean)
         passed = record.passed
         try:
-            for name, run in self._checks:
-                run(checking)
+            for name, run in self.CHECKS:
+                run(self, checking)
                 passed.append(name)
         except GatewayError:
             record.failed_check = STEPS[len(passed)]
