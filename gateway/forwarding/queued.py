@@ -4,7 +4,7 @@ storage package never imports the request path (which builds it at config load).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from types import MappingProxyType
 
 from ..config import QueueConfig, RouteConfig
@@ -18,7 +18,7 @@ class QueuedRoute:
     queue: QueueConfig
     dedup_ttl: float  # how long the store keeps an accepted event's dedup key
     # labels a route's deliveries may be stored under from before -> the upstream's label now
-    relabels: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    relabels: Mapping[str, str]
 
     @classmethod
     def of(cls, config: RouteConfig, upstreams: tuple[Upstream, ...]) -> QueuedRoute:
