@@ -38,6 +38,7 @@ RESTART_ONLY = (
     "server.tls",
     "server.max_connections",
     "store",
+    "history.enabled",
 )
 
 
@@ -95,6 +96,20 @@ class Metrics:
             ["route"],
             registry=r,
         )
+        self.history_written = Counter(
+            "gateway_history_records",
+            "Rows written to the history (postbacks and later deliveries).",
+            registry=r,
+        )
+        self.history_dropped = Counter(
+            "gateway_history_dropped",
+            "History rows not kept: buffer_full (the store fell behind), store_failed (a batch "
+            "the store refused), shutdown (not written by the shutdown deadline).",
+            ["why"],
+            registry=r,
+        )
+        for why in ("buffer_full", "store_failed", "shutdown"):
+            self.history_dropped.labels(why)
         self.in_flight = Gauge(
             "gateway_requests_in_flight", "Postback requests being handled now.", registry=r
         )

@@ -121,7 +121,7 @@ class Gateway:
         )
         postback = route.verify(arrival, record)  # client, allowlist, secret, ..., match
 
-        key = route.dedup_key(postback)
+        key = record.dedup_key = route.dedup_key(postback)
         if route.queued:
             return await self._accept_for_queue(route, postback, key, record)
         async with route.dedup.reserve(key) as reservation:

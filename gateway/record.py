@@ -59,6 +59,7 @@ class RequestRecord:
     dropped: list[str] = field(default_factory=list)  # parameters not passed on (names only)
     passed: list[str] = field(default_factory=list)  # the checks passed (route.STEPS)
     failed_check: str | None = None  # the check that refused it, if one did
+    dedup_key: bytes | None = None  # once verified: which event it is (a duplicate's link)
     let_in_by_log_only: bool = False  # allow_ips would have refused it (allow_ips_mode: log_only)
     # where it went past the checks: "app" once forwarding began (a request may have been
     # written to it), "store" once a queued route began storing it

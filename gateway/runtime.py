@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Mapping
 
 import redis.asyncio as redis
 
@@ -27,10 +28,13 @@ from .durable.service import Store
 from .forwarding.policy import SYNC_BACKOFF_CAP
 from .forwarding.queued import QueuedRoute
 from .forwarding.upstream_client import BODY_WAIT, UpstreamClient
+from .history.recorder import Recorder
+from .history.store import history_store
 from .journal import Journal
 from .logs import configure_logging
 from .metrics import RESTART_ONLY, Metrics
 from .pipeline import Gateway
+from .record import UpstreamAttempt
 
 log = logging.getLogger("gateway.runtime")
 MAX_UPSTREAM_CONNECTIONS = 256
@@ -81,6 +85,7 @@ def restart_pending(started: GatewayConfig, loaded: GatewayConfig) -> list[str]:
         "server.tls": (server.tls, now.tls),
         "server.max_connections": (server.max_connections, now.max_connections),
         "store": (started.store, loaded.store),
+        "history.enabled": (started.history.enabled, loaded.history.enabled),
     }
     assert tuple(values) == RESTART_ONLY
     return [key for key, (before, after) in values.items() if before != after]
@@ -111,10 +116,17 @@ class Runtime:
         self.loaded_at = time.time()  # when the running config was loaded
         self.reload_error: list[str] | None = None  # the problems of the last failed reload
         self.store = (
-            Store(config.store, self.metrics, on_attempt=self.journal.attempted)
+            Store(
+                config.store,
+                self.metrics,
+                on_attempt=self.journal.attempted,
+                on_result=self._delivery_result,
+            )
             if config.store
             else None
         )
+        # every postback, kept in the store (history/): made once the store is open
+        self.history: Recorder | None = None
         self.metrics.watch_dedup(lambda: {name: len(dedup) for name, dedup in self.dedup.items()})
 
     @property
@@ -131,6 +143,16 @@ class Runtime:
         gateway = self._build(self.config)
         if self.store is not None:
             await self.store.start(_queued(gateway))
+            assert self.config.store is not None
+            if self.config.history.enabled:
+                history = Recorder(
+                    history_store(self.config.store, self.store.outbox),
+                    self.metrics,
+                    retention=self.config.history.retention,
+                    names_of=self._aliases_of,
+                )
+                await history.start()
+                self.history = history
         self._gateway = gateway
         self.metrics.config_loaded()
 
@@ -149,6 +171,8 @@ class Runtime:
         self.config = config
         self.loaded_at, self.reload_error = time.time(), None
         self.journal.resize(config.server.recent_postbacks)
+        if self.history is not None:
+            self.history.retention = config.history.retention
         if self.store is not None:
             await self.store.serve(_queued(self._gateway))
         configure_logging(config.logging.format, config.logging.level)
@@ -177,9 +201,27 @@ class Runtime:
         if self._retiring and deadline.left():
             await asyncio.wait(set(self._retiring), timeout=deadline.left())
         if self.store is not None:
+            await self.store.close_deliveries(deadline)
+        if self.history is not None:  # every postback answered: what is left gets written
+            await self.history.close(deadline)
+        if self.store is not None:
             await self.store.close(deadline)
         for client in self._redis_clients.values():
             await client.aclose()
+
+    def _aliases_of(self, route: str) -> Mapping[str, str]:
+        """A route's names as sent -> canonical, for the history of a postback refused before
+        it was normalized (the config in force: a route removed since has none)."""
+        for configured in self.config.routes:
+            if configured.name == route:
+                return configured.aliases
+        return {}
+
+    def _delivery_result(
+        self, request_id: str, route: str, state: str, tries: list[UpstreamAttempt]
+    ) -> None:
+        if self.history is not None:
+            self.history.delivered(request_id, route, state, tries)
 
     def _build(self, config: GatewayConfig) -> Gateway:
         dedup: dict[str, RouteDedup] = {}

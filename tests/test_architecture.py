@@ -18,8 +18,8 @@ GATEWAY = Path(__file__).resolve().parents[1] / "gateway"
 # a part without an entry fails. The leaves know nothing of the gateway; the request path
 # (route, pipeline) stands on checks, dedup and forwarding and never touches the store; the
 # storage package is handed its routes (`forwarding.queued`) and never reaches back; the
-# runtime holds both; the pages read the runtime and never run a request; serving and the
-# commands are on top.
+# runtime holds both, and the history beside the store; the pages read the runtime and never
+# run a request; serving and the commands are on top.
 LEAVES = "__init__ errors postback deadline shown record hotmetrics demo_app"
 RULES = {
     "access_log": "record",
@@ -36,7 +36,10 @@ RULES = {
     "verdicts": "config record",
     "pipeline": "checks config deadline dedup errors forwarding metrics postback record route",
     "durable": "config deadline dedup errors forwarding metrics postback record shown",
-    "runtime": "config deadline dedup durable forwarding journal logs metrics pipeline",
+    # the record of every postback: beside the store (its file or database), never the path
+    "history": "config deadline durable metrics postback record",
+    "runtime": "config deadline dedup durable forwarding history journal logs metrics pipeline "
+    "record",
     "reload": "config runtime tls",
     "inspector": "config durable errors journal route runtime verdicts",
     "serving": "access_log config deadline errors inspector logs metrics pipeline record reload "

@@ -25,6 +25,7 @@ from ..shown import shown_url
 DEFAULT_REQUIRED: tuple[str, ...] = (YMID, EVENT_TYPE)
 DEFAULT_DEDUP_KEY: tuple[str, ...] = (YMID, EVENT_TYPE, ZONE_ID)
 DEFAULT_DEDUP_TTL = 24 * 3600.0
+DEFAULT_HISTORY_RETENTION = 30 * 24 * 3600.0
 DEFAULT_DEDUP_MAX_ENTRIES = 1_000_000
 DEFAULT_UPSTREAM_TIMEOUT = 5.0
 DEFAULT_UPSTREAM_RETRIES = 2
@@ -149,6 +150,14 @@ class ServerConfig:
     # naming anything else is refused: DNS rebinding), and how long a sign-in lasts
     admin_hosts: tuple[str, ...] = ()
     admin_session_ttl: float = 12 * 3600.0
+
+
+@dataclass(frozen=True)
+class HistoryConfig:
+    """The record of every postback, in the store (none without one): how long it is kept."""
+
+    enabled: bool = True
+    retention: float = DEFAULT_HISTORY_RETENTION
 
 
 @dataclass(frozen=True)
@@ -325,3 +334,4 @@ class GatewayConfig:
     # of the config text, so a deploy can confirm which config is live
     checksum: str = field(default="", metadata=DERIVED)
     store: StoreConfig | None = None
+    history: HistoryConfig = field(default_factory=HistoryConfig)

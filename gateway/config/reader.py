@@ -20,6 +20,7 @@ from .model import (
     DedupConfig,
     DeliveryMode,
     GatewayConfig,
+    HistoryConfig,
     ListenAddress,
     LogFormat,
     LoggingConfig,
@@ -86,7 +87,8 @@ class DocumentReader(ValueReader):
         routes = self.routes(top.get("routes"), "routes")
         logging = self.logging(top.get("logging", {}), "logging")
         store = self.optional(top, "store", "", self.store, None)
-        if server is None or routes is None or logging is None:
+        history = self.history(top.get("history", {}), "history")
+        if server is None or routes is None or logging is None or history is None:
             return None
         self.warn_about_plain_http(server, routes)
         if store is None and "store" not in top:
@@ -96,7 +98,9 @@ class DocumentReader(ValueReader):
                         f"routes.{route.name}.delivery",
                         "queued delivery needs a top-level `store:` (path or url)",
                     )
-        return GatewayConfig(server, routes, tuple(self.warnings), logging, store=store)
+        return GatewayConfig(
+            server, routes, tuple(self.warnings), logging, store=store, history=history
+        )
 
     def warn_about_plain_http(self, server: ServerConfig, routes: tuple[RouteConfig, ...]) -> None:
         """A key in the URL over plain HTTP can be read by every hop on the way."""
@@ -150,6 +154,11 @@ class DocumentReader(ValueReader):
         readers: dict[str, Reader] = {"format": self.chooser(LogFormat), "level": self.log_level}
         values = self.section(value, path, LoggingConfig, readers)
         return None if values is None else LoggingConfig(**values)
+
+    def history(self, value: Any, path: str) -> HistoryConfig | None:
+        readers: dict[str, Reader] = {"enabled": self.boolean, "retention": self.duration}
+        values = self.section(value, path, HistoryConfig, readers)
+        return None if values is None else HistoryConfig(**values)
 
     def log_level(self, value: Any, path: str) -> LogLevel | None:
         text = self.string(value, path)

@@ -40,6 +40,8 @@ from .outbox import (
 )
 
 log = logging.getLogger("gateway.deliverer")
+# told of each recorded attempt: (request id, route, the state it left, the tries it made)
+DeliveryResultHook = Callable[[str, str, str, list[UpstreamAttempt]], None]
 
 POLL_SECONDS = 1.0
 RECORD_RETRY_SECONDS = 0.5  # while the store cannot take an attempt's result
@@ -54,9 +56,11 @@ class Deliverer:
         metrics: Metrics,
         clock: Callable[[], float] = time.time,
         on_attempt: Callable[[str, UpstreamAttempt], None] = lambda request_id, attempt: None,
+        on_result: DeliveryResultHook = lambda request_id, route, state, tries: None,
     ) -> None:
         self._outbox = outbox
         self._on_attempt = on_attempt  # told of every try, by the event's request id
+        self._on_result = on_result  # told of each recorded result, with the state it left
         self._routes: Sequence[QueuedRoute] = ()
         self._forwarder = forwarder
         self._metrics = metrics
@@ -143,6 +147,7 @@ class Deliverer:
                 )
                 return
             self._metrics.deliveries.labels(route.name, upstream.label, attempt.state).inc()
+            self._on_result(delivery.request_id, route.name, attempt.state, tries)
             if attempt.retry_at is not None:  # look again when it is due, not at the next poll
                 asyncio.get_running_loop().call_later(attempt.retry_at - now, self.wake)
             if attempt.state == DEAD:

@@ -24,7 +24,7 @@ from ..forwarding.upstream_client import UpstreamClient
 from ..metrics import Metrics
 from ..postback import Postback
 from ..record import UpstreamAttempt
-from .deliverer import Deliverer
+from .deliverer import Deliverer, DeliveryResultHook
 from .outbox import NewEvent, Outbox, StoreError
 from .postgres_outbox import PostgresOutbox
 from .sqlite_outbox import SqliteOutbox
@@ -53,12 +53,16 @@ class Store:
         config: StoreConfig,
         metrics: Metrics,
         on_attempt: Callable[[str, UpstreamAttempt], None] = lambda request_id, attempt: None,
+        on_result: DeliveryResultHook = lambda request_id, route, state, tries: None,
     ) -> None:
         self._metrics = metrics
         self.outbox = open_outbox(config, metrics, for_gateway=True)
         self._client = UpstreamClient()
         forwarder = Forwarder(self._client, metrics)
-        self._deliverer = Deliverer(self.outbox, forwarder, metrics, on_attempt=on_attempt)
+        self._deliverer = Deliverer(
+            self.outbox, forwarder, metrics, on_attempt=on_attempt, on_result=on_result
+        )
+        self._deliveries_closed = False
         self._tasks: list[asyncio.Task[None]] = []
         metrics.watch_store(lambda: self.available)
         self.outbox.availability.watch(_log_store_change)
@@ -130,7 +134,12 @@ class Store:
             log.info("deliveries re-driven", extra={"count": count, "event_id": event_id})
         return count
 
-    async def close(self, deadline: Deadline) -> None:
+    async def close_deliveries(self, deadline: Deadline) -> None:
+        """Stop delivering: the attempts in flight finish (and are recorded) by the deadline.
+        The outbox stays open, for the history's last batch."""
+        if self._deliveries_closed:
+            return
+        self._deliveries_closed = True
         self._deliverer.stop()  # ends by itself, even if a cancellation were lost
         for task in self._tasks:
             task.cancel()
@@ -139,6 +148,9 @@ class Store:
                 await task
         await self._deliverer.finish(deadline)
         await self._client.close()
+
+    async def close(self, deadline: Deadline) -> None:
+        await self.close_deliveries(deadline)
         await self.outbox.close()
 
     async def _housekeeping(self) -> None:

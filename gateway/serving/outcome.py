@@ -84,7 +84,10 @@ def _cut_off(runtime: Runtime, record: RequestRecord) -> None:
     record.outcome, record.reason = Outcome.CUT_OFF, Reason.SHUTDOWN
     record.detail = f"cut off at shutdown {_FATE_WHEN_CUT_OFF[record.handed_to]}"
     log_request(record, None)
-    runtime.metrics.request_done(record, Outcome.CUT_OFF, time.perf_counter() - record.started)
+    seconds = time.perf_counter() - record.started
+    runtime.metrics.request_done(record, Outcome.CUT_OFF, seconds)
+    if runtime.history is not None:
+        runtime.history.add(record, None, seconds)
 
 
 def _handled_answer(record: RequestRecord, handled: Handled) -> web.Response:
@@ -116,4 +119,6 @@ def _finish(
     seconds = time.perf_counter() - record.started
     runtime.metrics.request_done(record, outcome, seconds)
     runtime.journal.add(record, response.status, seconds)
+    if runtime.history is not None:
+        runtime.history.add(record, response.status, seconds)
     return response

@@ -1,0 +1,129 @@
+"""The history in the PostgreSQL database the replicas share, beside the outbox.
+
+A small pool of its own: a slow or failing history write never holds a connection the outbox
+needs, and never changes the outbox's availability (readiness). Tables are created at open,
+under the schema's advisory lock, so replicas starting together do not race. Rows are written
+with COPY, one round trip per batch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+import asyncpg
+import orjson
+
+from ..config.model import PostgresUrl
+from ..durable.outbox import StoreError
+from ..durable.postgres_outbox import ADVISORY_LOCK, COMMAND_TIMEOUT, CONNECT_TIMEOUT, FAILURES
+from . import sql
+from .rows import DeliveryRow, Row
+from .search import (
+    COLUMNS,
+    DELIVERY_COLUMNS,
+    LaterDelivery,
+    Recorded,
+    ReportLine,
+    Search,
+    user_key,
+)
+
+POOL_SIZE = 2  # the recorder's batches and the pages' searches
+DAY = "to_char(to_timestamp(at) AT TIME ZONE 'UTC', 'YYYY-MM-DD')"
+REAL = "DOUBLE PRECISION"
+IDENTITY = "BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY"
+
+
+class PostgresHistory:
+    def __init__(self, url: PostgresUrl) -> None:
+        self._url = url
+        self._pool: asyncpg.Pool | None = None
+
+    async def open(self) -> None:
+        try:
+            self._pool = await asyncpg.create_pool(
+                str(self._url),
+                min_size=0,
+                max_size=POOL_SIZE,
+                timeout=CONNECT_TIMEOUT,
+                command_timeout=COMMAND_TIMEOUT,
+            )
+        except FAILURES as error:
+            raise StoreError(f"cannot open the history at {self._url.shown}: {error}") from None
+        async with self._connection() as connection:
+            await connection.execute("SELECT pg_advisory_lock($1)", ADVISORY_LOCK)
+            try:
+                for statement in sql.tables(
+                    "BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY", REAL
+                ):
+                    await connection.execute(statement)
+            finally:
+                await connection.execute("SELECT pg_advisory_unlock($1)", ADVISORY_LOCK)
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            pool, self._pool = self._pool, None
+            with contextlib.suppress(*FAILURES, TimeoutError):
+                await pool.close()
+
+    async def write(self, rows: Sequence[Row], deliveries: Sequence[DeliveryRow]) -> None:
+        async with self._connection() as connection, connection.transaction():
+            if rows:
+                await connection.copy_records_to_table("history", records=rows, columns=COLUMNS)
+            if deliveries:
+                await connection.copy_records_to_table(
+                    "history_deliveries", records=deliveries, columns=DELIVERY_COLUMNS
+                )
+
+    async def search(self, search: Search) -> list[Recorded]:
+        statement = sql.select(search, sql.dollar)
+        return [_recorded(row) for row in await self._fetch(statement.text, *statement.arguments)]
+
+    async def deliveries(self, request_ids: Sequence[str]) -> list[LaterDelivery]:
+        if not request_ids:
+            return []
+        found = await self._fetch(sql.deliveries(len(request_ids), sql.dollar), *request_ids)
+        return [LaterDelivery.of(dict(row)) for row in found]
+
+    async def purge(self, *, telegram_id: str | None = None, ymid: str | None = None) -> int:
+        column, value = user_key(telegram_id, ymid)
+        deliveries, postbacks = sql.purge(column, sql.dollar)
+        async with self._connection() as connection, connection.transaction():
+            await connection.execute(deliveries, value)
+            status: str = await connection.execute(postbacks, value)
+        return int(status.split()[-1])
+
+    async def expire(self, older_than: float, limit: int) -> int:
+        deleted = []
+        async with self._connection() as connection:
+            for table in ("history", "history_deliveries"):
+                status = await connection.execute(sql.expire(table, sql.dollar), older_than, limit)
+                deleted.append(int(status.split()[-1]))
+        return max(deleted)
+
+    async def report(self, groups: Sequence[str], search: Search) -> list[ReportLine]:
+        statement = sql.report(groups, DAY, REAL, search, sql.dollar)
+        found = await self._fetch(statement.text, *statement.arguments)
+        return [ReportLine.of(groups, tuple(row)) for row in found]
+
+    async def _fetch(self, query: str, *arguments: Any) -> list[asyncpg.Record]:
+        async with self._connection() as connection:
+            rows: list[asyncpg.Record] = await connection.fetch(query, *arguments)
+            return rows
+
+    @contextlib.asynccontextmanager
+    async def _connection(self) -> AsyncIterator[asyncpg.pool.PoolConnectionProxy]:
+        if self._pool is None:
+            raise StoreError("the history is closed")
+        try:
+            async with self._pool.acquire(timeout=CONNECT_TIMEOUT) as connection:
+                yield connection
+        except (*FAILURES, TimeoutError, OSError) as error:
+            raise StoreError(f"history: {type(error).__name__}: {error}"[:300]) from None
+
+
+def _recorded(row: asyncpg.Record) -> Recorded:
+    values = dict(row)
+    return Recorded.of(values.pop("id"), values, orjson.loads(values["detail"]))

@@ -1,0 +1,170 @@
+"""The history's statements, written once for both stores: they differ only in how a
+parameter is written (`?` in SQLite, `$1` in PostgreSQL) and in a few column types.
+
+Every lookup support makes goes through an index: the user (`telegram_id` or `ymid`, then
+time), a request id (ours or the caller's), or time alone. Nothing a sender controls is ever
+part of a statement's text: values travel as parameters.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from .search import COLUMNS, DELIVERY_COLUMNS, Search
+
+Placeholder = Callable[[int], str]  # the n-th parameter (1-based) as the store writes it
+GROUPS = {"day": "day", "zone": "zone_id", "route": "route"}  # `history report --by`
+
+
+def qmark(_: int) -> str:
+    return "?"
+
+
+def dollar(number: int) -> str:
+    return f"${number}"
+
+
+def tables(identity: str, real: str) -> list[str]:
+    """CREATE statements; `identity` is the id column's type, `real` a float's."""
+    return [
+        f"""CREATE TABLE IF NOT EXISTS history (
+            id {identity},
+            at {real} NOT NULL,
+            replica TEXT NOT NULL,
+            route TEXT,
+            request_id TEXT NOT NULL,
+            caller_request_id TEXT,
+            client TEXT,
+            outcome TEXT NOT NULL,
+            reason TEXT,
+            status INTEGER,
+            ymid TEXT,
+            telegram_id TEXT,
+            zone_id TEXT,
+            sub_zone_id TEXT,
+            event_type TEXT,
+            reward_event_type TEXT,
+            estimated_price TEXT,
+            request_var TEXT,
+            dedup_key TEXT,
+            repeats INTEGER NOT NULL DEFAULT 1,
+            detail TEXT NOT NULL
+        )""",
+        "CREATE INDEX IF NOT EXISTS history_at ON history (at)",
+        "CREATE INDEX IF NOT EXISTS history_telegram_id ON history (telegram_id, at) "
+        "WHERE telegram_id IS NOT NULL",
+        "CREATE INDEX IF NOT EXISTS history_ymid ON history (ymid, at) WHERE ymid IS NOT NULL",
+        "CREATE INDEX IF NOT EXISTS history_request_id ON history (request_id)",
+        "CREATE INDEX IF NOT EXISTS history_caller_request_id ON history (caller_request_id) "
+        "WHERE caller_request_id IS NOT NULL",
+        f"""CREATE TABLE IF NOT EXISTS history_deliveries (
+            id {identity},
+            at {real} NOT NULL,
+            replica TEXT NOT NULL,
+            request_id TEXT NOT NULL,
+            route TEXT,
+            upstream TEXT NOT NULL,
+            state TEXT NOT NULL,
+            status INTEGER,
+            error TEXT,
+            latency_ms {real},
+            body_head TEXT
+        )""",
+        "CREATE INDEX IF NOT EXISTS history_deliveries_request ON history_deliveries (request_id)",
+        "CREATE INDEX IF NOT EXISTS history_deliveries_at ON history_deliveries (at)",
+    ]
+
+
+def insert(table: str, columns: Sequence[str], placeholder: Placeholder) -> str:
+    marks = ", ".join(placeholder(n) for n in range(1, len(columns) + 1))
+    return f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({marks})"
+
+
+@dataclass
+class Statement:
+    text: str
+    arguments: list[Any]
+
+
+def where(search: Search, placeholder: Placeholder) -> Statement:
+    """The WHERE clause (and its arguments) of a search."""
+    parts: list[str] = []
+    arguments: list[Any] = []
+
+    def add(condition: str, *values: Any) -> None:
+        marks = [placeholder(len(arguments) + n) for n in range(1, len(values) + 1)]
+        parts.append(condition.format(*marks))
+        arguments.extend(values)
+
+    for column, value in search.conditions():
+        add(f"{column} = {{}}", value)
+    if search.request_id:
+        add("(request_id = {} OR caller_request_id = {})", search.request_id, search.request_id)
+    if search.since is not None:
+        add("at >= {}", search.since)
+    if search.until is not None:
+        add("at < {}", search.until)
+    if search.before_id is not None:
+        add("id < {}", search.before_id)
+    return Statement(" WHERE " + " AND ".join(parts) if parts else "", arguments)
+
+
+def select(search: Search, placeholder: Placeholder) -> Statement:
+    clause = where(search, placeholder)
+    limit = placeholder(len(clause.arguments) + 1)
+    return Statement(
+        f"SELECT id, {', '.join(COLUMNS)} FROM history{clause.text} "
+        f"ORDER BY at DESC, id DESC LIMIT {limit}",
+        [*clause.arguments, search.limit],
+    )
+
+
+def deliveries(count: int, placeholder: Placeholder) -> str:
+    marks = ", ".join(placeholder(n) for n in range(1, count + 1))
+    return (
+        f"SELECT {', '.join(DELIVERY_COLUMNS)} FROM history_deliveries "
+        f"WHERE request_id IN ({marks}) ORDER BY at, id"
+    )
+
+
+def purge(column: str, placeholder: Placeholder) -> list[str]:
+    """A user's deletion request: their postbacks' later deliveries, then the postbacks."""
+    assert column in ("telegram_id", "ymid")
+    mark = placeholder(1)
+    return [
+        "DELETE FROM history_deliveries WHERE request_id IN "
+        f"(SELECT request_id FROM history WHERE {column} = {mark})",
+        f"DELETE FROM history WHERE {column} = {mark}",
+    ]
+
+
+def expire(table: str, placeholder: Placeholder) -> str:
+    """Delete at most a batch of the oldest rows older than the cutoff: short transactions,
+    so writes never wait long behind retention."""
+    return (
+        f"DELETE FROM {table} WHERE id IN (SELECT id FROM {table} "
+        f"WHERE at < {placeholder(1)} ORDER BY at LIMIT {placeholder(2)})"
+    )
+
+
+def report(
+    groups: Sequence[str], day: str, real: str, search: Search, placeholder: Placeholder
+) -> Statement:
+    """Counts by outcome and event type within the groups, and the sum of estimated_price of
+    the valued events the app took (forwarded and not refused, or queued): what Monetag's
+    statistics should show. `day` is the store's expression for the UTC day of `at`, `real`
+    its float type."""
+    keys = [day if name == "day" else GROUPS[name] for name in groups]
+    chosen = [f"{expression} AS {name}" for expression, name in zip(keys, groups, strict=True)]
+    clause = where(search, placeholder)
+    group_by = ", ".join([*keys, "outcome", "event_type"])
+    taken = "((outcome = 'forwarded' AND reason IS NULL) OR outcome = 'queued')"
+    return Statement(
+        f"SELECT {', '.join([*chosen, 'outcome', 'event_type'])}, SUM(repeats) AS count, "
+        f"SUM(CASE WHEN reward_event_type = 'valued' AND {taken} "
+        f"THEN CAST(estimated_price AS {real}) ELSE 0 END) AS revenue "
+        f"FROM history{clause.text} GROUP BY {group_by} ORDER BY {group_by}",
+        clause.arguments,
+    )

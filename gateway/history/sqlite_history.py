@@ -1,0 +1,135 @@
+"""The history in the embedded SQLite file, beside the outbox.
+
+Writes go through the outbox's writer thread (`SqliteWriter`): a batch of history rows is one
+job of a group commit, in its own savepoint, so a failing history write sinks neither the
+outbox's writes in that commit nor the store's availability. Reads use a connection of their
+own in a worker thread (WAL lets them run beside the writer), so a search never waits behind a
+commit, nor a commit behind a search.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import threading
+from collections.abc import Callable, Sequence
+from functools import partial
+from typing import Any, TypeVar
+
+import orjson
+
+from ..durable.outbox import StoreError
+from ..durable.sqlite_writer import SqliteWriter
+from . import sql
+from .rows import DeliveryRow, Row
+from .search import (
+    COLUMNS,
+    DELIVERY_COLUMNS,
+    LaterDelivery,
+    Recorded,
+    ReportLine,
+    Search,
+    user_key,
+)
+
+T = TypeVar("T")
+DAY = "strftime('%Y-%m-%d', at, 'unixepoch')"
+_INSERT = sql.insert("history", COLUMNS, sql.qmark)
+_INSERT_DELIVERY = sql.insert("history_deliveries", DELIVERY_COLUMNS, sql.qmark)
+
+
+class SqliteHistory:
+    def __init__(self, writer: SqliteWriter) -> None:
+        self._writer = writer
+        self._reader: sqlite3.Connection | None = None
+        self._reading = threading.Lock()  # one connection, used by one worker at a time
+
+    async def open(self) -> None:
+        await self._writer.run(_create)
+
+    async def close(self) -> None:
+        if self._reader is not None:
+            reader, self._reader = self._reader, None
+            reader.close()
+
+    async def write(self, rows: Sequence[Row], deliveries: Sequence[DeliveryRow]) -> None:
+        await self._writer.run(partial(_write, rows, deliveries), optional=True)
+
+    async def search(self, search: Search) -> list[Recorded]:
+        statement = sql.select(search, sql.qmark)
+        found = await self._read(
+            lambda c: c.execute(statement.text, statement.arguments).fetchall()
+        )
+        return [_recorded(row) for row in found]
+
+    async def deliveries(self, request_ids: Sequence[str]) -> list[LaterDelivery]:
+        if not request_ids:
+            return []
+        text = sql.deliveries(len(request_ids), sql.qmark)
+        found = await self._read(lambda c: c.execute(text, list(request_ids)).fetchall())
+        return [LaterDelivery.of(dict(zip(DELIVERY_COLUMNS, row, strict=True))) for row in found]
+
+    async def purge(self, *, telegram_id: str | None = None, ymid: str | None = None) -> int:
+        column, value = user_key(telegram_id, ymid)
+        return await self._writer.run(partial(_purge, column, value))
+
+    async def expire(self, older_than: float, limit: int) -> int:
+        return await self._writer.run(partial(_expire, older_than, limit), optional=True)
+
+    async def report(self, groups: Sequence[str], search: Search) -> list[ReportLine]:
+        statement = sql.report(groups, DAY, "REAL", search, sql.qmark)
+        found = await self._read(
+            lambda c: c.execute(statement.text, statement.arguments).fetchall()
+        )
+        return [ReportLine.of(groups, row) for row in found]
+
+    async def _read(self, query: Callable[[sqlite3.Connection], T]) -> T:
+        return await asyncio.to_thread(self._run_read, query)
+
+    def _run_read(self, query: Callable[[sqlite3.Connection], T]) -> T:
+        with self._reading:
+            try:
+                if self._reader is None:
+                    self._reader = sqlite3.connect(
+                        self._writer.path, isolation_level=None, check_same_thread=False
+                    )
+                    self._reader.execute("PRAGMA busy_timeout=5000")
+                    self._reader.execute("PRAGMA query_only=ON")
+                return query(self._reader)
+            except sqlite3.Error as error:
+                raise StoreError(f"cannot read the history: {error}") from None
+
+
+def _all(statement: sql.Statement, connection: sqlite3.Connection) -> list[tuple[Any, ...]]:
+    return connection.execute(statement.text, statement.arguments).fetchall()
+
+
+def _create(connection: sqlite3.Connection) -> None:
+    for statement in sql.tables("INTEGER PRIMARY KEY", "REAL"):
+        connection.execute(statement)
+
+
+def _write(
+    rows: Sequence[Row], deliveries: Sequence[DeliveryRow], connection: sqlite3.Connection
+) -> None:
+    connection.executemany(_INSERT, rows)
+    connection.executemany(_INSERT_DELIVERY, deliveries)
+
+
+def _purge(column: str, value: str, connection: sqlite3.Connection) -> int:
+    deliveries, postbacks = sql.purge(column, sql.qmark)
+    connection.execute(deliveries, (value,))
+    return connection.execute(postbacks, (value,)).rowcount
+
+
+def _expire(older_than: float, limit: int, connection: sqlite3.Connection) -> int:
+    deleted = [
+        connection.execute(sql.expire(table, sql.qmark), (older_than, limit)).rowcount
+        for table in ("history", "history_deliveries")
+    ]
+    return max(deleted)
+
+
+def _recorded(row: tuple[Any, ...]) -> Recorded:
+    values = dict(zip(COLUMNS, row[1:], strict=True))
+    return Recorded.of(row[0], values, orjson.loads(values["detail"]))

@@ -1,0 +1,52 @@
+"""What a history store does, whichever the config names (`store.path` or `store.url`).
+
+Every method raises StoreError when the store fails. Writes never touch the outbox's
+availability: a failing history is counted and logged by the recorder, and readiness does
+not depend on it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+from ..config import StoreConfig
+from ..durable.outbox import Outbox
+from ..durable.sqlite_outbox import SqliteOutbox
+from .rows import DeliveryRow, Row
+from .search import LaterDelivery, Recorded, ReportLine, Search
+
+
+class HistoryStore(Protocol):
+    async def open(self) -> None:
+        """Create the tables if they are not there yet."""
+
+    async def close(self) -> None: ...
+
+    async def write(self, rows: Sequence[Row], deliveries: Sequence[DeliveryRow]) -> None:
+        """One transaction for the batch."""
+
+    async def search(self, search: Search) -> list[Recorded]: ...
+
+    async def deliveries(self, request_ids: Sequence[str]) -> list[LaterDelivery]:
+        """The later deliveries of these postbacks, oldest first."""
+
+    async def purge(self, *, telegram_id: str | None = None, ymid: str | None = None) -> int:
+        """Delete a user's postbacks (and their deliveries): how many postbacks."""
+
+    async def expire(self, older_than: float, limit: int) -> int:
+        """Delete at most `limit` rows of each table older than the cutoff: the most deleted."""
+
+    async def report(self, groups: Sequence[str], search: Search) -> list[ReportLine]: ...
+
+
+def history_store(config: StoreConfig, outbox: Outbox) -> HistoryStore:
+    """The history beside the outbox: in the same SQLite file (written by the outbox's writer
+    thread, in its batches), or in the same PostgreSQL database (a small pool of its own)."""
+    from .postgres_history import PostgresHistory
+    from .sqlite_history import SqliteHistory
+
+    if isinstance(outbox, SqliteOutbox):
+        return SqliteHistory(outbox.store)
+    assert config.url is not None
+    return PostgresHistory(config.url)

@@ -1,0 +1,247 @@
+"""The history: every postback answered, in the store, searchable per user, on SQLite and
+PostgreSQL; the serving path never waits on it and a failing history drops, counted."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from pathlib import Path
+
+import aiohttp
+import asyncpg
+import pytest
+from aiohttp import web
+from prometheus_client import generate_latest
+
+from gateway.config import parse_config
+from gateway.deadline import Deadline
+from gateway.history.budget import PER_ADDRESS
+from gateway.history.recorder import Recorder
+from gateway.history.search import Recorded, Search
+from gateway.metrics import Metrics
+from gateway.runtime import Runtime
+from gateway.serving.app import public_runner
+from tests.conftest import GatewayFactory, RunningGateway
+from tests.support.gatewayconfig import gateway_config, route, upstream
+from tests.support.metrics import Scrape
+from tests.support.processes import SECRET
+from tests.support.upstream import RecordingUpstream
+from tests.support.waiting import eventually_async
+from tests.test_pipeline import CLICK, get
+
+USER = {**CLICK, "telegram_id": "123456"}
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def store_at(request: pytest.FixtureRequest, tmp_path: Path) -> str | Path:
+    if request.param == "sqlite":
+        return tmp_path / "gw.db"
+    url: str = request.getfixturevalue("postgres_url")
+    return url
+
+
+def history_of(gateway: RunningGateway) -> Recorder:
+    assert gateway.runtime.history is not None
+    return gateway.runtime.history
+
+
+async def search(gateway: RunningGateway, **filters: object) -> list[Recorded]:
+    history = history_of(gateway)
+    await history.flush()
+    return await history.store.search(Search(**filters))  # type: ignore[arg-type]
+
+
+def two_routes(app: RecordingUpstream, store: str | Path) -> str:
+    app_route = upstream(app.url, timeout="500ms", retries=0)
+    return gateway_config(
+        routes={
+            "tapper": route([app_route]),
+            "queued": route([app_route], delivery="queued", queue={"retry_base": "50ms"}),
+        },
+        store=store,
+    )
+
+
+async def test_every_outcome_is_recorded_and_found_by_each_key(
+    start_upstream, start_gateway: GatewayFactory, http: aiohttp.ClientSession, store_at
+):
+    app = start_upstream(script=[200, 200, 500, 404])
+    gateway = await start_gateway(two_routes(app, store_at))
+    url = gateway.postback_url()
+    sent = [
+        (USER, "forwarded"),
+        (USER, "duplicate"),
+        ({**USER, "token": "wrong" * 5}, "rejected"),
+        ({**USER, "event": "view"}, "invalid"),
+        ({**USER, "uid": "user-2"}, "forwarded"),  # the app answers 200
+        ({**USER, "uid": "user-3"}, "upstream_error"),  # 500
+        ({**USER, "uid": "user-4"}, "forwarded"),  # 404: refused by the app, passed back
+    ]
+    for params, outcome in sent:
+        assert (await get(http, url, params))[1] == outcome
+    status, outcome, _ = await get(
+        http, gateway.postback_url("/postback/queued"), {**USER, "uid": "queued-1"}
+    )
+    assert (status, outcome) == (200, "queued")
+
+    everything = await search(gateway, limit=100)
+    assert [row.outcome for row in reversed(everything)] == [o for _, o in sent] + ["queued"]
+    newest_first = [row.at for row in everything]
+    assert newest_first == sorted(newest_first, reverse=True)
+
+    by_user = await search(gateway, telegram_id="123456")
+    assert len(by_user) == 8
+    rejected = await search(gateway, reason="secret_wrong")
+    assert [row.outcome for row in rejected] == ["rejected"]
+    assert rejected[0].fields["ymid"] == "user-1"  # as sent, under the route's `uid`
+    assert rejected[0].as_sent
+    assert (await search(gateway, ymid="user-3"))[0].status == 502
+    refused = (await search(gateway, ymid="user-4"))[0]
+    assert (refused.reason, refused.status, refused.attempts[0]["status"]) == (
+        "upstream_refused",
+        404,
+        404,
+    )
+    first = everything[-1]
+    assert first.fields == {
+        "ymid": "user-1",
+        "event_type": "click",
+        "zone_id": "42",
+        "telegram_id": "123456",
+    }
+    assert first.attempts[0]["status"] == 200 and first.detail["passed"][-1] == "match"
+    assert [r.request_id for r in await search(gateway, request_id=first.request_id)] == [
+        first.request_id
+    ]
+    duplicate = everything[-2]
+    assert duplicate.dedup_key == first.dedup_key is not None
+    assert {r.route for r in await search(gateway, route="queued")} == {"queued"}
+    assert len(await search(gateway, outcome="forwarded")) == 3
+    assert await search(gateway, since=time.time() + 60) == []
+
+
+async def test_a_queued_events_later_deliveries_are_recorded(
+    start_upstream, start_gateway: GatewayFactory, http: aiohttp.ClientSession, store_at
+):
+    app = start_upstream(script=[503, 503])
+    gateway = await start_gateway(two_routes(app, store_at))
+    await get(http, gateway.postback_url("/postback/queued"), USER)
+    (queued,) = await search(gateway, ymid="user-1")
+    history = history_of(gateway)
+
+    async def delivered() -> list[str] | None:
+        await history.flush()
+        states = [d.state for d in await history.store.deliveries([queued.request_id])]
+        return states if "delivered" in states else None
+
+    states = await eventually_async(delivered)
+    assert states == ["retry", "retry", "delivered"]
+    later = await history.store.deliveries([queued.request_id])
+    assert [d.status for d in later] == [503, 503, 200]
+    assert all(d.route == "queued" and d.upstream for d in later)
+
+
+async def test_the_key_is_never_recorded(
+    start_upstream, start_gateway: GatewayFactory, http: aiohttp.ClientSession, tmp_path: Path
+):
+    app = start_upstream()
+    gateway = await start_gateway(two_routes(app, tmp_path / "gw.db"))
+    url = gateway.postback_url()
+    await get(http, url, USER)
+    await get(http, url, {**USER, "uid": "u2", "echo": SECRET})  # posing as another parameter
+    await get(http, url, {**USER, "event": "nope"})
+    await get(http, url, {"token": SECRET[:-1] + "x", "uid": "u3"})
+    assert len(await search(gateway)) == 4
+    dump = "\n".join(sqlite3.connect(tmp_path / "gw.db").iterdump())
+    assert SECRET not in dump and SECRET[:-1] not in dump
+
+
+async def test_a_flood_of_unauthenticated_postbacks_is_aggregated(
+    start_upstream, start_gateway: GatewayFactory, http: aiohttp.ClientSession, tmp_path: Path
+):
+    app = start_upstream()
+    gateway = await start_gateway(two_routes(app, tmp_path / "gw.db"))
+    url = gateway.postback_url()
+    flood = 3 * PER_ADDRESS
+    for number in range(flood):
+        await get(http, url, {**USER, "uid": f"x{number}", "token": "w" * 20})
+    await get(http, url, USER)  # a real one, kept whatever the flood
+    history = history_of(gateway)
+    await history.flush(final=True)  # the aggregates too, as at shutdown
+    rows = await history.store.search(Search(limit=1000))
+    refused = [row for row in rows if row.outcome == "rejected"]
+    assert len(refused) == PER_ADDRESS + 1
+    (aggregate,) = [row for row in refused if row.repeats > 1]
+    assert aggregate.repeats == flood - PER_ADDRESS
+    assert aggregate.reason == "secret_wrong" and aggregate.client == "127.0.0.1"
+    assert sum(row.repeats for row in refused) == flood
+    assert [row.outcome for row in rows if row.outcome != "rejected"] == ["forwarded"]
+
+
+async def test_a_failing_history_drops_counted_and_postbacks_flow(
+    start_upstream, start_gateway: GatewayFactory, http: aiohttp.ClientSession, store_at
+):
+    app = start_upstream()
+    gateway = await start_gateway(two_routes(app, store_at))
+    history = history_of(gateway)
+    await drop_history_table(store_at)
+    for number in range(5):
+        status, outcome, _ = await get(http, gateway.postback_url(), {**USER, "uid": f"u{number}"})
+        assert (status, outcome) == (200, "forwarded")
+    await history.flush()
+    assert gateway.runtime.ready
+    assert gateway.runtime.store is not None and gateway.runtime.store.available
+    scrape = Scrape.parse(generate_latest(gateway.runtime.metrics.registry).decode())
+    assert scrape.value("gateway_history_dropped_total", why="store_failed") == 5
+    assert scrape.value("gateway_history_dropped_total", why="buffer_full") == 0
+
+
+async def drop_history_table(store_at: str | Path) -> None:
+    if isinstance(store_at, Path):
+        with sqlite3.connect(store_at) as connection:
+            connection.execute("DROP TABLE history")
+        return
+    connection = await asyncpg.connect(store_at)
+    try:
+        await connection.execute("DROP TABLE history")
+    finally:
+        await connection.close()
+
+
+async def test_what_is_buffered_at_shutdown_is_written(
+    start_upstream, http: aiohttp.ClientSession, tmp_path: Path
+):
+    app = start_upstream()
+    config = parse_config(two_routes(app, tmp_path / "gw.db"), {"MONETAG_SECRET": SECRET})
+    runtime = Runtime(config, Metrics())
+    await runtime.start()
+    runner = public_runner(runtime)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    url = f"http://127.0.0.1:{runner.addresses[0][1]}/postback/tapper"
+    for number in range(3):
+        await get(http, url, {**USER, "uid": f"u{number}"})
+    await runner.cleanup()
+    await runtime.close(Deadline(5))
+    with sqlite3.connect(tmp_path / "gw.db") as connection:
+        assert connection.execute("SELECT COUNT(*) FROM history").fetchone() == (3,)
+
+
+async def test_retention_deletes_old_rows_in_batches_and_purge_a_users(
+    start_upstream, start_gateway: GatewayFactory, http: aiohttp.ClientSession, store_at
+):
+    app = start_upstream()
+    gateway = await start_gateway(two_routes(app, store_at))
+    for number in range(4):
+        await get(http, gateway.postback_url(), {**USER, "uid": f"u{number}"})
+    await get(http, gateway.postback_url(), {**USER, "uid": "other", "telegram_id": "999"})
+    history = history_of(gateway)
+    await history.flush()
+    assert await history.store.purge(telegram_id="999") == 1
+    assert await history.store.search(Search(telegram_id="999")) == []
+    assert await history.store.expire(time.time() - 3600, 2) == 0  # nothing that old
+    assert await history.store.expire(time.time() + 1, 3) == 3  # one batch at most
+    assert len(await history.store.search(Search())) == 1
+    history.retention = -10.0  # everything is older than that
+    assert await history.expire() == 1
