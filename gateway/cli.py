@@ -1,4 +1,4 @@
-"""`monetag-gateway run | check | health | fire | queue`: the operator's commands."""
+"""`monetag-gateway run | check | health | fire | queue | history`: the operator's commands."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import sys
 import urllib.request
 from collections.abc import Sequence
 
-from . import queue_cli
+from . import history_cli, queue_cli
 from .config import ConfigError, ListenAddress, load_config
 from .durable.outbox import StoreError
 from .fire import FireError, fire
@@ -31,6 +31,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ("health", "exit 0 if the gateway on this config's admin port is alive"),
         ("fire", "send a postback like Monetag would and show each step's verdict"),
         ("queue", "inspect the outbox of queued routes and re-drive dead letters"),
+        ("history", "search every postback, trace a user's rewards, export, report, purge"),
     ):
         command = commands.add_parser(name, help=summary, description=summary)
         command.add_argument(
@@ -40,6 +41,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         if name == "queue":
             queue_cli.add_arguments(command)
+        if name == "history":
+            history_cli.add_arguments(command)
         if name == "fire":
             command.add_argument("--route", required=True, help="route name from the config")
             command.add_argument("--url", help="gateway base URL (default: from server.listen)")
@@ -63,6 +66,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.command == "queue":
         return queue_cli.run(config, args)
+    if args.command == "history":
+        return history_cli.run(config, args)
     if args.command == "fire":
         try:
             return fire(config, args.route, args.fields, args.url)

@@ -47,7 +47,8 @@ RULES = {
     "summary": "config postback",
     "fire": "checks config dedup errors postback record route verdicts",
     "queue_cli": "config durable shown",
-    "cli": "config durable fire queue_cli serving summary tls",
+    "history_cli": "config durable history shown",
+    "cli": "config durable fire history_cli queue_cli serving summary tls",
     "__main__": "cli",
 }
 MAY_IMPORT = {

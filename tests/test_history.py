@@ -245,3 +245,21 @@ async def test_retention_deletes_old_rows_in_batches_and_purge_a_users(
     assert len(await history.store.search(Search())) == 1
     history.retention = -10.0  # everything is older than that
     assert await history.expire() == 1
+
+
+@pytest.mark.postgres
+async def test_two_replicas_write_and_either_finds_both(
+    start_upstream, start_gateway: GatewayFactory, http: aiohttp.ClientSession, postgres_url: str
+):
+    app = start_upstream()
+    replicas = [await start_gateway(two_routes(app, postgres_url)) for _ in range(2)]
+    for name, gateway in zip("ab", replicas, strict=True):
+        history_of(gateway).replica = f"replica-{name}"
+        await get(http, gateway.postback_url(), {**USER, "uid": f"from-{name}"})
+        await history_of(gateway).flush()
+    for gateway in replicas:
+        found = await history_of(gateway).store.search(Search(telegram_id="123456"))
+        assert {(row.replica, row.fields["ymid"]) for row in found} == {
+            ("replica-a", "from-a"),
+            ("replica-b", "from-b"),
+        }

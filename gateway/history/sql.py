@@ -112,11 +112,13 @@ def where(search: Search, placeholder: Placeholder) -> Statement:
 
 
 def select(search: Search, placeholder: Placeholder) -> Statement:
+    """Newest first; paging (`before_id`) goes by id, which is never out of order, where two
+    replicas' clocks or batches can put `at` slightly out of order."""
     clause = where(search, placeholder)
     limit = placeholder(len(clause.arguments) + 1)
+    order = "id DESC" if search.before_id is not None else "at DESC, id DESC"
     return Statement(
-        f"SELECT id, {', '.join(COLUMNS)} FROM history{clause.text} "
-        f"ORDER BY at DESC, id DESC LIMIT {limit}",
+        f"SELECT id, {', '.join(COLUMNS)} FROM history{clause.text} ORDER BY {order} LIMIT {limit}",
         [*clause.arguments, search.limit],
     )
 

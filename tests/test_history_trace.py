@@ -1,0 +1,121 @@
+"""The reward trace's verdict, for each way a user's reward can go, on both stores."""
+
+from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from gateway.history.trace import user_trace
+from tests.conftest import GatewayFactory, RunningGateway
+from tests.support.gatewayconfig import gateway_config, route, upstream
+from tests.support.upstream import RecordingUpstream
+from tests.support.waiting import eventually_async
+from tests.test_history import USER, history_of
+from tests.test_pipeline import get
+
+WEEK = 7 * 86400
+CLOCK = r"\d\d:\d\d:\d\d"
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def store_at(request: pytest.FixtureRequest, tmp_path: Path) -> str | Path:
+    if request.param == "sqlite":
+        return tmp_path / "gw.db"
+    url: str = request.getfixturevalue("postgres_url")
+    return url
+
+
+def config(app: RecordingUpstream, store: str | Path) -> str:
+    app_route = upstream(app.url, timeout="500ms", retries=0)
+    queue = {"retry_base": "20ms", "retry_cap": "50ms", "max_attempts": 3}
+    return gateway_config(
+        routes={
+            "tapper": route([app_route]),
+            "queued": route([app_route], delivery="queued", queue=queue),
+        },
+        store=store,
+    )
+
+
+async def verdict(gateway: RunningGateway, **user: str) -> str:
+    history = history_of(gateway)
+    await history.flush()
+    found = await user_trace(history.store, since=time.time() - WEEK, window="7 days", **user)
+    return found.verdict
+
+
+async def test_no_postback_for_the_user(start_upstream, start_gateway: GatewayFactory, store_at):
+    gateway = await start_gateway(config(start_upstream(), store_at))
+    assert await verdict(gateway, telegram_id="1") == (
+        "no postback arrived for this user in the last 7 days"
+    )
+
+
+async def test_rewarded_once_and_later_copies_were_duplicates(
+    start_upstream, start_gateway: GatewayFactory, http: aiohttp.ClientSession, store_at
+):
+    gateway = await start_gateway(config(start_upstream(), store_at))
+    for _ in range(3):
+        await get(http, gateway.postback_url(), {**USER, "zone": "8790478"})
+    said = await verdict(gateway, telegram_id="123456")
+    assert re.fullmatch(
+        rf"rewarded once at {CLOCK} \(click, zone 8790478\); 2 later copies were duplicates", said
+    ), said
+    assert await verdict(gateway, ymid="user-1") == said
+
+
+async def test_refused_with_a_wrong_key(
+    start_upstream, start_gateway: GatewayFactory, http: aiohttp.ClientSession, store_at
+):
+    gateway = await start_gateway(config(start_upstream(), store_at))
+    await get(http, gateway.postback_url(), {**USER, "token": "rotated-key-" * 3})
+    said = await verdict(gateway, telegram_id="123456")
+    assert said.startswith("refused: secret_wrong (the key may have been rotated"), said
+
+
+async def test_queued_and_dead_lettered_after_the_app_failed(
+    start_upstream, start_gateway: GatewayFactory, http: aiohttp.ClientSession, store_at
+):
+    gateway = await start_gateway(config(start_upstream(default=500), store_at))
+    await get(http, gateway.postback_url("/postback/queued"), USER)
+    history = history_of(gateway)
+
+    async def dead() -> str | None:
+        said = await verdict(gateway, telegram_id="123456")
+        return said if "dead letter" in said else None
+
+    said = await eventually_async(dead)
+    assert re.fullmatch(
+        rf"queued at {CLOCK} \(click, zone 42\); the app answered 500 three times; "
+        rf"dead letter since {CLOCK} \(re-drive it: queue retry\)",
+        said,
+    ), said
+    assert history.store is not None
+
+
+async def test_the_app_failed_a_forwarded_postback(
+    start_upstream, start_gateway: GatewayFactory, http: aiohttp.ClientSession, store_at
+):
+    gateway = await start_gateway(config(start_upstream(default=500), store_at))
+    await get(http, gateway.postback_url(), USER)
+    said = await verdict(gateway, telegram_id="123456")
+    assert re.fullmatch(
+        rf"forwarded at {CLOCK} \(click, zone 42\); the app answered 500 once: not rewarded "
+        r"\(Monetag may send it again\)",
+        said,
+    ), said
+
+
+async def test_the_latest_event_leads_and_earlier_ones_are_counted(
+    start_upstream, start_gateway: GatewayFactory, http: aiohttp.ClientSession, store_at
+):
+    gateway = await start_gateway(config(start_upstream(), store_at))
+    await get(http, gateway.postback_url(), {**USER, "event": "impression"})
+    await get(http, gateway.postback_url(), {**USER, "uid": "later", "event": "view"})
+    said = await verdict(gateway, telegram_id="123456")
+    assert said.startswith("refused: invalid_fields"), said
+    assert said.endswith("(1 earlier event: 1 rewarded, 0 not)"), said
