@@ -37,7 +37,7 @@ RULES = {
     "pipeline": "checks config deadline dedup errors forwarding metrics postback record route",
     "durable": "config deadline dedup errors forwarding metrics postback record shown",
     # the record of every postback: beside the store (its file or database), never the path
-    "history": "config deadline durable metrics postback record",
+    "history": "config deadline durable errors metrics postback record",
     "runtime": "config deadline dedup durable forwarding history journal logs metrics pipeline "
     "record",
     "reload": "config runtime tls",

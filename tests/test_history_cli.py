@@ -24,7 +24,7 @@ from tests.support.processes import SECRET
 from tests.support.upstream import RecordingUpstream
 from tests.test_history import USER
 
-HOSTILE = ["=HYPERLINK(\"http://evil\")", "+1+1", "-2", "@SUM(A1)", "\tx", "\rx"]
+HOSTILE = ['=HYPERLINK("http://evil")', "+1+1", "-2", "@SUM(A1)", "\tx", "\rx"]
 
 
 def write_history(config_file: Path, sent: list[dict[str, str]]) -> None:
