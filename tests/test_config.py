@@ -36,6 +36,7 @@ BASE: dict[str, Any] = {
         "admin_listen": "127.0.0.1:9090",
         "trusted_proxies": [],
     },
+    "store": "memory",  # chosen: no warning about it
     "routes": {
         "tapper": {
             "path": "/postback/tapper",
@@ -80,7 +81,10 @@ def test_contract_page_parses_to_the_documented_values() -> None:
     assert upstream.retries == 2
     assert dict(upstream.rename) == {"event_type": "event"}
     assert route.insecure is False
-    assert config.warnings == (PLAIN_HTTP_WARNING,)  # 0.0.0.0, no TLS, key in the URL
+    # 0.0.0.0, no TLS, key in the URL; and the contract leaves the store out
+    assert config.warnings[0] == PLAIN_HTTP_WARNING
+    assert config.warnings[1].startswith("store: none, so dedup lives in this process only")
+    assert len(config.warnings) == 2
 
 
 @pytest.mark.parametrize(
@@ -1430,3 +1434,24 @@ def _url_change(key: str, url: str) -> dict[str, Any]:
     if key == "store":
         return {"store": {"url": url}}
     return {"routes.tapper.dedup": {"backend": "redis", "redis_url": url}}
+
+
+def test_no_store_is_warned_about_unless_chosen() -> None:
+    warned = parse_with({"store": DROP}).warnings
+    assert [w for w in warned if w.startswith("store: none")], warned
+    assert "store: memory" in warned[-1]
+    assert not [w for w in parse_with({}).warnings if w.startswith("store")]  # `store: memory`
+
+
+def test_store_memory_cannot_serve_a_queued_route() -> None:
+    problems = problems_of(config_with({"routes.tapper.delivery": "queued"}))
+    assert any("queued delivery needs a top-level `store:`" in p for p in problems), problems
+
+
+def test_history_keys_parse_and_are_checked() -> None:
+    config = parse_with({"history": {"retention": "7d"}})
+    assert (config.history.enabled, config.history.retention) == (True, 7 * 86400)
+    assert parse_with({}).history.retention == 30 * 86400  # the documented default
+    problems = problems_of(config_with({"history": {"retention": "soon", "enabled": "yes"}}))
+    assert any(p.startswith("history.retention") for p in problems), problems
+    assert any(p.startswith("history.enabled") for p in problems), problems

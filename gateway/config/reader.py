@@ -74,6 +74,9 @@ def _overlap(first: ListenAddress, second: ListenAddress) -> bool:
     )
 
 
+IN_MEMORY = "memory"  # `store: memory`: no store, chosen
+
+
 class DocumentReader(ValueReader):
     # -- the document ---------------------------------------------------------------------
 
@@ -86,12 +89,20 @@ class DocumentReader(ValueReader):
         server = self.server(top.get("server", {}), "server")
         routes = self.routes(top.get("routes"), "routes")
         logging = self.logging(top.get("logging", {}), "logging")
-        store = self.optional(top, "store", "", self.store, None)
+        in_memory = top.get("store") == IN_MEMORY  # chosen, not forgotten: no warning
+        store = None if in_memory else self.optional(top, "store", "", self.store, None)
         history = self.history(top.get("history", {}), "history")
         if server is None or routes is None or logging is None or history is None:
             return None
         self.warn_about_plain_http(server, routes)
-        if store is None and "store" not in top:
+        if "store" not in top:
+            self.warnings.append(
+                "store: none, so dedup lives in this process only (after a restart a delivered "
+                "event's retry is forwarded, and rewarded, again), no postback is kept in the "
+                "history and delivery: queued is unavailable; set store.path (an SQLite file) "
+                f"or store.url (PostgreSQL), or `store: {IN_MEMORY}` to choose this"
+            )
+        if store is None and ("store" not in top or in_memory):
             for route in routes:
                 if route.delivery == DeliveryMode.QUEUED:
                     self.problem(

@@ -22,7 +22,12 @@ def edited(base: Mapping[str, Any], changes: Mapping[str, Any]) -> str:
         *parents, last = dotted.split(".")
         node: Any = document
         for part in parents:
-            node = node[int(part)] if isinstance(node, list) else node.setdefault(part, {})
+            if isinstance(node, list):
+                node = node[int(part)]
+                continue
+            if not isinstance(node.get(part), dict | list):
+                node[part] = {}  # a key below a scalar (`store: memory`) makes it a section
+            node = node[part]
         key: Any = int(last) if isinstance(node, list) else last
         if value is DROP:
             del node[key]
