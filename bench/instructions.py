@@ -10,6 +10,11 @@ is done for the gateway of another checkout (`git worktree add /tmp/before HEAD~
 ratio printed.
 
     .venv/bin/python bench/instructions.py [--requests 2000] [--baseline DIR] [--recent N]
+        [--store [--history off]]
+
+--store runs both gateways on an SQLite store (the shipped config's set-up: dedup keys written
+to it, and in this checkout every postback recorded in the history); --history off prices the
+history by turning it off in this checkout's gateway only.
 
 --recent 0 turns the inspector's list of recent postbacks off in this checkout's gateway, to
 price it (use a --warmup above 1000 so the list is full and evicting while counted).
@@ -70,11 +75,18 @@ def wait_until_ready(port: int, seconds: float = 120) -> None:
 
 
 def instructions_per_postback(
-    checkout: Path, requests: int, warmup: int, workdir: Path, recent: int = 1000
+    checkout: Path,
+    requests: int,
+    warmup: int,
+    workdir: Path,
+    recent: int = 1000,
+    store: bool = False,
+    history: bool = True,
 ) -> float:
     upstream, public = free_port(), free_port()
     config = workdir / f"{checkout.name}-{public}.yaml"
-    config.write_text(gateway_config(public, upstream, None, recent=recent))
+    database = workdir / f"{checkout.name}-{public}.db" if store else None
+    config.write_text(gateway_config(public, upstream, database, recent=recent, history=history))
     dump = workdir / f"callgrind-{public}.out"
     fast = subprocess.Popen([sys.executable, str(HERE / "fast_upstream.py"), str(upstream)])
     gateway = subprocess.Popen(
@@ -112,6 +124,14 @@ def main() -> None:
         "--recent", type=int, default=1000,
         help="server.recent_postbacks of this checkout's gateway (0: the inspector's list off)",
     )  # fmt: skip
+    parser.add_argument(
+        "--store", action="store_true",
+        help="both gateways on an SQLite store (durable dedup keys; here also the history)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--history", choices=("on", "off"), default="on",
+        help="with --store: this checkout's gateway records every postback (on) or not",
+    )  # fmt: skip
     parser.add_argument("--output", default=str(HERE / "results" / "instructions.json"))
     args = parser.parse_args()
     if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
@@ -122,7 +142,13 @@ def main() -> None:
         checkouts["baseline"] = Path(args.baseline).resolve()
     counts = {
         name: instructions_per_postback(
-            path, args.requests, args.warmup, workdir, args.recent if name == "this" else 1000
+            path,
+            args.requests,
+            args.warmup,
+            workdir,
+            args.recent if name == "this" else 1000,
+            store=args.store,
+            history=args.history == "on" or name != "this",
         )
         for name, path in checkouts.items()
     }

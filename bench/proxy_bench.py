@@ -41,9 +41,17 @@ CONNECTIONS = (1, 32)
 
 
 def gateway_config(
-    public: int, upstream: int, store: Path | None, allowlist: int = 1, recent: int = 1000
+    public: int,
+    upstream: int,
+    store: Path | None,
+    allowlist: int = 1,
+    recent: int = 1000,
+    history: bool = True,
 ) -> str:
     """A gateway with a sync route, and with a store also a queued one.
+
+    history: with a store, whether every postback is recorded in it (the default); False
+    writes `history: {enabled: false}`, a key a checkout older than the history does not know.
 
     recent: server.recent_postbacks, the inspector's list (0 = off); left out at its default
     (1000), so a --baseline checkout older than the key reads the same config.
@@ -70,6 +78,8 @@ def gateway_config(
     )
     if store is not None:
         text = f"store: {{path: '{store}'}}\n" + text + route.format(name="queued")
+    if not history:
+        text = "history: {enabled: false}\n" + text
     return text
 
 
@@ -97,6 +107,7 @@ def main() -> None:
     gateways = {
         "plain": (free_port(), None, 1),
         "store": (free_port(), workdir / "gw.db", 1),
+        "store_history_off": (free_port(), workdir / "gw-off.db", 1),  # the history's price
         "big_allowlist": (free_port(), None, args.allowlist),
         "recent_off": (free_port(), None, 1),  # the inspector's list off: its cost per postback
     }
@@ -106,7 +117,8 @@ def main() -> None:
     for name, (port, store, allowlist) in gateways.items():
         configs.append(workdir / f"{name}.yaml")
         recent = 0 if name == "recent_off" else 1000
-        configs[-1].write_text(gateway_config(port, upstream, store, allowlist, recent))
+        history = name != "store_history_off"
+        configs[-1].write_text(gateway_config(port, upstream, store, allowlist, recent, history))
     checkout = {name: HERE.parent for name in gateways}
     if args.baseline:
         checkout["baseline"] = Path(args.baseline).resolve()
@@ -119,6 +131,8 @@ def main() -> None:
         "gateway_sync": f"http://127.0.0.1:{gateways['plain'][0]}/sync{query}",
         "gateway_queued": f"http://127.0.0.1:{gateways['store'][0]}/queued{query}",
         "gateway_sync_with_store": f"http://127.0.0.1:{gateways['store'][0]}/sync{query}",
+        "gateway_sync_with_store_history_off": f"http://127.0.0.1:"
+        f"{gateways['store_history_off'][0]}/sync{query}",
         "gateway_sync_big_allowlist": f"http://127.0.0.1:{gateways['big_allowlist'][0]}/sync"
         f"{query}",
         "gateway_sync_recent_off": f"http://127.0.0.1:{gateways['recent_off'][0]}/sync{query}",

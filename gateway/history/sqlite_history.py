@@ -10,6 +10,7 @@ commit, nor a commit behind a search.
 from __future__ import annotations
 
 import asyncio
+import functools
 import sqlite3
 import threading
 from collections.abc import Callable, Sequence
@@ -34,8 +35,6 @@ from .search import (
 
 T = TypeVar("T")
 DAY = "strftime('%Y-%m-%d', at, 'unixepoch')"
-_INSERT = sql.insert("history", COLUMNS, sql.qmark)
-_INSERT_DELIVERY = sql.insert("history_deliveries", DELIVERY_COLUMNS, sql.qmark)
 
 
 class SqliteHistory:
@@ -112,8 +111,32 @@ def _create(connection: sqlite3.Connection) -> None:
 def _write(
     rows: Sequence[Row], deliveries: Sequence[DeliveryRow], connection: sqlite3.Connection
 ) -> None:
-    connection.executemany(_INSERT, rows)
-    connection.executemany(_INSERT_DELIVERY, deliveries)
+    _insert(connection, "history", COLUMNS, rows)
+    _insert(connection, "history_deliveries", DELIVERY_COLUMNS, deliveries)
+
+
+def _insert(
+    connection: sqlite3.Connection,
+    table: str,
+    columns: Sequence[str],
+    rows: Sequence[tuple[Any, ...]],
+) -> None:
+    """Rows grouped by which of their values are set, each group inserted naming only those
+    columns (the others are NULL by default). Python's sqlite3 binds a None through its
+    adapter lookup, which costs about three times a string's (measured: 2.45 against 0.94
+    us for a row of eight values); a postback's row has six to eight of them."""
+    shapes: dict[tuple[int, ...], list[tuple[Any, ...]]] = {}
+    for row in rows:
+        given = tuple(index for index, value in enumerate(row) if value is not None)
+        shapes.setdefault(given, []).append(tuple(row[index] for index in given))
+    for given, values in shapes.items():
+        named = [columns[index] for index in given]
+        connection.executemany(_statement(table, tuple(named)), values)
+
+
+@functools.lru_cache(maxsize=256)
+def _statement(table: str, columns: tuple[str, ...]) -> str:
+    return sql.insert(table, columns, sql.qmark)
 
 
 def _purge(column: str, value: str, connection: sqlite3.Connection) -> int:
