@@ -16,7 +16,7 @@ import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
-from .config import DURATION_EXAMPLES, GatewayConfig, parse_duration
+from .config import DURATION_EXAMPLES, GatewayConfig, duration_words, parse_duration
 from .durable.outbox import StoreError
 from .durable.service import open_outbox
 from .history.export import csv_lines, iso, json_lines, pages
@@ -227,12 +227,8 @@ def _print_rows(rows: Sequence[Recorded]) -> None:
 
 
 def _window(text: str) -> str:
-    """How `--since` is said in a sentence: "7 days", "12 hours", or "since 2026-12-01"."""
+    """How `--since` is said in a sentence: "7 days", or "window (since 2026-12-01)"."""
     seconds = parse_duration(text)
     if seconds is None or not math.isfinite(seconds):
         return f"window (since {text})"
-    for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60)):
-        if seconds >= size and seconds % size == 0:
-            count = int(seconds // size)
-            return f"{count} {unit}{'s' if count != 1 else ''}"
-    return f"{seconds:g} seconds"
+    return duration_words(seconds)

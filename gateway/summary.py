@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .config import GatewayConfig, RouteConfig, StoreConfig
+from .config import GatewayConfig, RouteConfig, StoreConfig, duration_words
 from .config.model import AllowIpsMode, DedupBackend, ServerConfig
 from .postback import CANONICAL_FIELDS
 
@@ -18,6 +18,7 @@ def summarize(config: GatewayConfig, path: str) -> str:
         f"reload check every {server.reload_interval:g}s, "
         f"logs {config.logging.format}/{config.logging.level}",
         f"  store {_store(config.store)}",
+        f"  history {_history(config)}",
         f"  inspector http://{server.admin_listen}/ {_inspector(server)}",
     ]
     for route in config.routes:
@@ -74,9 +75,17 @@ def _inspector(server: ServerConfig) -> str:
     return f"({access}{metrics}; {recent})"
 
 
+def _history(config: GatewayConfig) -> str:
+    if config.store is None:
+        return "none (it needs a store)"
+    if not config.history.enabled:
+        return "off (history.enabled: false)"
+    return f"every postback kept {duration_words(config.history.retention)} in the store"
+
+
 def _store(store: StoreConfig | None) -> str:
     if store is None:
-        return "none (queued routes need one)"
+        return "none: in memory only (no history, no queued routes)"
     if store.url is not None:
         return f"PostgreSQL {store.shown}, shared by every replica"
     return f"SQLite file {store.path}, this replica only"

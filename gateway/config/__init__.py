@@ -25,7 +25,7 @@ from .model import (
     UpstreamConfig,
 )
 from .reader import DocumentReader
-from .values import DURATION_EXAMPLES, parse_duration
+from .values import DURATION_EXAMPLES, duration_words, parse_duration
 from .yamlfile import read_yaml
 
 __all__ = [
@@ -40,6 +40,7 @@ __all__ = [
     "ServerConfig",
     "StoreConfig",
     "UpstreamConfig",
+    "duration_words",
     "load_config",
     "parse_config",
     "parse_duration",

@@ -35,6 +35,15 @@ class _FromEnvironment(str):
     """A string that came from ${VAR}: may stand for a number, as environment values do."""
 
 
+def duration_words(seconds: float) -> str:
+    """A duration as a sentence says it: "7 days", "12 hours", "1 minute", "90 seconds"."""
+    for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60)):
+        if seconds >= size and seconds % size == 0:
+            count = int(seconds // size)
+            return f"{count} {unit}{'s' if count != 1 else ''}"
+    return f"{seconds:g} second{'s' if seconds != 1 else ''}"
+
+
 def parse_duration(text: str) -> float | None:
     """The seconds a duration means, or None if `text` is none: a number, whole or with a
     fraction, alone (seconds) or followed by ms, s, m, h or d (`500ms`, `1.5s`, `7d`, `30`).
