@@ -263,3 +263,51 @@ async def test_two_replicas_write_and_either_finds_both(
             ("replica-a", "from-a"),
             ("replica-b", "from-b"),
         }
+
+
+class _StuckStore:
+    """A history store whose writes never finish: the buffer only fills."""
+
+    async def write(self, rows: object, deliveries: object) -> None:
+        raise AssertionError("not flushed in this test")
+
+
+def test_a_full_buffer_drops_counted_and_never_grows() -> None:
+    from gateway.record import RequestRecord
+
+    metrics = Metrics()
+    recorder = Recorder(
+        _StuckStore(),  # type: ignore[arg-type]
+        metrics,
+        retention=60.0,
+        names_of=lambda route: {},
+        capacity=3,
+    )
+    for number in range(5):
+        recorder.add(RequestRecord(f"r{number}"), 200, 0.001)
+    scrape = Scrape.parse(generate_latest(metrics.registry).decode())
+    assert scrape.value("gateway_history_dropped_total", why="buffer_full") == 2
+    assert len(recorder._pending) == 3
+
+
+async def test_a_reload_applies_retention_and_enabled_false_keeps_none(
+    start_upstream, start_gateway: GatewayFactory, tmp_path: Path
+):
+    app = start_upstream()
+    gateway = await start_gateway(two_routes(app, tmp_path / "gw.db"))
+    text = two_routes(app, tmp_path / "gw.db")
+    reloaded = parse_config("history: {retention: 2h}\n" + text, {"MONETAG_SECRET": SECRET})
+    await gateway.runtime.apply(reloaded)
+    assert history_of(gateway).retention == 7200
+    off = parse_config(
+        "history: {enabled: false}\n" + two_routes(app, tmp_path / "off.db"),
+        {"MONETAG_SECRET": SECRET},
+    )
+    await gateway.runtime.apply(off)
+    assert gateway.runtime.restart_pending == ["store", "history.enabled"]
+    runtime = Runtime(off, Metrics())
+    await runtime.start()
+    try:
+        assert runtime.history is None and runtime.store is not None
+    finally:
+        await runtime.close(Deadline(1))
