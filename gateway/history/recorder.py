@@ -67,6 +67,7 @@ class Recorder:
         self._budget = Budget()
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
+        self._closed = False  # after close: nothing more is written (capacity is 0)
         self._unlogged: dict[str, int] = {}  # dropped since the last log line, by why
         self._last_logged = -LOG_EVERY_SECONDS  # the first drop is told at once
         self._last_detail = ""
@@ -76,7 +77,7 @@ class Recorder:
     def add(self, record: RequestRecord, status: int | None, seconds: float) -> None:
         pending = self._pending
         if len(pending) >= self._capacity:
-            self._dropped("buffer_full", 1)
+            self._dropped("shutdown" if self._closed else "buffer_full", 1)
             return
         pending.append((record, status, self._clock(), round(seconds * 1000, 2)))
         if len(pending) == BATCH:
@@ -120,6 +121,8 @@ class Recorder:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        # a postback cut off after this (past the shutdown deadline) is counted, not buffered
+        self._closed, self._capacity = True, 0
         left = len(self._pending) + len(self._deliveries)
         try:
             async with asyncio.timeout(max(deadline.left(), 0.1)):
