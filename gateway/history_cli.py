@@ -178,7 +178,7 @@ async def _trace(history: HistoryStore, args: argparse.Namespace, since: float) 
         window=_window(args.since),
     )
     print(printable(found.verdict))
-    for event in found.events:
+    for event in found.events if len(found.events) > 1 else ():
         verdict = "rewarded" if event.rewarded else "not rewarded"
         print(f"  {verdict}: {printable(event.sentence)}")
     for moment in found.timeline:

@@ -157,10 +157,10 @@ def _failure(row: Recorded, later: list[LaterDelivery], what: str, today: tuple[
         statuses = _answers(d.status for d in later if d.state != "redriven")
         if later and later[-1].state == "dead":
             return (
-                f"queued at {_when(row.at, today)}{what}; the app answered {statuses}; "
+                f"queued at {_when(row.at, today)}{what}; the app {statuses}; "
                 f"dead letter since {_when(later[-1].at, today)} (re-drive it: queue retry)"
             )
-        tried = f"; the app answered {statuses} so far" if later else ""
+        tried = f"; the app {statuses} so far" if later else ""
         return f"queued at {_when(row.at, today)}{what}{tried}; delivery pending"
     if row.outcome == Outcome.FORWARDED and row.reason == Reason.UPSTREAM_REFUSED:
         return (
@@ -170,7 +170,7 @@ def _failure(row: Recorded, later: list[LaterDelivery], what: str, today: tuple[
     if row.outcome == Outcome.UPSTREAM_ERROR:
         statuses = _answers(attempt.get("status") for attempt in row.attempts)
         return (
-            f"forwarded at {_when(row.at, today)}{what}; the app answered {statuses}: "
+            f"forwarded at {_when(row.at, today)}{what}; the app {statuses}: "
             "not rewarded (Monetag may send it again)"
         )
     reason = row.reason or row.outcome
@@ -246,13 +246,14 @@ def _when(at: float, today: tuple[int, ...]) -> str:
 
 
 def _answers(statuses: Iterable[int | None]) -> str:
-    """ "500 three times", "503, then 500", "no answer twice"."""
-    said = ["no answer" if status is None else str(status) for status in statuses]
+    """What the app did: "answered 500 three times", "gave no answer twice", "answered 503,
+    then gave no answer"."""
+    said = ["gave no answer" if status is None else f"answered {status}" for status in statuses]
     if not said:
-        return "nothing yet"
+        return "has not been tried yet"
     if len(set(said)) == 1:
         return f"{said[0]} {_times(len(said))}"
-    return ", then ".join(said)
+    return ", then ".join(said[:1] + [part.removeprefix("answered ") for part in said[1:]])
 
 
 def _times(count: int) -> str:
