@@ -311,3 +311,13 @@ async def test_a_reload_applies_retention_and_enabled_false_keeps_none(
         assert runtime.history is None and runtime.store is not None
     finally:
         await runtime.close(Deadline(1))
+
+
+async def test_the_callers_request_id_finds_the_postback(
+    start_upstream, start_gateway: GatewayFactory, http: aiohttp.ClientSession, store_at
+):
+    gateway = await start_gateway(two_routes(start_upstream(), store_at))
+    await get(http, gateway.postback_url(), USER, headers={"X-Request-ID": "lb-7f3a.1"})
+    await get(http, gateway.postback_url(), {**USER, "uid": "u2"})
+    (found,) = await search(gateway, request_id="lb-7f3a.1")
+    assert (found.caller_request_id, found.fields["ymid"]) == ("lb-7f3a.1", "user-1")
