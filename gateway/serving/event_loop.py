@@ -1,6 +1,6 @@
 """Which event loop runs the gateway: uvloop where it is installed, asyncio's own otherwise.
 
-uvloop (libuv, as uvicorn uses by default) ran the sync route in 15 % fewer instructions per
+uvloop (libuv, as uvicorn uses by default) ran the sync route in 14.7 % fewer instructions per
 postback than asyncio's loop (bench/README.md). It is a dependency, so it is normally there; a
 platform without a wheel for it still runs, on asyncio's loop. `GATEWAY_EVENT_LOOP=asyncio`
 chooses asyncio's loop even where uvloop is installed: to rule uvloop out when chasing a bug,
