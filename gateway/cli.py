@@ -13,6 +13,7 @@ from . import history_cli, queue_cli
 from .config import ConfigError, ListenAddress, load_config
 from .durable.outbox import StoreError
 from .fire import FireError, fire
+from .serving.event_loop import UnknownEventLoop, loop_factory
 from .serving.server import serve
 from .summary import summarize
 from .tls import check_certificates
@@ -77,7 +78,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "health":
         return probe_health(config.server.admin_listen)
     try:
-        asyncio.run(serve(config, args.config))
+        factory = loop_factory()
+    except UnknownEventLoop as error:
+        print(f"cannot start: {error}", file=sys.stderr)
+        return EXIT_CONFIG_ERROR
+    try:
+        with asyncio.Runner(loop_factory=factory) as runner:  # asyncio.run takes none on 3.11
+            runner.run(serve(config, args.config))
     except StoreError as error:
         print(f"cannot start: {error}", file=sys.stderr)
         return 1

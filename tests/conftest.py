@@ -8,13 +8,14 @@ import json
 import socket
 import subprocess
 import textwrap
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
+import uvloop
 from aiohttp import web
 
 from gateway.config import GatewayConfig, ListenAddress, parse_config
@@ -52,6 +53,30 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     ]
     if unmarked:
         raise pytest.UsageError("\n".join(unmarked))
+
+
+# The event loops an in-process test can run on, by name (pytest-asyncio's loop factories). The
+# gateway runs on uvloop where it is installed (gateway/serving/event_loop.py) and on asyncio's
+# loop otherwise; the tests of the code that touches transports and sockets run on both, by
+# `pytestmark = pytest.mark.asyncio(loop_factories=BOTH_LOOPS)`. Every other test: asyncio's.
+EVENT_LOOPS: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {
+    "asyncio": asyncio.new_event_loop,
+    "uvloop": uvloop.new_event_loop,
+}
+BOTH_LOOPS = list(EVENT_LOOPS)
+
+
+def pytest_asyncio_loop_factories(
+    config: pytest.Config, item: pytest.Item
+) -> Mapping[str, Callable[[], asyncio.AbstractEventLoop]]:
+    marker = item.get_closest_marker("asyncio")
+    wanted = marker.kwargs.get("loop_factories") if marker is not None else None
+    if wanted is None:
+        return {"asyncio": EVENT_LOOPS["asyncio"]}
+    unknown = set(wanted) - set(EVENT_LOOPS)
+    if unknown:  # pytest-asyncio would skip such a test: fail instead, never skip in silence
+        raise pytest.UsageError(f"{item.nodeid}: no event loop named {sorted(unknown)}")
+    return EVENT_LOOPS
 
 
 UpstreamFactory = Callable[..., RecordingUpstream]

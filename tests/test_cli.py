@@ -211,6 +211,16 @@ def test_gateway_config_pointing_at_a_bad_config_fails(tmp_path: Path) -> None:
     assert "routes" in result.stderr and "at least one route" in result.stderr
 
 
+def test_unknown_event_loop_exits_2_naming_the_variable(tmp_path: Path) -> None:
+    path = write(tmp_path, config_text(f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"))
+
+    result = gateway("run", "--config", str(path), env=command_env(GATEWAY_EVENT_LOOP="tokio"))
+
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    assert "GATEWAY_EVENT_LOOP='tokio': expected one of uvloop, asyncio" in result.stderr
+    assert "listening" not in result.stdout
+
+
 @pytest.mark.parametrize("command", ["run", "check", "health"])
 def test_no_config_anywhere_says_how_to_pass_one(command: str) -> None:
     result = gateway(command)
@@ -338,6 +348,7 @@ def test_run_logs_json_lines_with_listening_and_config_warnings(running: Running
     assert len(listening) == 1, lines
     assert f":{running.public_port}" in json.dumps(listening[0])
     assert f":{running.admin_port}" in json.dumps(listening[0])
+    assert listening[0]["event_loop"] == "uvloop"  # installed, and GATEWAY_EVENT_LOOP unset
     warnings = [line for line in lines if line.get("level") == "warning"]
     assert any("routes.spinner" in json.dumps(line) for line in warnings), lines
     log_text = running.stdout.read_text(encoding="utf-8")

@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import UpstreamFactory
+from tests.conftest import BOTH_LOOPS, UpstreamFactory
 from tests.support.gatewayconfig import gateway_config, upstream
 from tests.support.processes import (
     REPO,
@@ -67,8 +67,16 @@ def config(
 Run = Callable[..., tuple[subprocess.Popen[bytes], int, Path]]
 
 
+@pytest.fixture(params=BOTH_LOOPS)
+def event_loop_name(request: pytest.FixtureRequest) -> str:
+    """The loop the gateway runs on: the listener is its own accept loop and TLS on top of the
+    loop's transports, so every test here runs on both (GATEWAY_EVENT_LOOP)."""
+    name: str = request.param
+    return name
+
+
 @pytest.fixture
-def run_gateway(tmp_path: Path) -> Iterator[Run]:
+def run_gateway(tmp_path: Path, event_loop_name: str) -> Iterator[Run]:
     """Start the gateway on a config text; returns (process, admin port, stdout file)."""
     started: list[subprocess.Popen[bytes]] = []
 
@@ -76,7 +84,8 @@ def run_gateway(tmp_path: Path) -> Iterator[Run]:
         path = tmp_path / f"config{len(started)}.yaml"
         path.write_text(text)
         stdout, stderr = tmp_path / f"out{len(started)}.log", tmp_path / f"err{len(started)}.log"
-        process = spawn_gateway(path, command_env(SECRET), stdout, stderr)
+        env = command_env(SECRET, GATEWAY_EVENT_LOOP=event_loop_name)
+        process = spawn_gateway(path, env, stdout, stderr)
         started.append(process)
 
         def ready() -> bool:
@@ -88,6 +97,7 @@ def run_gateway(tmp_path: Path) -> Iterator[Run]:
                 return False
 
         eventually(ready, START_TIMEOUT, interval=0.05, explain=stderr.read_text)
+        assert running_loop(stdout) == event_loop_name
         return process, admin_port, stdout
 
     yield run
@@ -99,6 +109,16 @@ def run_gateway(tmp_path: Path) -> Iterator[Run]:
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
+
+
+def running_loop(stdout: Path) -> str | None:
+    """The event loop a started gateway says it runs on, in its "listening" line."""
+    for line in stdout.read_text().splitlines():
+        entry = json.loads(line)
+        if entry.get("message") == "listening":
+            loop: str | None = entry.get("event_loop")
+            return loop
+    return None
 
 
 QUERY = f"/postback/tapper?uid=u1&event=click&token={SECRET}"

@@ -12,9 +12,11 @@ import asyncio
 import base64
 import select
 import socket
+import ssl
 import sys
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -30,6 +32,7 @@ from gateway.forwarding.upstream_client import (
     UpstreamClient,
     UpstreamConnectionError,
 )
+from tests.conftest import BOTH_LOOPS
 from tests.support.processes import REPO
 from tests.support.rawupstream import (
     GUARD,
@@ -49,7 +52,12 @@ from tests.support.rawupstream import (
     trickle,
     until,
 )
+from tests.support.tlscerts import Certificate, make_certificate
 from tests.support.waiting import eventually_async
+
+# The client handles transports itself (what a reused connection holds unread is asked of its
+# socket), and the gateway runs it on uvloop where installed: every test runs on both loops.
+pytestmark = pytest.mark.asyncio(loop_factories=BOTH_LOOPS)
 
 TIMEOUT = 2.0  # the client's own timeout for one get, unless a test says otherwise
 
@@ -70,9 +78,10 @@ async def fetch(
     timeout: float = TIMEOUT,
     **options: Any,
 ) -> Answer:
-    return await asyncio.wait_for(
-        client.get(url, headers or {}, timeout, **options), timeout + GUARD
-    )
+    # In this task, not a new one (as wait_for would make): the get then reaches its pool
+    # before the loop polls for I/O, on uvloop too, so a check before reuse is what decides.
+    async with asyncio.timeout(timeout + GUARD):
+        return await client.get(url, headers or {}, timeout, **options)
 
 
 def idle_connections_open(client: UpstreamClient) -> bool:
@@ -305,6 +314,72 @@ async def test_fresh_get_never_takes_an_idle_connection(start_server, client):
     await fetch(client, server.url())
     await fetch(client, server.url(), fresh=True)
     assert len(server.accepted) == 2
+
+
+# --- over TLS ------------------------------------------------------------------------------
+# What a pooled connection holds is asked of its socket, beneath the TLS layer, and each loop
+# has its own TLS transport: the checks before reuse, over TLS, on both loops.
+
+
+@pytest.fixture
+def certificate(tmp_path: Path) -> Certificate:
+    return make_certificate(tmp_path, "upstream")
+
+
+@pytest.fixture
+def tls_server(certificate: Certificate) -> ssl.SSLContext:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(certificate.cert_file, certificate.key_file)
+    return context
+
+
+@pytest.fixture
+def tls_client(client: UpstreamClient, certificate: Certificate) -> UpstreamClient:
+    client._tls = certificate.client_context()  # trusts the test's certificate only
+    return client
+
+
+async def test_tls_connection_is_kept_and_reused(start_server, tls_server, tls_client):
+    server = await start_server(tls=tls_server)
+    for _ in range(3):
+        assert await fetch(tls_client, server.url()) == OK_ANSWER
+    assert len(server.accepted) == 1
+
+
+async def test_idle_tls_connection_closed_by_server_is_replaced(
+    start_server, tls_server, tls_client
+):
+    server = await start_server(send_and_close(OK), tls=tls_server)
+    assert await fetch(tls_client, server.url()) == OK_ANSWER
+    await until(server.accepted[0].server_closed)
+    await eventually_async(lambda: not idle_connections_open(tls_client))
+    assert await fetch(tls_client, server.url()) == OK_ANSWER
+    assert len(server.accepted) == 2
+
+
+async def test_reused_tls_connection_dropped_without_answer_is_stale(
+    start_server, tls_server, tls_client
+):
+    server = await start_server(send(OK), default=close_without_answer(), tls=tls_server)
+    assert await fetch(tls_client, server.url()) == OK_ANSWER
+    with pytest.raises(StaleConnection):
+        await fetch(tls_client, server.url())
+    assert len(server.accepted) == 1
+
+
+async def test_bytes_waiting_unread_on_an_idle_tls_connection_stop_its_reuse(
+    start_server, tls_server, tls_client
+):
+    server = await start_server(tls=tls_server)
+    assert await fetch(tls_client, server.url()) == OK_ANSWER
+    [idle] = idle_sockets(tls_client)
+    [first] = tls_client._idle[("https", "127.0.0.1", server.port)]
+    server.accepted[0].writer.write(STALE)
+    readable, _, _ = select.select([idle], [], [], GUARD)  # in the socket, not yet read
+    assert readable
+    assert await fetch(tls_client, server.url()) == OK_ANSWER
+    assert len(server.accepted) == 2
+    assert not first.open  # the one in doubt was closed, not kept
 
 
 # --- the request ---------------------------------------------------------------------------

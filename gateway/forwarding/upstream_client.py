@@ -37,7 +37,7 @@ import select
 import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import NoReturn
+from typing import NoReturn, cast
 
 import httptools
 from yarl import URL
@@ -279,7 +279,7 @@ class _Connection(asyncio.Protocol):
     """One connection: a request written, its answer read, and not a byte more accepted."""
 
     def __init__(self) -> None:
-        self._transport: asyncio.Transport | None = None
+        self._transport: asyncio.WriteTransport | None = None
         self._unread: select.poll | None = None  # tells whether the socket holds unread bytes
         self._exchange: _Exchange | None = None
         self._lost = False
@@ -300,8 +300,10 @@ class _Connection(asyncio.Protocol):
         return self.open and not (self._unread is not None and self._unread.poll(0))
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+        # A stream's transport (create_connection makes no other): it writes, closes and says
+        # whether it is closing. Not asserted by isinstance: uvloop's transports have the same
+        # methods without deriving from asyncio's classes.
+        self._transport = cast(asyncio.WriteTransport, transport)
         sock = transport.get_extra_info("socket")
         if sock is not None:
             self._unread = select.poll()

@@ -25,6 +25,7 @@ from ..reload import ConfigWatcher
 from ..runtime import Runtime
 from ..tls import CertificateReloader
 from .app import admin_runner, public_runner
+from .event_loop import loop_name
 from .listener import REFUSALS, GatewaySite, connection_cap
 
 log = logging.getLogger("gateway")
@@ -100,6 +101,7 @@ async def serve(config: GatewayConfig, config_path: str) -> None:
                 "public": _bound(public),
                 "admin": _bound(admin),
                 "tls": certificates is not None,
+                "event_loop": loop_name(loop),
                 "routes": [route.path for route in config.routes],
                 "config_checksum": config.checksum,
             },

@@ -32,7 +32,8 @@ def command_env(secret: str = SECRET, **extra: str) -> dict[str, str]:
     env = {
         name: value
         for name, value in os.environ.items()
-        if name not in ("GATEWAY_CONFIG", "GATEWAY_LOG_LEVEL", "MONETAG_SECRET")
+        if name
+        not in ("GATEWAY_CONFIG", "GATEWAY_EVENT_LOOP", "GATEWAY_LOG_LEVEL", "MONETAG_SECRET")
     }
     return {**env, "MONETAG_SECRET": secret, **extra}
 

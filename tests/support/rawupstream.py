@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import ssl
 import struct
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -185,10 +186,14 @@ def answer_after(seconds: float, data: bytes = OK) -> Reply:
 
 
 class RawServer:
-    """asyncio.start_server on loopback; replies follow a script, then a default."""
+    """asyncio.start_server on loopback; replies follow a script, then a default. With `tls`,
+    over TLS (`https` URLs)."""
 
-    def __init__(self, host: str, replies: list[Reply], default: Reply) -> None:
+    def __init__(
+        self, host: str, replies: list[Reply], default: Reply, tls: ssl.SSLContext | None = None
+    ) -> None:
         self.host = host
+        self._tls = tls
         self.port = 0
         self.accepted: list[Accepted] = []
         self._replies = replies
@@ -198,7 +203,7 @@ class RawServer:
         self._new_connection = asyncio.Event()
 
     async def start(self) -> None:
-        self._server = await asyncio.start_server(self._serve, self.host, 0)
+        self._server = await asyncio.start_server(self._serve, self.host, 0, ssl=self._tls)
         self.port = self._server.sockets[0].getsockname()[1]
 
     async def stop(self) -> None:
@@ -211,7 +216,8 @@ class RawServer:
 
     def url(self, path_qs: str = "/cb") -> URL:
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return URL(f"http://{host}:{self.port}{path_qs}", encoded=True)
+        scheme = "https" if self._tls else "http"
+        return URL(f"{scheme}://{host}:{self.port}{path_qs}", encoded=True)
 
     async def connection(self, index: int) -> Accepted:
         """The connection accepted `index`-th, once it is."""
@@ -265,9 +271,12 @@ async def start_server() -> AsyncIterator[ServerFactory]:
     servers: list[RawServer] = []
 
     async def start(
-        *replies: Reply, default: Reply | None = None, host: str = "127.0.0.1"
+        *replies: Reply,
+        default: Reply | None = None,
+        host: str = "127.0.0.1",
+        tls: ssl.SSLContext | None = None,
     ) -> RawServer:
-        server = RawServer(host, list(replies), default or send(OK))
+        server = RawServer(host, list(replies), default or send(OK), tls)
         await server.start()
         servers.append(server)
         return server
