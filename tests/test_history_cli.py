@@ -7,6 +7,7 @@ import asyncio
 import csv
 import io
 import json
+import signal
 from pathlib import Path
 
 import aiohttp
@@ -20,8 +21,17 @@ from gateway.metrics import Metrics
 from gateway.runtime import Runtime
 from gateway.serving.app import public_runner
 from tests.support.gatewayconfig import gateway_config, route, upstream
-from tests.support.processes import SECRET
+from tests.support.processes import (
+    SECRET,
+    answers,
+    command_env,
+    free_port,
+    gateway_command,
+    http_get,
+    spawn_gateway,
+)
 from tests.support.upstream import RecordingUpstream
+from tests.support.waiting import eventually
 from tests.test_history import USER
 
 HOSTILE = ['=HYPERLINK("http://evil")', "+1+1", "-2", "@SUM(A1)", "\tx", "\rx"]
@@ -143,3 +153,44 @@ def test_report_counts_and_valued_revenue_by_day_and_zone(
         history(config_file, capsys, "report", "--by", "week")
     assert refused.value.code == 2
     assert "'week': give one or more of day, zone, route" in capsys.readouterr().err
+
+
+@pytest.mark.process
+def test_the_real_gateway_on_uvloop_keeps_its_history_through_a_stop(
+    tmp_path: Path, start_upstream
+) -> None:
+    """`python -m gateway run` (uvloop, the default) answers, is stopped with SIGTERM, and
+    `history search` on its store finds every postback: the buffer was written at shutdown."""
+    app: RecordingUpstream = start_upstream()
+    port, admin = free_port(), free_port()
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        gateway_config(
+            routes={"tapper": route([upstream(app.url, retries=0)])},
+            store=tmp_path / "gw.db",
+            server={"listen": f"127.0.0.1:{port}", "admin_listen": f"127.0.0.1:{admin}"},
+        )
+    )
+    env = command_env()
+    process = spawn_gateway(config, env, tmp_path / "out.log", tmp_path / "err.log")
+    try:
+        eventually(lambda: answers(admin) or None)
+        for number in range(5):
+            reply = http_get(port, f"/postback/tapper?uid=u{number}&event=click&zone=42"
+                             f"&telegram_id=55&token={SECRET}")  # fmt: skip
+            assert reply.outcome == "forwarded"
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 0
+    listening = [
+        json.loads(line)
+        for line in (tmp_path / "out.log").read_text().splitlines()
+        if '"listening"' in line
+    ]
+    assert listening and listening[0].get("event_loop") == "uvloop", listening
+    found = gateway_command("history", "--config", str(config), "search", "--telegram-id", "55",
+                            env=env)  # fmt: skip
+    assert found.returncode == 0, found.stderr
+    assert sorted(line.split("ymid=")[1].split()[0] for line in found.stdout.splitlines()) == [
+        f"u{number}" for number in range(5)
+    ]
