@@ -41,7 +41,7 @@ RULES = {
     "runtime": "config deadline dedup durable forwarding history journal logs metrics pipeline "
     "record",
     "reload": "config runtime tls",
-    "inspector": "config durable errors journal route runtime verdicts",
+    "inspector": "config durable errors history journal record route runtime verdicts",
     "serving": "access_log config deadline errors inspector logs metrics pipeline record reload "
     "runtime tls",
     "summary": "config postback",

@@ -321,3 +321,24 @@ async def test_the_callers_request_id_finds_the_postback(
     await get(http, gateway.postback_url(), {**USER, "uid": "u2"})
     (found,) = await search(gateway, request_id="lb-7f3a.1")
     assert (found.caller_request_id, found.fields["ymid"]) == ("lb-7f3a.1", "user-1")
+
+
+async def test_get_finds_a_postback_by_our_request_id_never_by_the_callers(
+    start_upstream, start_gateway: GatewayFactory, http: aiohttp.ClientSession, store_at
+):
+    """A sender chooses its X-Request-ID, so it could name another postback's id: `get`
+    (the inspector's page of one postback) reads ours only."""
+    app = start_upstream()
+    gateway = await start_gateway(two_routes(app, store_at))
+    async with http.get(gateway.postback_url(), params=USER) as answer:
+        ours = answer.headers["X-Request-ID"]
+    posing = {"X-Request-ID": ours}
+    assert (await get(http, gateway.postback_url(), {**USER, "uid": "u2"}, headers=posing))[1] == (
+        "forwarded"
+    )
+    history = history_of(gateway)
+    await history.flush()
+    found = await history.store.get(ours)
+    assert found is not None and (found.request_id, found.fields["ymid"]) == (ours, "user-1")
+    assert len(await history.store.search(Search(request_id=ours))) == 2  # the search: both
+    assert await history.store.get("0" * 20) is None

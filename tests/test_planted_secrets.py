@@ -11,6 +11,7 @@ with a broken upstream URL is refused, and then every output is read: the proces
 from __future__ import annotations
 
 import http.client
+import re
 import signal
 import subprocess
 from pathlib import Path
@@ -160,6 +161,18 @@ def test_no_output_holds_a_secret_the_config_was_given(
             status, text = http_get_with(admin, f"/postbacks/{number}", BEARER)
             if status == 200:
                 outputs[f"page /postbacks/{number}"] = text
+        # the history's pages: every postback, and the page of each (written within a second)
+        eventually(
+            lambda: http_get_with(admin, "/history", BEARER)[1].count('class="postback"') >= 5
+        )
+        for page in ("/history", "/trace?ymid=u1", "/trace?ymid=q1"):
+            reply = http_get_with(admin, page, BEARER)
+            assert reply[0] == 200, page
+            outputs[f"page {page}"] = reply[1]
+        for request_id in re.findall(r'href="/history/([0-9a-f]+)"', outputs["page /history"]):
+            status, text = http_get_with(admin, f"/history/{request_id}", BEARER)
+            assert status == 200, request_id
+            outputs[f"page /history/{request_id}"] = text
     finally:
         process.send_signal(signal.SIGTERM)
         try:

@@ -81,6 +81,10 @@ class PostgresHistory:
         statement = sql.select(search, sql.dollar)
         return [_recorded(row) for row in await self._fetch(statement.text, *statement.arguments)]
 
+    async def get(self, request_id: str) -> Recorded | None:
+        found = await self._fetch(sql.by_request_id(sql.dollar), request_id)
+        return _recorded(found[0]) if found else None
+
     async def deliveries(self, request_ids: Sequence[str]) -> list[LaterDelivery]:
         if not request_ids:
             return []

@@ -123,6 +123,15 @@ def select(search: Search, placeholder: Placeholder) -> Statement:
     )
 
 
+def by_request_id(placeholder: Placeholder) -> str:
+    """One postback by the gateway's own request id, never the caller's (a sender chooses
+    that one, and could make it name another postback)."""
+    return (
+        f"SELECT id, {', '.join(COLUMNS)} FROM history "
+        f"WHERE request_id = {placeholder(1)} ORDER BY id DESC LIMIT 1"
+    )
+
+
 def deliveries(count: int, placeholder: Placeholder) -> str:
     marks = ", ".join(placeholder(n) for n in range(1, count + 1))
     return (

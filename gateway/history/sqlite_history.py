@@ -61,6 +61,11 @@ class SqliteHistory:
         )
         return [_recorded(row) for row in found]
 
+    async def get(self, request_id: str) -> Recorded | None:
+        text = sql.by_request_id(sql.qmark)
+        found = await self._read(lambda c: c.execute(text, (request_id,)).fetchone())
+        return None if found is None else _recorded(found)
+
     async def deliveries(self, request_ids: Sequence[str]) -> list[LaterDelivery]:
         if not request_ids:
             return []

@@ -28,6 +28,9 @@ class HistoryStore(Protocol):
 
     async def search(self, search: Search) -> list[Recorded]: ...
 
+    async def get(self, request_id: str) -> Recorded | None:
+        """The postback with this request id of the gateway's (not the caller's), if kept."""
+
     async def deliveries(self, request_ids: Sequence[str]) -> list[LaterDelivery]:
         """The later deliveries of these postbacks, oldest first."""
 

@@ -18,6 +18,19 @@ from ..journal import Entry
 from ..route import STEPS
 
 PASSED, FAILED, SKIPPED, NOTED = "passed", "failed", "skipped", "noted"
+# the outcomes the pages name, in the chart's order (cut_off is in the log and the history)
+OUTCOMES = (
+    Outcome.FORWARDED,
+    Outcome.QUEUED,
+    Outcome.DUPLICATE,
+    Outcome.REJECTED,
+    Outcome.INVALID,
+    Outcome.FILTERED,
+    Outcome.UPSTREAM_ERROR,
+    Outcome.STORE_ERROR,
+    Outcome.NOT_FOUND,
+    Outcome.OVERLOADED,
+)
 
 
 @dataclass(frozen=True)
@@ -27,8 +40,10 @@ class Step:
     verdict: str
 
 
-def steps(entry: Entry, config: GatewayConfig) -> list[Step]:
-    """Every step's verdict, in the order the gateway took them."""
+def steps(entry: Entry, config: GatewayConfig, later_attempts: int | None = None) -> list[Step]:
+    """Every step's verdict, in the order the gateway took them. `later_attempts`: for a
+    postback read from the history, how many later deliveries it recorded (None: the live
+    view, which counts the attempts this process saw)."""
     record = entry.record
     route = _route_of(entry, config)
     if record.route is None:
@@ -46,28 +61,33 @@ def steps(entry: Entry, config: GatewayConfig) -> list[Step]:
     if len(record.passed) < len(STEPS):
         return told
     told.append(_dedup(entry))
-    told.append(_delivery(entry))
+    told.append(_delivery(entry, later_attempts))
     return told
 
 
 def _dedup(entry: Entry) -> Step:
     record = entry.record
-    if record.outcome == Outcome.DUPLICATE:
-        return Step("dedup", FAILED, f"a duplicate: {record.detail or 'already delivered'}")
+    if record.outcome == Outcome.DUPLICATE:  # the gateway working, not a failure
+        return Step(
+            "dedup",
+            NOTED,
+            f"a duplicate: {record.detail or 'this event was delivered before'}; "
+            "answered 200 so the sender stops, and not forwarded again",
+        )
     return Step("dedup", PASSED, "new: not delivered before")
 
 
-def _delivery(entry: Entry) -> Step:
+def _delivery(entry: Entry, later_attempts: int | None) -> Step:
     record = entry.record
     if record.outcome == Outcome.DUPLICATE:
         return Step("deliver", SKIPPED, "duplicates are not forwarded")
     if record.outcome == Outcome.QUEUED:
-        done = len(entry.attempts)
-        return Step(
-            "deliver",
-            PASSED,
-            f"stored, then delivered in the background ({done} attempt(s) seen here)",
+        seen = (
+            f"{len(entry.attempts)} attempt(s) seen here"
+            if later_attempts is None
+            else f"{later_attempts} later attempt(s) recorded"
         )
+        return Step("deliver", PASSED, f"stored, then delivered in the background ({seen})")
     if record.outcome == Outcome.FORWARDED:
         status = record.upstream_status
         state = PASSED if status is not None and 200 <= status < 300 else NOTED

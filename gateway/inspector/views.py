@@ -21,12 +21,13 @@ from aiohttp.typedefs import Handler
 from yarl import URL
 
 from ..durable.outbox import StoreError
-from ..errors import Outcome
 from ..journal import Entry, Filters
 from ..runtime import Runtime
 from .access import COOKIE, Access, locked_out, safe_next, same_site
 from .charts import outcome_chart, percentile
-from .present import curl_line, steps
+from .history_pages import HistoryPages
+from .present import OUTCOMES, curl_line, steps
+from .recorded import clock_ms, page_of
 
 log = logging.getLogger("gateway.inspector")
 
@@ -43,18 +44,6 @@ SECURITY_HEADERS = {
     "Cache-Control": "no-store",
 }
 PAGE_SIZE = 200  # rows on the list page; the live updates add to them
-OUTCOMES = (
-    Outcome.FORWARDED,
-    Outcome.QUEUED,
-    Outcome.DUPLICATE,
-    Outcome.REJECTED,
-    Outcome.INVALID,
-    Outcome.FILTERED,
-    Outcome.UPSTREAM_ERROR,
-    Outcome.STORE_ERROR,
-    Outcome.NOT_FOUND,
-    Outcome.OVERLOADED,
-)
 QUEUE_LISTED = 100  # pending and dead deliveries shown on the queue page, each
 
 _templates = jinja2.Environment(
@@ -63,6 +52,7 @@ _templates = jinja2.Environment(
     undefined=jinja2.StrictUndefined,
 )
 _templates.filters["clock"] = lambda at: time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(at))
+_templates.filters["clock_ms"] = clock_ms
 # static files carry a digest of their content, so a new release is never served stale
 _VERSIONS = {
     path.name: hashlib.sha256(path.read_bytes()).hexdigest()[:12]
@@ -100,6 +90,7 @@ class Inspector:
         app.router.add_post("/login", self.login)
         app.router.add_post("/logout", self.logout)
         app.router.add_static("/static", HERE / "static")
+        HistoryPages(self._runtime, self._render).add_to(app)
 
     # -- pages -------------------------------------------------------------------------------
 
@@ -201,6 +192,9 @@ class Inspector:
                 "fields": sorted((record.fields or {}).items()),
                 "query": record.query or [],
                 "attempts": entry.attempts,
+                "in_history": (
+                    page_of(record.request_id) if self._runtime.history is not None else None
+                ),
             },
         )
 
@@ -232,11 +226,21 @@ class Inspector:
         if event and not _is_id(event):
             raise web.HTTPBadRequest(text="event_id: expected a whole number")
         route = str(form.get("route", "")) or None
+        event_id = int(event) if event else None
+        history = self._runtime.history
         try:
-            count = await store.redrive(int(event) if event else None, route)
+            # one event's re-drive takes back its undelivered deliveries: the history hears
+            shown = None
+            if event_id is not None and history is not None:
+                shown = await store.outbox.show(event_id)
+            count = await store.redrive(event_id, route)
         except StoreError as error:
             raise web.HTTPServiceUnavailable(text=f"the store failed: {error}") from None
         log.info("inspector re-drove deliveries", extra={"count": count})
+        if count and shown is not None and history is not None:
+            for delivery in shown.deliveries:
+                if delivery.state != "delivered":
+                    history.redriven(shown.request_id, shown.route, delivery.upstream)
         raise web.HTTPSeeOther(URL("/queue").with_query(done=str(count)))
 
     # -- signing in --------------------------------------------------------------------------
@@ -292,6 +296,7 @@ class Inspector:
             "signed_in": server.admin_token is not None and self._access.signed_in(request),
             "queued": any(r.delivery.value == "queued" for r in self._runtime.config.routes),
             "path": request.path,
+            "history": self._runtime.history is not None,
         }
         text = _templates.get_template(name).render(**page, **context)
         return web.Response(text=text, content_type="text/html")
