@@ -217,10 +217,11 @@ def _print_rows(rows: Sequence[Recorded]) -> None:
         fields = " ".join(f"{name}={value}" for name, value in row.fields.items())
         sent = " (as sent)" if row.as_sent else ""
         repeats = f" x{row.repeats}" if row.repeats > 1 else ""
+        why = f" ({row.reason})" if row.reason and row.reason != row.outcome else ""
         print(
             printable(
                 f"{iso(row.at)}  {row.replica}  {row.route}  {row.outcome}"
-                f"{f' ({row.reason})' if row.reason else ''}{repeats}  status {row.status}  "
+                f"{why}{repeats}  status {row.status}  "
                 f"{fields}{sent}  client {row.client}  request {row.request_id}"
             )
         )

@@ -209,7 +209,8 @@ def _timeline(
             if row.outcome in (Outcome.DUPLICATE, Outcome.QUEUED)
             else False
         )
-        text = f"{row.outcome}{f' ({row.reason})' if row.reason else ''}{_what(row)}"
+        why = f" ({row.reason})" if row.reason and row.reason != row.outcome else ""
+        text = f"{row.outcome}{why}{_what(row)}"
         if row.repeats > 1:
             text += f", {row.repeats} times from {row.client}"
         moments.append(Moment(row.at, text, row.request_id, good))
