@@ -259,24 +259,27 @@ def test_walkthrough_postback_matches_the_route_and_the_lb_port() -> None:
 
 
 @pytest.mark.process
-def test_walkthrough_queue_command_is_one_the_cli_accepts(tmp_path: Path) -> None:
-    """Run as written, against a PostgreSQL that is not there: the CLI parses it and gets as
-    far as opening the store (an argument in the wrong place would stop it earlier)."""
-    [exec_command] = [command for command in walkthrough() if " exec " in command]
-    words = shlex.split(exec_command)
-    assert words[:4] == ["docker", "compose", "exec", "gateway-2"]
-    assert words[4:7] == ["python", "-m", "gateway"]
-    arguments = words[7:]
-    assert arguments[arguments.index("--config") + 1] == container_config_path()
-    arguments[arguments.index("--config") + 1] = str(GATEWAY_YAML)
-    nowhere = f"postgresql://gateway:{PASSWORD}@127.0.0.1:{free_port()}/gateway"
-    result = subprocess.run(
-        [sys.executable, "-m", "gateway", *arguments],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=command_env(SECRET, STORE_URL=nowhere, ADMIN_TOKEN=ADMIN_TOKEN),
-    )
-    assert "cannot open the store" in result.stdout, result.stderr
-    assert PASSWORD not in result.stdout + result.stderr
+def test_walkthrough_exec_commands_are_ones_the_cli_accepts(tmp_path: Path) -> None:
+    """Run as written (`queue stats`, `history trace`), against a PostgreSQL that is not
+    there: the CLI parses each and gets as far as opening the store (an argument in the wrong
+    place would stop it earlier)."""
+    exec_commands = [command for command in walkthrough() if " exec " in command]
+    assert [shlex.split(command)[7] for command in exec_commands] == ["queue", "history"]
+    for exec_command in exec_commands:
+        words = shlex.split(exec_command)
+        assert words[:4] == ["docker", "compose", "exec", "gateway-2"]
+        assert words[4:7] == ["python", "-m", "gateway"]
+        arguments = words[7:]
+        assert arguments[arguments.index("--config") + 1] == container_config_path()
+        arguments[arguments.index("--config") + 1] = str(GATEWAY_YAML)
+        nowhere = f"postgresql://gateway:{PASSWORD}@127.0.0.1:{free_port()}/gateway"
+        result = subprocess.run(
+            [sys.executable, "-m", "gateway", *arguments],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=command_env(SECRET, STORE_URL=nowhere, ADMIN_TOKEN=ADMIN_TOKEN),
+        )
+        assert "cannot open the store" in result.stdout + result.stderr, result.stderr
+        assert PASSWORD not in result.stdout + result.stderr
