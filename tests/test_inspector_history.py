@@ -17,10 +17,10 @@ from urllib.parse import urlencode
 import aiohttp
 import pytest
 
+from gateway.config import duration_words
 from gateway.history.budget import PER_ADDRESS
 from gateway.history.recorder import Recorder
 from gateway.history.search import Recorded, Search
-from gateway.inspector.asked import window_words
 from gateway.inspector.recorded import original_of
 from tests.conftest import SECRET, UpstreamFactory
 from tests.support.gatewayconfig import gateway_config, route, upstream
@@ -168,10 +168,11 @@ def test_a_duplicate_repeats_the_latest_delivery_of_its_event(
         (7200, "2 hours"),
         (90, "90 seconds"),
         (1.5, "1.5 seconds"),
+        (1, "1 second"),
     ],
 )
 def test_a_window_is_said_in_words(seconds: float, said: str) -> None:
-    assert window_words(seconds) == said
+    assert duration_words(seconds) == said
 
 
 # -- the search and one recorded postback ------------------------------------------------------

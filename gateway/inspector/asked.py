@@ -95,15 +95,6 @@ def user_asked(query: Mapping[str, str]) -> tuple[str, str] | None:
     return asked[0] if asked else None
 
 
-def window_words(seconds: float) -> str:
-    """How a `since` is said in the trace's sentence: "7 days", "12 hours", "90 seconds"."""
-    for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60)):
-        if seconds >= size and seconds % size == 0:
-            count = int(seconds // size)
-            return f"{count} {unit}{'s' if count != 1 else ''}"
-    return f"{seconds:g} seconds"
-
-
 def _text(query: Mapping[str, str], name: str) -> str:
     value = query.get(name, "").strip()
     if len(value) > MAX_VALUE_CHARS:  # longer than any value the history keeps

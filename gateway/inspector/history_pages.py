@@ -17,13 +17,14 @@ from urllib.parse import urlencode
 
 from aiohttp import web
 
+from ..config import duration_words
 from ..durable.outbox import StoreError
 from ..errors import Outcome
 from ..history.search import Recorded, Search
 from ..history.store import HistoryStore
 from ..history.trace import user_trace
 from ..runtime import Runtime
-from .asked import BadParameter, search_asked, since_asked, user_asked, window_words
+from .asked import BadParameter, search_asked, since_asked, user_asked
 from .present import OUTCOMES, curl_line, steps
 from .recorded import entry_of, original_of, page_of, query_of, row_of, trace_of
 
@@ -81,7 +82,7 @@ class HistoryPages:
                 telegram_id=value if name == "telegram_id" else None,
                 ymid=value if name == "ymid" else None,
                 since=time.time() - seconds,
-                window=window_words(seconds),
+                window=duration_words(seconds),
             )
             context["found"] = found
             context["search"] = "/history?" + urlencode({name: value, "since": since_text})
