@@ -142,6 +142,16 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
         yield session
 
 
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def store_at(request: pytest.FixtureRequest, tmp_path: Path) -> str | Path:
+    """Where the store is kept, once of each kind: an SQLite file, or a database on the test
+    PostgreSQL (a test asking for it runs twice, the second marked postgres)."""
+    if request.param == "sqlite":
+        return tmp_path / "gw.db"
+    url: str = request.getfixturevalue("postgres_url")
+    return url
+
+
 @pytest.fixture
 def db_path(tmp_path: Path) -> Path:
     return tmp_path / "gateway.db"

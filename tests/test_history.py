@@ -32,14 +32,6 @@ from tests.test_pipeline import CLICK, get
 USER = {**CLICK, "telegram_id": "123456"}
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def store_at(request: pytest.FixtureRequest, tmp_path: Path) -> str | Path:
-    if request.param == "sqlite":
-        return tmp_path / "gw.db"
-    url: str = request.getfixturevalue("postgres_url")
-    return url
-
-
 def history_of(gateway: RunningGateway) -> Recorder:
     assert gateway.runtime.history is not None
     return gateway.runtime.history

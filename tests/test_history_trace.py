@@ -7,7 +7,6 @@ import time
 from pathlib import Path
 
 import aiohttp
-import pytest
 
 from gateway.history.trace import user_trace
 from tests.conftest import GatewayFactory, RunningGateway
@@ -19,14 +18,6 @@ from tests.test_pipeline import get
 
 WEEK = 7 * 86400
 CLOCK = r"\d\d:\d\d:\d\d"
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def store_at(request: pytest.FixtureRequest, tmp_path: Path) -> str | Path:
-    if request.param == "sqlite":
-        return tmp_path / "gw.db"
-    url: str = request.getfixturevalue("postgres_url")
-    return url
 
 
 def config(app: RecordingUpstream, store: str | Path) -> str:

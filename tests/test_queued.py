@@ -28,15 +28,6 @@ from tests.test_pipeline import CLICK, get
 FAST_RETRIES = {"retry_base": "50ms", "retry_cap": "200ms"}
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def store_at(request: pytest.FixtureRequest, tmp_path: Path) -> str | Path:
-    """Where the queue is kept: an SQLite file, or a database on the test PostgreSQL."""
-    if request.param == "sqlite":
-        return tmp_path / "gw.db"
-    url: str = request.getfixturevalue("postgres_url")
-    return url
-
-
 def queued_yaml(upstreams: list[str], store: str | Path, **queue: object) -> str:
     """One queued route in front of `upstreams`, retrying fast, its queue kept in `store`."""
     return gateway_config(

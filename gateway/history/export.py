@@ -12,28 +12,18 @@ from __future__ import annotations
 import csv
 import io
 from collections.abc import AsyncIterator, Iterable
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 
-from .search import FIELD_COLUMNS, Recorded, Search
+from .search import COLUMNS, FIELD_COLUMNS, Recorded, Search
 from .store import HistoryStore
 
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
-CSV_COLUMNS = (
-    "time",
-    "replica",
-    "route",
-    "request_id",
-    "caller_request_id",
-    "client",
-    "outcome",
-    "reason",
-    "status",
-    *FIELD_COLUMNS,
-    "repeats",
-)
+# a row's columns, its time written out, without what only the gateway reads
+CSV_COLUMNS = ("time", *(name for name in COLUMNS[1:] if name not in ("dedup_key", "detail")))
 PAGE = 1000
 LAST_ID = 2**63 - 1  # the first page: before every id
 
@@ -90,20 +80,7 @@ async def pages(store: HistoryStore, search: Search) -> AsyncIterator[list[Recor
     """Every row the search matches, newest first, a page at a time (no limit)."""
     before = LAST_ID
     while True:
-        page = await store.search(
-            Search(
-                telegram_id=search.telegram_id,
-                ymid=search.ymid,
-                request_id=search.request_id,
-                route=search.route,
-                outcome=search.outcome,
-                reason=search.reason,
-                since=search.since,
-                until=search.until,
-                limit=PAGE,
-                before_id=before,
-            )
-        )
+        page = await store.search(replace(search, limit=PAGE, before_id=before))
         if not page:
             return
         yield page
