@@ -1,7 +1,7 @@
 """`monetag-gateway history ...`: search the record of every postback, trace one user's
 rewards, export, reconcile with Monetag's statistics, and delete a user's records.
 
-Works on the store beside the running gateway (its SQLite file, or the PostgreSQL every
+Works on the history beside the running gateway (its SQLite file, or the PostgreSQL every
 replica writes), so every replica's postbacks are found from any one. Times are UTC. What came
 from a sender or an app is printed with control characters escaped (`shown.printable`).
 """
@@ -18,7 +18,6 @@ from datetime import UTC, datetime
 
 from .config import DURATION_EXAMPLES, GatewayConfig, duration_words, parse_duration
 from .durable.outbox import StoreError
-from .durable.service import open_outbox
 from .history.export import csv_lines, iso, json_lines, pages
 from .history.search import MAX_LIMIT, Recorded, Search
 from .history.sql import GROUPS
@@ -122,14 +121,12 @@ async def _run(
     config: GatewayConfig, args: argparse.Namespace, since: float | None, until: float | None
 ) -> int:
     assert config.store is not None
-    outbox = open_outbox(config.store)
+    history = history_store(config.store)
     try:
-        await outbox.open()
-        history = history_store(config.store, outbox)
         await history.open()
     except StoreError as error:
         print(f"cannot open the store: {error}", file=sys.stderr)
-        await outbox.close()
+        await history.close()
         return 2
     try:
         return await _action(history, args, since, until)
@@ -138,7 +135,6 @@ async def _run(
         return 2
     finally:
         await history.close()
-        await outbox.close()
 
 
 async def _action(

@@ -146,7 +146,7 @@ class Runtime:
             assert self.config.store is not None
             if self.config.history.enabled:
                 history = Recorder(
-                    history_store(self.config.store, self.store.outbox),
+                    history_store(self.config.store),
                     self.metrics,
                     retention=self.config.history.retention,
                     names_of=self._aliases_of,

@@ -3,7 +3,9 @@ PostgreSQL; the serving path never waits on it and a failing history drops, coun
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
+import threading
 import time
 from pathlib import Path
 
@@ -18,6 +20,7 @@ from gateway.deadline import Deadline
 from gateway.history.budget import PER_ADDRESS
 from gateway.history.recorder import Recorder
 from gateway.history.search import Recorded, Search
+from gateway.history.sqlite_history import history_path
 from gateway.metrics import Metrics
 from gateway.runtime import Runtime
 from gateway.serving.app import public_runner
@@ -144,8 +147,9 @@ async def test_the_key_is_never_recorded(
     await get(http, url, {**USER, "event": "nope"})
     await get(http, url, {"token": SECRET[:-1] + "x", "uid": "u3"})
     assert len(await search(gateway)) == 4
-    dump = "\n".join(sqlite3.connect(tmp_path / "gw.db").iterdump())
-    assert SECRET not in dump and SECRET[:-1] not in dump
+    for file in (tmp_path / "gw.db", history_path(str(tmp_path / "gw.db"))):
+        dump = "\n".join(sqlite3.connect(file).iterdump())
+        assert SECRET not in dump and SECRET[:-1] not in dump
 
 
 async def test_a_flood_of_unauthenticated_postbacks_is_aggregated(
@@ -190,7 +194,7 @@ async def test_a_failing_history_drops_counted_and_postbacks_flow(
 
 async def drop_history_table(store_at: str | Path) -> None:
     if isinstance(store_at, Path):
-        with sqlite3.connect(store_at) as connection:
+        with sqlite3.connect(history_path(str(store_at))) as connection:
             connection.execute("DROP TABLE history")
         return
     connection = await asyncpg.connect(store_at)
@@ -216,7 +220,7 @@ async def test_what_is_buffered_at_shutdown_is_written(
         await get(http, url, {**USER, "uid": f"u{number}"})
     await runner.cleanup()
     await runtime.close(Deadline(5))
-    with sqlite3.connect(tmp_path / "gw.db") as connection:
+    with sqlite3.connect(history_path(str(tmp_path / "gw.db"))) as connection:
         assert connection.execute("SELECT COUNT(*) FROM history").fetchone() == (3,)
 
 
@@ -334,3 +338,32 @@ async def test_get_finds_a_postback_by_our_request_id_never_by_the_callers(
     assert found is not None and (found.request_id, found.fields["ymid"]) == (ours, "user-1")
     assert len(await history.store.search(Search(request_id=ours))) == 2  # the search: both
     assert await history.store.get("0" * 20) is None
+
+
+def test_the_history_is_kept_beside_the_store_file() -> None:
+    assert history_path("/var/lib/monetag-gateway/gateway.db") == (
+        "/var/lib/monetag-gateway/gateway.history.db"
+    )
+    assert history_path("state/gw") == "state/gw.history"
+
+
+async def test_a_history_commit_never_holds_the_stores_writes(
+    start_upstream, start_gateway: GatewayFactory, http: aiohttp.ClientSession, tmp_path: Path
+):
+    """The history's SQLite writer is busy (a batch that does not end until released): a
+    postback on a store route, whose dedup key the store writes, is answered all the same."""
+    gateway = await start_gateway(two_routes(start_upstream(), tmp_path / "gw.db"))
+    released = threading.Event()
+    history = history_of(gateway)
+    writer = history.store._writer  # type: ignore[attr-defined]
+    held = asyncio.create_task(writer.run(lambda connection: released.wait(30)))
+    try:
+        answered = await asyncio.wait_for(get(http, gateway.postback_url(), USER), 10)
+        queued = await asyncio.wait_for(
+            get(http, gateway.postback_url("/postback/queued"), {**USER, "uid": "q"}), 10
+        )
+    finally:
+        released.set()
+        await held
+    assert answered[:2] == (200, "forwarded") and queued[:2] == (200, "queued")
+    assert len(await search(gateway)) == 2  # and both are recorded once it is free

@@ -21,6 +21,7 @@ from gateway.config import duration_words
 from gateway.history.budget import PER_ADDRESS
 from gateway.history.recorder import Recorder
 from gateway.history.search import Recorded, Search
+from gateway.history.sqlite_history import history_path
 from gateway.inspector.recorded import original_of
 from tests.conftest import SECRET, UpstreamFactory
 from tests.support.gatewayconfig import gateway_config, route, upstream
@@ -459,7 +460,7 @@ async def test_a_history_that_fails_gives_a_503_page_not_a_traceback(
     site = await start_site(history_config(app, tmp_path / "gw.db"), app)
     reply = await send(site, "gone-1", telegram_id="4001")
     await history_of(site).flush()
-    with sqlite3.connect(tmp_path / "gw.db") as connection:
+    with sqlite3.connect(history_path(str(tmp_path / "gw.db"))) as connection:
         connection.execute("DROP TABLE history")
     for path in (
         "/history?telegram_id=4001",

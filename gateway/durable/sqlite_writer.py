@@ -77,7 +77,6 @@ class _Job(Generic[T]):
     operation: Callable[[sqlite3.Connection], T]
     loop: asyncio.AbstractEventLoop
     future: asyncio.Future[T]
-    optional: bool = False  # its own failure says nothing of the store's availability
 
 
 class SqliteWriter:
@@ -142,17 +141,13 @@ class SqliteWriter:
             os.close(self._lock)  # the kernel lets go of the lock with the descriptor
             self._lock = None
 
-    async def run(
-        self, operation: Callable[[sqlite3.Connection], T], *, optional: bool = False
-    ) -> T:
-        """Run `operation` in the next committed batch; raises StoreError if not committed.
-        `optional`: a write the gateway serves without (the history), whose failure alone
-        does not make the store unavailable; a failed commit still does."""
+    async def run(self, operation: Callable[[sqlite3.Connection], T]) -> T:
+        """Run `operation` in the next committed batch; raises StoreError if not committed."""
         if self._thread is None:
             raise StoreError("store is closed")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
-        self._jobs.put(_Job(operation, loop, future, optional))
+        self._jobs.put(_Job(operation, loop, future))
         return await future
 
     def _serve(self, loop: asyncio.AbstractEventLoop, ready: asyncio.Future[None]) -> None:
@@ -215,10 +210,8 @@ class SqliteWriter:
                     connection.execute("ROLLBACK TO operation")
                     connection.execute("RELEASE operation")
                     raised = _as_store_error(error)
-                    store_failed |= (
-                        not job.optional
-                        and isinstance(raised, StoreError)
-                        and not isinstance(raised, StoreRefusedContent)
+                    store_failed |= isinstance(raised, StoreError) and not isinstance(
+                        raised, StoreRefusedContent
                     )
                     outcomes.append((None, raised))
             connection.execute("COMMIT")

@@ -1,10 +1,13 @@
-"""The history in the embedded SQLite file, beside the outbox.
+"""The history in an SQLite file of its own, beside the store's (`gateway.db` ->
+`gateway.history.db`), with its own writer thread.
 
-Writes go through the outbox's writer thread (`SqliteWriter`): a batch of history rows is one
-job of a group commit, in its own savepoint, so a failing history write sinks neither the
-outbox's writes in that commit nor the store's availability. Reads use a connection of their
-own in a worker thread (WAL lets them run beside the writer), so a search never waits behind a
-commit, nor a commit behind a search.
+Its own file, because at millions of rows a batch of a thousand postbacks takes a quarter of a
+second to commit (the ymid and telegram_id indexes put each row on a different page; measured
+in bench/README.md): in the store's file it would hold the outbox's and the dedup keys' writes
+for that long, and every postback on a store route would wait. Apart, the history's commits
+never delay the store's, and its failures (a corrupt table, its own disk quota) never mark the
+store unavailable. Reads use a connection of their own in a worker thread (WAL lets them run
+beside the writer), so a search never waits behind a commit, nor a commit behind a search.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import sqlite3
 import threading
 from collections.abc import Callable, Sequence
 from functools import partial
+from pathlib import Path
 from typing import Any, TypeVar
 
 import orjson
@@ -35,24 +39,35 @@ from .search import (
 
 T = TypeVar("T")
 DAY = "strftime('%Y-%m-%d', at, 'unixepoch')"
+SCHEMA = "".join(f"{statement};\n" for statement in sql.tables("INTEGER PRIMARY KEY", "REAL"))
+
+
+def history_path(store_path: str) -> str:
+    """Where the history of the store at `store_path` is kept: beside it, `.history` before
+    its extension (`/var/lib/monetag-gateway/gateway.db` -> `.../gateway.history.db`)."""
+    store = Path(store_path)
+    return str(store.with_name(f"{store.stem}.history{store.suffix}"))
 
 
 class SqliteHistory:
-    def __init__(self, writer: SqliteWriter) -> None:
-        self._writer = writer
+    def __init__(self, store_path: str) -> None:
+        self.path = history_path(store_path)
+        self._writer = SqliteWriter(self.path, SCHEMA)
         self._reader: sqlite3.Connection | None = None
         self._reading = threading.Lock()  # one connection, used by one worker at a time
 
     async def open(self) -> None:
-        await self._writer.run(_create)
+        await self._writer.open()
+        await self._writer.run(_create)  # a file from before a table was added
 
     async def close(self) -> None:
+        await self._writer.close()
         if self._reader is not None:
             reader, self._reader = self._reader, None
             reader.close()
 
     async def write(self, rows: Sequence[Row], deliveries: Sequence[DeliveryRow]) -> None:
-        await self._writer.run(partial(_write, rows, deliveries), optional=True)
+        await self._writer.run(partial(_write, rows, deliveries))
 
     async def search(self, search: Search) -> list[Recorded]:
         statement = sql.select(search, sql.qmark)
@@ -78,7 +93,7 @@ class SqliteHistory:
         return await self._writer.run(partial(_purge, column, value))
 
     async def expire(self, older_than: float, limit: int) -> int:
-        return await self._writer.run(partial(_expire, older_than, limit), optional=True)
+        return await self._writer.run(partial(_expire, older_than, limit))
 
     async def report(self, groups: Sequence[str], search: Search) -> list[ReportLine]:
         statement = sql.report(groups, DAY, "REAL", search, sql.qmark)

@@ -1,8 +1,8 @@
 """What a history store does, whichever the config names (`store.path` or `store.url`).
 
-Every method raises StoreError when the store fails. Writes never touch the outbox's
-availability: a failing history is counted and logged by the recorder, and readiness does
-not depend on it.
+Every method raises StoreError when the store fails. Nothing here touches the outbox or its
+availability: a failing history is counted and logged by the recorder, and readiness does not
+depend on it.
 """
 
 from __future__ import annotations
@@ -11,8 +11,6 @@ from collections.abc import Sequence
 from typing import Protocol
 
 from ..config import StoreConfig
-from ..durable.outbox import Outbox
-from ..durable.sqlite_outbox import SqliteOutbox
 from .rows import DeliveryRow, Row
 from .search import LaterDelivery, Recorded, ReportLine, Search
 
@@ -43,13 +41,13 @@ class HistoryStore(Protocol):
     async def report(self, groups: Sequence[str], search: Search) -> list[ReportLine]: ...
 
 
-def history_store(config: StoreConfig, outbox: Outbox) -> HistoryStore:
-    """The history beside the outbox: in the same SQLite file (written by the outbox's writer
-    thread, in its batches), or in the same PostgreSQL database (a small pool of its own)."""
+def history_store(config: StoreConfig) -> HistoryStore:
+    """The history beside the store: an SQLite file of its own next to the store's (with its
+    own writer thread), or the same PostgreSQL database (with a small pool of its own)."""
     from .postgres_history import PostgresHistory
     from .sqlite_history import SqliteHistory
 
-    if isinstance(outbox, SqliteOutbox):
-        return SqliteHistory(outbox.store)
-    assert config.url is not None
-    return PostgresHistory(config.url)
+    if config.url is not None:
+        return PostgresHistory(config.url)
+    assert config.path is not None  # the config reader requires one of the two
+    return SqliteHistory(config.path)
