@@ -8,6 +8,7 @@ with COPY, one round trip per batch.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
@@ -17,7 +18,7 @@ import orjson
 
 from ..config.model import PostgresUrl
 from ..durable.outbox import StoreError
-from ..durable.postgres_outbox import ADVISORY_LOCK, COMMAND_TIMEOUT, CONNECT_TIMEOUT, FAILURES
+from ..durable.postgres_outbox import ADVISORY_LOCK, CONNECT_TIMEOUT, FAILURES
 from . import sql
 from .rows import DeliveryRow, Row
 from .search import (
@@ -31,6 +32,10 @@ from .search import (
 )
 
 POOL_SIZE = 2  # the recorder's batches and the pages' searches
+# a report or an export reads every row of its window: at 10 million postbacks a month's report
+# takes longer than the outbox's 5 s (bench/README.md), and no postback waits on it
+HISTORY_COMMAND_TIMEOUT = 120.0
+CLOSE_SECONDS = 5.0
 DAY = "to_char(to_timestamp(at) AT TIME ZONE 'UTC', 'YYYY-MM-DD')"
 REAL = "DOUBLE PRECISION"
 IDENTITY = "BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY"
@@ -48,7 +53,7 @@ class PostgresHistory:
                 min_size=0,
                 max_size=POOL_SIZE,
                 timeout=CONNECT_TIMEOUT,
-                command_timeout=COMMAND_TIMEOUT,
+                command_timeout=HISTORY_COMMAND_TIMEOUT,
             )
         except FAILURES as error:
             raise StoreError(f"cannot open the history at {self._url.shown}: {error}") from None
@@ -65,8 +70,11 @@ class PostgresHistory:
     async def close(self) -> None:
         if self._pool is not None:
             pool, self._pool = self._pool, None
-            with contextlib.suppress(*FAILURES, TimeoutError):
-                await pool.close()
+            try:
+                async with asyncio.timeout(CLOSE_SECONDS):  # a report may still be running
+                    await pool.close()
+            except (*FAILURES, TimeoutError):
+                pool.terminate()
 
     async def write(self, rows: Sequence[Row], deliveries: Sequence[DeliveryRow]) -> None:
         async with self._connection() as connection, connection.transaction():
