@@ -97,3 +97,46 @@ def test_dedup_memory_script_reports_bytes_and_rates(tmp_path: Path) -> None:
     report = json.loads(output.read_text())
     assert report["events"] == 20000
     assert report["inserts_per_second"] > 0 and report["lookups_per_second"] > 0
+
+
+@pytest.mark.parametrize("store", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def test_history_search_script_times_every_lookup_and_counts_bytes(
+    tmp_path: Path, store: str
+) -> None:
+    output = tmp_path / "history.json"
+    result = subprocess.run(
+        [
+            sys.executable,
+            "bench/history_search.py",
+            "--records",
+            "20000",
+            "--store",
+            store,
+            "--lookups",
+            "20",
+            "--write-batches",
+            "2",
+            "--json",
+            str(output),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    report = json.loads(output.read_text())
+    measured = report["stores"][store]
+    assert len(measured["lookups"]) == 9
+    for name, timing in measured["lookups"].items():
+        assert name in result.stdout
+        assert timing["count"] == (10 if name.endswith("7 days") else 20), name
+        assert timing["failed"] == 0, (name, timing["error"])
+        assert 0 < timing["p50_ms"] <= timing["p99_ms"], name
+        assert timing["empty"] == 0 and timing["mean_rows"] >= 1, name  # each finds what it seeks
+    assert measured["lookups"]["newest, no filter"]["mean_rows"] == 100
+    per_postback = measured["bytes_per_postback"]
+    assert 500 < per_postback["all"] < 5000
+    assert per_postback["its indexes"] > 0 and per_postback["history table"] > 0
+    assert measured["write"]["rows_per_second"] > 0 and measured["write"]["batches"] == 2
+    assert "bytes per postback" in result.stdout and "write rows/s" in result.stdout
