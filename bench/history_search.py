@@ -16,7 +16,7 @@ the bytes a postback costs there, and what writing a batch costs at that size.
      X-Request-ID of 32 hex (what ingress-nginx adds by default).
 2. Loads them through the store's own `write`, LOAD_CHUNK rows a transaction, into the tables
    and indexes the store's `open` made (gateway/history/sql.py), so the indexes grow as they do
-   in service. SQLite: the gateway's writer thread (`SqliteOutbox(path).store`), with a larger
+   in service. SQLite: the history's own file and writer thread (`SqliteHistory`), with a larger
    page cache for the load only; PostgreSQL: COPY, on a throwaway server started as the tests
    start theirs (tests/support/postgres.py), then VACUUM ANALYZE as autovacuum would.
 3. Reopens the store as the gateway does (SQLite: its default settings; no ANALYZE, which the
@@ -71,12 +71,11 @@ from common import machine  # noqa: E402
 
 from gateway.config.model import PostgresUrl  # noqa: E402
 from gateway.durable.outbox import StoreError  # noqa: E402
-from gateway.durable.sqlite_outbox import SqliteOutbox  # noqa: E402
 from gateway.history import postgres_history, sql, sqlite_history  # noqa: E402
 from gateway.history.postgres_history import PostgresHistory  # noqa: E402
 from gateway.history.rows import DeliveryRow, Row, delivery_row_of, row_of  # noqa: E402
 from gateway.history.search import FIELD_COLUMNS, Search  # noqa: E402
-from gateway.history.sqlite_history import SqliteHistory  # noqa: E402
+from gateway.history.sqlite_history import SqliteHistory, history_path  # noqa: E402
 from gateway.history.store import HistoryStore  # noqa: E402
 from gateway.record import RequestRecord, UpstreamAttempt  # noqa: E402
 from gateway.route import STEPS  # noqa: E402
@@ -401,7 +400,8 @@ class SqliteStore:
     name = "sqlite"
 
     def __init__(self, directory: Path) -> None:
-        self.path = directory / "history.db"
+        self.store_path = directory / "gateway.db"  # the store's file; the history is beside
+        self.path = Path(history_path(str(self.store_path)))
 
     async def load(self, postbacks: Postbacks) -> float:
         async with self._opened(SQLITE_LOAD_CACHE_KIB) as history:
@@ -414,17 +414,15 @@ class SqliteStore:
     async def _opened(self, cache_kib: int | None) -> AsyncIterator[HistoryStore]:
         """The store as a gateway opens it; `cache_kib`: the writer's page cache, if not the
         default (the file is the same either way)."""
-        writer = SqliteOutbox(str(self.path)).store
-        await writer.open()
-        history = SqliteHistory(writer)
+        history = SqliteHistory(str(self.store_path))
+        assert history.path == str(self.path)
         try:
             await history.open()
             if cache_kib is not None:
-                await writer.run(lambda c: c.execute(f"PRAGMA cache_size=-{cache_kib}"))
+                await history._writer.run(lambda c: c.execute(f"PRAGMA cache_size=-{cache_kib}"))
             yield history
         finally:
-            await history.close()
-            await writer.close()  # the last connection: SQLite checkpoints and drops the WAL
+            await history.close()  # its writer, the last connection: the WAL is checkpointed
 
     async def sizes(self) -> dict[str, int]:
         with contextlib.closing(sqlite3.connect(self.path)) as connection:
