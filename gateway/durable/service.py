@@ -135,8 +135,9 @@ class Store:
         return count
 
     async def close_deliveries(self, deadline: Deadline) -> None:
-        """Stop delivering: the attempts in flight finish (and are recorded) by the deadline.
-        The outbox stays open, for the history's last batch."""
+        """Stop delivering: the attempts in flight finish (and are recorded) by the deadline,
+        so the history, closed after this, is told of every last one. `close` then closes the
+        outbox."""
         if self._deliveries_closed:
             return
         self._deliveries_closed = True

@@ -22,7 +22,6 @@ MAX_VALUE_CHARS = 512  # a sent value kept in a column; the query in `detail` is
 NamesOf = Callable[[str], Mapping[str, str]]  # a route's aliases: sent name -> canonical
 
 _CANONICAL = frozenset(CANONICAL_FIELDS)
-_FIELD_AT = {name: COLUMNS.index(name) for name in FIELD_COLUMNS}
 
 
 def row_of(
