@@ -15,12 +15,14 @@ import sys
 import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from pathlib import Path
 
 from .config import DURATION_EXAMPLES, GatewayConfig, duration_words, parse_duration
 from .durable.outbox import StoreError
 from .history.export import csv_lines, iso, json_lines, pages
 from .history.search import MAX_LIMIT, Recorded, Search
 from .history.sql import GROUPS
+from .history.sqlite_history import history_path
 from .history.store import HistoryStore, history_store
 from .history.trace import user_trace
 from .shown import printable, quoted
@@ -121,6 +123,14 @@ async def _run(
     config: GatewayConfig, args: argparse.Namespace, since: float | None, until: float | None
 ) -> int:
     assert config.store is not None
+    if config.store.path is not None and not Path(history_path(config.store.path)).exists():
+        # reading must not create an empty history where the gateway does not keep one
+        print(
+            f"no history at {history_path(config.store.path)}: the gateway has not written "
+            "one there (is store.path, e.g. $GATEWAY_STORE, the running gateway's?)",
+            file=sys.stderr,
+        )
+        return 2
     history = history_store(config.store)
     try:
         await history.open()

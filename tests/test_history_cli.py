@@ -194,3 +194,15 @@ def test_the_real_gateway_on_uvloop_keeps_its_history_through_a_stop(
     assert sorted(line.split("ymid=")[1].split()[0] for line in found.stdout.splitlines()) == [
         f"u{number}" for number in range(5)
     ]
+
+
+def test_reading_a_history_that_is_not_there_creates_none(
+    config_file: Path, capsys: pytest.CaptureFixture[str], tmp_path: Path
+):
+    """`history` on a store path the gateway never wrote (GATEWAY_STORE not the gateway's):
+    a clear refusal, and no empty store left behind to be found later."""
+    capsys.readouterr()
+    assert main(["history", "--config", str(config_file), "search", "--ymid", "x"]) == 2
+    said = capsys.readouterr()
+    assert said.err.startswith(f"no history at {tmp_path / 'gw.history.db'}: "), said
+    assert not (tmp_path / "gw.history.db").exists() and not (tmp_path / "gw.db").exists()
