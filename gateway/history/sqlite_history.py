@@ -1,13 +1,14 @@
 """The history in an SQLite file of its own, beside the store's (`gateway.db` ->
 `gateway.history.db`), with its own writer thread.
 
-Its own file, because at millions of rows a batch of a thousand postbacks takes a quarter of a
-second to commit (the ymid and telegram_id indexes put each row on a different page; measured
-in bench/README.md): in the store's file it would hold the outbox's and the dedup keys' writes
-for that long, and every postback on a store route would wait. Apart, the history's commits
-never delay the store's, and its failures (a corrupt table, its own disk quota) never mark the
-store unavailable. Reads use a connection of their own in a worker thread (WAL lets them run
-beside the writer), so a search never waits behind a commit, nor a commit behind a search.
+Its own file, because at millions of rows a batch of a thousand postbacks takes a fifth to a
+quarter of a second to commit (the ymid and telegram_id indexes put each row on a different
+page; measured in bench/README.md): in the store's file it would hold the outbox's and the
+dedup keys' writes for that long, and every postback on a store route would wait. Apart, the
+history's commits never delay the store's, and its failures (a corrupt table, its own disk
+quota) never mark the store unavailable. Reads use a connection of their own in a worker
+thread (WAL lets them run beside the writer), so a search never waits behind a commit, nor a
+commit behind a search.
 """
 
 from __future__ import annotations
