@@ -223,7 +223,7 @@ class PostgresOutbox:
         except FAILURES as error:
             await self.close()
             raise StoreError(
-                f"cannot open the store at {self._url.shown}: {_describe(error)}"
+                f"cannot open the store at {self._url.shown}: {describe(error)}"
             ) from None
         except StoreError as error:
             await self.close()
@@ -533,7 +533,7 @@ class PostgresOutbox:
             try:
                 connection = await asyncpg.connect(str(self._url), timeout=CONNECT_TIMEOUT)
             except FAILURES as error:
-                log.warning("store listener cannot connect", extra={"detail": _describe(error)})
+                log.warning("store listener cannot connect", extra={"detail": describe(error)})
                 await asyncio.sleep(LISTEN_RETRY_SECONDS)
                 continue
             try:
@@ -542,7 +542,7 @@ class PostgresOutbox:
                 self._notified()  # anything that became due while not listening
                 await lost.wait()
             except FAILURES as error:
-                log.warning("store listener lost", extra={"detail": _describe(error)})
+                log.warning("store listener lost", extra={"detail": describe(error)})
             finally:
                 with contextlib.suppress(*FAILURES):
                     await connection.close(timeout=1)
@@ -560,10 +560,10 @@ class PostgresOutbox:
             async with self._pool.acquire(timeout=CONNECT_TIMEOUT) as connection:
                 yield connection
         except asyncpg.DataError as error:  # a value it cannot take: the server is fine
-            raise StoreRefusedContent(_describe(error)) from None
+            raise StoreRefusedContent(describe(error)) from None
         except FAILURES as error:
-            self.availability.set(False, _describe(error))
-            raise StoreError(_describe(error)) from None
+            self.availability.set(False, describe(error))
+            raise StoreError(describe(error)) from None
         self.availability.set(True)
 
     @property
@@ -634,6 +634,6 @@ def _count(status: str) -> int:
     return int(status.rsplit(" ", 1)[-1]) if status and status[-1].isdigit() else 0
 
 
-def _describe(error: BaseException) -> str:
+def describe(error: BaseException) -> str:
     text = str(error) or type(error).__name__
     return f"{type(error).__name__}: {text}"[:300]

@@ -18,7 +18,7 @@ import orjson
 
 from ..config.model import PostgresUrl
 from ..durable.outbox import StoreError
-from ..durable.postgres_outbox import ADVISORY_LOCK, CONNECT_TIMEOUT, FAILURES
+from ..durable.postgres_outbox import ADVISORY_LOCK, CONNECT_TIMEOUT, FAILURES, describe
 from . import sql
 from .rows import DeliveryRow, Row
 from .search import (
@@ -60,9 +60,7 @@ class PostgresHistory:
         async with self._connection() as connection:
             await connection.execute("SELECT pg_advisory_lock($1)", ADVISORY_LOCK)
             try:
-                for statement in sql.tables(
-                    "BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY", REAL
-                ):
+                for statement in sql.tables(IDENTITY, REAL):
                     await connection.execute(statement)
             finally:
                 await connection.execute("SELECT pg_advisory_unlock($1)", ADVISORY_LOCK)
@@ -133,7 +131,7 @@ class PostgresHistory:
             async with self._pool.acquire(timeout=CONNECT_TIMEOUT) as connection:
                 yield connection
         except (*FAILURES, TimeoutError, OSError) as error:
-            raise StoreError(f"history: {type(error).__name__}: {error}"[:300]) from None
+            raise StoreError(f"history: {describe(error)}") from None
 
 
 def _recorded(row: asyncpg.Record) -> Recorded:
