@@ -155,6 +155,17 @@ class Metrics:
             "Requests allow_ips would have rejected while the route is in log_only mode.",
             ("route",),
         )
+        self.allowlist_valid_key = CounterFamily(
+            "gateway_allowlist_refused_valid_key",
+            "Postbacks with the route's valid key from an address allow_ips does not list: "
+            "refused (mode=enforce: rewards lost now) or let in (mode=log_only).",
+            ("route", "mode"),
+        )
+        self.valued_postbacks = CounterFamily(
+            "gateway_valued_postbacks",
+            "Valued postbacks accepted (delivered to the app, or queued), by route.",
+            ("route",),
+        )
         self.deliveries = Counter(
             "gateway_deliveries",
             "Queued delivery attempts by result (delivered, retry, dead).",
@@ -209,6 +220,8 @@ class Metrics:
                     self.upstream_latency,
                     self.request_latency,
                     self.log_only,
+                    self.allowlist_valid_key,
+                    self.valued_postbacks,
                     self.dropped_parameters,
                 )
             )
@@ -250,6 +263,25 @@ class Metrics:
         )
         up.set_function(lambda: 1 if available() else 0)
 
+    def watch_readiness(self, ready: Callable[[], bool]) -> None:
+        """`gateway_ready`, read at scrape time: what /readyz says, as a number."""
+        gauge = Gauge(
+            "gateway_ready",
+            "1 while /readyz answers 200 (config loaded, store up, not draining), else 0.",
+            registry=self.registry,
+        )
+        gauge.set_function(lambda: 1 if ready() else 0)
+
+    def watch_certificate(self, expires: Callable[[], float]) -> None:
+        """`gateway_tls_certificate_expiry_timestamp_seconds`; only where the gateway
+        terminates TLS (`server.tls`)."""
+        gauge = Gauge(
+            "gateway_tls_certificate_expiry_timestamp_seconds",
+            "Unix time the certificate being served expires (its notAfter).",
+            registry=self.registry,
+        )
+        gauge.set_function(expires)
+
     def store_committed(self, ok: bool) -> None:
         """A store transaction committed, or failed (called from the store's writer thread:
         prometheus-client's counters are thread-safe)."""
@@ -272,6 +304,9 @@ class Metrics:
             self.dropped_parameters.inc(route, len(record.dropped))
         if record.let_in_by_log_only:
             self.log_only.inc(route)
+        if record.outside_allowlist and record.key_valid:
+            mode = "log_only" if record.let_in_by_log_only else "enforce"
+            self.allowlist_valid_key.inc((*route, mode))
         if outcome in REJECTIONS:
             reason = record.reason if record.reason in REJECTION_REASONS else "other"
             self.rejections.inc((*route, reason))
@@ -287,6 +322,7 @@ class Metrics:
         """Add a delivered valued event's price under its zone: a zone the route's config
         names (`match.zone_id`), one of the first MAX_ZONE_LABELS seen on the route, or
         `other` (a sender chooses zone ids: 2,000 of them made 2,000 series once)."""
+        self.valued_postbacks.inc((route,))
         try:
             amount = Decimal(price) if price else Decimal(0)
         except InvalidOperation:

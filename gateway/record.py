@@ -60,7 +60,11 @@ class RequestRecord:
     passed: list[str] = field(default_factory=list)  # the checks passed (route.STEPS)
     failed_check: str | None = None  # the check that refused it, if one did
     dedup_key: bytes | None = None  # once verified: which event it is (a duplicate's link)
+    outside_allowlist: bool = False  # its address is not in allow_ips (refused, or let in:)
     let_in_by_log_only: bool = False  # allow_ips would have refused it (allow_ips_mode: log_only)
+    # it carried the route's key, checked (a route without a key never sets it); checked for
+    # an address allow_ips refuses too, to tell Monetag's new addresses from a stranger's
+    key_valid: bool = False
     # where it went past the checks: "app" once forwarding began (a request may have been
     # written to it), "store" once a queued route began storing it
     handed_to: str | None = None

@@ -119,15 +119,31 @@ class CompiledRoute:
         assert client is not None  # resolved by the check before
         if self._allow_ips is None or client in self._allow_ips:
             return
-        if not self.allowlist_log_only:
-            raise AddressNotAllowed(f"{client} is not in allow_ips")
         record = checking.record
+        record.outside_allowlist = True
+        if not self.allowlist_log_only:
+            # still refused, but whether it held the key says who sent it: a stranger, or
+            # Monetag from an address the allowlist does not know yet (rewards being lost)
+            record.key_valid = self._carries_key(checking)
+            raise AddressNotAllowed(f"{client} is not in allow_ips")
         record.let_in_by_log_only = True
         record.detail = f"{client} is not in allow_ips (allow_ips_mode: log_only, let in)"
 
     def _check_secret(self, checking: Checking) -> None:
         if self._secret is not None:
             self._secret.verify(checking.arrival.query.pairs, checking.arrival.headers)
+            checking.record.key_valid = True
+
+    def _carries_key(self, checking: Checking) -> bool:
+        """Whether the request holds one of the route's keys (False on a route without one),
+        compared as the secret check does, in constant time."""
+        if self._secret is None:
+            return False
+        try:
+            self._secret.verify(checking.arrival.query.pairs, checking.arrival.headers)
+        except GatewayError:
+            return False
+        return True
 
     def _normalize(self, checking: Checking) -> None:
         postback = self.normalizer.normalize(

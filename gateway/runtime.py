@@ -128,6 +128,7 @@ class Runtime:
         # every postback, kept in the store (history/): made once the store is open
         self.history: Recorder | None = None
         self.metrics.watch_dedup(lambda: {name: len(dedup) for name, dedup in self.dedup.items()})
+        self.metrics.watch_readiness(lambda: self.readiness() == "ready")
 
     @property
     def gateway(self) -> Gateway:
@@ -137,6 +138,15 @@ class Runtime:
     @property
     def ready(self) -> bool:
         return self._gateway is not None and not self.draining
+
+    def readiness(self) -> str:
+        """What /readyz says (`ready` is the only 200): `ready`, `store_unavailable` (postbacks
+        would get 503 store_error), `draining` or `starting`; `gateway_ready` reads it too."""
+        if not self.ready:
+            return "draining" if self.draining else "starting"
+        if self.store is not None and not self.store.available:
+            return "store_unavailable"
+        return "ready"
 
     async def start(self) -> None:
         """Open the store if there is one (StoreError if it cannot be), then serve the config."""

@@ -18,6 +18,7 @@ import logging
 import os
 import ssl
 from collections.abc import Callable
+from typing import Any
 
 from .config import ConfigError, GatewayConfig
 from .config.model import TlsConfig
@@ -31,6 +32,16 @@ def server_context(config: TlsConfig) -> ssl.SSLContext:
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.load_cert_chain(config.cert_file, config.key_file)
     return context
+
+
+def expiry(cert_file: str) -> float:
+    """Unix time the file's (first) certificate expires; OSError or ssl.SSLError if it cannot
+    be read. The stdlib has no public way to read a certificate that is not a peer's, and the
+    `cryptography` package would be a dependency for one date: `_test_decode_cert` is the
+    decoder Python's own `getpeercert()` uses (there since Python 2.7), and
+    tests/test_listeners.py fails if it ever goes."""
+    decode: Callable[[str], dict[str, Any]] = ssl._ssl._test_decode_cert  # type: ignore[attr-defined]
+    return float(ssl.cert_time_to_seconds(decode(cert_file)["notAfter"]))
 
 
 def check_certificates(config: GatewayConfig) -> None:
@@ -61,6 +72,7 @@ class CertificateReloader:
         self._config = config
         self._on_reload = on_reload
         self.context = server_context(config)  # given to the listener, for good
+        self.expires = expiry(config.cert_file)  # the serving certificate's notAfter
         self._serving = self.context
         self.context.sni_callback = self._pick
         self._stamp = self._files_stamp()
@@ -84,7 +96,11 @@ class CertificateReloader:
             log.error("TLS certificate not reloaded", extra={"detail": describe_load_error(error)})
             self._on_reload(False)
             return False
-        self._stamp, self._serving = stamp, fresh
+        try:
+            expires = expiry(self._config.cert_file)
+        except (OSError, ssl.SSLError):  # replaced again since it loaded: tried at the next
+            return None
+        self._stamp, self._serving, self.expires = stamp, fresh, expires
         log.info("TLS certificate reloaded", extra={"cert_file": self._config.cert_file})
         self._on_reload(True)
         return True

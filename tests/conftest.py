@@ -142,6 +142,25 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
         yield session
 
 
+Sender = Callable[[str], aiohttp.ClientSession]
+
+
+@pytest.fixture
+async def sender() -> AsyncIterator[Sender]:
+    """`sender("127.0.0.7")`: a client whose connections come from that loopback address, a
+    real other sender as the gateway sees it (all of 127.0.0.0/8 is this machine's)."""
+    sessions: list[aiohttp.ClientSession] = []
+
+    def session_from(address: str) -> aiohttp.ClientSession:
+        connector = aiohttp.TCPConnector(local_addr=(address, 0))
+        sessions.append(aiohttp.ClientSession(connector=connector))
+        return sessions[-1]
+
+    yield session_from
+    for session in sessions:
+        await session.close()
+
+
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def store_at(request: pytest.FixtureRequest, tmp_path: Path) -> str | Path:
     """Where the store is kept, once of each kind: an SQLite file, or a database on the test

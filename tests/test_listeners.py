@@ -23,6 +23,7 @@ import pytest
 
 from tests.conftest import BOTH_LOOPS, UpstreamFactory
 from tests.support.gatewayconfig import gateway_config, upstream
+from tests.support.metrics import metric_sum
 from tests.support.processes import (
     REPO,
     SECRET,
@@ -32,7 +33,7 @@ from tests.support.processes import (
     http_get,
     spawn_gateway,
 )
-from tests.support.tlscerts import Certificate, make_certificate
+from tests.support.tlscerts import Certificate, make_certificate, not_after
 from tests.support.upstream import RecordingUpstream
 from tests.support.waiting import eventually
 
@@ -182,7 +183,8 @@ class Renewal:
 
 @pytest.fixture
 def renewal(tmp_path: Path, app: RecordingUpstream, run_gateway: Run) -> Renewal:
-    first, second = make_certificate(tmp_path, "first"), make_certificate(tmp_path, "second")
+    first = make_certificate(tmp_path, "first")
+    second = make_certificate(tmp_path, "second", days=30)
     live = Certificate(tmp_path / "live.crt", tmp_path / "live.key")
     install(first, live)
     port, admin = free_port(), free_port()
@@ -195,13 +197,16 @@ def test_public_port_serves_tls_and_picks_up_a_renewed_certificate(renewal: Rene
     first, second, live = renewal.first, renewal.second, renewal.live
     both = trusting(first, second)
 
+    expiry = "gateway_tls_certificate_expiry_timestamp_seconds"
     assert tls_get(port, both) == (200, der_of(first))
+    assert metric_sum(http_get(admin, "/metrics").body.decode(), expiry) == not_after(first)
     install(second, live)
     eventually(lambda: tls_get(port, both)[1] == der_of(second), 10, interval=0.1)  # renewed
     assert tls_get(port, trusting(second))[0] == 200
     assert '"TLS certificate reloaded"' in stdout.read_text()
     metrics = http_get(admin, "/metrics").body.decode()
     assert 'gateway_tls_certificate_reloads_total{result="success"} 1.0' in metrics
+    assert metric_sum(metrics, expiry) == not_after(second)  # 30 days on: the alert clears
 
 
 def test_a_certificate_that_does_not_load_leaves_the_old_one_serving(renewal: Renewal) -> None:

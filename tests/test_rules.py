@@ -146,3 +146,49 @@ async def test_overload_answers_503_with_retry_after(start_upstream, start_gatew
     await asyncio.gather(*(send(number) for number in range(5)))
     assert sorted(answers, key=str) == [(200, None)] * 2 + [(503, "1")] * 3
     assert len(app.received) == 2
+
+
+async def test_a_valid_key_from_outside_the_allowlist_is_counted_apart(
+    start_upstream, start_gateway, sender
+):
+    """Monetag's addresses changed (the key is right, the address unknown): the one refusal
+    that loses rewards, counted on its own; a stranger's wrong key from there is not."""
+    app = start_upstream()
+    gateway = await start_gateway(gateway_config(app.url, allow_ips=["127.0.0.1/32"]))
+    outside = sender("127.0.0.5")
+    assert (await get(outside, gateway.postback_url(), CLICK))[:2] == (403, "rejected")
+    wrong = {**CLICK, "token": "nope"}
+    assert (await get(outside, gateway.postback_url(), wrong))[:2] == (403, "rejected")
+    assert (await get(sender("127.0.0.1"), gateway.postback_url(), CLICK))[1] == "forwarded"
+    name = "gateway_allowlist_refused_valid_key_total"
+    assert sample(gateway, name, route="tapper", mode="enforce") == 1
+    assert sample(gateway, name, route="tapper", mode="log_only") == 0
+    assert app.count() == 1  # only the allowed one reached the app
+
+
+async def test_log_only_counts_the_valid_keys_enforcing_would_refuse(
+    start_upstream, start_gateway, sender
+):
+    app = start_upstream()
+    config = gateway_config(app.url, allow_ips=["127.0.0.1/32"], allow_ips_mode="log_only")
+    gateway = await start_gateway(config)
+    outside = sender("127.0.0.6")
+    assert (await get(outside, gateway.postback_url(), CLICK))[1] == "forwarded"
+    wrong = {**CLICK, "uid": "user-2", "token": "nope"}
+    assert (await get(outside, gateway.postback_url(), wrong))[:2] == (403, "rejected")
+    name = "gateway_allowlist_refused_valid_key_total"
+    assert sample(gateway, name, route="tapper", mode="log_only") == 1
+    assert sample(gateway, name, route="tapper", mode="enforce") == 0
+    assert sample(gateway, "gateway_allowlist_log_only_total", route="tapper") == 2
+
+
+async def test_accepted_valued_postbacks_are_counted_per_route(start_upstream, start_gateway, http):
+    """What the silence alert watches: valued postbacks the app took, not duplicates."""
+    app = start_upstream()
+    gateway = await start_gateway(gateway_config(app.url))
+    valued = {**CLICK, "reward_event_type": "valued", "estimated_price": "0"}
+    assert (await get(http, gateway.postback_url(), valued))[1] == "forwarded"
+    assert (await get(http, gateway.postback_url(), valued))[1] == "duplicate"
+    unpaid = {**CLICK, "uid": "user-2", "reward_event_type": "not_valued"}
+    assert (await get(http, gateway.postback_url(), unpaid))[1] == "forwarded"
+    assert sample(gateway, "gateway_valued_postbacks_total", route="tapper") == 1

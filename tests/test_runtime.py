@@ -204,3 +204,22 @@ async def test_a_twin_after_two_reloads_waits_for_the_postback_in_flight(
     assert (await first)[1] == "forwarded"
     assert twin[1] == "duplicate"
     assert len(app.received) == 1
+
+
+async def test_gateway_ready_says_what_readyz_says(start_upstream, start_gateway, http):
+    """The alert on readiness reads `gateway_ready`; it follows /readyz, draining included."""
+    gateway = await start_gateway(gateway_config(start_upstream().url))
+    runner = web.AppRunner(create_admin_app(gateway.runtime))
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    admin = f"http://127.0.0.1:{runner.addresses[0][1]}"
+    registry = gateway.runtime.metrics.registry
+    try:
+        for draining, status, ready in ((False, 200, 1.0), (True, 503, 0.0)):
+            gateway.runtime.draining = draining
+            async with http.get(f"{admin}/readyz") as response:
+                assert response.status == status
+            assert registry.get_sample_value("gateway_ready") == ready
+    finally:
+        gateway.runtime.draining = False
+        await runner.cleanup()

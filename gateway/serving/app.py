@@ -62,20 +62,13 @@ def create_admin_app(runtime: Runtime) -> web.Application:
         return web.json_response({"status": "alive"})
 
     async def readyz(request: web.Request) -> web.Response:
-        store = runtime.store
-        store_up = store is None or store.available
-        if runtime.ready and store_up:
-            status, code = "ready", 200
-        elif runtime.ready:
-            status, code = "store_unavailable", 503  # postbacks would get 503 store_error
-        else:
-            status, code = ("draining" if runtime.draining else "starting"), 503
+        status = runtime.readiness()
         body: dict[str, object] = {"status": status, "config_checksum": runtime.config.checksum}
-        if store is not None:
-            body["store"] = "up" if store_up else "down"
+        if runtime.store is not None:
+            body["store"] = "up" if runtime.store.available else "down"
         if runtime.restart_pending:  # keys of that config still waiting for a restart
             body["restart_pending"] = runtime.restart_pending
-        return web.json_response(body, status=code)
+        return web.json_response(body, status=200 if status == "ready" else 503)
 
     async def metrics(request: web.Request) -> web.Response:
         response = web.Response(body=generate_latest(runtime.metrics.registry))

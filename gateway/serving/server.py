@@ -41,6 +41,8 @@ async def serve(config: GatewayConfig, config_path: str) -> None:
     certificates = (
         CertificateReloader(server.tls, runtime.metrics.tls_reloaded) if server.tls else None
     )
+    if certificates is not None:
+        runtime.metrics.watch_certificate(lambda: certificates.expires)
     watcher = ConfigWatcher(config_path, runtime)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -20,8 +20,9 @@ class Certificate:
         return context
 
 
-def make_certificate(directory: Path, name: str) -> Certificate:
-    """A fresh EC key and a one-day self-signed certificate for localhost and 127.0.0.1."""
+def make_certificate(directory: Path, name: str, days: int = 1) -> Certificate:
+    """A fresh EC key and a self-signed certificate for localhost and 127.0.0.1, valid for
+    `days` (one, unless told)."""
     directory.mkdir(parents=True, exist_ok=True)
     cert, key = directory / f"{name}.crt", directory / f"{name}.key"
     subprocess.run(
@@ -35,7 +36,7 @@ def make_certificate(directory: Path, name: str) -> Certificate:
             "ec_paramgen_curve:prime256v1",
             "-nodes",
             "-days",
-            "1",
+            str(days),
             "-subj",
             f"/CN={name}",
             "-addext",
@@ -49,3 +50,14 @@ def make_certificate(directory: Path, name: str) -> Certificate:
         capture_output=True,
     )
     return Certificate(cert, key)
+
+
+def not_after(certificate: Certificate) -> float:
+    """When it expires, as openssl reads it (Unix time)."""
+    out = subprocess.run(
+        ["openssl", "x509", "-noout", "-enddate", "-in", str(certificate.cert_file)],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    return float(ssl.cert_time_to_seconds(out.strip().removeprefix("notAfter=")))
