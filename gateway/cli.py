@@ -1,4 +1,5 @@
-"""`monetag-gateway run | check | health | fire | queue | history`: the operator's commands."""
+"""The operator's commands: `monetag-gateway run | check | health | fire | queue | history |
+allowlist`."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import sys
 import urllib.request
 from collections.abc import Sequence
 
-from . import history_cli, queue_cli
+from . import allowlist_cli, history_cli, queue_cli
 from .config import ConfigError, ListenAddress, load_config
 from .durable.outbox import StoreError
 from .fire import FireError, fire
@@ -33,6 +34,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ("fire", "send a postback like Monetag would and show each step's verdict"),
         ("queue", "inspect the outbox of queued routes and re-drive dead letters"),
         ("history", "search every postback, trace a user's rewards, export, report, purge"),
+        ("allowlist", "suggest allow_ips from the networks each route's valid key came from"),
     ):
         command = commands.add_parser(name, help=summary, description=summary)
         command.add_argument(
@@ -44,6 +46,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             queue_cli.add_arguments(command)
         if name == "history":
             history_cli.add_arguments(command)
+        if name == "allowlist":
+            allowlist_cli.add_arguments(command)
         if name == "fire":
             command.add_argument("--route", required=True, help="route name from the config")
             command.add_argument("--url", help="gateway base URL (default: from server.listen)")
@@ -69,6 +73,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return queue_cli.run(config, args)
     if args.command == "history":
         return history_cli.run(config, args)
+    if args.command == "allowlist":
+        return allowlist_cli.run(config, args)
     if args.command == "fire":
         try:
             return fire(config, args.route, args.fields, args.url)

@@ -13,7 +13,7 @@ import asyncio
 import math
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -30,7 +30,7 @@ from .shown import printable, quoted
 DEFAULT_SINCE = "7d"
 
 
-def _moment(text: str) -> float:
+def point_in_time(text: str) -> float:
     """`--since 7d` (that long ago) or `--since 2026-12-01T10:00:00Z` (UTC unless it says)."""
     seconds = parse_duration(text)
     if seconds is not None and math.isfinite(seconds):
@@ -111,8 +111,8 @@ def run(config: GatewayConfig, args: argparse.Namespace) -> int:
         print("this config has no `store:`, so there is no history")
         return 2
     try:
-        since = _moment(args.since) if getattr(args, "since", None) else None
-        until = _moment(args.until) if getattr(args, "until", None) else None
+        since = point_in_time(args.since) if getattr(args, "since", None) else None
+        until = point_in_time(args.until) if getattr(args, "until", None) else None
     except argparse.ArgumentTypeError as error:
         print(f"history: {error}", file=sys.stderr)
         return 2
@@ -122,6 +122,14 @@ def run(config: GatewayConfig, args: argparse.Namespace) -> int:
 async def _run(
     config: GatewayConfig, args: argparse.Namespace, since: float | None, until: float | None
 ) -> int:
+    return await with_history(config, lambda history: _action(history, args, since, until))
+
+
+async def with_history(
+    config: GatewayConfig, action: Callable[[HistoryStore], Awaitable[int]]
+) -> int:
+    """Run `action` on the history of the config's store; a history that is not there or that
+    fails is said, exit status 2 (also for `allowlist suggest`)."""
     assert config.store is not None
     if config.store.path is not None and not Path(history_path(config.store.path)).exists():
         # reading must not create an empty history where the gateway does not keep one
@@ -139,7 +147,7 @@ async def _run(
         await history.close()
         return 2
     try:
-        return await _action(history, args, since, until)
+        return await action(history)
     except StoreError as error:
         print(f"the store failed: {error}", file=sys.stderr)
         return 2

@@ -238,6 +238,12 @@ class Metrics:
             ["result"],
             registry=r,
         )
+        self.senders_untracked = Counter(
+            "gateway_senders_untracked",
+            "Postbacks with a valid key from a network past what senders seen holds in memory "
+            "(not noted: the allowlist suggestion misses them).",
+            registry=r,
+        )
         self.dedup_fallbacks = Counter(
             "gateway_dedup_fallbacks",
             "Postbacks deduplicated by local memory only because Redis failed (fail_open).",

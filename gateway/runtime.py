@@ -35,6 +35,7 @@ from .logs import configure_logging
 from .metrics import RESTART_ONLY, Metrics
 from .pipeline import Gateway
 from .record import UpstreamAttempt
+from .senders import SendersSeen
 
 log = logging.getLogger("gateway.runtime")
 MAX_UPSTREAM_CONNECTIONS = 256
@@ -113,6 +114,8 @@ class Runtime:
         self._started_with = config  # what the listeners, the store and TLS were built from
         self.restart_pending: list[str] = []  # RESTART_ONLY keys reloaded but not in force
         self.journal = Journal(config.server.recent_postbacks)  # for the inspector
+        # where postbacks with a valid key came from (`allowlist suggest`, the inspector)
+        self.senders = SendersSeen(metrics)
         self.loaded_at = time.time()  # when the running config was loaded
         self.reload_error: list[str] | None = None  # the problems of the last failed reload
         self.store = (
@@ -160,6 +163,7 @@ class Runtime:
                     self.metrics,
                     retention=self.config.history.retention,
                     names_of=self._aliases_of,
+                    senders=self.senders,
                 )
                 await history.start()
                 self.history = history

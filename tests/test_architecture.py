@@ -37,18 +37,22 @@ RULES = {
     "pipeline": "checks config deadline dedup errors forwarding metrics postback record route",
     "durable": "config deadline dedup errors forwarding metrics postback record shown",
     # the record of every postback: beside the store (its file or database), never the path
-    "history": "config deadline durable errors metrics postback record",
+    # where postbacks with a valid key came from; the advice allowlist.py makes of it
+    "senders": "checks metrics record",
+    "history": "config deadline durable errors metrics postback record senders",
     "runtime": "config deadline dedup durable forwarding history journal logs metrics pipeline "
-    "record",
+    "record senders",
     "reload": "config runtime tls",
-    "inspector": "config durable errors history journal record route runtime verdicts",
+    "inspector": "allowlist config durable errors history journal record route runtime verdicts",
     "serving": "access_log config deadline errors inspector logs metrics pipeline record reload "
     "runtime tls",
     "summary": "config postback",
     "fire": "checks config dedup errors postback record route verdicts",
     "queue_cli": "config durable shown",
     "history_cli": "config durable history shown",
-    "cli": "config durable fire history_cli queue_cli serving summary tls",
+    "allowlist": "checks config senders",
+    "allowlist_cli": "allowlist config history history_cli shown",
+    "cli": "allowlist_cli config durable fire history_cli queue_cli serving summary tls",
     "__main__": "cli",
 }
 MAY_IMPORT = {

@@ -19,6 +19,7 @@ from functools import lru_cache
 from ..shown import quoted
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 @lru_cache(maxsize=4096)  # the same few senders and proxies call again and again
@@ -110,6 +111,11 @@ class _Ranges:
         index = bisect_right(self.firsts, first) - 1
         return index >= 0 and last <= self.lasts[index]
 
+    def overlaps(self, first: int, last: int) -> bool:
+        """Whether any value from `first` to `last` is in these ranges."""
+        index = bisect_right(self.firsts, last) - 1  # the last range starting by `last`
+        return index >= 0 and self.lasts[index] >= first
+
 
 # Addresses no sender on the internet has: private, loopback, link-local, shared (CGNAT) and
 # unique-local blocks. A proxy outside them is a public one.
@@ -157,6 +163,14 @@ class AddressSet:
 
     def __len__(self) -> int:
         return len(self.entries)
+
+    def lists(self, network: IPNetwork) -> str:
+        """How much of a network the set lists: "all", "part" or "none"."""
+        ranges = self._v4 if network.version == 4 else self._v6
+        first, last = int(network.network_address), int(network.broadcast_address)
+        if ranges.covers(first, last):
+            return "all"
+        return "part" if ranges.overlaps(first, last) else "none"
 
     @property
     def covers_every_address(self) -> bool:

@@ -19,6 +19,7 @@ import orjson
 from ..config.model import PostgresUrl
 from ..durable.outbox import StoreError
 from ..durable.postgres_outbox import ADVISORY_LOCK, CONNECT_TIMEOUT, FAILURES, describe
+from ..senders import HOUR, Sender, SenderRow
 from . import sql
 from .rows import DeliveryRow, Row
 from .search import (
@@ -74,7 +75,12 @@ class PostgresHistory:
             except (*FAILURES, TimeoutError):
                 pool.terminate()
 
-    async def write(self, rows: Sequence[Row], deliveries: Sequence[DeliveryRow]) -> None:
+    async def write(
+        self,
+        rows: Sequence[Row],
+        deliveries: Sequence[DeliveryRow],
+        senders: Sequence[SenderRow] = (),
+    ) -> None:
         async with self._connection() as connection, connection.transaction():
             if rows:
                 await connection.copy_records_to_table("history", records=rows, columns=COLUMNS)
@@ -82,6 +88,8 @@ class PostgresHistory:
                 await connection.copy_records_to_table(
                     "history_deliveries", records=deliveries, columns=DELIVERY_COLUMNS
                 )
+            if senders:
+                await connection.executemany(sql.add_senders(sql.dollar), senders)
 
     async def search(self, search: Search) -> list[Recorded]:
         statement = sql.select(search, sql.dollar)
@@ -111,7 +119,14 @@ class PostgresHistory:
             for table in ("history", "history_deliveries"):
                 status = await connection.execute(sql.expire(table, sql.dollar), older_than, limit)
                 deleted.append(int(status.split()[-1]))
+            await connection.execute(sql.expire_senders(sql.dollar), older_than)
         return max(deleted)
+
+    async def senders(self, since: float, route: str | None = None) -> list[Sender]:
+        hour = since // HOUR * HOUR
+        arguments = (hour,) if route is None else (hour, route)
+        found = await self._fetch(sql.senders(route, sql.dollar), *arguments)
+        return [Sender(*row) for row in found]
 
     async def report(self, groups: Sequence[str], search: Search) -> list[ReportLine]:
         statement = sql.report(groups, DAY, REAL, search, sql.dollar)

@@ -2,7 +2,9 @@
 
 `add` is all the serving path does: a list append, or when the buffer is full a count. A task
 takes what gathered every FLUSH_SECONDS (sooner once BATCH are waiting), turns it into rows
-(unauthenticated ones within their budget, budget.py) and writes them in one transaction.
+(unauthenticated ones within their budget, budget.py; a postback whose key verified is
+authenticated, refused by the allowlist or not) and writes them in one transaction, with the
+senders seen since the last batch (senders.py).
 When the store cannot take them the batch is dropped, counted in
 `gateway_history_dropped_total{why}` and logged at most once per LOG_EVERY_SECONDS: serving
 never waits for the history, and readiness never depends on it.
@@ -27,6 +29,7 @@ from ..deadline import Deadline
 from ..durable.outbox import StoreError
 from ..metrics import Metrics
 from ..record import RequestRecord, UpstreamAttempt
+from ..senders import SendersSeen
 from .budget import Budget
 from .rows import DeliveryRow, NamesOf, Row, delivery_row_of, row_of
 from .store import HistoryStore
@@ -51,6 +54,7 @@ class Recorder:
         *,
         retention: float,
         names_of: NamesOf,
+        senders: SendersSeen | None = None,
         replica: str | None = None,
         capacity: int = CAPACITY,
         clock: Callable[[], float] = time.time,
@@ -59,6 +63,9 @@ class Recorder:
         self._metrics = metrics
         self.retention = retention
         self._names_of = names_of
+        self._senders = senders  # what it noted goes in with each batch
+        if senders is not None:
+            senders.keep_unwritten()
         self.replica = replica or socket.gethostname()
         self._capacity = capacity
         self._clock = clock
@@ -140,10 +147,11 @@ class Recorder:
         pending, self._pending = self._pending, []
         deliveries, self._deliveries = self._deliveries, []
         rows = self._rows(pending, final)
-        if not rows and not deliveries:
+        senders = self._senders.take_unwritten(self.replica) if self._senders else []
+        if not rows and not deliveries and not senders:
             return
         try:
-            await self.store.write(rows, deliveries)
+            await self.store.write(rows, deliveries, senders)
         except StoreError as error:
             if final:
                 raise
@@ -154,7 +162,8 @@ class Recorder:
     def _rows(self, pending: list[Pending], final: bool) -> list[Row]:
         rows, budget, names_of, replica = [], self._budget, self._names_of, self.replica
         for record, status, at, latency_ms in pending:
-            if "secret" not in record.passed and not budget.admit(record, status, at, latency_ms):
+            authenticated = record.key_valid or "secret" in record.passed
+            if not authenticated and not budget.admit(record, status, at, latency_ms):
                 continue  # unauthenticated, past its budget: counted into an aggregate
             rows.append(row_of(record, status, at, latency_ms, replica, names_of))
         for aggregate in budget.take_aggregates(self._clock(), all_of_them=final):

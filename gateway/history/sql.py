@@ -74,7 +74,53 @@ def tables(identity: str, real: str) -> list[str]:
         )""",
         "CREATE INDEX IF NOT EXISTS history_deliveries_request ON history_deliveries (request_id)",
         "CREATE INDEX IF NOT EXISTS history_deliveries_at ON history_deliveries (at)",
+        # senders seen (senders.py): a row per route, network, replica and hour, its counts
+        # added to by each batch of that hour; a few dozen networks make a few thousand rows a
+        # week, read whole by `allowlist suggest`
+        f"""CREATE TABLE IF NOT EXISTS history_senders (
+            route TEXT NOT NULL,
+            network TEXT NOT NULL,
+            replica TEXT NOT NULL,
+            at {real} NOT NULL,
+            first {real} NOT NULL,
+            last {real} NOT NULL,
+            postbacks BIGINT NOT NULL,
+            outside BIGINT NOT NULL,
+            PRIMARY KEY (route, network, replica, at)
+        )""",
+        "CREATE INDEX IF NOT EXISTS history_senders_at ON history_senders (at)",
     ]
+
+
+SENDER_COLUMNS = ("route", "network", "replica", "at", "first", "last", "postbacks", "outside")
+
+
+def add_senders(placeholder: Placeholder) -> str:
+    """One SenderRow into its hour's row: a replica's first and last only move forward."""
+    return (
+        f"{insert('history_senders', SENDER_COLUMNS, placeholder)} "
+        "ON CONFLICT (route, network, replica, at) DO UPDATE SET last = excluded.last, "
+        "postbacks = history_senders.postbacks + excluded.postbacks, "
+        "outside = history_senders.outside + excluded.outside"
+    )
+
+
+def senders(route: str | None, placeholder: Placeholder) -> str:
+    """Each network's rows since an hour (parameter 1), of one route (2) or all, added up
+    across replicas and hours."""
+    of_route = f" AND route = {placeholder(2)}" if route is not None else ""
+    return (
+        # PostgreSQL's SUM of a BIGINT is a NUMERIC: cast back, for both stores' sake
+        "SELECT route, network, MIN(first), MAX(last), CAST(SUM(postbacks) AS BIGINT), "
+        "CAST(SUM(outside) AS BIGINT), "
+        f"COUNT(DISTINCT replica) FROM history_senders WHERE at >= {placeholder(1)}{of_route} "
+        "GROUP BY route, network ORDER BY route, network"
+    )
+
+
+def expire_senders(placeholder: Placeholder) -> str:
+    """The hours older than the cutoff: few rows, one statement."""
+    return f"DELETE FROM history_senders WHERE at < {placeholder(1)}"
 
 
 def insert(table: str, columns: Sequence[str], placeholder: Placeholder) -> str:

@@ -26,6 +26,7 @@ import orjson
 
 from ..durable.outbox import StoreError
 from ..durable.sqlite_writer import SqliteWriter
+from ..senders import HOUR, Sender, SenderRow
 from . import sql
 from .rows import DeliveryRow, Row
 from .search import (
@@ -67,8 +68,13 @@ class SqliteHistory:
             reader, self._reader = self._reader, None
             reader.close()
 
-    async def write(self, rows: Sequence[Row], deliveries: Sequence[DeliveryRow]) -> None:
-        await self._writer.run(partial(_write, rows, deliveries))
+    async def write(
+        self,
+        rows: Sequence[Row],
+        deliveries: Sequence[DeliveryRow],
+        senders: Sequence[SenderRow] = (),
+    ) -> None:
+        await self._writer.run(partial(_write, rows, deliveries, senders))
 
     async def search(self, search: Search) -> list[Recorded]:
         statement = sql.select(search, sql.qmark)
@@ -95,6 +101,12 @@ class SqliteHistory:
 
     async def expire(self, older_than: float, limit: int) -> int:
         return await self._writer.run(partial(_expire, older_than, limit))
+
+    async def senders(self, since: float, route: str | None = None) -> list[Sender]:
+        text = sql.senders(route, sql.qmark)
+        arguments = (since // HOUR * HOUR,) if route is None else (since // HOUR * HOUR, route)
+        found = await self._read(lambda c: c.execute(text, arguments).fetchall())
+        return [Sender(*row) for row in found]
 
     async def report(self, groups: Sequence[str], search: Search) -> list[ReportLine]:
         statement = sql.report(groups, DAY, "REAL", search, sql.qmark)
@@ -130,10 +142,15 @@ def _create(connection: sqlite3.Connection) -> None:
 
 
 def _write(
-    rows: Sequence[Row], deliveries: Sequence[DeliveryRow], connection: sqlite3.Connection
+    rows: Sequence[Row],
+    deliveries: Sequence[DeliveryRow],
+    senders: Sequence[SenderRow],
+    connection: sqlite3.Connection,
 ) -> None:
     _insert(connection, "history", COLUMNS, rows)
     _insert(connection, "history_deliveries", DELIVERY_COLUMNS, deliveries)
+    if senders:
+        connection.executemany(sql.add_senders(sql.qmark), senders)
 
 
 def _insert(
@@ -171,6 +188,7 @@ def _expire(older_than: float, limit: int, connection: sqlite3.Connection) -> in
         connection.execute(sql.expire(table, sql.qmark), (older_than, limit)).rowcount
         for table in ("history", "history_deliveries")
     ]
+    connection.execute(sql.expire_senders(sql.qmark), (older_than,))
     return max(deleted)
 
 

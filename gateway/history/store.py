@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from typing import Protocol
 
 from ..config import StoreConfig
+from ..senders import Sender, SenderRow
 from .rows import DeliveryRow, Row
 from .search import LaterDelivery, Recorded, ReportLine, Search
 
@@ -21,7 +22,12 @@ class HistoryStore(Protocol):
 
     async def close(self) -> None: ...
 
-    async def write(self, rows: Sequence[Row], deliveries: Sequence[DeliveryRow]) -> None:
+    async def write(
+        self,
+        rows: Sequence[Row],
+        deliveries: Sequence[DeliveryRow],
+        senders: Sequence[SenderRow] = (),
+    ) -> None:
         """One transaction for the batch."""
 
     async def search(self, search: Search) -> list[Recorded]: ...
@@ -37,6 +43,9 @@ class HistoryStore(Protocol):
 
     async def expire(self, older_than: float, limit: int) -> int:
         """Delete at most `limit` rows of each table older than the cutoff: the most deleted."""
+
+    async def senders(self, since: float, route: str | None = None) -> list[Sender]:
+        """Senders seen since then (to the hour), every replica's added up."""
 
     async def report(self, groups: Sequence[str], search: Search) -> list[ReportLine]: ...
 

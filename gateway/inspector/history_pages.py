@@ -1,6 +1,7 @@
-"""The inspector's pages on the history: the search, the reward trace, and one recorded
-postback. They read the store every replica writes, so they span days and replicas, where the
-list of recent postbacks (views.py) is this process's last few.
+"""The inspector's pages on the history: the search, the reward trace, one recorded
+postback, and the senders seen (with the allowlist they suggest). They read the store every
+replica writes, so they span days and replicas, where the list of recent postbacks (views.py)
+is this process's last few; without a history the senders page shows this process's memory.
 
 Only GETs, behind the same access as every page. A store that fails gives a page saying the
 history is unavailable (503), a parameter that means nothing a 400 naming it: both answered
@@ -17,6 +18,7 @@ from urllib.parse import urlencode
 
 from aiohttp import web
 
+from ..allowlist import advise, allow_ips_text, refusal_lines, when
 from ..config import duration_words
 from ..durable.outbox import StoreError
 from ..errors import Outcome
@@ -48,6 +50,7 @@ class HistoryPages:
         app.router.add_get("/history", self._answered(self.search))
         app.router.add_get(f"/history/{{request_id:{REQUEST_ID}}}", self._answered(self.postback))
         app.router.add_get("/trace", self._answered(self.trace))
+        app.router.add_get("/senders", self._answered(self.senders))
 
     # -- pages -------------------------------------------------------------------------------
 
@@ -88,6 +91,31 @@ class HistoryPages:
             context["search"] = "/history?" + urlencode({name: value, "since": since_text})
         context["page_of"] = page_of
         return self._render(request, "trace.html", context)
+
+    async def senders(self, request: web.Request) -> web.Response:
+        """Where each route's valid key came from, and what allow_ips does with it."""
+        runtime = self._runtime
+        since_text, seconds = since_asked(request.query)
+        since = time.time() - seconds
+        if runtime.history is not None:
+            senders = await runtime.history.store.senders(since)
+            seen = f"since {when(since)}, every replica's history"
+        else:
+            senders = runtime.senders.senders()
+            seen = "since this process started (no history: this replica's memory only)"
+        routes = []
+        for route in runtime.config.routes:
+            advice = advise(route, senders)
+            routes.append(
+                {
+                    "advice": advice,
+                    "keyed": route.secret is not None,
+                    "suggestion": allow_ips_text(advice, seen),
+                    "refusals": refusal_lines(advice),
+                }
+            )
+        context = {"routes": routes, "since": since_text, "seen": seen, "when": when}
+        return self._render(request, "senders.html", context)
 
     async def postback(self, request: web.Request) -> web.Response:
         store = self._store()

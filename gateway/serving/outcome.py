@@ -86,6 +86,7 @@ def _cut_off(runtime: Runtime, record: RequestRecord) -> None:
     log_request(record, None)
     seconds = time.perf_counter() - record.started
     runtime.metrics.request_done(record, Outcome.CUT_OFF, seconds)
+    runtime.senders.note(record)
     if runtime.history is not None:
         runtime.history.add(record, None, seconds)
 
@@ -119,6 +120,7 @@ def _finish(
     seconds = time.perf_counter() - record.started
     runtime.metrics.request_done(record, outcome, seconds)
     runtime.journal.add(record, response.status, seconds)
+    runtime.senders.note(record)
     if runtime.history is not None:
         runtime.history.add(record, response.status, seconds)
     return response
