@@ -1,0 +1,226 @@
+"""The shipped alerting rules (deploy/prometheus/alerts.yml): valid for promtool, each alert
+fired and kept quiet by its unit tests (tests/prometheus/alerts_test.yml), each with a
+summary and a runbook section in docs/operations.md, and every metric and label they name
+exported by a live gateway (a real process with TLS, a store, a queued route and Redis
+dedup falling back), so a renamed metric cannot leave an alert that never fires."""
+
+from __future__ import annotations
+
+import http.client
+import re
+import shutil
+import subprocess
+import urllib.parse
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.support.gatewayconfig import gateway_config, route, upstream
+from tests.support.processes import (
+    SECRET,
+    command_env,
+    free_port,
+    http_get,
+    spawn_gateway,
+)
+from tests.support.tlscerts import make_certificate
+from tests.support.waiting import eventually
+
+REPO = Path(__file__).resolve().parents[1]
+RULES = REPO / "deploy" / "prometheus" / "alerts.yml"
+UNIT_TESTS = REPO / "tests" / "prometheus" / "alerts_test.yml"
+RUNBOOK = REPO / "docs" / "operations.md"
+# labels Prometheus adds to every scraped series; `up` is Prometheus's own
+FROM_PROMETHEUS = {"job", "instance"}
+PROMETHEUS_METRICS = {"up"}
+PROMQL_WORDS = {
+    "sum", "max", "min", "avg", "count", "by", "without", "and", "or", "unless", "on",
+    "ignoring", "group_left", "group_right", "offset", "bool", "rate", "increase", "irate",
+    "time", "absent", "delta", "deriv", "histogram_quantile", "le",
+}  # fmt: skip
+
+
+def promtool() -> str:
+    found = shutil.which("promtool")
+    assert found, "promtool is missing: ./scripts/test installs it (Debian package prometheus)"
+    return found
+
+
+def alerts() -> list[dict[str, Any]]:
+    document = yaml.safe_load(RULES.read_text())
+    return [rule for group in document["groups"] for rule in group["rules"]]
+
+
+def run_promtool(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [promtool(), *args], cwd=REPO, capture_output=True, text=True, timeout=60, check=False
+    )
+
+
+def test_promtool_accepts_the_rules():
+    result = run_promtool("check", "rules", str(RULES))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"SUCCESS: {len(alerts())} rules found" in result.stdout
+
+
+def test_promtool_unit_tests_pass():
+    result = run_promtool("test", "rules", str(UNIT_TESTS))
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_each_alert_has_a_firing_and_a_quiet_case():
+    cases: dict[str, set[bool]] = {}
+    for group in yaml.safe_load(UNIT_TESTS.read_text())["tests"]:
+        for case in group["alert_rule_test"]:
+            cases.setdefault(case["alertname"], set()).add(bool(case["exp_alerts"]))
+    for rule in alerts():
+        assert cases.get(rule["alert"]) == {True, False}, (
+            f"{rule['alert']} needs a case where it fires and one where it stays quiet"
+        )
+
+
+def anchors(markdown: str) -> set[str]:
+    """GitHub's anchors of a page's headings: lower case, punctuation dropped, spaces -> -."""
+    found = set()
+    for heading in re.findall(r"^#+ (.+)$", markdown, flags=re.MULTILINE):
+        anchor = re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+        found.add(anchor)
+    return found
+
+
+def test_each_alert_says_what_and_where_its_runbook_is():
+    sections = anchors(RUNBOOK.read_text())
+    for rule in alerts():
+        name, annotations = rule["alert"], rule["annotations"]
+        assert rule["labels"]["severity"] in ("critical", "warning"), name
+        assert annotations.get("summary") and annotations.get("description"), name
+        page, _, anchor = annotations["runbook_url"].partition("#")
+        assert page == "docs/operations.md" and anchor in sections, (name, anchor)
+        if re.search(r"by \([^)]*route", rule["expr"]):
+            assert "{{ $labels.route }}" in annotations["summary"], f"{name}: name the route"
+
+
+def names_in(expr: str) -> tuple[set[str], set[str]]:
+    """(metric names, label names) a PromQL expression mentions."""
+    text = re.sub(r'"[^"]*"', '""', expr)  # label values are not names
+    text = re.sub(r"\[[^\]]*\]", "", text)  # range durations
+    labels = set(re.findall(r"(\w+)\s*(?:=~|!~|!=|=)\s*\"", text))
+    for grouping in re.findall(r"\b(?:by|without|on|ignoring)\s*\(([^)]*)\)", text):
+        labels.update(name.strip() for name in grouping.split(",") if name.strip())
+    text = re.sub(r"\{[^}]*\}", "", text)
+    text = re.sub(r"\b(?:by|without|on|ignoring)\s*\([^)]*\)", "", text)
+    words = set(re.findall(r"\b[a-zA-Z_][a-zA-Z0-9_]*\b", text))
+    return words - PROMQL_WORDS, labels
+
+
+def test_the_name_reader_catches_a_misspelt_metric():
+    """The check below is only as good as this reader: it must see every metric and label."""
+    metrics, labels = names_in(
+        'sum by (route) (increase(gateway_valued_postbak_total{mode="x"}[1h] offset 1h)) > 0'
+        ' unless on (instance) up{job="monetag-gateway"} == 0'
+    )
+    assert metrics == {"gateway_valued_postbak_total", "up"}
+    assert labels == {"route", "mode", "instance", "job"}
+
+
+def exported(families: list[Any]) -> dict[str, set[str]]:
+    """Each sample name a gateway's /metrics has, with the label names its samples carry."""
+    found: dict[str, set[str]] = {}
+    for family in families:
+        for sample in family.samples:
+            found.setdefault(sample.name, set()).update(sample.labels)
+    return found
+
+
+def https_get(port: int, target: str, context: Any, source: str = "127.0.0.1") -> int:
+    connection = http.client.HTTPSConnection(
+        "127.0.0.1", port, context=context, timeout=10, source_address=(source, 0)
+    )
+    try:
+        connection.request("GET", target)
+        response = connection.getresponse()
+        response.read()
+        return response.status
+    finally:
+        connection.close()
+
+
+@pytest.mark.process
+def test_every_metric_and_label_the_rules_name_is_on_a_live_gateway(start_upstream, tmp_path):
+    app = start_upstream()
+    certificate = make_certificate(tmp_path, "gateway")
+    public, admin = free_port(), free_port()
+    closed_redis = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens: every call fails
+    app_route = upstream(app.url, retries=0)
+    text = gateway_config(
+        routes={
+            # one entry of dedup memory: the second event evicts the first
+            "tapper": route([app_route], allow_ips=["127.0.0.1"], dedup={"max_entries": 1}),
+            "runner": route([app_route], delivery="queued"),
+            "shared": route(
+                [app_route],
+                dedup={
+                    "backend": "redis",
+                    "redis_url": closed_redis,
+                    "on_redis_error": "fail_open",
+                },
+            ),
+        },
+        server={
+            "listen": f"127.0.0.1:{public}",
+            "admin_listen": f"127.0.0.1:{admin}",
+            "tls": {"cert_file": str(certificate.cert_file), "key_file": str(certificate.key_file)},
+        },
+        store=tmp_path / "gw.db",
+    )
+    config = tmp_path / "config.yaml"
+    config.write_text(text)
+    process = spawn_gateway(config, command_env(SECRET), tmp_path / "out", tmp_path / "err")
+    try:
+        eventually(
+            lambda: _ready(admin, process), 30, explain=lambda: (tmp_path / "err").read_text()
+        )
+        context = certificate.client_context()
+
+        def postback(path: str, source: str = "127.0.0.1", **params: str) -> int:
+            query = {"uid": "y", "event": "click", "zone": "1", "token": SECRET, **params}
+            return https_get(public, f"{path}?{urllib.parse.urlencode(query)}", context, source)
+
+        valued = {"reward_event_type": "valued", "estimated_price": "0.01"}
+        assert postback("/postback/tapper", uid="y-1", **valued) == 200
+        assert postback("/postback/tapper", uid="y-2", **valued) == 200  # evicts y-1
+        assert postback("/postback/tapper", token="not-the-key") == 403
+        assert postback("/postback/tapper", source="127.0.0.5") == 403  # valid key, unlisted
+        assert postback("/postback/runner", uid="y-3") == 200
+        assert postback("/postback/shared", uid="y-4") == 200  # Redis down: local memory
+
+        def scraped() -> dict[str, set[str]]:
+            reply = http_get(admin, "/metrics")
+            return exported(list(text_string_to_metric_families(reply.body.decode())))
+
+        # the queued delivery happens in the background, the queue's gauges every few seconds
+        queue_metrics = {"gateway_deliveries_total", "gateway_queue_oldest_pending_age_seconds"}
+        eventually(lambda: queue_metrics <= set(scraped()), 20)
+        live = scraped()
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+    for rule in alerts():
+        metrics, labels = names_in(rule["expr"])
+        for metric in metrics - PROMETHEUS_METRICS:
+            assert metric in live, f"{rule['alert']}: no {metric} on a live gateway"
+        carried = set().union(*(live.get(metric, set()) for metric in metrics))
+        missing = labels - carried - FROM_PROMETHEUS
+        assert not missing, f"{rule['alert']}: labels {missing} are not on {metrics}"
+
+
+def _ready(admin: int, process: subprocess.Popen[bytes]) -> bool:
+    assert process.poll() is None, "the gateway exited"
+    try:
+        return http_get(admin, "/readyz", timeout=1).status == 200
+    except OSError:
+        return False
