@@ -81,7 +81,8 @@ def walkthrough() -> list[str]:
 
 def test_compose_runs_two_replicas_postgres_and_the_app_behind_one_port() -> None:
     services = compose()["services"]
-    assert set(services) == {"lb", "gateway-1", "gateway-2", "postgres", "app"}
+    assert set(services) == {"lb", "gateway-1", "gateway-2", "postgres", "app", "prometheus"}
+    assert services["prometheus"]["profiles"] == ["monitoring"]  # a plain `up` runs the rest
     assert services["gateway-1"] == services["gateway-2"]
     assert services["lb"]["ports"] == ["8080:80"]
     assert set(services["lb"]["depends_on"]) == set(GATEWAYS)
@@ -283,3 +284,24 @@ def test_walkthrough_exec_commands_are_ones_the_cli_accepts(tmp_path: Path) -> N
         )
         assert "cannot open the store" in result.stdout + result.stderr, result.stderr
         assert PASSWORD not in result.stdout + result.stderr
+
+
+def test_prometheus_scrapes_both_replicas_admin_ports_and_loads_the_shipped_rules() -> None:
+    """The job the alerts name, every replica's /metrics on the port the config serves it on
+    (under a name admin_hosts admits), and the rules file mounted where the config reads it."""
+    service = compose()["services"]["prometheus"]
+    mount = "./deploy/prometheus:/etc/prometheus:ro"
+    assert mount in service["volumes"]
+    assert "--config.file=/etc/prometheus/prometheus.yml" in service["command"]
+    assert all(port.startswith("127.0.0.1:") for port in service["ports"])  # no sign-in
+    scrape = yaml.safe_load((REPO / "deploy/prometheus/prometheus.yml").read_text())
+    assert scrape["rule_files"] == ["alerts.yml"]
+    assert (REPO / "deploy/prometheus/alerts.yml").is_file()
+    (job,) = scrape["scrape_configs"]
+    rules = (REPO / "deploy/prometheus/alerts.yml").read_text()
+    assert f'job="{job["job_name"]}"' in rules
+    config = gateway_config()
+    targets = job["static_configs"][0]["targets"]
+    assert targets == [f"{name}:{config.server.admin_listen.port}" for name in GATEWAYS]
+    assert set(GATEWAYS) <= set(config.server.admin_hosts)
+    assert not config.server.metrics_need_token and job["metrics_path"] == "/metrics"

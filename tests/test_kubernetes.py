@@ -246,3 +246,40 @@ def test_readme_explains_the_placeholders_and_each_file() -> None:
         assert path.name in readme
     for name in ("/readyz", "/healthz", "terminationGracePeriodSeconds", "PostgreSQL"):
         assert name in readme
+
+
+# -- monitoring/: for the Prometheus Operator ------------------------------------------------
+
+MONITORING = K8S / "monitoring"
+
+
+def test_the_prometheus_rule_is_what_the_script_makes_of_alerts_yml() -> None:
+    """One source for the rules: deploy/prometheus/alerts.yml; the PrometheusRule follows."""
+    result = subprocess.run(
+        [sys.executable, str(REPO / "scripts/prometheus-rule"), "--check"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    rule = yaml.safe_load((MONITORING / "prometheus-rule.yaml").read_text())
+    alerts = yaml.safe_load((REPO / "deploy/prometheus/alerts.yml").read_text())
+    assert rule["apiVersion"] == "monitoring.coreos.com/v1" and rule["kind"] == "PrometheusRule"
+    assert rule["spec"]["groups"] == alerts["groups"]
+
+
+def test_the_pod_monitor_scrapes_the_gateways_admin_port_as_the_rules_job() -> None:
+    monitor = yaml.safe_load((MONITORING / "pod-monitor.yaml").read_text())
+    assert monitor["kind"] == "PodMonitor"
+    pod_labels = manifests()["Deployment"]["spec"]["template"]["metadata"]["labels"]
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
+    (endpoint,) = monitor["spec"]["podMetricsEndpoints"]
+    assert endpoint["port"] == "admin" and port_named("admin") == 9090
+    assert endpoint["path"] == "/metrics"
+    job = {"targetLabel": "job", "replacement": "monetag-gateway"}
+    assert job in endpoint["relabelings"]
+    assert 'job="monetag-gateway"' in (REPO / "deploy/prometheus/alerts.yml").read_text()
+    kustomization = yaml.safe_load((MONITORING / "kustomization.yaml").read_text())
+    assert set(kustomization["resources"]) == {p.name for p in MONITORING.glob("*.yaml")} - {
+        "kustomization.yaml"
+    }

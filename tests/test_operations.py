@@ -28,6 +28,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 import pytest
+import yaml
 
 from gateway.durable.outbox import DEAD, DELIVERED, PENDING, RETRY
 from gateway.metrics import Metrics
@@ -1005,3 +1006,18 @@ def test_shutdown_has_one_deadline_and_logs_the_postback_it_cuts_off(
     assert (cut["outcome"], cut["reason"], cut["status"]) == ("cut_off", "shutdown", None)
     assert "the app may have received it" in cut["detail"]
     assert lines[-1]["message"] == "stopped"
+
+
+def test_the_dashboard_shows_the_shipped_alerts_states() -> None:
+    """The first row: what the shipped rules say now, for the selected routes; its selector
+    catches every alert of alerts.yml (all named Gateway...)."""
+    rules = yaml.safe_load((REPO / "deploy/prometheus/alerts.yml").read_text())
+    names = [rule["alert"] for group in rules["groups"] for rule in group["rules"]]
+    assert names and all(name.startswith("Gateway") for name in names)
+    dashboard = load_dashboard()
+    first = min(dashboard["panels"], key=lambda p: (p["gridPos"]["y"], p["gridPos"]["x"]))
+    assert first["type"] == "row" and first["title"] == "Alerts (deploy/prometheus/alerts.yml)"
+    panels = rows_of(dashboard)[first["title"]]
+    exprs = [target["expr"] for panel in panels for target in panel["targets"]]
+    assert exprs and all('ALERTS{alertname=~"Gateway.*", route=~"$route|"' in e for e in exprs)
+    assert any('alertstate="firing"' in expr for expr in exprs)
