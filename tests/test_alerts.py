@@ -16,9 +16,9 @@ from typing import Any
 
 import pytest
 import yaml
-from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.gatewayconfig import gateway_config, route, upstream
+from tests.support.metrics import Scrape
 from tests.support.processes import (
     SECRET,
     command_env,
@@ -126,15 +126,6 @@ def test_the_name_reader_catches_a_misspelt_metric():
     assert labels == {"route", "mode", "instance", "job"}
 
 
-def exported(families: list[Any]) -> dict[str, set[str]]:
-    """Each sample name a gateway's /metrics has, with the label names its samples carry."""
-    found: dict[str, set[str]] = {}
-    for family in families:
-        for sample in family.samples:
-            found.setdefault(sample.name, set()).update(sample.labels)
-    return found
-
-
 def https_get(port: int, target: str, context: Any, source: str = "127.0.0.1") -> int:
     connection = http.client.HTTPSConnection(
         "127.0.0.1", port, context=context, timeout=10, source_address=(source, 0)
@@ -198,8 +189,7 @@ def test_every_metric_and_label_the_rules_name_is_on_a_live_gateway(start_upstre
         assert postback("/postback/shared", uid="y-4") == 200  # Redis down: local memory
 
         def scraped() -> dict[str, set[str]]:
-            reply = http_get(admin, "/metrics")
-            return exported(list(text_string_to_metric_families(reply.body.decode())))
+            return Scrape.parse(http_get(admin, "/metrics").body.decode()).label_names
 
         # the queued delivery happens in the background, the queue's gauges every few seconds
         queue_metrics = {"gateway_deliveries_total", "gateway_queue_oldest_pending_age_seconds"}
