@@ -214,3 +214,11 @@ def _ready(admin: int, process: subprocess.Popen[bytes]) -> bool:
         return http_get(admin, "/readyz", timeout=1).status == 200
     except OSError:
         return False
+
+
+def test_the_compose_prometheus_config_is_valid_and_loads_these_rules():
+    """deploy/prometheus/prometheus.yml as Prometheus reads it: promtool checks it and the
+    rule files it names (compose mounts the directory, so alerts.yml is found beside it)."""
+    result = run_promtool("check", "config", str(RULES.parent / "prometheus.yml"))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"SUCCESS: {len(alerts())} rules found" in result.stdout

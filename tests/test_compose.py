@@ -293,6 +293,9 @@ def test_prometheus_scrapes_both_replicas_admin_ports_and_loads_the_shipped_rule
     mount = "./deploy/prometheus:/etc/prometheus:ro"
     assert mount in service["volumes"]
     assert "--config.file=/etc/prometheus/prometheus.yml" in service["command"]
+    # a command replaces the image's own arguments, so its data path too: said explicitly, as
+    # a build's default may be a directory the image does not have (seen on a Debian build)
+    assert "--storage.tsdb.path=/prometheus" in service["command"]
     assert all(port.startswith("127.0.0.1:") for port in service["ports"])  # no sign-in
     scrape = yaml.safe_load((REPO / "deploy/prometheus/prometheus.yml").read_text())
     assert scrape["rule_files"] == ["alerts.yml"]
