@@ -26,7 +26,7 @@ from gateway.senders import SendersSeen, network_of
 from tests.conftest import SECRET
 from tests.support.gatewayconfig import gateway_config, route, upstream
 from tests.support.inspectorsite import ADMIN_ENV, Site, server_settings, start_site
-from tests.test_inspector_access import BEARER, get
+from tests.test_inspector_access import BEARER, HTML, get
 
 __all__ = ["start_site"]  # the fixture, used by name
 
@@ -165,6 +165,10 @@ async def test_without_a_history_the_page_shows_this_replicas_memory(
     text = senders_config(app, None)
     site = await start_site(text, app)
     await send_traffic(site, sender)
+    async with aiohttp.ClientSession() as http:  # the networks are for the signed-in only
+        status, headers, anonymous = await get(http, site.url("/senders"), HTML)
+    assert (status, headers["Location"]) == (303, "/login?next=/senders")
+    assert "127.0.4." not in anonymous
     got, _, body = await get_page(site, "/senders")
     assert got == 200
     assert "this replica&#39;s memory only" in body or "this replica's memory only" in body
