@@ -20,7 +20,8 @@ GATEWAY = Path(__file__).resolve().parents[1] / "gateway"
 # storage package is handed its routes (`forwarding.queued`) and never reaches back; the
 # runtime holds both, and the history beside the store; the pages read the runtime and never
 # run a request; serving and the commands are on top.
-LEAVES = "__init__ errors postback deadline shown record hotmetrics demo_app"
+# sessions: reward sessions' checks (Telegram's initData, the signed ymid), values in and out
+LEAVES = "__init__ errors postback deadline shown record hotmetrics demo_app sessions"
 RULES = {
     "access_log": "record",
     "logs": "access_log",
