@@ -97,6 +97,7 @@ def test_each_alert_says_what_and_where_its_runbook_is() -> None:
     for rule in alerts():
         name, annotations = rule["alert"], rule["annotations"]
         assert rule["labels"]["severity"] in ("critical", "warning"), name
+        assert "for" in rule, f"{name}: say how long it waits, `for: 0m` if at once"
         assert annotations.get("summary") and annotations.get("description"), name
         page, _, anchor = annotations["runbook_url"].partition("#")
         assert page == "docs/operations.md" and anchor in sections, (name, anchor)
