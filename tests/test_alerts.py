@@ -11,12 +11,14 @@ import re
 import shutil
 import subprocess
 import urllib.parse
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
+from tests.conftest import UpstreamFactory
 from tests.support.gatewayconfig import gateway_config, route, upstream
 from tests.support.metrics import Scrape
 from tests.support.processes import (
@@ -33,9 +35,8 @@ REPO = Path(__file__).resolve().parents[1]
 RULES = REPO / "deploy" / "prometheus" / "alerts.yml"
 UNIT_TESTS = REPO / "tests" / "prometheus" / "alerts_test.yml"
 RUNBOOK = REPO / "docs" / "operations.md"
-# labels Prometheus adds to every scraped series; `up` is Prometheus's own
+# labels Prometheus adds to every scraped series
 FROM_PROMETHEUS = {"job", "instance"}
-PROMETHEUS_METRICS = {"up"}
 PROMQL_WORDS = {
     "sum", "max", "min", "avg", "count", "by", "without", "and", "or", "unless", "on",
     "ignoring", "group_left", "group_right", "offset", "bool", "rate", "increase", "irate",
@@ -60,18 +61,18 @@ def run_promtool(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_promtool_accepts_the_rules():
+def test_promtool_accepts_the_rules() -> None:
     result = run_promtool("check", "rules", str(RULES))
     assert result.returncode == 0, result.stdout + result.stderr
     assert f"SUCCESS: {len(alerts())} rules found" in result.stdout
 
 
-def test_promtool_unit_tests_pass():
+def test_promtool_unit_tests_pass() -> None:
     result = run_promtool("test", "rules", str(UNIT_TESTS))
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_each_alert_has_a_firing_and_a_quiet_case():
+def test_each_alert_has_a_firing_and_a_quiet_case() -> None:
     cases: dict[str, set[bool]] = {}
     for group in yaml.safe_load(UNIT_TESTS.read_text())["tests"]:
         for case in group["alert_rule_test"]:
@@ -91,11 +92,12 @@ def anchors(markdown: str) -> set[str]:
     return found
 
 
-def test_each_alert_says_what_and_where_its_runbook_is():
+def test_each_alert_says_what_and_where_its_runbook_is() -> None:
     sections = anchors(RUNBOOK.read_text())
     for rule in alerts():
         name, annotations = rule["alert"], rule["annotations"]
         assert rule["labels"]["severity"] in ("critical", "warning"), name
+        assert "for" in rule, f"{name}: say how long it waits, `for: 0m` if at once"
         assert annotations.get("summary") and annotations.get("description"), name
         page, _, anchor = annotations["runbook_url"].partition("#")
         assert page == "docs/operations.md" and anchor in sections, (name, anchor)
@@ -103,27 +105,90 @@ def test_each_alert_says_what_and_where_its_runbook_is():
             assert "{{ $labels.route }}" in annotations["summary"], f"{name}: name the route"
 
 
-def names_in(expr: str) -> tuple[set[str], set[str]]:
-    """(metric names, label names) a PromQL expression mentions."""
+@dataclass(frozen=True)
+class NamesInExpr:
+    """What a PromQL expression names: each metric with the labels its selector matches on,
+    and the labels it groups or joins by (`by`, `without`, `on`, `ignoring`)."""
+
+    selectors: dict[str, set[str]]
+    grouping: set[str]
+
+
+def names_in(expr: str) -> NamesInExpr:
     text = re.sub(r'"[^"]*"', '""', expr)  # label values are not names
     text = re.sub(r"\[[^\]]*\]", "", text)  # range durations
-    labels = set(re.findall(r"(\w+)\s*(?:=~|!~|!=|=)\s*\"", text))
-    for grouping in re.findall(r"\b(?:by|without|on|ignoring)\s*\(([^)]*)\)", text):
-        labels.update(name.strip() for name in grouping.split(",") if name.strip())
+    selectors: dict[str, set[str]] = {}
+    for metric, matchers in re.findall(r"\b([a-zA-Z_:][\w:]*)\s*\{([^}]*)\}", text):
+        matched = re.findall(r"(\w+)\s*(?:=~|!~|!=|=)", matchers)
+        selectors.setdefault(metric, set()).update(matched)
+    grouping: set[str] = set()
+    for clause in re.findall(r"\b(?:by|without|on|ignoring)\s*\(([^)]*)\)", text):
+        grouping.update(name.strip() for name in clause.split(",") if name.strip())
     text = re.sub(r"\{[^}]*\}", "", text)
     text = re.sub(r"\b(?:by|without|on|ignoring)\s*\([^)]*\)", "", text)
-    words = set(re.findall(r"\b[a-zA-Z_][a-zA-Z0-9_]*\b", text))
-    return words - PROMQL_WORDS, labels
+    for word in set(re.findall(r"\b[a-zA-Z_:][\w:]*\b", text)) - PROMQL_WORDS:
+        selectors.setdefault(word, set())
+    return NamesInExpr(selectors, grouping)
 
 
-def test_the_name_reader_catches_a_misspelt_metric():
+def unknown_names(expr: str, live: dict[str, set[str]]) -> list[str]:
+    """What `expr` names that `live` (sample name -> its label names) lacks: a metric, a label
+    a selector matches on that its own metric does not carry, a grouping label none carries."""
+    names = names_in(expr)
+    problems = [f"no metric {metric}" for metric in names.selectors.keys() - live.keys()]
+    for metric, labels in names.selectors.items():
+        missing = labels - live.get(metric, set()) - FROM_PROMETHEUS
+        problems += [f"no label {label} on {metric}" for label in sorted(missing)]
+    carried = set().union(*(live.get(metric, set()) for metric in names.selectors))
+    missing = names.grouping - carried - FROM_PROMETHEUS
+    problems += [f"no label {label} to group by" for label in sorted(missing)]
+    return problems
+
+
+def test_the_name_reader_sees_every_metric_and_label() -> None:
     """The check below is only as good as this reader: it must see every metric and label."""
-    metrics, labels = names_in(
+    names = names_in(
         'sum by (route) (increase(gateway_valued_postbak_total{mode="x"}[1h] offset 1h)) > 0'
-        ' unless on (instance) up{job="monetag-gateway"} == 0'
+        ' unless on (instance) up{job="monetag-gateway",status_class!~"2xx|4xx"} == 0'
+        " and gateway_ready < 14 * 86400"
     )
-    assert metrics == {"gateway_valued_postbak_total", "up"}
-    assert labels == {"route", "mode", "instance", "job"}
+    assert names.selectors == {
+        "gateway_valued_postbak_total": {"mode"},
+        "up": {"job", "status_class"},
+        "gateway_ready": set(),
+    }
+    assert names.grouping == {"route", "instance"}
+
+
+LIVE_EXAMPLE = {
+    "gateway_valued_postbacks_total": {"route"},
+    "gateway_rejections_total": {"route", "reason"},
+    "up": set(),
+}
+
+
+@pytest.mark.parametrize(
+    ("expr", "problem"),
+    [
+        (
+            "increase(gateway_valued_postbak_total[1h]) > 0",
+            "no metric gateway_valued_postbak_total",
+        ),
+        (
+            'gateway_valued_postbacks_total{reason="secret_wrong"} / gateway_rejections_total',
+            "no label reason on gateway_valued_postbacks_total",
+        ),
+        ("sum by (zone) (gateway_valued_postbacks_total)", "no label zone to group by"),
+    ],
+    ids=["misspelt metric", "label of another metric", "grouping label nobody carries"],
+)
+def test_the_check_catches_a_name_the_gateway_does_not_export(expr: str, problem: str) -> None:
+    assert unknown_names(expr, LIVE_EXAMPLE) == [problem]
+
+
+def test_the_check_lets_prometheus_own_names_through() -> None:
+    expr = 'up{job="monetag-gateway"} == 0 or sum by (instance) (gateway_rejections_total)'
+    assert unknown_names(expr, LIVE_EXAMPLE) == []
 
 
 def https_get(port: int, target: str, context: Any, source: str = "127.0.0.1") -> int:
@@ -140,7 +205,9 @@ def https_get(port: int, target: str, context: Any, source: str = "127.0.0.1") -
 
 
 @pytest.mark.process
-def test_every_metric_and_label_the_rules_name_is_on_a_live_gateway(start_upstream, tmp_path):
+def test_every_metric_and_label_the_rules_name_is_on_a_live_gateway(
+    start_upstream: UpstreamFactory, tmp_path: Path
+) -> None:
     app = start_upstream()
     certificate = make_certificate(tmp_path, "gateway")
     public, admin = free_port(), free_port()
@@ -199,13 +266,9 @@ def test_every_metric_and_label_the_rules_name_is_on_a_live_gateway(start_upstre
         process.terminate()
         process.wait(timeout=10)
 
-    for rule in alerts():
-        metrics, labels = names_in(rule["expr"])
-        for metric in metrics - PROMETHEUS_METRICS:
-            assert metric in live, f"{rule['alert']}: no {metric} on a live gateway"
-        carried = set().union(*(live.get(metric, set()) for metric in metrics))
-        missing = labels - carried - FROM_PROMETHEUS
-        assert not missing, f"{rule['alert']}: labels {missing} are not on {metrics}"
+    live["up"] = set()  # Prometheus's own, per target
+    problems = {rule["alert"]: unknown_names(rule["expr"], live) for rule in alerts()}
+    assert not {alert: found for alert, found in problems.items() if found}
 
 
 def _ready(admin: int, process: subprocess.Popen[bytes]) -> bool:
@@ -216,7 +279,7 @@ def _ready(admin: int, process: subprocess.Popen[bytes]) -> bool:
         return False
 
 
-def test_the_compose_prometheus_config_is_valid_and_loads_these_rules():
+def test_the_compose_prometheus_config_is_valid_and_loads_these_rules() -> None:
     """deploy/prometheus/prometheus.yml as Prometheus reads it: promtool checks it and the
     rule files it names (compose mounts the directory, so alerts.yml is found beside it)."""
     result = run_promtool("check", "config", str(RULES.parent / "prometheus.yml"))
