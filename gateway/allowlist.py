@@ -121,7 +121,21 @@ def allow_ips_text(advice: Advice, seen: str) -> str:
             f"last {when(block.last)}"
         )
     lines.extend(f"# {line}" for line in refusal_lines(advice))
+    lines.extend(f"# {line}" for line in proxy_lines(advice))
     return "\n".join(lines) + "\n"
+
+
+def proxy_lines(advice: Advice) -> list[str]:
+    """A block no sender on the internet has (private, loopback, shared) is most often a
+    proxy in front that `server.trusted_proxies` does not list: then every postback seems to
+    come from it, and listing it would let in whoever reaches the proxy."""
+    private = [str(block.network) for block in advice.blocks if not block.network.is_global]
+    if not private:
+        return []
+    return [
+        f"{', '.join(private)}: not a public network. If a proxy or load balancer is in "
+        "front, list it in server.trusted_proxies instead (then the senders behind it show)"
+    ]
 
 
 def refusal_lines(advice: Advice) -> list[str]:

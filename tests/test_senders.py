@@ -17,7 +17,7 @@ import aiohttp
 import pytest
 import yaml
 
-from gateway.allowlist import advise
+from gateway.allowlist import advise, proxy_lines
 from gateway.cli import main
 from gateway.config import parse_config
 from gateway.metrics import Metrics
@@ -118,6 +118,8 @@ async def test_senders_are_learned_and_suggested_from_the_history(
     assert re.search(r"#   127\.0\.5\.0/24: 2 of 2 postback", out)
     assert "#   part of 127.0.0.0/24: 0 of 1" in out  # allow_ips lists 127.0.0.1 alone of it
     assert "127.0.1.0/24:" not in out  # listed whole: not a refusal
+    # loopback is nobody's address on the internet: most likely a proxy not in trusted_proxies
+    assert "# 127.0.0.0/23, 127.0.4.0/23: not a public network." in out
 
     # the page says the same
     got, _, body = await get_page(site, "/senders?since=1d")
@@ -248,6 +250,17 @@ def test_memory_is_bounded_and_says_what_it_did_not_note(caplog):
     ]
     assert metrics.registry.get_sample_value("gateway_senders_untracked_total") == 2
     assert any("senders seen full" in line.message for line in caplog.records)
+
+
+def test_public_networks_are_suggested_without_the_proxy_hint():
+    seen = SendersSeen(Metrics())
+    for client in ("203.0.113.1", "8.8.8.8", "10.1.2.3"):
+        seen.note(record(client))
+    config = parse_config(senders_config(_App(), None), {"MONETAG_SECRET": SECRET, **ADMIN_ENV})
+    advice = advise(config.routes[0], seen.senders())
+    hints = proxy_lines(advice)
+    assert hints and hints[0].startswith("10.1.2.0/24, 203.0.113.0/24: not a public network")
+    assert "8.8.8.0/24" not in hints[0]
 
 
 def test_an_ipv6_sender_is_suggested_beside_ipv4_ones():

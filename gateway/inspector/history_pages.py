@@ -18,7 +18,7 @@ from urllib.parse import urlencode
 
 from aiohttp import web
 
-from ..allowlist import advise, allow_ips_text, refusal_lines, when
+from ..allowlist import advise, allow_ips_text, proxy_lines, refusal_lines, when
 from ..config import duration_words
 from ..durable.outbox import StoreError
 from ..errors import Outcome
@@ -111,7 +111,7 @@ class HistoryPages:
                     "advice": advice,
                     "keyed": route.secret is not None,
                     "suggestion": allow_ips_text(advice, seen),
-                    "refusals": refusal_lines(advice),
+                    "refusals": refusal_lines(advice) + proxy_lines(advice),
                 }
             )
         context = {"routes": routes, "since": since_text, "seen": seen, "when": when}
