@@ -145,8 +145,10 @@ def refusal_lines(advice: Advice) -> list[str]:
     refused = advice.refused
     if not refused:
         return ["the current allow_ips lists every network seen"]
-    verb = "refuses" if advice.mode is AllowIpsMode.ENFORCE else "would refuse, enforced,"
-    lines = [f"the current allow_ips {verb}:"]
+    if advice.mode is AllowIpsMode.ENFORCE:
+        lines = ["the current allow_ips refuses:"]
+    else:
+        lines = ["enforced, the current allow_ips would refuse:"]
     for judged in refused:
         sender = judged.sender
         part = "part of " if judged.listed == "part" else ""

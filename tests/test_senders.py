@@ -152,12 +152,12 @@ async def test_log_only_shows_what_enforcing_would_refuse(
     section = html.unescape(body.split('id="senders-tapper"')[1].split("</section>")[0])
     assert "allow_ips_mode: log_only" in section
     assert "enforcing would refuse" in section
-    assert "would refuse, enforced," in section  # the suggestion's comment says so too
+    assert "enforced, the current allow_ips would refuse:" in section  # and the suggestion
     assert section.count("enforcing would refuse") == 2  # 127.0.4.0/24 and 127.0.5.0/24
     config_file = tmp_path / "config.yaml"
     config_file.write_text(text)
     code, out = await asyncio.to_thread(suggest, config_file, capsys, "--route", "tapper")
-    assert code == 0 and "# the current allow_ips would refuse, enforced,:" in out
+    assert code == 0 and "# enforced, the current allow_ips would refuse:" in out
 
 
 async def test_without_a_history_the_page_shows_this_replicas_memory(
