@@ -128,6 +128,8 @@ async def test_senders_are_learned_and_suggested_from_the_history(
     assert "127.0.4.0/23" in section and "refused" in section and "127.0.3." not in section
     opened = html.unescape(body.split('id="senders-open"')[1].split("</section>")[0])
     assert "has no key" in opened
+    got, _, body = await get_page(site, "/senders?since=forever")
+    assert got == 400 and "since" in body and "forever" not in body
 
 
 async def get_page(site: Site, path: str) -> tuple[int, Any, str]:
