@@ -71,6 +71,13 @@ def test_malformed_init_data_is_named_and_never_quoted(init_data):
     assert "QUOTED" not in refused.detail and "x" * 20 not in refused.detail
 
 
+def test_an_age_of_nothing_is_a_mistake_not_any_age():
+    """The library reads max age 0 as "any age" (replay forever): refused as a bug instead."""
+    for max_age in (0.0, -1.0, float("inf")):
+        with pytest.raises(ValueError):
+            telegram_user(signed_init_data(5, int(NOW)), TEST_BOT_TOKEN, max_age=max_age, now=NOW)
+
+
 def test_init_data_without_a_user_proves_nobody():
     assert refusal(signed_init_data(None, int(NOW))).reason == "init_data_no_user"
 

@@ -42,10 +42,11 @@ def telegram_user(init_data: str, bot_token: str, *, max_age: float, now: float)
     `init_data_no_user`)."""
     if len(init_data.encode()) > MAX_INIT_DATA_BYTES:
         raise InitDataRefused("init_data_malformed", f"longer than {MAX_INIT_DATA_BYTES} bytes")
+    if not (math.isfinite(max_age) and max_age > 0):  # the library reads 0 as "any age"
+        raise ValueError("max_age must be a positive number of seconds")
     moment = datetime.fromtimestamp(now, UTC)
-    expires_in = max_age if math.isfinite(max_age) and max_age > 0 else None
     try:
-        data = validate_by_hash(init_data, bot_token, expires_in=expires_in, now=moment)
+        data = validate_by_hash(init_data, bot_token, expires_in=max_age, now=moment)
     except errors.ExpiredError:
         raise InitDataRefused(
             "init_data_expired", f"signed more than {max_age:g} s ago: open the Mini App again"
@@ -58,7 +59,8 @@ def telegram_user(init_data: str, bot_token: str, *, max_age: float, now: float)
         raise InitDataRefused("init_data_malformed", _what(error)) from None
     if data.user is None:
         raise InitDataRefused("init_data_no_user", "it names no user")
-    # the signature covers auth_date: one far in the future is a forged clock, not a user
+    # signed for a time ahead of ours by more than the skew: one clock is wrong, and such
+    # data would stay usable for longer than max_age
     if data.auth_date > now + CLOCK_SKEW:
         raise InitDataRefused("init_data_expired", "signed in the future: check the clock")
     return TelegramUser(data.user.id, data.auth_date)
