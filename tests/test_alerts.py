@@ -7,10 +7,12 @@ dedup falling back), so a renamed metric cannot leave an alert that never fires.
 from __future__ import annotations
 
 import http.client
+import json
 import re
 import shutil
 import subprocess
 import urllib.parse
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -285,3 +287,106 @@ def test_the_compose_prometheus_config_is_valid_and_loads_these_rules() -> None:
     result = run_promtool("check", "config", str(RULES.parent / "prometheus.yml"))
     assert result.returncode == 0, result.stdout + result.stderr
     assert f"SUCCESS: {len(alerts())} rules found" in result.stdout
+
+
+# -- Alertmanager: where the alerts go ------------------------------------------------------
+
+ALERTMANAGER_CONFIG = RULES.parent / "alertmanager.yml"
+
+
+def alertmanager_binary() -> str:
+    found = shutil.which("prometheus-alertmanager") or shutil.which("alertmanager")
+    assert found, "Alertmanager is missing: ./scripts/test installs prometheus-alertmanager"
+    return found
+
+
+def test_amtool_accepts_the_alertmanager_config_and_routes_critical_alerts_sooner() -> None:
+    amtool = shutil.which("amtool")
+    assert amtool, "amtool is missing: ./scripts/test installs prometheus-alertmanager"
+    checked = subprocess.run(
+        [amtool, "check-config", str(ALERTMANAGER_CONFIG)], capture_output=True, text=True
+    )
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    config = yaml.safe_load(ALERTMANAGER_CONFIG.read_text())
+    assert set(config["route"]["group_by"]) == {"alertname", "route", "instance"}
+    (critical,) = config["route"]["routes"]
+    assert critical["matchers"] == ['severity="critical"'] and critical["repeat_interval"] == "1h"
+    inhibited = {
+        name
+        for rule in config["inhibit_rules"]
+        for matcher in rule["target_matchers"]
+        for name in re.findall(r"Gateway\w+", matcher)
+    }
+    assert inhibited <= {rule["alert"] for rule in alerts()}  # names of real alerts
+
+
+def post_alerts(port: int, alerts_sent: list[dict[str, Any]]) -> None:
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/api/v2/alerts",
+        data=json.dumps(alerts_sent).encode(),
+        headers={"Content-Type": "application/json"},
+        method="POST",
+    )
+    with urllib.request.urlopen(request, timeout=5) as response:
+        assert response.status == 200
+
+
+def alert_states(port: int) -> dict[tuple[str, str], str]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v2/alerts", timeout=5) as answer:
+        found = json.load(answer)
+    return {
+        (alert["labels"]["alertname"], alert["labels"]["instance"]): alert["status"]["state"]
+        for alert in found
+    }
+
+
+@pytest.mark.process
+def test_alertmanager_holds_back_what_follows_from_a_store_down_on_the_same_replica(
+    tmp_path: Path,
+) -> None:
+    """The shipped config run by the real daemon: GatewayNotReady on the replica whose store
+    is down is inhibited (one cause, one message); on another replica it is not."""
+    port, cluster = free_port(), free_port()
+    daemon = subprocess.Popen(
+        [
+            alertmanager_binary(),
+            f"--config.file={ALERTMANAGER_CONFIG}",
+            f"--storage.path={tmp_path}",
+            f"--web.listen-address=127.0.0.1:{port}",
+            f"--cluster.listen-address=127.0.0.1:{cluster}",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=(tmp_path / "err").open("wb"),
+    )
+    try:
+        eventually(lambda: _answers(port), 20, explain=lambda: (tmp_path / "err").read_text())
+
+        def alert(name: str, instance: str, severity: str) -> dict[str, Any]:
+            labels = {"alertname": name, "instance": instance, "severity": severity}
+            return {"labels": {**labels, "job": "monetag-gateway"}}
+
+        post_alerts(
+            port,
+            [
+                alert("GatewayStoreDown", "gw-1:9090", "critical"),
+                alert("GatewayNotReady", "gw-1:9090", "critical"),
+                alert("GatewayNotReady", "gw-2:9090", "critical"),
+            ],
+        )
+        expected = {
+            ("GatewayStoreDown", "gw-1:9090"): "active",
+            ("GatewayNotReady", "gw-1:9090"): "suppressed",
+            ("GatewayNotReady", "gw-2:9090"): "active",
+        }
+        eventually(lambda: alert_states(port) == expected, 10, explain=lambda: alert_states(port))
+    finally:
+        daemon.terminate()
+        daemon.wait(timeout=10)
+
+
+def _answers(port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/-/ready", timeout=1) as answer:
+            return answer.status == 200
+    except OSError:
+        return False

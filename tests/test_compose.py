@@ -81,8 +81,12 @@ def walkthrough() -> list[str]:
 
 def test_compose_runs_two_replicas_postgres_and_the_app_behind_one_port() -> None:
     services = compose()["services"]
-    assert set(services) == {"lb", "gateway-1", "gateway-2", "postgres", "app", "prometheus"}
-    assert services["prometheus"]["profiles"] == ["monitoring"]  # a plain `up` runs the rest
+    assert set(services) == {
+        *("lb", "gateway-1", "gateway-2", "postgres", "app"),
+        *("prometheus", "alertmanager"),
+    }
+    for monitoring in ("prometheus", "alertmanager"):  # a plain `up` runs the rest
+        assert services[monitoring]["profiles"] == ["monitoring"]
     assert services["gateway-1"] == services["gateway-2"]
     assert services["lb"]["ports"] == ["8080:80"]
     assert set(services["lb"]["depends_on"]) == set(GATEWAYS)
@@ -308,3 +312,16 @@ def test_prometheus_scrapes_both_replicas_admin_ports_and_loads_the_shipped_rule
     assert targets == [f"{name}:{config.server.admin_listen.port}" for name in GATEWAYS]
     assert set(GATEWAYS) <= set(config.server.admin_hosts)
     assert not config.server.metrics_need_token and job["metrics_path"] == "/metrics"
+
+
+def test_prometheus_sends_its_alerts_to_the_compose_alertmanager() -> None:
+    services = compose()["services"]
+    alertmanager = services["alertmanager"]
+    assert "alertmanager" in services["prometheus"]["depends_on"]
+    mount = "./deploy/prometheus/alertmanager.yml:/etc/alertmanager/alertmanager.yml:ro"
+    assert mount in alertmanager["volumes"]
+    assert "--config.file=/etc/alertmanager/alertmanager.yml" in alertmanager["command"]
+    assert all(port.startswith("127.0.0.1:") for port in alertmanager["ports"])
+    scrape = yaml.safe_load((REPO / "deploy/prometheus/prometheus.yml").read_text())
+    (target,) = scrape["alerting"]["alertmanagers"][0]["static_configs"][0]["targets"]
+    assert target == "alertmanager:9093"
