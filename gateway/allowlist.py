@@ -60,32 +60,29 @@ class Advice:
 def advise(route: RouteConfig, senders: Iterable[Sender]) -> Advice:
     """The suggestion for one route from its senders seen (other routes' are ignored)."""
     own = sorted(
-        (sender for sender in senders if sender.route == route.name),
-        key=lambda sender: _network(sender).version * 2**128 + _start(sender),
+        (
+            (ipaddress.ip_network(sender.network), sender)
+            for sender in senders
+            if sender.route == route.name
+        ),
+        key=lambda seen: (seen[0].version, int(seen[0].network_address)),
     )
     allow_ips = route.allow_ips
     networks = [
-        Judged(sender, "all" if allow_ips is None else allow_ips.lists(_network(sender)))
-        for sender in own
+        Judged(sender, "all" if allow_ips is None else allow_ips.lists(network))
+        for network, sender in own
     ]
     return Advice(route.name, route.allow_ips_mode, allow_ips is not None, _blocks(own), networks)
 
 
-def _network(sender: Sender) -> IPNetwork:
-    return ipaddress.ip_network(sender.network)
-
-
-def _start(sender: Sender) -> int:
-    return int(_network(sender).network_address)
-
-
-def _blocks(senders: Sequence[Sender]) -> list[Block]:
-    v4 = [ipaddress.IPv4Network(sender.network) for sender in senders if ":" not in sender.network]
-    v6 = [ipaddress.IPv6Network(sender.network) for sender in senders if ":" in sender.network]
+def _blocks(own: Sequence[tuple[IPNetwork, Sender]]) -> list[Block]:
+    """The fewest CIDRs covering exactly the networks seen, each with what it adds up."""
+    v4 = [network for network, _ in own if isinstance(network, ipaddress.IPv4Network)]
+    v6 = [network for network, _ in own if isinstance(network, ipaddress.IPv6Network)]
     merged: list[IPNetwork] = [*ipaddress.collapse_addresses(v4), *ipaddress.collapse_addresses(v6)]
     blocks = []
     for block in merged:
-        inside = [sender for sender in senders if _within(_network(sender), block)]
+        inside = [sender for network, sender in own if _within(network, block)]
         blocks.append(
             Block(
                 block,

@@ -19,7 +19,7 @@ import orjson
 from ..config.model import PostgresUrl
 from ..durable.outbox import StoreError
 from ..durable.postgres_outbox import ADVISORY_LOCK, CONNECT_TIMEOUT, FAILURES, describe
-from ..senders import HOUR, Sender, SenderRow
+from ..senders import Sender, SenderRow
 from . import sql
 from .rows import DeliveryRow, Row
 from .search import (
@@ -123,9 +123,8 @@ class PostgresHistory:
         return max(deleted)
 
     async def senders(self, since: float, route: str | None = None) -> list[Sender]:
-        hour = since // HOUR * HOUR
-        arguments = (hour,) if route is None else (hour, route)
-        found = await self._fetch(sql.senders(route, sql.dollar), *arguments)
+        statement = sql.senders(since, route, sql.dollar)
+        found = await self._fetch(statement.text, *statement.arguments)
         return [Sender(*row) for row in found]
 
     async def report(self, groups: Sequence[str], search: Search) -> list[ReportLine]:

@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from ..senders import HOUR
 from .search import COLUMNS, DELIVERY_COLUMNS, Search
 
 Placeholder = Callable[[int], str]  # the n-th parameter (1-based) as the store writes it
@@ -105,16 +106,21 @@ def add_senders(placeholder: Placeholder) -> str:
     )
 
 
-def senders(route: str | None, placeholder: Placeholder) -> str:
-    """Each network's rows since an hour (parameter 1), of one route (2) or all, added up
+def senders(since: float, route: str | None, placeholder: Placeholder) -> Statement:
+    """Each network's rows since the hour `since` falls in, of one route or all, added up
     across replicas and hours."""
-    of_route = f" AND route = {placeholder(2)}" if route is not None else ""
-    return (
+    arguments: list[Any] = [since // HOUR * HOUR]
+    of_route = ""
+    if route is not None:
+        arguments.append(route)
+        of_route = f" AND route = {placeholder(2)}"
+    return Statement(
         # PostgreSQL's SUM of a BIGINT is a NUMERIC: cast back, for both stores' sake
         "SELECT route, network, MIN(first), MAX(last), CAST(SUM(postbacks) AS BIGINT), "
         "CAST(SUM(outside) AS BIGINT), "
         f"COUNT(DISTINCT replica) FROM history_senders WHERE at >= {placeholder(1)}{of_route} "
-        "GROUP BY route, network ORDER BY route, network"
+        "GROUP BY route, network ORDER BY route, network",
+        arguments,
     )
 
 

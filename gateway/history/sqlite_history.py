@@ -26,7 +26,7 @@ import orjson
 
 from ..durable.outbox import StoreError
 from ..durable.sqlite_writer import SqliteWriter
-from ..senders import HOUR, Sender, SenderRow
+from ..senders import Sender, SenderRow
 from . import sql
 from .rows import DeliveryRow, Row
 from .search import (
@@ -103,9 +103,8 @@ class SqliteHistory:
         return await self._writer.run(partial(_expire, older_than, limit))
 
     async def senders(self, since: float, route: str | None = None) -> list[Sender]:
-        text = sql.senders(route, sql.qmark)
-        arguments = (since // HOUR * HOUR,) if route is None else (since // HOUR * HOUR, route)
-        found = await self._read(lambda c: c.execute(text, arguments).fetchall())
+        statement = sql.senders(since, route, sql.qmark)
+        found = await self._read(lambda c: _all(statement, c))
         return [Sender(*row) for row in found]
 
     async def report(self, groups: Sequence[str], search: Search) -> list[ReportLine]:
