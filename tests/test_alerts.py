@@ -21,6 +21,7 @@ import pytest
 import yaml
 
 from tests.conftest import UpstreamFactory
+from tests.support.alertrules import RULES, alerts
 from tests.support.gatewayconfig import gateway_config, route, upstream
 from tests.support.metrics import Scrape
 from tests.support.processes import (
@@ -34,7 +35,6 @@ from tests.support.tlscerts import make_certificate
 from tests.support.waiting import eventually
 
 REPO = Path(__file__).resolve().parents[1]
-RULES = REPO / "deploy" / "prometheus" / "alerts.yml"
 UNIT_TESTS = REPO / "tests" / "prometheus" / "alerts_test.yml"
 RUNBOOK = REPO / "docs" / "operations.md"
 # labels Prometheus adds to every scraped series
@@ -50,11 +50,6 @@ def promtool() -> str:
     found = shutil.which("promtool")
     assert found, "promtool is missing: ./scripts/test installs it (Debian package prometheus)"
     return found
-
-
-def alerts() -> list[dict[str, Any]]:
-    document = yaml.safe_load(RULES.read_text())
-    return [rule for group in document["groups"] for rule in group["rules"]]
 
 
 def run_promtool(*args: str) -> subprocess.CompletedProcess[str]:

@@ -28,12 +28,12 @@ from typing import Any
 from urllib.parse import urlencode
 
 import pytest
-import yaml
 
 from gateway.durable.outbox import DEAD, DELIVERED, PENDING, RETRY
 from gateway.metrics import Metrics
 from tests.conftest import RedisServer, UpstreamFactory
 from tests.support import processes
+from tests.support.alertrules import alerts
 from tests.support.gatewayconfig import gateway_config, route, upstream
 from tests.support.metrics import Scrape
 from tests.support.processes import (
@@ -1011,8 +1011,7 @@ def test_shutdown_has_one_deadline_and_logs_the_postback_it_cuts_off(
 def test_the_dashboard_shows_the_shipped_alerts_states() -> None:
     """The first row: what the shipped rules say now, for the selected routes; its selector
     catches every alert of alerts.yml (all named Gateway...)."""
-    rules = yaml.safe_load((REPO / "deploy/prometheus/alerts.yml").read_text())
-    names = [rule["alert"] for group in rules["groups"] for rule in group["rules"]]
+    names = [rule["alert"] for rule in alerts()]
     assert names and all(name.startswith("Gateway") for name in names)
     dashboard = load_dashboard()
     first = min(dashboard["panels"], key=lambda p: (p["gridPos"]["y"], p["gridPos"]["x"]))

@@ -17,7 +17,7 @@ import aiohttp
 import pytest
 import yaml
 
-from gateway.allowlist import advise, proxy_lines
+from gateway.allowlist import Advice, advise, proxy_lines
 from gateway.cli import main
 from gateway.config import parse_config
 from gateway.metrics import Metrics
@@ -254,22 +254,23 @@ def test_memory_is_bounded_and_says_what_it_did_not_note(caplog):
     assert any("senders seen full" in line.message for line in caplog.records)
 
 
-def test_public_networks_are_suggested_without_the_proxy_hint():
+def advice_for(*clients: str) -> Advice:
+    """What `tapper` (allow_ips ALLOWED) is advised after one valid-key postback from each."""
     seen = SendersSeen(Metrics())
-    for client in ("203.0.113.1", "8.8.8.8", "10.1.2.3"):
+    for client in clients:
         seen.note(record(client))
     config = parse_config(senders_config(_App(), None), {"MONETAG_SECRET": SECRET, **ADMIN_ENV})
-    advice = advise(config.routes[0], seen.senders())
+    return advise(config.routes[0], seen.senders())
+
+
+def test_public_networks_are_suggested_without_the_proxy_hint():
+    advice = advice_for("203.0.113.1", "8.8.8.8", "10.1.2.3")
     hints = proxy_lines(advice)
     assert hints and hints[0].startswith("10.1.2.0/24, 203.0.113.0/24: not a public network")
     assert "8.8.8.0/24" not in hints[0]
 
 
 def test_an_ipv6_sender_is_suggested_beside_ipv4_ones():
-    seen = SendersSeen(Metrics())
-    for client in ("2001:db8:1::1", "2001:db8:0::5", "203.0.113.1"):
-        seen.note(record(client))
-    config = parse_config(senders_config(_App(), None), {"MONETAG_SECRET": SECRET, **ADMIN_ENV})
-    advice = advise(config.routes[0], seen.senders())
+    advice = advice_for("2001:db8:1::1", "2001:db8:0::5", "203.0.113.1")
     assert [str(block.network) for block in advice.blocks] == ["203.0.113.0/24", "2001:db8::/47"]
     assert [judged.listed for judged in advice.networks] == ["none", "none", "none"]
