@@ -104,8 +104,10 @@ def test_events_acknowledged_by_a_killed_replica_are_delivered_by_the_survivor(
     assert set(accepted.values()) == {1}, accepted
     delivered_ymids = {r.ymid for r in app.received if r.answered == 200}
     assert delivered_ymids == set(ymids)
-    # the dead replica delivered nothing after it died: the survivor counted them all
-    assert metric_sum(survivor.metrics(), "gateway_deliveries_total", result="delivered") == 40
+    # the dead replica delivered nothing after it died: the survivor counted them all (each
+    # counted just after the store has its result, which the check above may already see)
+    eventually(lambda: delivered_counted(survivor) >= 40)
+    assert delivered_counted(survivor) == 40
     assert queue_stats(setups[1])["tapper"].get("pending", 0) == 0
 
 
@@ -133,8 +135,27 @@ def test_a_killed_replicas_delivery_is_taken_over_after_its_lease_not_before(
     eventually(lambda: none_pending(setups[1]), 20, interval=0.2)  # the taker recorded it
     assert app.accepted_per_key() == Counter({first.key: 1})
     assert [request.key for request in app.received] == [first.key, first.key]
-    delivered = metric_sum(taker.metrics(), "gateway_deliveries_total", result="delivered")
-    assert delivered == 1
+    eventually(lambda: delivered_counted(taker) >= 1)
+    assert delivered_counted(taker) == 1
+
+
+def unexpected(gateways: list[Gateway], replies: list[Reply]) -> str:
+    """Which replica gave which answer other than 200, with its headers and its last log lines:
+    such an answer has been seen once on CI (a 404 in aiohttp's words) and not reproduced."""
+    lines = [
+        f"copy {copy} to replica {copy % 2} (public {gateways[copy % 2].setup.public_port}, "
+        f"admin {gateways[copy % 2].setup.admin_port}): {reply.status} "
+        f"{dict(reply.headers)} {reply.body[:200]!r}"
+        for copy, reply in enumerate(replies)
+        if reply.status != 200
+    ]
+    for index, gateway in enumerate(gateways):
+        lines.append(f"replica {index} output: " + gateway.output()[-2000:])
+    return "\n".join(lines)
+
+
+def delivered_counted(gateway: Gateway) -> float:
+    return metric_sum(gateway.metrics(), "gateway_deliveries_total", result="delivered")
 
 
 def none_pending(setup: Any) -> bool:
@@ -232,7 +253,7 @@ def test_the_same_postback_at_both_replicas_at_once_is_forwarded_once(
     with ThreadPoolExecutor(max_workers=copies) as pool:
         for ymid in ymids:
             replies = list(pool.map(lambda copy, y=ymid: send(copy, y), range(copies)))
-            assert {reply.status for reply in replies} == {200}, replies
+            assert {reply.status for reply in replies} == {200}, unexpected(gateways, replies)
             outcomes[ymid] = Counter(reply.outcome for reply in replies)
     first = "forwarded" if delivery == "sync" else "queued"
     for ymid, counted in outcomes.items():
