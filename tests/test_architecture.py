@@ -147,3 +147,24 @@ def test_each_store_knows_only_the_outbox_protocol_not_the_other_store(module: P
     elif module.stem not in {"service", "__init__"}:
         stores = POSTGRES_MODULES | SQLITE_MODULES | {"asyncpg", "sqlite3"}
         assert not imported & stores, f"{module.name} should use the Outbox protocol"
+
+
+# -- inside history/: the same two stores, the statements written once ---------------------------
+
+HISTORY = GATEWAY / "history"
+HISTORY_STORES = {"postgres_history": {"asyncpg"}, "sqlite_history": {"sqlite3"}}
+
+
+@pytest.mark.parametrize("module", sorted(HISTORY.glob("*.py")), ids=lambda module: module.stem)
+def test_each_history_module_knows_at_most_its_own_store(module: Path) -> None:
+    """The rows, the statements (sql.py), the sessions and what is asked know neither store;
+    each store knows its own library, never the other store; `store.py` opens either."""
+    imported = durable_imports_of(module)
+    every_store = set(HISTORY_STORES) | {
+        name for names in HISTORY_STORES.values() for name in names
+    }
+    if module.stem in HISTORY_STORES:
+        other = every_store - HISTORY_STORES[module.stem] - {module.stem}
+        assert not imported & other, imported
+    elif module.stem != "store":
+        assert not imported & every_store, f"{module.name} should use the HistoryStore protocol"

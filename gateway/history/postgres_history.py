@@ -31,6 +31,7 @@ from .search import (
     Search,
     user_key,
 )
+from .sessions import SessionRow
 
 POOL_SIZE = 2  # the recorder's batches and the pages' searches
 # a report or an export reads every row of its window: at 10 million postbacks a month's report
@@ -80,6 +81,7 @@ class PostgresHistory:
         rows: Sequence[Row],
         deliveries: Sequence[DeliveryRow],
         senders: Sequence[SenderRow] = (),
+        sessions: Sequence[SessionRow] = (),
     ) -> None:
         async with self._connection() as connection, connection.transaction():
             if rows:
@@ -90,6 +92,10 @@ class PostgresHistory:
                 )
             if senders:
                 await connection.executemany(sql.add_senders(sql.dollar), senders)
+            if sessions:
+                await connection.executemany(
+                    sql.add_sessions(sql.dollar), [session.values() for session in sessions]
+                )
 
     async def search(self, search: Search) -> list[Recorded]:
         statement = sql.select(search, sql.dollar)
@@ -107,9 +113,10 @@ class PostgresHistory:
 
     async def purge(self, *, telegram_id: str | None = None, ymid: str | None = None) -> int:
         column, value = user_key(telegram_id, ymid)
-        deliveries, postbacks = sql.purge(column, sql.dollar)
+        deliveries, sessions, postbacks = sql.purge(column, sql.dollar)
         async with self._connection() as connection, connection.transaction():
             await connection.execute(deliveries, value)
+            await connection.execute(sessions, value)
             status: str = await connection.execute(postbacks, value)
         return int(status.split()[-1])
 
@@ -120,6 +127,8 @@ class PostgresHistory:
                 status = await connection.execute(sql.expire(table, sql.dollar), older_than, limit)
                 deleted.append(int(status.split()[-1]))
             await connection.execute(sql.expire_senders(sql.dollar), older_than)
+            status = await connection.execute(sql.expire_sessions(sql.dollar), older_than, limit)
+            deleted.append(int(status.split()[-1]))
         return max(deleted)
 
     async def senders(self, since: float, route: str | None = None) -> list[Sender]:

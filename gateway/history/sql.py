@@ -14,6 +14,7 @@ from typing import Any
 
 from ..senders import HOUR
 from .search import COLUMNS, DELIVERY_COLUMNS, Search
+from .sessions import SESSION_COLUMNS
 
 Placeholder = Callable[[int], str]  # the n-th parameter (1-based) as the store writes it
 GROUPS = {"day": "day", "zone": "zone_id", "route": "route"}  # `history report --by`
@@ -90,6 +91,25 @@ def tables(identity: str, real: str) -> list[str]:
             PRIMARY KEY (route, network, replica, at)
         )""",
         "CREATE INDEX IF NOT EXISTS history_senders_at ON history_senders (at)",
+        # reward sessions (sessions.py): a row per ymid issued or answered, merged by
+        # add_sessions; no_postback_at is set by the sweep alone
+        f"""CREATE TABLE IF NOT EXISTS history_sessions (
+            ymid TEXT PRIMARY KEY,
+            route TEXT NOT NULL,
+            placement TEXT,
+            telegram_id TEXT NOT NULL,
+            replica TEXT NOT NULL,
+            expires {real} NOT NULL,
+            issued_at {real},
+            postback_at {real},
+            no_postback_at {real}
+        )""",
+        # the sweep's: only the ymids still waiting, so it stays small however long the table
+        "CREATE INDEX IF NOT EXISTS history_sessions_waiting ON history_sessions (issued_at) "
+        "WHERE postback_at IS NULL AND no_postback_at IS NULL",
+        "CREATE INDEX IF NOT EXISTS history_sessions_issued ON history_sessions (issued_at)",
+        "CREATE INDEX IF NOT EXISTS history_sessions_telegram_id ON history_sessions (telegram_id)",
+        "CREATE INDEX IF NOT EXISTS history_sessions_expires ON history_sessions (expires)",
     ]
 
 
@@ -127,6 +147,41 @@ def senders(since: float, route: str | None, placeholder: Placeholder) -> Statem
 def expire_senders(placeholder: Placeholder) -> str:
     """The hours older than the cutoff: few rows, one statement."""
     return f"DELETE FROM history_senders WHERE at < {placeholder(1)}"
+
+
+def add_sessions(placeholder: Placeholder) -> str:
+    """One SessionRow merged into its ymid's row, the same whichever of the issue and the
+    postback comes first: issued_at is the issue's, postback_at the earliest, and route,
+    placement, telegram_id, replica and expires are the issue's once it is there (a placement
+    of None included); before it, the first non-null value written."""
+    issued = "history_sessions.issued_at IS NOT NULL"
+    by_issue = ", ".join(
+        f"{column} = CASE WHEN {issued} THEN history_sessions.{column} "
+        f"WHEN excluded.issued_at IS NOT NULL THEN excluded.{column} "
+        f"ELSE COALESCE(history_sessions.{column}, excluded.{column}) END"
+        for column in ("route", "placement", "telegram_id", "replica", "expires")
+    )
+    # SQLite's MIN(a, b) is NULL when either is, PostgreSQL's LEAST ignores NULLs: this
+    # comparison reads the same in both
+    earliest = (
+        "COALESCE(CASE WHEN excluded.postback_at < history_sessions.postback_at "
+        "THEN excluded.postback_at ELSE history_sessions.postback_at END, excluded.postback_at)"
+    )
+    return (
+        f"{insert('history_sessions', SESSION_COLUMNS, placeholder)} "
+        f"ON CONFLICT (ymid) DO UPDATE SET {by_issue}, "
+        "issued_at = COALESCE(history_sessions.issued_at, excluded.issued_at), "
+        f"postback_at = {earliest}"
+    )
+
+
+def expire_sessions(placeholder: Placeholder) -> str:
+    """At most a batch of the sessions that expired before the cutoff. By `expires`, which
+    every row has: a ymid answered whose issue was never written has no issued_at."""
+    return (
+        "DELETE FROM history_sessions WHERE ymid IN (SELECT ymid FROM history_sessions "
+        f"WHERE expires < {placeholder(1)} ORDER BY expires LIMIT {placeholder(2)})"
+    )
 
 
 def insert(table: str, columns: Sequence[str], placeholder: Placeholder) -> str:
@@ -193,12 +248,14 @@ def deliveries(count: int, placeholder: Placeholder) -> str:
 
 
 def purge(column: str, placeholder: Placeholder) -> list[str]:
-    """A user's deletion request: their postbacks' later deliveries, then the postbacks."""
+    """A user's deletion request: their postbacks' later deliveries, their sessions, then
+    the postbacks (last: the count a purge answers is that statement's)."""
     assert column in ("telegram_id", "ymid")
     mark = placeholder(1)
     return [
         "DELETE FROM history_deliveries WHERE request_id IN "
         f"(SELECT request_id FROM history WHERE {column} = {mark})",
+        f"DELETE FROM history_sessions WHERE {column} = {mark}",
         f"DELETE FROM history WHERE {column} = {mark}",
     ]
 

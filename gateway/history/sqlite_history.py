@@ -38,6 +38,7 @@ from .search import (
     Search,
     user_key,
 )
+from .sessions import SessionRow
 
 T = TypeVar("T")
 DAY = "strftime('%Y-%m-%d', at, 'unixepoch')"
@@ -73,8 +74,9 @@ class SqliteHistory:
         rows: Sequence[Row],
         deliveries: Sequence[DeliveryRow],
         senders: Sequence[SenderRow] = (),
+        sessions: Sequence[SessionRow] = (),
     ) -> None:
-        await self._writer.run(partial(_write, rows, deliveries, senders))
+        await self._writer.run(partial(_write, rows, deliveries, senders, sessions))
 
     async def search(self, search: Search) -> list[Recorded]:
         statement = sql.select(search, sql.qmark)
@@ -144,12 +146,17 @@ def _write(
     rows: Sequence[Row],
     deliveries: Sequence[DeliveryRow],
     senders: Sequence[SenderRow],
+    sessions: Sequence[SessionRow],
     connection: sqlite3.Connection,
 ) -> None:
     _insert(connection, "history", COLUMNS, rows)
     _insert(connection, "history_deliveries", DELIVERY_COLUMNS, deliveries)
     if senders:
         connection.executemany(sql.add_senders(sql.qmark), senders)
+    if sessions:
+        connection.executemany(
+            sql.add_sessions(sql.qmark), [session.values() for session in sessions]
+        )
 
 
 def _insert(
@@ -177,8 +184,9 @@ def _statement(table: str, columns: tuple[str, ...]) -> str:
 
 
 def _purge(column: str, value: str, connection: sqlite3.Connection) -> int:
-    deliveries, postbacks = sql.purge(column, sql.qmark)
+    deliveries, sessions, postbacks = sql.purge(column, sql.qmark)
     connection.execute(deliveries, (value,))
+    connection.execute(sessions, (value,))
     return connection.execute(postbacks, (value,)).rowcount
 
 
@@ -188,7 +196,8 @@ def _expire(older_than: float, limit: int, connection: sqlite3.Connection) -> in
         for table in ("history", "history_deliveries")
     ]
     connection.execute(sql.expire_senders(sql.qmark), (older_than,))
-    return max(deleted)
+    sessions = connection.execute(sql.expire_sessions(sql.qmark), (older_than, limit))
+    return max(*deleted, sessions.rowcount)
 
 
 def _recorded(row: tuple[Any, ...]) -> Recorded:

@@ -14,6 +14,7 @@ from ..config import StoreConfig
 from ..senders import Sender, SenderRow
 from .rows import DeliveryRow, Row
 from .search import LaterDelivery, Recorded, ReportLine, Search
+from .sessions import SessionRow
 
 
 class HistoryStore(Protocol):
@@ -27,8 +28,9 @@ class HistoryStore(Protocol):
         rows: Sequence[Row],
         deliveries: Sequence[DeliveryRow],
         senders: Sequence[SenderRow] = (),
+        sessions: Sequence[SessionRow] = (),
     ) -> None:
-        """One transaction for the batch."""
+        """One transaction for the batch; each session merged into its ymid's row."""
 
     async def search(self, search: Search) -> list[Recorded]: ...
 
@@ -39,10 +41,11 @@ class HistoryStore(Protocol):
         """The later deliveries of these postbacks, oldest first."""
 
     async def purge(self, *, telegram_id: str | None = None, ymid: str | None = None) -> int:
-        """Delete a user's postbacks (and their deliveries): how many postbacks."""
+        """Delete a user's postbacks (and their deliveries and sessions): how many postbacks."""
 
     async def expire(self, older_than: float, limit: int) -> int:
-        """Delete at most `limit` rows of each table older than the cutoff: the most deleted."""
+        """Delete at most `limit` rows of each table older than the cutoff (sessions: expired
+        before it): the most deleted."""
 
     async def senders(self, since: float, route: str | None = None) -> list[Sender]:
         """Senders seen since then (to the hour), every replica's added up."""
