@@ -31,7 +31,7 @@ from .search import (
     Search,
     user_key,
 )
-from .sessions import SessionRow
+from .sessions import FillRate, Missed, SessionEvent, SessionRow, oldest_first
 
 POOL_SIZE = 2  # the recorder's batches and the pages' searches
 # a report or an export reads every row of its window: at 10 million postbacks a month's report
@@ -41,6 +41,10 @@ CLOSE_SECONDS = 5.0
 DAY = "to_char(to_timestamp(at) AT TIME ZONE 'UTC', 'YYYY-MM-DD')"
 REAL = "DOUBLE PRECISION"
 IDENTITY = "BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY"
+# the ymids as one text[] parameter: one prepared statement whatever their count
+AMONG = "= ANY($1::text[])"
+# each replica's sweep takes rows no other sweep holds, without waiting for them
+SKIP_LOCKED = " FOR UPDATE SKIP LOCKED"
 
 
 class PostgresHistory:
@@ -140,6 +144,29 @@ class PostgresHistory:
         statement = sql.report(groups, DAY, REAL, search, sql.dollar)
         found = await self._fetch(statement.text, *statement.arguments)
         return [ReportLine.of(groups, tuple(row)) for row in found]
+
+    async def session_events(self, ymids: Sequence[str]) -> list[SessionEvent]:
+        if not ymids:
+            return []
+        found = await self._fetch(sql.session_events(AMONG), list(ymids))
+        return [SessionEvent(*row) for row in found]
+
+    async def no_postback(
+        self, issued_before: float, now: float, replica: str, limit: int
+    ) -> list[Missed]:
+        statement = sql.no_postback(issued_before, now, limit, SKIP_LOCKED, sql.dollar)
+        async with self._connection() as connection, connection.transaction():
+            marked = await connection.fetch(statement.text, *statement.arguments)
+            missed = oldest_first(Missed(*row) for row in marked)
+            if missed:
+                lines = [one.history_row(now, replica) for one in missed]
+                await connection.copy_records_to_table("history", records=lines, columns=COLUMNS)
+        return missed
+
+    async def fill_rates(self, since: float, route: str | None = None) -> list[FillRate]:
+        statement = sql.fill_rates(since, route, sql.dollar)
+        found = await self._fetch(statement.text, *statement.arguments)
+        return [FillRate(*row) for row in found]
 
     async def _fetch(self, query: str, *arguments: Any) -> list[asyncpg.Record]:
         async with self._connection() as connection:

@@ -14,7 +14,7 @@ from typing import Any
 
 from ..senders import HOUR
 from .search import COLUMNS, DELIVERY_COLUMNS, Search
-from .sessions import SESSION_COLUMNS
+from .sessions import MISSED_COLUMNS, SESSION_COLUMNS
 
 Placeholder = Callable[[int], str]  # the n-th parameter (1-based) as the store writes it
 GROUPS = {"day": "day", "zone": "zone_id", "route": "route"}  # `history report --by`
@@ -172,6 +172,64 @@ def add_sessions(placeholder: Placeholder) -> str:
         f"ON CONFLICT (ymid) DO UPDATE SET {by_issue}, "
         "issued_at = COALESCE(history_sessions.issued_at, excluded.issued_at), "
         f"postback_at = {earliest}"
+    )
+
+
+def session_events(among: str) -> str:
+    """The history's rows of some ymids, oldest first, each with its latest delivery state.
+    `among` is the store's condition for "history.ymid is one of the ymids given", all of them
+    in its first parameter (an array, or a JSON list): one statement, one text, whatever the
+    count. `ymid IS NOT NULL` says outright what the partial index history_ymid requires, so
+    a generic plan uses it too."""
+    latest = (
+        "(SELECT delivery.state FROM history_deliveries AS delivery "
+        "WHERE delivery.request_id = history.request_id "
+        "ORDER BY delivery.at DESC, delivery.id DESC LIMIT 1)"
+    )
+    return (
+        "SELECT ymid, route, at, outcome, reason, status, event_type, request_id, "
+        f"{latest} FROM history WHERE ymid IS NOT NULL AND ymid {among} ORDER BY at, id"
+    )
+
+
+def no_postback(
+    issued_before: float, now: float, limit: int, lock: str, placeholder: Placeholder
+) -> Statement:
+    """Mark the oldest ymids issued by the cutoff and still waiting for a postback as missed,
+    at most `limit`, and return them. `lock` keeps two sweeps from taking the same rows:
+    PostgreSQL's ` FOR UPDATE SKIP LOCKED` (each replica takes the rows no other has
+    locked), nothing in SQLite (its one writer runs one sweep at a time).
+
+    The batch is picked once, MATERIALIZED: as `IN (subquery)` PostgreSQL ran the locking
+    subquery again for each row it updated, each run skipping the rows this statement had
+    just updated and picking the next, so LIMIT bounded nothing (seen: 5 marked of limit 2).
+    The outer condition is checked again on a row another sweep changed meanwhile: a row
+    is marked, and returned, once."""
+    waiting = "postback_at IS NULL AND no_postback_at IS NULL"
+    return Statement(
+        "WITH batch AS MATERIALIZED (SELECT ymid FROM history_sessions "
+        f"WHERE issued_at <= {placeholder(1)} AND {waiting} "
+        f"ORDER BY issued_at LIMIT {placeholder(2)}{lock}) "
+        f"UPDATE history_sessions SET no_postback_at = {placeholder(3)} "
+        f"WHERE {waiting} AND ymid IN (SELECT ymid FROM batch) "
+        f"RETURNING {', '.join(MISSED_COLUMNS)}",
+        [issued_before, limit, now],
+    )
+
+
+def fill_rates(since: float, route: str | None, placeholder: Placeholder) -> Statement:
+    """Per route and placement, of the ymids issued since then: how many, how many got a
+    postback, how many were missed. No placement sorts first in both stores."""
+    arguments: list[Any] = [since]
+    of_route = ""
+    if route is not None:
+        arguments.append(route)
+        of_route = f" AND route = {placeholder(2)}"
+    return Statement(
+        "SELECT route, placement, COUNT(*), COUNT(postback_at), COUNT(no_postback_at) "
+        f"FROM history_sessions WHERE issued_at >= {placeholder(1)}{of_route} "
+        "GROUP BY route, placement ORDER BY route, placement NULLS FIRST",
+        arguments,
     )
 
 

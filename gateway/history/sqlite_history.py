@@ -38,10 +38,11 @@ from .search import (
     Search,
     user_key,
 )
-from .sessions import SessionRow
+from .sessions import FillRate, Missed, SessionEvent, SessionRow, oldest_first
 
 T = TypeVar("T")
 DAY = "strftime('%Y-%m-%d', at, 'unixepoch')"
+SQLITE_AMONG = "IN (SELECT value FROM json_each(?))"
 SCHEMA = "".join(f"{statement};\n" for statement in sql.tables("INTEGER PRIMARY KEY", "REAL"))
 
 
@@ -115,6 +116,29 @@ class SqliteHistory:
             lambda c: c.execute(statement.text, statement.arguments).fetchall()
         )
         return [ReportLine.of(groups, row) for row in found]
+
+    async def session_events(self, ymids: Sequence[str]) -> list[SessionEvent]:
+        if not ymids:
+            return []
+        # the ymids as one JSON list parameter: one statement text whatever their count
+        # (cached by sqlite3), no parameter limit to chunk under, and one ORDER BY across
+        # all of them; SQLite probes history_ymid once per value of the list
+        text, among = sql.session_events(SQLITE_AMONG), orjson.dumps(list(ymids)).decode()
+        found = await self._read(lambda c: c.execute(text, (among,)).fetchall())
+        return [SessionEvent(*row) for row in found]
+
+    async def no_postback(
+        self, issued_before: float, now: float, replica: str, limit: int
+    ) -> list[Missed]:
+        # WITH ... AS MATERIALIZED and UPDATE ... RETURNING need SQLite 3.35 or later
+        # (Debian bookworm ships 3.40)
+        statement = sql.no_postback(issued_before, now, limit, "", sql.qmark)
+        return await self._writer.run(partial(_no_postback, statement, now, replica))
+
+    async def fill_rates(self, since: float, route: str | None = None) -> list[FillRate]:
+        statement = sql.fill_rates(since, route, sql.qmark)
+        found = await self._read(lambda c: _all(statement, c))
+        return [FillRate(*row) for row in found]
 
     async def _read(self, query: Callable[[sqlite3.Connection], T]) -> T:
         return await asyncio.to_thread(self._run_read, query)
@@ -198,6 +222,15 @@ def _expire(older_than: float, limit: int, connection: sqlite3.Connection) -> in
     connection.execute(sql.expire_senders(sql.qmark), (older_than,))
     sessions = connection.execute(sql.expire_sessions(sql.qmark), (older_than, limit))
     return max(*deleted, sessions.rowcount)
+
+
+def _no_postback(
+    statement: sql.Statement, now: float, replica: str, connection: sqlite3.Connection
+) -> list[Missed]:
+    """The sweep and its history lines, in the writer's one transaction."""
+    missed = oldest_first(Missed(*row) for row in _all(statement, connection))
+    _insert(connection, "history", COLUMNS, [one.history_row(now, replica) for one in missed])
+    return missed
 
 
 def _recorded(row: tuple[Any, ...]) -> Recorded:

@@ -14,7 +14,7 @@ from ..config import StoreConfig
 from ..senders import Sender, SenderRow
 from .rows import DeliveryRow, Row
 from .search import LaterDelivery, Recorded, ReportLine, Search
-from .sessions import SessionRow
+from .sessions import FillRate, Missed, SessionEvent, SessionRow
 
 
 class HistoryStore(Protocol):
@@ -51,6 +51,20 @@ class HistoryStore(Protocol):
         """Senders seen since then (to the hour), every replica's added up."""
 
     async def report(self, groups: Sequence[str], search: Search) -> list[ReportLine]: ...
+
+    async def session_events(self, ymids: Sequence[str]) -> list[SessionEvent]:
+        """The history's rows of these ymids, oldest first, each with its latest delivery
+        state: one statement for thousands of ymids."""
+
+    async def no_postback(
+        self, issued_before: float, now: float, replica: str, limit: int
+    ) -> list[Missed]:
+        """Mark at most `limit` ymids issued by `issued_before` that got no postback as missed
+        at `now`, each once across replicas, with a `no_postback` line in the history for
+        each (written as `replica`'s): the ones marked, oldest issue first."""
+
+    async def fill_rates(self, since: float, route: str | None = None) -> list[FillRate]:
+        """Per route and placement, the sessions issued since then and how they ended."""
 
 
 def history_store(config: StoreConfig) -> HistoryStore:
