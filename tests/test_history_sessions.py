@@ -245,12 +245,12 @@ async def test_the_sweep_marks_only_unanswered_ymids_issued_by_the_cutoff_and_ea
         issue("y-recent", CUTOFF + 1),
         postback("y-never-issued", NOW - 900),
     )
-    missed = await history.no_postback(CUTOFF, NOW, "replica-sweep", 100)
+    missed = await history.no_postback("tapper", CUTOFF, NOW, "replica-sweep", 100)
     assert missed == [
         Missed("y-old", "tapper", "level-2", USER, NOW - 900),
         Missed("y-at-cutoff", "tapper", None, USER, CUTOFF),
     ]
-    assert await history.no_postback(CUTOFF, NOW + 60, "replica-sweep", 100) == []
+    assert await history.no_postback("tapper", CUTOFF, NOW + 60, "replica-sweep", 100) == []
     assert (await stored(store_at, "y-old") or {})["no_postback_at"] == NOW
     for unmarked in ("y-answered", "y-recent", "y-never-issued"):
         assert (await stored(store_at, unmarked) or {})["no_postback_at"] is None, unmarked
@@ -259,17 +259,18 @@ async def test_the_sweep_marks_only_unanswered_ymids_issued_by_the_cutoff_and_ea
 async def test_the_sweep_takes_at_most_its_limit_oldest_first(history: HistoryStore):
     await write_sessions(history, *(issue(f"y-{n}", NOW - 1000 + n) for n in range(5)))
     batches = [
-        [one.ymid for one in await history.no_postback(CUTOFF, NOW, "r", 2)] for _ in range(3)
+        [one.ymid for one in await history.no_postback("tapper", CUTOFF, NOW, "r", 2)]
+        for _ in range(3)
     ]
     assert batches == [["y-0", "y-1"], ["y-2", "y-3"], ["y-4"]]
-    assert await history.no_postback(CUTOFF, NOW, "r", 2) == []
+    assert await history.no_postback("tapper", CUTOFF, NOW, "r", 2) == []
 
 
 async def test_a_missed_ymid_has_its_line_in_the_history_for_the_user_and_the_ymid(
     history: HistoryStore,
 ):
     await write_sessions(history, issue("y-missed", NOW - 900, placement="level-2"))
-    await history.no_postback(CUTOFF, NOW, "replica-sweep", 10)
+    await history.no_postback("tapper", CUTOFF, NOW, "replica-sweep", 10)
     (line,) = await history.search(Search(ymid="y-missed"))
     assert await history.search(Search(telegram_id=USER)) == [line]
     assert await history.get(line.request_id) == line
@@ -300,7 +301,7 @@ async def test_two_replicas_sweeping_at_once_mark_each_ymid_exactly_once(
 
     async def sweep(store: HistoryStore, replica: str) -> list[str]:
         taken: list[str] = []
-        while batch := await store.no_postback(CUTOFF, NOW, replica, 7):
+        while batch := await store.no_postback("tapper", CUTOFF, NOW, replica, 7):
             taken.extend(one.ymid for one in batch)
         return taken
 
@@ -335,11 +336,16 @@ async def sweep_past_the_held_rows(history: HistoryStore, postgres_url: str) -> 
                 "SELECT ymid FROM history_sessions WHERE ymid = ANY($1) FOR UPDATE",
                 ["y-0", "y-1"],
             )
-            missed = await asyncio.wait_for(history.no_postback(CUTOFF, NOW, "r", 10), PATIENCE)
+            missed = await asyncio.wait_for(
+                history.no_postback("tapper", CUTOFF, NOW, "r", 10), PATIENCE
+            )
             assert [one.ymid for one in missed] == ["y-2", "y-3"]
     finally:
         await holder.close()
-    assert [one.ymid for one in await history.no_postback(CUTOFF, NOW, "r", 10)] == ["y-0", "y-1"]
+    assert [one.ymid for one in await history.no_postback("tapper", CUTOFF, NOW, "r", 10)] == [
+        "y-0",
+        "y-1",
+    ]
 
 
 # -- fill rates ---------------------------------------------------------------------------------
@@ -363,7 +369,10 @@ async def test_fill_rates_count_each_placements_issues_postbacks_and_misses(
         issue("t-before-since", since - 1),
         postback("t-never-issued", NOW - 900),
     )
-    await history.no_postback(CUTOFF, NOW, "r", 100)
+    # each route is swept with its own window: sweeping one marks none of another's
+    swept = await history.no_postback("tapper", CUTOFF, NOW, "r", 100)
+    assert [one.ymid for one in swept] == ["t-before-since", "t-missed"]
+    await history.no_postback("other", CUTOFF, NOW, "r", 100)
     assert await history.fill_rates(since) == [
         FillRate("other", None, issued=1, postbacks=0, no_postback=1),
         FillRate("tapper", None, issued=3, postbacks=1, no_postback=1),
@@ -379,7 +388,7 @@ async def test_a_postback_after_the_sweep_counts_as_a_postback_and_stays_missed(
     history: HistoryStore, store_at: str | Path
 ):
     await write_sessions(history, issue("y-late", NOW - 900))
-    await history.no_postback(CUTOFF, NOW, "r", 10)
+    await history.no_postback("tapper", CUTOFF, NOW, "r", 10)
     await write_sessions(history, postback("y-late", NOW + 5))
     row = await stored(store_at, "y-late") or {}
     assert (row["postback_at"], row["no_postback_at"]) == (NOW + 5, NOW)

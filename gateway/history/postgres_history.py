@@ -152,9 +152,9 @@ class PostgresHistory:
         return [SessionEvent(*row) for row in found]
 
     async def no_postback(
-        self, issued_before: float, now: float, replica: str, limit: int
+        self, route: str, issued_before: float, now: float, replica: str, limit: int
     ) -> list[Missed]:
-        statement = sql.no_postback(issued_before, now, limit, SKIP_LOCKED, sql.dollar)
+        statement = sql.no_postback(route, issued_before, now, limit, SKIP_LOCKED, sql.dollar)
         async with self._connection() as connection, connection.transaction():
             marked = await connection.fetch(statement.text, *statement.arguments)
             missed = oldest_first(Missed(*row) for row in marked)

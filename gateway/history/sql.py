@@ -193,9 +193,10 @@ def session_events(among: str) -> str:
 
 
 def no_postback(
-    issued_before: float, now: float, limit: int, lock: str, placeholder: Placeholder
+    route: str, issued_before: float, now: float, limit: int, lock: str, placeholder: Placeholder
 ) -> Statement:
-    """Mark the oldest ymids issued by the cutoff and still waiting for a postback as missed,
+    """Mark the oldest ymids of the route issued by the cutoff (each route has its own
+    `no_postback_after`) and still waiting for a postback as missed,
     at most `limit`, and return them. `lock` keeps two sweeps from taking the same rows:
     PostgreSQL's ` FOR UPDATE SKIP LOCKED` (each replica takes the rows no other has
     locked), nothing in SQLite (its one writer runs one sweep at a time).
@@ -208,12 +209,12 @@ def no_postback(
     waiting = "postback_at IS NULL AND no_postback_at IS NULL"
     return Statement(
         "WITH batch AS MATERIALIZED (SELECT ymid FROM history_sessions "
-        f"WHERE issued_at <= {placeholder(1)} AND {waiting} "
-        f"ORDER BY issued_at LIMIT {placeholder(2)}{lock}) "
-        f"UPDATE history_sessions SET no_postback_at = {placeholder(3)} "
+        f"WHERE issued_at <= {placeholder(1)} AND route = {placeholder(2)} AND {waiting} "
+        f"ORDER BY issued_at LIMIT {placeholder(3)}{lock}) "
+        f"UPDATE history_sessions SET no_postback_at = {placeholder(4)} "
         f"WHERE {waiting} AND ymid IN (SELECT ymid FROM batch) "
         f"RETURNING {', '.join(MISSED_COLUMNS)}",
-        [issued_before, limit, now],
+        [issued_before, route, limit, now],  # in the order they appear: SQLite's are `?`
     )
 
 

@@ -128,11 +128,11 @@ class SqliteHistory:
         return [SessionEvent(*row) for row in found]
 
     async def no_postback(
-        self, issued_before: float, now: float, replica: str, limit: int
+        self, route: str, issued_before: float, now: float, replica: str, limit: int
     ) -> list[Missed]:
         # WITH ... AS MATERIALIZED and UPDATE ... RETURNING need SQLite 3.35 or later
         # (Debian bookworm ships 3.40)
-        statement = sql.no_postback(issued_before, now, limit, "", sql.qmark)
+        statement = sql.no_postback(route, issued_before, now, limit, "", sql.qmark)
         return await self._writer.run(partial(_no_postback, statement, now, replica))
 
     async def fill_rates(self, since: float, route: str | None = None) -> list[FillRate]:

@@ -57,11 +57,11 @@ class HistoryStore(Protocol):
         state: one statement for thousands of ymids."""
 
     async def no_postback(
-        self, issued_before: float, now: float, replica: str, limit: int
+        self, route: str, issued_before: float, now: float, replica: str, limit: int
     ) -> list[Missed]:
-        """Mark at most `limit` ymids issued by `issued_before` that got no postback as missed
-        at `now`, each once across replicas, with a `no_postback` line in the history for
-        each (written as `replica`'s): the ones marked, oldest issue first."""
+        """Mark at most `limit` of the route's ymids issued by `issued_before` that got no
+        postback as missed at `now`, each once across replicas, with a `no_postback` line in
+        the history for each (written as `replica`'s): the ones marked, oldest issue first."""
 
     async def fill_rates(self, since: float, route: str | None = None) -> list[FillRate]:
         """Per route and placement, the sessions issued since then and how they ended."""
