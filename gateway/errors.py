@@ -162,6 +162,42 @@ class SecretWrong(Forbidden):
     reason = "secret_wrong"
 
 
+class YmidRefused(Forbidden):
+    """On a route with sessions: the ymid is not one the gateway issued to this user, for this
+    placement, still valid. The key alone does not pay. (No reason of its own: each kind
+    below names one.)"""
+
+
+class YmidNotIssued(YmidRefused):
+    reason = "ymid_not_issued"
+
+
+class YmidForged(YmidRefused):
+    reason = "ymid_forged"
+
+
+class YmidExpired(YmidRefused):
+    reason = "ymid_expired"
+
+
+class TelegramIdMismatch(YmidRefused):
+    """Monetag's telegram_id is not the user the ymid was issued to."""
+
+    reason = "telegram_id_mismatch"
+
+
+class PlacementMismatch(YmidRefused):
+    """The postback's request_var is not the placement the ymid was issued for."""
+
+    reason = "placement_mismatch"
+
+
+YMID_REFUSALS: dict[str, type[YmidRefused]] = {
+    kind.reason: kind
+    for kind in (YmidNotIssued, YmidForged, YmidExpired, TelegramIdMismatch, PlacementMismatch)
+}
+
+
 # -- what the postback says ------------------------------------------------------------------------
 
 

@@ -211,9 +211,16 @@ class Metrics:
             "carrying the key.",
             ("route",),
         )
+        self.ymid_checks = CounterFamily(
+            "gateway_ymid_checks",
+            "Postbacks on routes with sessions by what their ymid proved: verified, or the "
+            "reason it would not pay (refused with mode=enforce, let in with mode=log_only).",
+            ("route", "result", "mode"),
+        )
         r.register(
             HotPathCollector(
                 (
+                    self.ymid_checks,
                     self.requests,
                     self.rejections,
                     self.upstream_attempts,
@@ -242,6 +249,30 @@ class Metrics:
             "gateway_senders_untracked",
             "Postbacks with a valid key from a network past what senders seen holds in memory "
             "(not noted: the allowlist suggestion misses them).",
+            registry=r,
+        )
+        self.ymids_issued = Counter(
+            "gateway_ymids_issued",
+            "Ymids issued to the Mini App's frontend, by route and placement ('' for none).",
+            ["route", "placement"],
+            registry=r,
+        )
+        self.ymid_requests_refused = Counter(
+            "gateway_ymid_requests_refused",
+            "Requests for a ymid refused, by route and reason (initData, origin, rate limit...).",
+            ["route", "reason"],
+            registry=r,
+        )
+        self.ymids_no_postback = Counter(
+            "gateway_ymids_no_postback",
+            "Issued ymids that received no postback within sessions.no_postback_after, by "
+            "route and placement (counted once, by the replica that noticed).",
+            ["route", "placement"],
+            registry=r,
+        )
+        self.ymid_status_waiting = Gauge(
+            "gateway_ymid_status_waiting",
+            "Frontends waiting on a ymid's status (`?wait=`) on this replica.",
             registry=r,
         )
         self.dedup_fallbacks = Counter(
@@ -288,6 +319,13 @@ class Metrics:
         )
         gauge.set_function(expires)
 
+    def sessions_configured(self, route: str, placements: Sequence[str]) -> None:
+        """A route's sessions' series exist, at 0, before the first ymid: a ratio over an
+        hour (the fill rate) is then defined from the start."""
+        for placement in ("", *placements):
+            self.ymids_issued.labels(route, placement)
+            self.ymids_no_postback.labels(route, placement)
+
     def store_committed(self, ok: bool) -> None:
         """A store transaction committed, or failed (called from the store's writer thread:
         prometheus-client's counters are thread-safe)."""
@@ -313,6 +351,9 @@ class Metrics:
         if record.outside_allowlist and record.key_valid:
             mode = "log_only" if record.let_in_by_log_only else "enforce"
             self.allowlist_valid_key.inc((*route, mode))
+        if record.ymid_check is not None:
+            mode = "enforce" if record.ymid_check_enforced else "log_only"
+            self.ymid_checks.inc((*route, record.ymid_check, mode))
         if outcome in REJECTIONS:
             reason = record.reason if record.reason in REJECTION_REASONS else "other"
             self.rejections.inc((*route, reason))

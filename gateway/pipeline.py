@@ -36,6 +36,7 @@ from .forwarding.upstream_client import UpstreamClient
 from .metrics import Metrics
 from .postback import ESTIMATED_PRICE, REWARD_EVENT_TYPE, ZONE_ID, Postback
 from .record import RequestRecord
+from .reward_sessions import RewardSessions
 from .route import Arrival, CompiledRoute
 
 log = logging.getLogger("gateway.pipeline")
@@ -88,11 +89,17 @@ class Gateway:
         self._client = client
         self._metrics = metrics
         self._forwarder = Forwarder(client, metrics)
-        client_addresses = ClientAddressResolver(config.server.trusted_proxies)
+        self.client_addresses = ClientAddressResolver(config.server.trusted_proxies)
         self._max_query_length = config.server.max_query_length
         self.routes = {
-            route.path: CompiledRoute(route, dedup[route.name], client_addresses)
+            route.path: CompiledRoute(route, dedup[route.name], self.client_addresses)
             for route in config.routes
+        }
+        # the routes' session paths (reward_sessions.py): a ymid is asked for, and its status
+        self.sessions = {
+            route.sessions.path: route.sessions
+            for route in self.routes.values()
+            if route.sessions is not None
         }
         self._active = 0
         self._idle = asyncio.Event()
@@ -150,6 +157,13 @@ class Gateway:
                 raise DuplicatePostback()
         self._delivered(route, postback)
         return Queued()
+
+    def sessions_at(self, raw_path: str) -> RewardSessions | None:
+        """The sessions whose path this is, or is under (a ymid's status): None for every
+        path of a config without sessions, at the cost of one test."""
+        if not self.sessions:
+            return None
+        return self.sessions.get(raw_path) or self.sessions.get(raw_path.rpartition("/")[0])
 
     def route_name(self, raw_path: str) -> str | None:
         route = self.routes.get(raw_path)

@@ -65,6 +65,10 @@ class RequestRecord:
     # it carried the route's key, checked (a route without a key never sets it); checked for
     # an address allow_ips refuses too, to tell Monetag's new addresses from a stranger's
     key_valid: bool = False
+    # on a route with sessions: "verified", or why its ymid would not pay (reward_sessions.py)
+    ymid_check: str | None = None
+    ymid_check_enforced: bool = True  # sessions.mode enforce (False: log_only)
+    ymid_expires: int | None = None  # a verified ymid's expiry (for the history's sessions)
     # where it went past the checks: "app" once forwarding began (a request may have been
     # written to it), "store" once a queued route began storing it
     handed_to: str | None = None

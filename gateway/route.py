@@ -7,6 +7,7 @@ names passed (and the one that failed), and `fire` and the inspector list it (`S
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import ClassVar, NamedTuple
@@ -27,6 +28,7 @@ from .forwarding.forward import Upstream
 from .forwarding.queued import QueuedRoute
 from .postback import ZONE_ID, Postback
 from .record import RequestRecord
+from .reward_sessions import RewardSessions
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +91,9 @@ class CompiledRoute:
         self.dedup = dedup
         self._dedup_scope = config.dedup_scope
         self._dedup_fields = key_fields(config.dedup.key)
+        self.sessions = (
+            RewardSessions(config.name, config.sessions) if config.sessions is not None else None
+        )
 
     def verify(self, arrival: Arrival, record: RequestRecord) -> Postback:
         """The checks in order, each noting in `record` what it found: the postback to deliver,
@@ -157,6 +162,13 @@ class CompiledRoute:
         assert checking.postback is not None
         self.validator.validate(checking.postback)
 
+    def _check_session(self, checking: Checking) -> None:
+        """On a route with sessions: a ymid the gateway issued, to the user and placement the
+        postback names, still valid (`sessions.mode: log_only` lets a refusal in, noted)."""
+        if self.sessions is not None:
+            assert checking.postback is not None
+            self.sessions.check(checking.postback, checking.record, time.time())
+
     def _check_match(self, checking: Checking) -> None:
         """Raise Filtered when the postback is not one this route forwards (`match:`)."""
         postback = checking.postback
@@ -173,6 +185,7 @@ class CompiledRoute:
         Check("secret", _check_secret),
         Check("normalize", _normalize),
         Check("validate", _validate),
+        Check("session", _check_session),
         Check("match", _check_match),
     )
 

@@ -36,6 +36,7 @@ from .metrics import RESTART_ONLY, Metrics
 from .pipeline import Gateway
 from .record import UpstreamAttempt
 from .senders import SendersSeen
+from .ymid_status import StatusWatch
 
 log = logging.getLogger("gateway.runtime")
 MAX_UPSTREAM_CONNECTIONS = 256
@@ -130,6 +131,8 @@ class Runtime:
         )
         # every postback, kept in the store (history/): made once the store is open
         self.history: Recorder | None = None
+        # ymids' status for the Mini App's frontends, read from the history
+        self.status_watch: StatusWatch | None = None
         self.metrics.watch_dedup(lambda: {name: len(dedup) for name, dedup in self.dedup.items()})
         self.metrics.watch_readiness(lambda: self.readiness() == "ready")
 
@@ -164,9 +167,13 @@ class Runtime:
                     retention=self.config.history.retention,
                     names_of=self._aliases_of,
                     senders=self.senders,
+                    no_postback_after=self._no_postback_windows,
                 )
                 await history.start()
                 self.history = history
+                self.status_watch = StatusWatch(
+                    history.store.session_events, self.metrics.ymid_status_waiting.set
+                )
         self._gateway = gateway
         self.metrics.config_loaded()
 
@@ -216,6 +223,8 @@ class Runtime:
             await asyncio.wait(set(self._retiring), timeout=deadline.left())
         if self.store is not None:
             await self.store.close_deliveries(deadline)
+        if self.status_watch is not None:
+            await self.status_watch.close()
         if self.history is not None:  # every postback answered: what is left gets written
             await self.history.close(deadline)
         if self.store is not None:
@@ -230,6 +239,14 @@ class Runtime:
             if configured.name == route:
                 return configured.aliases
         return {}
+
+    def _no_postback_windows(self) -> dict[str, float]:
+        """Each route with sessions and its no_postback_after, in the config in force."""
+        return {
+            route.name: route.sessions.no_postback_after
+            for route in self.config.routes
+            if route.sessions is not None
+        }
 
     def _delivery_result(
         self, request_id: str, route: str, state: str, tries: list[UpstreamAttempt]
@@ -246,6 +263,9 @@ class Runtime:
             )
         self.dedup = dedup
         self._forget_retired_scopes({route.dedup_scope for route in config.routes})
+        for route in config.routes:
+            if route.sessions is not None:
+                self.metrics.sessions_configured(route.name, route.sessions.placements)
         client = UpstreamClient(MAX_UPSTREAM_CONNECTIONS)
         return Gateway(config, client, self.metrics, self.dedup, self.store)
 

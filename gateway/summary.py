@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from .config import GatewayConfig, RouteConfig, StoreConfig, duration_words
-from .config.model import AllowIpsMode, DedupBackend, ServerConfig
+from .config.model import AllowIpsMode, DedupBackend, ServerConfig, SessionsConfig
 from .postback import CANONICAL_FIELDS
 
 
@@ -52,6 +52,8 @@ def _route_lines(route: RouteConfig, store: StoreConfig | None) -> list[str]:
     ]
     if route.drop_unknown:
         lines.append("  forwards  canonical fields only (drop_unknown)")
+    if route.sessions is not None:
+        lines.append(_sessions_line(route.sessions))
     for index, upstream in enumerate(route.upstreams):
         role = "answers" if index == 0 else "copy"
         rename = f", rename {dict(upstream.rename)}" if upstream.rename else ""
@@ -65,6 +67,20 @@ def _route_lines(route: RouteConfig, store: StoreConfig | None) -> list[str]:
             f"retries {upstream.retries}{rename}{static})"
         )
     return lines
+
+
+def _sessions_line(sessions: SessionsConfig) -> str:
+    """Counts only of the secrets: the bot token and signing keys never show."""
+    origins = ", ".join(sessions.allowed_origins) or "none (browsers refused)"
+    placements = ", ".join(sessions.placements) or "none bound"
+    return (
+        f"  sessions  {sessions.mode}, ymids at {sessions.path} (POST; GET {sessions.path}/"
+        f"<ymid> for the status), {len(sessions.signing_keys)} signing key(s), ttl "
+        f"{sessions.ttl:g}s, initData at most {sessions.init_data_max_age:g}s old, origins "
+        f"{origins}, placements {placements}, per user {sessions.per_user_per_minute}/min, "
+        f"per address {sessions.per_address_per_minute}/min, no_postback after "
+        f"{sessions.no_postback_after:g}s"
+    )
 
 
 def _inspector(server: ServerConfig) -> str:

@@ -29,24 +29,30 @@ RULES = {
     "metrics": "__init__ errors hotmetrics record",
     "checks": "errors postback shown",
     # not tls: reading a config never loads certificates (only check, run and a reload do)
-    "config": "checks errors postback shown",
+    # sessions: an origin in allowed_origins is read as browsers send it (parse_origin)
+    "config": "checks errors postback sessions shown",
     "tls": "config shown",
     "dedup": "errors metrics postback",
     "forwarding": "config errors metrics postback record",
-    "route": "checks config dedup errors forwarding postback record",
+    # a route's reward sessions, compiled: the ymid check on its postbacks, and issuing
+    "reward_sessions": "config errors postback record sessions",
+    "route": "checks config dedup errors forwarding postback record reward_sessions",
     "verdicts": "config record",
-    "pipeline": "checks config deadline dedup errors forwarding metrics postback record route",
+    "pipeline": "checks config deadline dedup errors forwarding metrics postback record "
+    "reward_sessions route",
     "durable": "config deadline dedup errors forwarding metrics postback record shown",
     # the record of every postback: beside the store (its file or database), never the path
     # where postbacks with a valid key came from; the advice allowlist.py makes of it
     "senders": "checks metrics record",
-    "history": "config deadline durable errors metrics postback record senders",
+    "history": "config deadline durable errors metrics postback record reward_sessions senders",
+    # a ymid's status, read from the history, and the watch that holds `?wait=` requests
+    "ymid_status": "durable errors history",
     "runtime": "config deadline dedup durable forwarding history journal logs metrics pipeline "
-    "record senders",
+    "record senders ymid_status",
     "reload": "config runtime tls",
     "inspector": "allowlist config durable errors history journal record route runtime verdicts",
-    "serving": "access_log config deadline errors inspector logs metrics pipeline record reload "
-    "runtime tls",
+    "serving": "access_log checks config deadline durable errors inspector logs metrics pipeline "
+    "record reload reward_sessions runtime sessions tls ymid_status",
     "summary": "config postback",
     "fire": "checks config dedup errors postback record route verdicts",
     "queue_cli": "config durable shown",

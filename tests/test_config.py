@@ -1186,6 +1186,8 @@ def reference_environment(certificate: Certificate) -> dict[str, str]:
         "APP_API_KEY": "app-key",
         "REDIS_URL": "redis://127.0.0.1:6379/0",
         "ADMIN_TOKEN": "reference-admin-token-0123",
+        "TELEGRAM_BOT_TOKEN": "123456789:reference-bot-token-0123456789abc",
+        "YMID_SIGNING_KEY": "reference-signing-key-0123456789abcdef",
     }
 
 
@@ -1193,7 +1195,7 @@ def test_reference_config_is_a_working_config(certificate: Certificate) -> None:
     config = load_config(REFERENCE, reference_environment(certificate))
     check_certificates(config)  # as `check` does
 
-    assert [route.name for route in config.routes] == ["tapper", "runner"]
+    assert [route.name for route in config.routes] == ["tapper", "runner", "miniapp"]
     assert config.server.tls is not None and config.store is not None
     assert config.warnings == ()
 
@@ -1212,6 +1214,7 @@ CHECKED_SECTIONS = {
     "routes.tapper.secret": "routes.*.secret",
     "routes.tapper.dedup": "routes.*.dedup",
     "routes.tapper.queue": "routes.*.queue",
+    "routes.tapper.sessions": "routes.*.sessions",
     "routes.tapper.upstreams.0": "routes.*.upstreams.*",
 }
 

@@ -61,6 +61,11 @@ class DeliveryMode(StrEnum):
     QUEUED = "queued"  # answer once durably stored, deliver in the background
 
 
+class SessionsMode(StrEnum):
+    ENFORCE = "enforce"
+    LOG_ONLY = "log_only"  # a ymid that would be refused is logged and counted, then let in
+
+
 class LogFormat(StrEnum):
     JSON = "json"
     TEXT = "text"
@@ -288,6 +293,24 @@ class StoreConfig:
 
 
 @dataclass(frozen=True)
+class SessionsConfig:
+    """A route's reward sessions (`sessions:`): the Mini App's frontend asks `path` for a ymid
+    with Telegram's initData; a postback on the route must carry one the gateway issued."""
+
+    bot_token: Secret  # the Mini App's bot: what Telegram signs initData with
+    signing_keys: tuple[Secret, ...]  # the first signs new ymids; all verify (rotation)
+    mode: SessionsMode = SessionsMode.ENFORCE
+    path: str = ""  # the issuing endpoint; the reader makes "" /ymid/<route>
+    allowed_origins: tuple[str, ...] = ()  # the Mini App's page origins, for CORS
+    init_data_max_age: float = 3600.0  # initData signed longer ago is refused
+    ttl: float = 3600.0  # a ymid is paid only this long after it was issued
+    placements: tuple[str, ...] = ()  # request_var values a ymid may be bound to
+    per_user_per_minute: int = 30  # ymids one Telegram user may be issued
+    per_address_per_minute: int = 120  # ymids one address may be issued
+    no_postback_after: float = 900.0  # an issued ymid with no postback by then is counted
+
+
+@dataclass(frozen=True)
 class RouteConfig:
     name: str = field(metadata=DERIVED)  # the route's key under `routes:`
     path: str
@@ -313,6 +336,7 @@ class RouteConfig:
     # a sync postback is answered within this, every attempt and backoff to the first upstream
     # included (each attempt gets what is left, at most its own timeout); copies get as long
     deadline: float = DEFAULT_DEADLINE
+    sessions: SessionsConfig | None = None
 
     @property
     def dedup_scope(self) -> str:

@@ -12,7 +12,8 @@ from ..checks.addresses import AddressSet
 from ..checks.normalize import canonical_names
 from ..checks.secret import Secret, SecretCheck
 from ..checks.validate import value_problem
-from ..postback import LOWERCASED_FIELDS
+from ..postback import EVENT_TYPE, LOWERCASED_FIELDS, REQUEST_VAR, YMID
+from ..sessions.origins import parse_origin
 from ..shown import quoted
 from .model import (
     AllowIpsMode,
@@ -31,6 +32,8 @@ from .model import (
     RedisUrl,
     RouteConfig,
     ServerConfig,
+    SessionsConfig,
+    SessionsMode,
     StaticParams,
     StoreConfig,
     TlsConfig,
@@ -41,6 +44,10 @@ from .template import PostbackTemplate, parse_template
 from .values import Reader, ValueReader, key_path
 
 MIN_ADMIN_TOKEN = 16  # characters: guessing it over the network must be hopeless
+MIN_SIGNING_KEY = 32  # characters of a ymid signing key: a MAC key worth its 96 bits
+SESSION_DEDUP_KEY = (YMID, EVENT_TYPE)  # with sessions, an issued ymid pays once per event type
+_BOT_TOKEN = re.compile(r"[0-9]{1,20}:[A-Za-z0-9_-]{20,100}")  # Telegram's shape: id:secret
+MAX_PLACEMENT = 64  # characters of a placement name (a request_var value)
 _ROUTE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
 _LABEL = r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?"
 _HOST_NAME = re.compile(rf"(?=.{{1,253}}$){_LABEL}(\.{_LABEL})*")
@@ -108,6 +115,14 @@ class DocumentReader(ValueReader):
                     self.problem(
                         f"routes.{route.name}.delivery",
                         "queued delivery needs a top-level `store:` (path or url)",
+                    )
+        if store is None or not history.enabled:
+            for route in routes:
+                if route.sessions is not None:
+                    self.problem(
+                        f"routes.{route.name}.sessions",
+                        "needs the store (store.path or store.url) with the history on: "
+                        "the status of a ymid and the postbacks that never came are kept there",
                     )
         return GatewayConfig(
             server, routes, tuple(self.warnings), logging, store=store, history=history
@@ -307,7 +322,30 @@ class DocumentReader(ValueReader):
             owner_of_path.setdefault(route.path, name)
             routes.append(route)
         self.check_shared_scopes(routes, path)
+        self.check_session_paths(routes, path)
         return tuple(routes)
+
+    def check_session_paths(self, routes: list[RouteConfig], path: str) -> None:
+        """A session path answers POST (a new ymid) and GET under it (a ymid's status): it
+        must be no route's path, nor a prefix of one, nor another route's session path."""
+        postback_paths = {route.path: route.name for route in routes}
+        session_owner: dict[str, str] = {}
+        for route in routes:
+            if route.sessions is None:
+                continue
+            where = key_path(key_path(path, route.name), "sessions.path")
+            own = route.sessions.path
+            clash = postback_paths.get(own) or next(
+                (name for other, name in postback_paths.items() if other.startswith(own + "/")),
+                None,
+            )
+            if clash is not None:
+                self.problem(where, f"{quoted(own)} would answer on route {quoted(clash)}'s path")
+            elif own in session_owner:
+                self.problem(
+                    where, f"{quoted(own)} is already route {quoted(session_owner[own])}'s"
+                )
+            session_owner.setdefault(own, route.name)
 
     def check_shared_scopes(self, routes: list[RouteConfig], path: str) -> None:
         """Routes that share a dedup scope share one memory: it must identify events, and
@@ -343,6 +381,7 @@ class DocumentReader(ValueReader):
             "max_estimated_price": self.decimal,
             "template": self.template,
             "deadline": self.duration,
+            "sessions": lambda item, where: self.sessions(item, where, name),
         }
         values = self.section(
             value,
@@ -358,6 +397,10 @@ class DocumentReader(ValueReader):
             values["dedup"] = self.dedup({}, key_path(path, "dedup"))
             if values["dedup"] is None:
                 return None
+        if values.get("sessions") is not None:
+            given = isinstance(value.get("dedup"), dict) and "key" in value["dedup"]
+            if not given and "key" not in self.dedup_defaults:
+                values["dedup"] = replace(values["dedup"], key=SESSION_DEDUP_KEY)
         template: PostbackTemplate | None = values.pop("template", None)
         given_aliases = "aliases" in values
         aliases: dict[str, str] = values.pop("aliases", {})
@@ -377,6 +420,8 @@ class DocumentReader(ValueReader):
             **values,
         )
         self.check_route_consistency(route, path)
+        if route.sessions is not None:
+            self.check_sessions(route, path)
         if template is not None:
             self.check_template(route, template, key_path(path, "template"))
         return route
@@ -423,6 +468,117 @@ class DocumentReader(ValueReader):
             else:
                 why = f"aliases rename incoming {quoted(name)} to {quoted(route.aliases[name])}"
             self.problem(f"{path}.{where}", f"{quoted(name)} can never be present: {why}")
+
+    def check_sessions(self, route: RouteConfig, path: str) -> None:
+        """What sessions promise, each issued ymid paid at most once per event type, holds
+        only if dedup keys on exactly that and remembers for as long as a ymid is valid."""
+        sessions = route.sessions
+        assert sessions is not None
+        route_path, path = path, key_path(path, "sessions")
+        if frozenset(route.dedup.key) != frozenset(SESSION_DEDUP_KEY):
+            self.problem(
+                key_path(route_path, "dedup.key"),
+                f"with sessions the dedup key is {list(SESSION_DEDUP_KEY)} (each issued ymid "
+                f"pays once per event type); the route's is {list(route.dedup.key)}: remove "
+                "routes.*.dedup.key, or set it so",
+            )
+        if route.dedup.ttl < sessions.ttl:
+            self.problem(
+                key_path(path, "ttl"),
+                f"is longer than the route's dedup.ttl ({route.dedup.ttl:g}s): a postback "
+                "replayed after dedup forgot it, while its ymid is still valid, would pay "
+                "again; make dedup.ttl at least as long",
+            )
+        if not sessions.allowed_origins:
+            self.warnings.append(
+                f"{path}.allowed_origins: none, so a browser page is refused its ymids (only "
+                "requests without an Origin header are answered): list the Mini App's origin"
+            )
+        if sessions.mode == SessionsMode.LOG_ONLY:
+            self.warnings.append(
+                f"{path}.mode: log_only, so a ymid the gateway did not issue is logged and "
+                "counted but still paid"
+            )
+
+    def sessions(self, value: Any, path: str, route: str) -> SessionsConfig | None:
+        readers: dict[str, Reader] = {
+            "bot_token": self.bot_token,
+            "signing_keys": self.signing_keys,
+            "mode": self.chooser(SessionsMode),
+            "path": self.url_path,
+            "allowed_origins": self.origins,
+            "init_data_max_age": self.duration,
+            "ttl": self.duration,
+            "placements": self.placements,
+            "per_user_per_minute": self.positive_int,
+            "per_address_per_minute": self.positive_int,
+            "no_postback_after": self.duration,
+        }
+        values = self.section(
+            value, path, SessionsConfig, readers, required=("bot_token", "signing_keys")
+        )
+        if values is None:
+            return None
+        values.setdefault("path", f"/ymid/{route}")
+        return SessionsConfig(**values)
+
+    def bot_token(self, value: Any, path: str) -> Secret | None:
+        token = self.string(value, path, secret=True)
+        if token is None:
+            return None
+        if not _BOT_TOKEN.fullmatch(token):
+            self.problem(path, "is not a bot token as @BotFather gives it (digits:letters)")
+            return None
+        return Secret(token)
+
+    def signing_keys(self, value: Any, path: str) -> tuple[Secret, ...] | None:
+        keys = self.secret_keys(value, path)
+        if keys is None:
+            return None
+        short = [index for index, key in enumerate(keys) if len(key.reveal()) < MIN_SIGNING_KEY]
+        for index in short:
+            self.problem(
+                f"{path}[{index}]",
+                f"must be at least {MIN_SIGNING_KEY} characters (openssl rand -hex 32)",
+            )
+        if len({key.digest for key in keys}) != len(keys):
+            self.problem(path, "lists one key twice")
+            return None
+        return None if short else keys
+
+    def origins(self, value: Any, path: str) -> tuple[str, ...] | None:
+        items = self.sequence(value, path)
+        if items is None:
+            return None
+        origins: list[str] = []
+        for index, item in enumerate(items):
+            text = self.string(item, f"{path}[{index}]")
+            if text is None:
+                continue
+            try:
+                origins.append(parse_origin(text))
+            except ValueError as error:
+                self.problem(f"{path}[{index}]", f"{quoted(text)} {error}")
+        return tuple(dict.fromkeys(origins)) if len(origins) == len(items) else None
+
+    def placements(self, value: Any, path: str) -> tuple[str, ...] | None:
+        items = self.sequence(value, path)
+        if items is None:
+            return None
+        names: list[str] = []
+        for index, item in enumerate(items):
+            text = self.string(item, f"{path}[{index}]")
+            if text is None:
+                continue
+            problem = value_problem(REQUEST_VAR, text)
+            if not text or len(text) > MAX_PLACEMENT or problem is not None:
+                self.problem(
+                    f"{path}[{index}]",
+                    f"a placement is a request_var value of 1 to {MAX_PLACEMENT} characters",
+                )
+                continue
+            names.append(text)
+        return tuple(dict.fromkeys(names)) if len(names) == len(items) else None
 
     def check_template(self, route: RouteConfig, template: PostbackTemplate, path: str) -> None:
         """The registered URL must reach this route and carry a key this route accepts."""

@@ -23,15 +23,17 @@ import contextlib
 import logging
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from ..deadline import Deadline
 from ..durable.outbox import StoreError
 from ..metrics import Metrics
 from ..record import RequestRecord, UpstreamAttempt
+from ..reward_sessions import VERIFIED, Issued
 from ..senders import SendersSeen
 from .budget import Budget
 from .rows import DeliveryRow, NamesOf, Row, delivery_row_of, row_of
+from .sessions import SessionRow
 from .store import HistoryStore
 
 log = logging.getLogger("gateway.history")
@@ -42,6 +44,8 @@ LOG_EVERY_SECONDS = 60.0
 EXPIRE_EVERY_SECONDS = 60.0
 EXPIRE_BATCH = 2000
 EXPIRE_PAUSE_SECONDS = 0.05
+SWEEP_EVERY_SECONDS = 60.0  # or a quarter of the shortest no_postback_after, if shorter
+SWEEP_BATCH = 1000
 
 Pending = tuple[RequestRecord, int | None, float, float]  # record, status, at, latency_ms
 
@@ -55,6 +59,9 @@ class Recorder:
         retention: float,
         names_of: NamesOf,
         senders: SendersSeen | None = None,
+        # each route with sessions -> its no_postback_after (the config in force, read each
+        # sweep)
+        no_postback_after: Callable[[], Mapping[str, float]] = dict,
         replica: str | None = None,
         capacity: int = CAPACITY,
         clock: Callable[[], float] = time.time,
@@ -71,6 +78,8 @@ class Recorder:
         self._clock = clock
         self._pending: list[Pending] = []
         self._deliveries: list[DeliveryRow] = []
+        self._sessions: list[SessionRow] = []
+        self._no_postback_after = no_postback_after
         self._budget = Budget()
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -86,9 +95,48 @@ class Recorder:
         if len(pending) >= self._capacity:
             self._dropped("shutdown" if self._closed else "buffer_full", 1)
             return
-        pending.append((record, status, self._clock(), round(seconds * 1000, 2)))
+        at = self._clock()
+        pending.append((record, status, at, round(seconds * 1000, 2)))
+        if record.ymid_check == VERIFIED:  # a postback came for an issued ymid
+            self._session(self._postback_session(record, at))
         if len(pending) == BATCH:
             self._wake.set()
+
+    def _postback_session(self, record: RequestRecord, at: float) -> SessionRow:
+        fields = record.fields or {}
+        assert record.route is not None and record.ymid_expires is not None
+        return SessionRow(
+            ymid=fields["ymid"],
+            route=record.route,
+            placement=fields.get("request_var"),
+            telegram_id=fields["telegram_id"],
+            replica=self.replica,
+            expires=record.ymid_expires,
+            issued_at=None,
+            postback_at=at,
+        )
+
+    # -- the issuing endpoint -------------------------------------------------------------
+
+    def session_issued(self, route: str, issued: Issued, at: float) -> None:
+        self._session(
+            SessionRow(
+                ymid=issued.ymid,
+                route=route,
+                placement=issued.placement,
+                telegram_id=str(issued.telegram_id),
+                replica=self.replica,
+                expires=issued.expires,
+                issued_at=at,
+                postback_at=None,
+            )
+        )
+
+    def _session(self, row: SessionRow) -> None:
+        if len(self._sessions) >= self._capacity:
+            self._dropped("buffer_full", 1)
+        else:
+            self._sessions.append(row)
 
     # -- the deliverer ------------------------------------------------------------------------
 
@@ -120,6 +168,7 @@ class Recorder:
         self._tasks = [
             asyncio.create_task(self._flushing()),
             asyncio.create_task(self._expiring()),
+            asyncio.create_task(self._sweeping()),
         ]
 
     async def close(self, deadline: Deadline) -> None:
@@ -130,7 +179,7 @@ class Recorder:
                 await task
         # a postback cut off after this (past the shutdown deadline) is counted, not buffered
         self._closed, self._capacity = True, 0
-        left = len(self._pending) + len(self._deliveries)
+        left = len(self._pending) + len(self._deliveries) + len(self._sessions)
         try:
             async with asyncio.timeout(max(deadline.left(), 0.1)):
                 await self.flush(final=True)
@@ -146,18 +195,19 @@ class Recorder:
         """Write what gathered, as one batch; a failed batch is dropped and counted."""
         pending, self._pending = self._pending, []
         deliveries, self._deliveries = self._deliveries, []
+        sessions, self._sessions = self._sessions, []
         rows = self._rows(pending, final)
         senders = self._senders.take_unwritten(self.replica) if self._senders else []
-        if not rows and not deliveries and not senders:
+        if not rows and not deliveries and not senders and not sessions:
             return
         try:
-            await self.store.write(rows, deliveries, senders)
+            await self.store.write(rows, deliveries, senders, sessions)
         except StoreError as error:
             if final:
                 raise
-            self._dropped("store_failed", len(rows) + len(deliveries), str(error))
+            self._dropped("store_failed", len(rows) + len(deliveries) + len(sessions), str(error))
             return
-        self._metrics.history_written.inc(len(rows) + len(deliveries))
+        self._metrics.history_written.inc(len(rows) + len(deliveries) + len(sessions))
 
     def _rows(self, pending: list[Pending], final: bool) -> list[Row]:
         rows, budget, names_of, replica = [], self._budget, self._names_of, self.replica
@@ -199,6 +249,34 @@ class Recorder:
             except StoreError as error:
                 log.warning("history retention failed", extra={"detail": str(error)})
             await asyncio.sleep(EXPIRE_EVERY_SECONDS)
+
+    async def _sweeping(self) -> None:
+        while True:
+            windows = self._no_postback_after()
+            try:
+                await self.sweep(windows)
+            except StoreError as error:
+                log.warning("no_postback sweep failed", extra={"detail": str(error)})
+            shortest = min(windows.values(), default=SWEEP_EVERY_SECONDS * 4)
+            await asyncio.sleep(max(0.2, min(SWEEP_EVERY_SECONDS, shortest / 4)))
+
+    async def sweep(self, windows: Mapping[str, float]) -> int:
+        """Mark the issued ymids of each route that got no postback within its window, each
+        counted once across replicas (by whichever marks it): how many."""
+        now, total = self._clock(), 0
+        for route, window in windows.items():
+            while True:
+                missed = await self.store.no_postback(
+                    route, now - window, now, self.replica, SWEEP_BATCH
+                )
+                for ymid in missed:
+                    self._metrics.ymids_no_postback.labels(route, ymid.placement or "").inc()
+                total += len(missed)
+                if len(missed) < SWEEP_BATCH:
+                    break
+        if total:
+            log.info("issued ymids got no postback", extra={"count": total})
+        return total
 
     async def expire(self) -> int:
         """Delete what is older than the retention, a batch at a time: how many rows."""

@@ -1,4 +1,5 @@
-"""Wiring: the public server (postbacks only) and the admin app (health, readiness, metrics)."""
+"""Wiring: the public server (postbacks, and the reward sessions' ymids) and the admin app
+(health, readiness, metrics)."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from .http_server import (
     QuietHttpLogger,
 )
 from .outcome import answer, answer_malformed
+from .ymids import answer_ymid
 
 admin_log = logging.getLogger("gateway.admin")
 CUT_OFF_SECONDS = 0.1  # for a request still running when the shutdown deadline has passed
@@ -29,6 +31,9 @@ def public_runner(runtime: Runtime) -> web.ServerRunner:
     server = runtime.config.server
 
     async def postback(request: web.BaseRequest) -> web.StreamResponse:
+        sessions = runtime.gateway.sessions_at(request.rel_url.raw_path)
+        if sessions is not None:  # the Mini App's frontend: a ymid, or its status
+            return await answer_ymid(runtime, sessions, request)
         return await answer(runtime, request)
 
     def malformed(request: web.BaseRequest, error: MalformedRequest) -> web.StreamResponse:
