@@ -31,6 +31,7 @@ from tests.support.processes import (
     http_get,
     spawn_gateway,
 )
+from tests.support.sessionsconfig import SESSIONS_ENV, sessions_route
 from tests.support.tlscerts import make_certificate
 from tests.support.waiting import eventually
 
@@ -223,6 +224,7 @@ def test_every_metric_and_label_the_rules_name_is_on_a_live_gateway(
                     "on_redis_error": "fail_open",
                 },
             ),
+            "miniapp": sessions_route(app.url),
         },
         server={
             "listen": f"127.0.0.1:{public}",
@@ -233,7 +235,8 @@ def test_every_metric_and_label_the_rules_name_is_on_a_live_gateway(
     )
     config = tmp_path / "config.yaml"
     config.write_text(text)
-    process = spawn_gateway(config, command_env(SECRET), tmp_path / "out", tmp_path / "err")
+    env = command_env(SECRET, **SESSIONS_ENV)
+    process = spawn_gateway(config, env, tmp_path / "out", tmp_path / "err")
     try:
         eventually(
             lambda: _ready(admin, process), 30, explain=lambda: (tmp_path / "err").read_text()
@@ -251,6 +254,7 @@ def test_every_metric_and_label_the_rules_name_is_on_a_live_gateway(
         assert postback("/postback/tapper", source="127.0.0.5") == 403  # valid key, unlisted
         assert postback("/postback/runner", uid="y-3") == 200
         assert postback("/postback/shared", uid="y-4") == 200  # Redis down: local memory
+        assert postback("/postback/miniapp", uid="not-issued-here") == 403
 
         def scraped() -> dict[str, set[str]]:
             return Scrape.parse(http_get(admin, "/metrics").body.decode()).label_names
