@@ -8,9 +8,9 @@ accepted a postback for it: forwarded and answered 2xx, or queued and delivered)
 answers for any ymid; the history is written every half second, so a state shows within
 about a second of the postback.
 
-The watch asks the store once per POLL_SECONDS for every ymid some frontend waits on, in one
-query, however many wait: a thousand waiting frontends cost one query per poll, not a
-thousand.
+The watch asks the store once per POLL_SECONDS for every ymid some frontend asks about or
+waits on, in one query, however many there are: a thousand waiting frontends cost one query
+per poll, not a thousand.
 """
 
 from __future__ import annotations
@@ -92,7 +92,11 @@ Read = Callable[[Sequence[str]], Awaitable[list[SessionEvent]]]
 
 
 class StatusWatch:
-    """Holds `?wait=` requests; one poll of the store per POLL_SECONDS answers them all."""
+    """Every status question of a replica goes through one poll of the store, at most one
+    per POLL_SECONDS: a status asked now joins the next poll (at once if none ran lately), a
+    `?wait=` request is answered by the first poll that sees its state change. However many
+    frontends ask or wait, the store sees one query per half second, and a flood of status
+    requests cannot become a flood of queries."""
 
     def __init__(
         self,
@@ -103,8 +107,10 @@ class StatusWatch:
         self._read = read
         self._on_waiting = on_waiting
         self._clock = clock
+        self._asked: dict[str, list[asyncio.Future[list[SessionEvent]]]] = {}
         self._waiters: dict[str, list[_Waiter]] = {}
         self._count = 0
+        self._last_poll = -POLL_SECONDS
         self._poller: asyncio.Task[None] | None = None
 
     @property
@@ -112,7 +118,11 @@ class StatusWatch:
         return self._count >= MAX_WAITING
 
     async def status(self, ymid: str, route: str, expires: int) -> Status:
-        events = await self._read([ymid])
+        """The status now (as of the next poll); StoreError if the store failed."""
+        asked: asyncio.Future[list[SessionEvent]] = asyncio.get_running_loop().create_future()
+        self._asked.setdefault(ymid, []).append(asked)
+        self._start_polling()
+        events = await asked
         return status_of(events, route, expires, self._clock())
 
     async def changed(
@@ -124,14 +134,17 @@ class StatusWatch:
         self._waiters.setdefault(ymid, []).append(waiter)
         self._count += 1
         self._on_waiting(self._count)
-        if self._poller is None or self._poller.done():
-            self._poller = asyncio.create_task(self._poll())
+        self._start_polling()
         try:
             return await asyncio.wait_for(asyncio.shield(changed), wait)
         except TimeoutError:
             return seen
         finally:
             self._forget(ymid, waiter)
+
+    def _start_polling(self) -> None:
+        if self._poller is None or self._poller.done():
+            self._poller = asyncio.create_task(self._poll())
 
     def _forget(self, ymid: str, waiter: _Waiter) -> None:
         waiters = self._waiters.get(ymid, [])
@@ -143,20 +156,30 @@ class StatusWatch:
             self._waiters.pop(ymid, None)
 
     async def _poll(self) -> None:
-        while self._waiters:
-            await asyncio.sleep(POLL_SECONDS)
-            ymids = list(self._waiters)
+        while self._asked or self._waiters:
+            await asyncio.sleep(max(0.0, self._last_poll + POLL_SECONDS - time.monotonic()))
+            self._last_poll = time.monotonic()
+            asked, self._asked = self._asked, {}
+            ymids = list(dict.fromkeys([*asked, *self._waiters]))
             try:
                 events = await self._read(ymids)
             except StoreError as error:
                 log.warning("ymid status not read", extra={"detail": str(error)})
+                for futures in asked.values():
+                    for future in futures:
+                        if not future.done():
+                            future.set_exception(error)
                 continue
             by_ymid: dict[str, list[SessionEvent]] = {}
             for event in events:
                 by_ymid.setdefault(event.ymid, []).append(event)
+            for ymid, futures in asked.items():
+                for future in futures:
+                    if not future.done():
+                        future.set_result(by_ymid.get(ymid, []))
             now = self._clock()
-            for ymid in ymids:
-                for waiter in self._waiters.get(ymid, []):
+            for ymid, waiters in self._waiters.items():
+                for waiter in waiters:
                     found = status_of(by_ymid.get(ymid, []), waiter.route, waiter.expires, now)
                     if found != waiter.seen and not waiter.changed.done():
                         waiter.changed.set_result(found)
