@@ -8,6 +8,7 @@ gateway's outcome and the upstream's answer.
 
 from __future__ import annotations
 
+import time
 import urllib.error
 import urllib.request
 import uuid
@@ -20,11 +21,13 @@ from . import verdicts
 from .checks.clientip import ClientAddressResolver
 from .checks.query import read_query
 from .config import GatewayConfig, RouteConfig
+from .config.model import SessionsConfig
 from .dedup import RouteDedup
 from .errors import GatewayError
 from .postback import CANONICAL_FIELDS
 from .record import RequestRecord
 from .route import STEPS, Arrival, CompiledRoute
+from .sessions.ymid import YmidSigner
 
 _EXAMPLE_VALUES = {
     "ymid": "",  # filled with a fresh id per call, so dedup never hides the test
@@ -67,12 +70,33 @@ def _fields_for(route: RouteConfig, assignments: Sequence[str]) -> dict[str, str
     for name, accepted in route.match.items():
         fields[name] = sorted(accepted)[0]
     fields["ymid"] = f"fire-{uuid.uuid4().hex[:12]}"
+    given: dict[str, str] = {}
     for assignment in assignments:
         name, sep, value = assignment.partition("=")
         if not sep:
             raise FireError(f"{assignment!r} is not field=value")
-        fields[name] = value
-    return fields
+        given[name] = value
+    if route.sessions is not None and "ymid" not in given:
+        fields.update(_issued_here(route.sessions, {**fields, **given}))
+    return {**fields, **given}
+
+
+def _issued_here(sessions: SessionsConfig, fields: dict[str, str]) -> dict[str, str]:
+    """On a route with sessions, a ymid as the issuing endpoint would give it (signed with
+    the config's key, for telegram_id, bound to the first placement if there are any): the
+    postback a Mini App user's ad would bring."""
+    user = fields.get("telegram_id") or _EXAMPLE_VALUES["telegram_id"]
+    if not user.isdigit():
+        raise FireError(f"telegram_id={user!r}: a Telegram user id is a number")
+    placement = fields.get("request_var") if sessions.placements else None
+    if sessions.placements and placement not in sessions.placements:
+        placement = sessions.placements[0]
+    signer = YmidSigner([key.reveal() for key in sessions.signing_keys])
+    ymid = signer.issue(int(user), expires=int(time.time() + sessions.ttl), request_var=placement)
+    issued = {"ymid": ymid, "telegram_id": user}
+    if placement is not None:
+        issued["request_var"] = placement
+    return issued
 
 
 def _as_monetag_sends(

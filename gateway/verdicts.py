@@ -46,6 +46,15 @@ def _normalize(record: RequestRecord, route: RouteConfig | None) -> str:
     return f"{len(record.fields or {})} canonical field(s){dropped}"
 
 
+def _session(record: RequestRecord, route: RouteConfig | None) -> str:
+    if route is None or route.sessions is None:
+        return "no sessions on this route"
+    user = (record.fields or {}).get("telegram_id")
+    if record.ymid_check == "verified":
+        return f"a ymid the gateway issued to user {user}, still valid: forwarded as that user"
+    return f"{record.detail or record.ymid_check}"
+
+
 def _ok(record: RequestRecord, route: RouteConfig | None) -> str:
     return "ok"
 
@@ -56,4 +65,5 @@ _PASSED: dict[str, Callable[[RequestRecord, RouteConfig | None], str]] = {
     "allowlist": _allowlist,
     "secret": _secret,
     "normalize": _normalize,
+    "session": _session,
 }

@@ -54,7 +54,7 @@ RULES = {
     "serving": "access_log checks config deadline durable errors inspector logs metrics pipeline "
     "record reload reward_sessions runtime sessions tls ymid_status",
     "summary": "config postback",
-    "fire": "checks config dedup errors postback record route verdicts",
+    "fire": "checks config dedup errors postback record route sessions verdicts",
     "queue_cli": "config durable shown",
     "history_cli": "config durable history shown",
     "allowlist": "checks config senders",

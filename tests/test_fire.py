@@ -11,6 +11,7 @@ import pytest
 from tests.conftest import SECRET
 from tests.support.gatewayconfig import gateway_config
 from tests.support.processes import REPO
+from tests.support.sessionsconfig import SESSIONS_ENV, SIGNING_KEY, sessions_config
 
 pytestmark = pytest.mark.process
 
@@ -25,7 +26,7 @@ async def fire(config_file: Path, *arguments: str) -> tuple[int, str, str]:
         str(config_file),
         *arguments,
         cwd=REPO,
-        env={"MONETAG_SECRET": SECRET, "PATH": "/usr/bin:/bin"},
+        env={"MONETAG_SECRET": SECRET, "PATH": "/usr/bin:/bin", **SESSIONS_ENV},
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
@@ -74,3 +75,24 @@ async def test_fire_names_unknown_route(tmp_path):
     code, _, err = await fire(config_file, "--route", "nope")
     assert code == 2
     assert "no route 'nope'; routes: tapper" in err
+
+
+async def test_fire_on_a_route_with_sessions_brings_a_ymid_issued_for_its_user(
+    start_upstream, start_gateway, tmp_path
+):
+    """What a Mini App user's ad brings: a ymid signed with the config's key, bound to the
+    first placement; the key never printed."""
+    upstream = start_upstream()
+    yaml_text = sessions_config(upstream.url, tmp_path / "gw.db", placements=["shop"])
+    gateway = await start_gateway(yaml_text, env=SESSIONS_ENV)
+    config_file = tmp_path / "config.yaml"
+    config_file.write_text(yaml_text)
+    code, out, _ = await fire(
+        config_file, "--route", "tapper", "--url", gateway.url, "telegram_id=777"
+    )
+    assert code == 0, out
+    assert "session    a ymid the gateway issued to user 777, still valid" in out
+    assert SIGNING_KEY not in out
+    received = upstream.received[0].query
+    assert (received["user_id"], received["request_var"]) == ("777", "shop")
+    assert len(received["ymid"]) == 51

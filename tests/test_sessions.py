@@ -6,16 +6,22 @@ postbacks that never came. Each on both stores where the store is the subject.""
 from __future__ import annotations
 
 import asyncio
+import html
+import re
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import aiohttp
 import pytest
 
 from gateway.history.search import Search
+from gateway.runtime import Runtime
 from gateway.sessions.ymid import YmidSigner
 from tests.conftest import GatewayFactory, RunningGateway, Sender
+from tests.support.gatewayconfig import gateway_config
+from tests.support.inspectorsite import server_settings, start_site
 from tests.support.processes import SECRET
 from tests.support.sessionsconfig import (
     ORIGIN,
@@ -23,13 +29,35 @@ from tests.support.sessionsconfig import (
     SESSIONS_ENV,
     SIGNING_KEY,
     sessions_config,
+    sessions_route,
 )
 from tests.support.telegram import OTHER_BOT_TOKEN, signed_init_data
 from tests.support.upstream import RecordingUpstream
 from tests.support.waiting import eventually_async
+from tests.test_inspector_access import BEARER
+
+__all__ = ["start_site"]  # a fixture, used by name
 
 USER = 424242
 OTHER_USER = 515151
+
+
+class Serving(Protocol):
+    """A gateway's public port and its runtime: in this process (start_gateway, start_site)."""
+
+    url: str
+    runtime: Runtime
+
+    def postback_url(self, path: str = "/postback/tapper") -> str: ...
+
+
+@dataclass
+class PublicPort:
+    url: str
+    runtime: Runtime
+
+    def postback_url(self, path: str = "/postback/tapper") -> str:
+        return self.url + path
 
 
 def init_data(user: int | None = USER, age: float = 0, bot_token: str | None = None) -> str:
@@ -41,7 +69,7 @@ def init_data(user: int | None = USER, age: float = 0, bot_token: str | None = N
 
 async def ask(
     http: aiohttp.ClientSession,
-    gateway: RunningGateway,
+    gateway: Serving,
     body: Any,
     origin: str | None = ORIGIN,
     path: str = "/ymid/tapper",
@@ -52,9 +80,7 @@ async def ask(
         return response.status, dict(response.headers), await response.json()
 
 
-async def issue(
-    http: aiohttp.ClientSession, gateway: RunningGateway, placement: str | None = None
-) -> str:
+async def issue(http: aiohttp.ClientSession, gateway: Serving, placement: str | None = None) -> str:
     body = {"init_data": init_data(), **({"placement": placement} if placement else {})}
     status, _, answer = await ask(http, gateway, body)
     assert status == 200, answer
@@ -64,7 +90,7 @@ async def issue(
 
 async def postback(
     http: aiohttp.ClientSession,
-    gateway: RunningGateway,
+    gateway: Serving,
     ymid: str,
     event: str = "click",
     **extra: str,
@@ -75,7 +101,7 @@ async def postback(
 
 
 async def status(
-    http: aiohttp.ClientSession, gateway: RunningGateway, ymid: str, wait: str | None = None
+    http: aiohttp.ClientSession, gateway: Serving, ymid: str, wait: str | None = None
 ) -> tuple[int, dict[str, Any]]:
     params = {"wait": wait} if wait else {}
     url = f"{gateway.url}/ymid/tapper/{ymid}"
@@ -83,7 +109,7 @@ async def status(
         return response.status, await response.json()
 
 
-def metric(gateway: RunningGateway, name: str, **labels: str) -> float:
+def metric(gateway: Serving, name: str, **labels: str) -> float:
     value = gateway.runtime.metrics.registry.get_sample_value(name, labels)
     return value or 0.0
 
@@ -388,3 +414,45 @@ async def test_two_replicas_on_postgresql_answer_each_others_ymids(
     assert (code, answer["state"]) == (200, "rewarded")
     assert (await status(http, first, ymid, wait="20s"))[1]["state"] == "rewarded"
     assert len(app.received) == 1
+
+
+# -- the inspector ------------------------------------------------------------------------------
+
+
+async def test_the_inspector_shows_each_placements_fill_rate(
+    start_site, start_upstream, http, tmp_path: Path
+) -> None:
+    app = start_upstream()
+    tapper = sessions_route(app.url, placements=["shop"], no_postback_after="1s")
+    text = gateway_config(
+        routes={"tapper": tapper}, store=tmp_path / "gw.db", server=server_settings()
+    )
+    site = await start_site(text, app)
+    assert site.runtime is not None
+    public = PublicPort(f"http://127.0.0.1:{site.config.server.listen.port}", site.runtime)
+    answered = await issue(http, public, placement="shop")
+    await issue(http, public, placement="shop")  # never answered
+    await issue(http, public)  # no placement, never answered
+    assert await postback(http, public, answered, placement="shop") == (200, "forwarded")
+    await eventually_async(
+        lambda: (
+            metric(public, "gateway_ymids_no_postback_total", route="tapper", placement="") == 1
+        ),
+        15,
+    )
+    await eventually_async(
+        lambda: (
+            metric(public, "gateway_ymids_no_postback_total", route="tapper", placement="shop") == 1
+        ),
+        15,
+    )
+    async with http.get(site.url("/sessions?since=1h"), headers=BEARER) as response:
+        assert response.status == 200
+        body = html.unescape(await response.text())
+    table = body.split('id="fill-rates"')[1].split("</table>")[0]
+    cells = re.findall(r"<tr[^>]*>(.*?)</tr>", table)[1:]
+    rows = [re.findall(r"<td>(.*?)</td>", row) for row in cells]
+    assert rows == [
+        ["tapper", "(none)", "1", "0", "1", "0", "0%"],
+        ["tapper", "shop", "2", "1", "1", "0", "50%"],
+    ]

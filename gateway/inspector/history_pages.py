@@ -1,5 +1,6 @@
 """The inspector's pages on the history: the search, the reward trace, one recorded
-postback, and the senders seen (with the allowlist they suggest). They read the store every
+postback, the senders seen (with the allowlist they suggest) and the reward sessions' fill
+rate. They read the store every
 replica writes, so they span days and replicas, where the list of recent postbacks (views.py)
 is this process's last few; without a history the senders page shows this process's memory.
 
@@ -51,6 +52,7 @@ class HistoryPages:
         app.router.add_get(f"/history/{{request_id:{REQUEST_ID}}}", self._answered(self.postback))
         app.router.add_get("/trace", self._answered(self.trace))
         app.router.add_get("/senders", self._answered(self.senders))
+        app.router.add_get("/sessions", self._answered(self.sessions))
 
     # -- pages -------------------------------------------------------------------------------
 
@@ -116,6 +118,34 @@ class HistoryPages:
             )
         context = {"routes": routes, "since": since_text, "seen": seen, "when": when}
         return self._render(request, "senders.html", context)
+
+    async def sessions(self, request: web.Request) -> web.Response:
+        """Reward sessions' fill rate: of the ymids issued per route and placement, how many
+        got a postback, how many none in time (no_postback), how many are still waiting."""
+        store = self._store()
+        since_text, seconds = since_asked(request.query)
+        since = time.time() - seconds
+        rates = await store.fill_rates(since)
+        with_sessions = [route for route in self._runtime.config.routes if route.sessions]
+        rows = [
+            {
+                "route": rate.route,
+                "placement": rate.placement,
+                "issued": rate.issued,
+                "postbacks": rate.postbacks,
+                "no_postback": rate.no_postback,
+                "waiting": max(0, rate.issued - rate.postbacks - rate.no_postback),
+                "fill": f"{rate.postbacks / rate.issued:.0%}" if rate.issued else "-",
+            }
+            for rate in rates
+        ]
+        context = {
+            "rows": rows,
+            "since": since_text,
+            "routes": [(route.name, route.sessions) for route in with_sessions],
+            "since_when": when(since),
+        }
+        return self._render(request, "sessions.html", context)
 
     async def postback(self, request: web.Request) -> web.Response:
         store = self._store()

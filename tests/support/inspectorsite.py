@@ -28,6 +28,7 @@ from gateway.serving.app import admin_runner, public_runner
 from tests.conftest import SECRET
 from tests.support.gatewayconfig import gateway_config, upstream
 from tests.support.processes import Reply, free_port, http_get
+from tests.support.sessionsconfig import SESSIONS_ENV
 from tests.support.upstream import RecordingUpstream
 
 ADMIN_TOKEN = "inspector-token-0123456789abcdef"
@@ -72,7 +73,7 @@ async def start_site() -> AsyncIterator[SiteFactory]:
     started: list[tuple[Runtime, list[web.BaseRunner]]] = []
 
     async def start(yaml_text: str, app: RecordingUpstream) -> Site:
-        config = parse_config(yaml_text, {"MONETAG_SECRET": SECRET, **ADMIN_ENV})
+        config = parse_config(yaml_text, {"MONETAG_SECRET": SECRET, **ADMIN_ENV, **SESSIONS_ENV})
         runtime = Runtime(config, Metrics())
         await runtime.start()
         runners: list[web.BaseRunner] = [public_runner(runtime), admin_runner(runtime)]
