@@ -7,11 +7,14 @@ from __future__ import annotations
 
 import asyncio
 import html
+import json
+import logging
 import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
+from urllib.parse import parse_qsl
 
 import aiohttp
 import pytest
@@ -31,7 +34,7 @@ from tests.support.sessionsconfig import (
     sessions_config,
     sessions_route,
 )
-from tests.support.telegram import OTHER_BOT_TOKEN, signed_init_data
+from tests.support.telegram import OTHER_BOT_TOKEN, TEST_BOT_TOKEN, signed_init_data
 from tests.support.upstream import RecordingUpstream
 from tests.support.waiting import eventually_async
 from tests.test_inspector_access import BEARER
@@ -254,6 +257,50 @@ async def test_initdata_that_proves_no_user_gets_no_ymid(
     refused = {"route": "tapper", "reason": reason}
     assert metric(gateway, "gateway_ymid_requests_refused_total", **refused) == 1
     assert metric(gateway, "gateway_ymids_issued_total", route="tapper", placement="") == 0
+
+
+async def test_a_body_that_arrives_in_pieces_is_read_whole_and_a_large_one_refused(
+    start_upstream, start_gateway: GatewayFactory, http, tmp_path: Path
+) -> None:
+    gateway = await start(start_gateway, start_upstream(), tmp_path / "gw.db")
+    port = int(gateway.url.rsplit(":", 1)[1])
+    body = json.dumps({"init_data": init_data()}).encode()
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(
+        b"POST /ymid/tapper HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+        b"Content-Type: application/json\r\nConnection: close\r\n\r\n"
+    )
+    for piece in (body[:20], body[20:]):  # two chunks, the second after the first is read
+        writer.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+        await writer.drain()
+        await asyncio.sleep(0.05)
+    writer.write(b"0\r\n\r\n")
+    answer = await reader.read()
+    writer.close()
+    assert answer.startswith(b"HTTP/1.1 200"), answer[:200]
+    assert b'"ymid":' in answer
+
+    huge = {"init_data": "x" * 20_000}
+    status_code, _, answer_json = await ask(http, gateway, huge)
+    assert (status_code, answer_json["error"]) == (413, "body_too_large")
+
+
+async def test_no_secret_or_initdata_reaches_a_log_line_or_an_answer(
+    start_upstream, start_gateway: GatewayFactory, http, tmp_path: Path, capsys, caplog
+) -> None:
+    caplog.set_level(logging.INFO)
+    gateway = await start(start_gateway, start_upstream(), tmp_path / "gw.db")
+    good, forged = init_data(), init_data(bot_token=OTHER_BOT_TOKEN)
+    answers = [await ask(http, gateway, {"init_data": data}) for data in (good, forged)]
+    ymid = answers[0][2]["ymid"]
+    assert await postback(http, gateway, ymid) == (200, "forwarded")
+    assert (await postback(http, gateway, _altered(ymid)))[0] == 403
+    lines = "".join(str(vars(record)) for record in caplog.records)  # messages and extras
+    shown = lines + capsys.readouterr().out + json.dumps([answer for *_, answer in answers])
+    assert "ymid issued" in shown and "ymid request refused" in shown  # the lines were there
+    hashes = [dict(parse_qsl(data))["hash"] for data in (good, forged)]
+    for secret in (TEST_BOT_TOKEN, SIGNING_KEY, SECRET, *hashes):
+        assert secret not in shown
 
 
 async def test_only_listed_origins_get_cors_and_a_preflight(

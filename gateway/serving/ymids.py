@@ -138,7 +138,12 @@ async def _read_body(request: web.BaseRequest) -> tuple[str, str | None]:
     """`init_data` and the optional `placement` of a JSON object body, or IssueRefused."""
     if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
         raise IssueRefused(413, "body_too_large", f"more than {MAX_BODY_BYTES} bytes")
-    raw = await request.content.read(MAX_BODY_BYTES + 1)
+    raw = b""
+    while len(raw) <= MAX_BODY_BYTES:  # a read returns what has arrived: up to the end
+        chunk = await request.content.read(MAX_BODY_BYTES + 1 - len(raw))
+        if not chunk:
+            break
+        raw += chunk
     if len(raw) > MAX_BODY_BYTES:
         raise IssueRefused(413, "body_too_large", f"more than {MAX_BODY_BYTES} bytes")
     try:
