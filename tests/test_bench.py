@@ -140,3 +140,17 @@ def test_history_search_script_times_every_lookup_and_counts_bytes(
     assert per_postback["its indexes"] > 0 and per_postback["history table"] > 0
     assert measured["write"]["rows_per_second"] > 0 and measured["write"]["batches"] == 2
     assert "bytes per postback" in result.stdout and "write rows/s" in result.stdout
+
+
+def test_sessions_endpoints_script_measures_each_request_and_the_waiters(tmp_path: Path) -> None:
+    output = tmp_path / "sessions.json"
+    command = [sys.executable, "bench/sessions_endpoints.py", "--requests", "20", "--rounds",
+               "1", "--waiters", "20", "--output", str(output)]  # fmt: skip
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=180)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(output.read_text())
+    assert set(report["per_request"]["median_us"]) == {
+        "plain postback", "postback with ymid", "issue"
+    }  # fmt: skip
+    waited = report["status_under_waiters"]
+    assert waited["rewarded_heard"] == waited["waiters"] == 20
