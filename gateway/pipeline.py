@@ -159,10 +159,8 @@ class Gateway:
         return Queued()
 
     def sessions_at(self, raw_path: str) -> RewardSessions | None:
-        """The sessions whose path this is, or is under (a ymid's status): None for every
-        path of a config without sessions, at the cost of one test."""
-        if not self.sessions:
-            return None
+        """The sessions whose path this is, or is under (a ymid's status), if any. Callers
+        test `self.sessions` first: a config without sessions pays no call."""
         return self.sessions.get(raw_path) or self.sessions.get(raw_path.rpartition("/")[0])
 
     def route_name(self, raw_path: str) -> str | None:

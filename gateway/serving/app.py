@@ -31,9 +31,11 @@ def public_runner(runtime: Runtime) -> web.ServerRunner:
     server = runtime.config.server
 
     async def postback(request: web.BaseRequest) -> web.StreamResponse:
-        sessions = runtime.gateway.sessions_at(request.rel_url.raw_path)
-        if sessions is not None:  # the Mini App's frontend: a ymid, or its status
-            return await answer_ymid(runtime, sessions, request)
+        gateway = runtime.gateway
+        if gateway.sessions:  # a route has sessions: is this the Mini App's frontend?
+            sessions = gateway.sessions_at(request.rel_url.raw_path)
+            if sessions is not None:  # a ymid, or its status
+                return await answer_ymid(runtime, sessions, request)
         return await answer(runtime, request)
 
     def malformed(request: web.BaseRequest, error: MalformedRequest) -> web.StreamResponse:
