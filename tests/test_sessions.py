@@ -20,6 +20,7 @@ import aiohttp
 import pytest
 
 from gateway.history.search import Search
+from gateway.history.trace import user_trace
 from gateway.runtime import Runtime
 from gateway.sessions.ymid import YmidSigner
 from tests.conftest import GatewayFactory, RunningGateway, Sender
@@ -435,6 +436,9 @@ async def test_an_issued_ymid_without_a_postback_counts_as_no_postback_once(
     await history.flush()
     lines = await history.store.search(Search(ymid=missed))
     assert [line.outcome for line in lines] == ["no_postback"]
+    trace = await user_trace(history.store, telegram_id=None, ymid=missed, since=0, window="ever")
+    assert trace is not None
+    assert "no postback came for the ymid issued at" in trace.verdict
     assert await history.sweep({"tapper": 1.0}) == 0  # marked once: the next sweep finds none
     assert metric(gateway, "gateway_ymids_no_postback_total", **no_postback) == 1
     rates = await history.store.fill_rates(0)

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 from ..errors import Outcome, Reason
 from .search import MAX_LIMIT, LaterDelivery, Recorded, Search, user_key
+from .sessions import NO_POSTBACK
 from .store import HistoryStore
 
 HINTS = {
@@ -28,6 +29,11 @@ HINTS = {
     "store_unavailable": "the store was unavailable; Monetag retries",
     "overloaded": "the gateway was at max_in_flight; Monetag retries",
     "filtered": "a route's match rule left it out",
+    "ymid_not_issued": "not a ymid the gateway issued: a frontend without sessions, or a forgery",
+    "ymid_forged": "an altered ymid",
+    "ymid_expired": "its ymid expired before the postback came (sessions.ttl)",
+    "telegram_id_mismatch": "Monetag's telegram_id is not the user the ymid was issued to",
+    "placement_mismatch": "not the placement the ymid was issued for",
 }
 TIMES = {1: "once", 2: "twice"}
 REFUSALS = (Outcome.REJECTED, Outcome.INVALID, Outcome.FILTERED, Outcome.NOT_FOUND)
@@ -172,6 +178,13 @@ def _failure(row: Recorded, later: list[LaterDelivery], what: str, today: tuple[
         return (
             f"forwarded at {_when(row.at, today)}{what}; the app {statuses}: "
             "not rewarded (Monetag may send it again)"
+        )
+    if row.outcome == NO_POSTBACK:  # reward sessions: an ad asked for, nothing came
+        issued = row.detail.get("issued_at")
+        since = f" issued at {_when(issued, today)}" if isinstance(issued, float | int) else ""
+        return (
+            f"no postback came for the ymid{since}{what}, by {_when(row.at, today)}: the ad "
+            "was not shown or not paid, or Monetag's postback never reached the gateway"
         )
     reason = row.reason or row.outcome
     hint = HINTS.get(reason, "").format(client=row.client or "an unknown address")
