@@ -26,8 +26,8 @@ from .dedup import RouteDedup
 from .errors import GatewayError
 from .postback import CANONICAL_FIELDS
 from .record import RequestRecord
+from .reward_sessions import signer_of
 from .route import STEPS, Arrival, CompiledRoute
-from .sessions.ymid import YmidSigner
 
 _EXAMPLE_VALUES = {
     "ymid": "",  # filled with a fresh id per call, so dedup never hides the test
@@ -77,11 +77,11 @@ def _fields_for(route: RouteConfig, assignments: Sequence[str]) -> dict[str, str
             raise FireError(f"{assignment!r} is not field=value")
         given[name] = value
     if route.sessions is not None and "ymid" not in given:
-        fields.update(_issued_here(route.sessions, {**fields, **given}))
+        fields.update(_issued_here(route.name, route.sessions, {**fields, **given}))
     return {**fields, **given}
 
 
-def _issued_here(sessions: SessionsConfig, fields: dict[str, str]) -> dict[str, str]:
+def _issued_here(route: str, sessions: SessionsConfig, fields: dict[str, str]) -> dict[str, str]:
     """On a route with sessions, a ymid as the issuing endpoint would give it (signed with
     the config's key, for telegram_id, bound to the first placement if there are any): the
     postback a Mini App user's ad would bring."""
@@ -91,7 +91,7 @@ def _issued_here(sessions: SessionsConfig, fields: dict[str, str]) -> dict[str, 
     placement = fields.get("request_var") if sessions.placements else None
     if sessions.placements and placement not in sessions.placements:
         placement = sessions.placements[0]
-    signer = YmidSigner([key.reveal() for key in sessions.signing_keys])
+    signer = signer_of(route, sessions)
     ymid = signer.issue(int(user), expires=int(time.time() + sessions.ttl), request_var=placement)
     issued = {"ymid": ymid, "telegram_id": user}
     if placement is not None:

@@ -36,7 +36,7 @@ from .forwarding.upstream_client import UpstreamClient
 from .metrics import Metrics
 from .postback import ESTIMATED_PRICE, REWARD_EVENT_TYPE, ZONE_ID, Postback
 from .record import RequestRecord
-from .reward_sessions import RewardSessions
+from .reward_sessions import RewardSessions, SessionLimits
 from .route import Arrival, CompiledRoute
 
 log = logging.getLogger("gateway.pipeline")
@@ -84,6 +84,7 @@ class Gateway:
         metrics: Metrics,
         dedup: Mapping[str, RouteDedup],
         queue: EventQueue | None = None,
+        session_limits: Mapping[str, SessionLimits] | None = None,
     ) -> None:
         self.config = config
         self._client = client
@@ -91,8 +92,11 @@ class Gateway:
         self._forwarder = Forwarder(client, metrics)
         self.client_addresses = ClientAddressResolver(config.server.trusted_proxies)
         self._max_query_length = config.server.max_query_length
+        limits = session_limits or {}
         self.routes = {
-            route.path: CompiledRoute(route, dedup[route.name], self.client_addresses)
+            route.path: CompiledRoute(
+                route, dedup[route.name], self.client_addresses, limits.get(route.name)
+            )
             for route in config.routes
         }
         # the routes' session paths (reward_sessions.py): a ymid is asked for, and its status

@@ -10,6 +10,7 @@ the record and counted, and the postback goes on as before: the way to roll sess
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass
 
 from .config.model import SessionsConfig, SessionsMode
@@ -37,6 +38,25 @@ class IssueRefused(Exception):
 
 
 @dataclass(frozen=True)
+class SessionLimits:
+    """A route's rate limits, kept by the runtime across reloads (a reload must not give every
+    user and address a fresh burst), made anew only when their rates change."""
+
+    per_user: RateLimit
+    per_address: RateLimit
+
+    @classmethod
+    def of(cls, config: SessionsConfig) -> SessionLimits:
+        return cls(RateLimit(config.per_user_per_minute), RateLimit(config.per_address_per_minute))
+
+    def fit(self, config: SessionsConfig) -> bool:
+        return (self.per_user.per_minute, self.per_address.per_minute) == (
+            config.per_user_per_minute,
+            config.per_address_per_minute,
+        )
+
+
+@dataclass(frozen=True)
 class Issued:
     ymid: str
     telegram_id: int
@@ -45,23 +65,30 @@ class Issued:
 
 
 class RewardSessions:
-    def __init__(self, route: str, config: SessionsConfig) -> None:
+    def __init__(
+        self, route: str, config: SessionsConfig, limits: SessionLimits | None = None
+    ) -> None:
         self.route = route
         self.config = config
         self.path = config.path
         self.enforced = config.mode == SessionsMode.ENFORCE
         self.origins = OriginPolicy(config.allowed_origins)
-        self._signer = YmidSigner([key.reveal() for key in config.signing_keys])
+        self._signer = signer_of(route, config)
         self._bot_token = config.bot_token.reveal().decode()
         self._placements = {placement_hash(name): name for name in config.placements}
-        self._per_user = RateLimit(config.per_user_per_minute)
-        self._per_address = RateLimit(config.per_address_per_minute)
+        self.limits = (
+            limits if limits is not None and limits.fit(config) else SessionLimits.of(config)
+        )
 
     # -- issuing ----------------------------------------------------------------------------
 
     def take_address(self, client: str, now: float) -> None:
-        """Count one request from this address against its limit (before any work on it)."""
-        wait = self._per_address.take(client, now)
+        """Count one request from this address against its limit (before any work on it): an
+        IPv6 client by its /64, which one host commonly holds whole."""
+        key = client
+        if ":" in client:
+            key = str(ipaddress.ip_network(f"{client}/64", strict=False))
+        wait = self.limits.per_address.take(key, now)
         if wait is not None:
             raise IssueRefused(
                 429, "rate_limited_address", "too many ymids asked from this address", wait
@@ -83,7 +110,7 @@ class RewardSessions:
                 if self.config.placements
                 else "this route binds no placement (sessions.placements is empty)",
             )
-        wait = self._per_user.take(str(user.id), now)
+        wait = self.limits.per_user.take(str(user.id), now)
         if wait is not None:
             raise IssueRefused(429, "rate_limited_user", "too many ymids for this user", wait)
         expires = int(now + self.config.ttl)
@@ -132,3 +159,10 @@ class RewardSessions:
                 "request_var is not the placement the ymid was issued for",
             )
         return claims
+
+
+def signer_of(route: str, config: SessionsConfig) -> YmidSigner:
+    """The route's signer: its keys, and its name as the context every MAC covers (a ymid of
+    one route is refused on another; renaming a route retires the ymids issued under the old
+    name, as a key rotation would)."""
+    return YmidSigner([key.reveal() for key in config.signing_keys], context=route)

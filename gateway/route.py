@@ -28,7 +28,7 @@ from .forwarding.forward import Upstream
 from .forwarding.queued import QueuedRoute
 from .postback import ZONE_ID, Postback
 from .record import RequestRecord
-from .reward_sessions import RewardSessions
+from .reward_sessions import RewardSessions, SessionLimits
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,7 +62,11 @@ class Check(NamedTuple):
 
 class CompiledRoute:
     def __init__(
-        self, config: RouteConfig, dedup: RouteDedup, client_addresses: ClientAddressResolver
+        self,
+        config: RouteConfig,
+        dedup: RouteDedup,
+        client_addresses: ClientAddressResolver,
+        session_limits: SessionLimits | None = None,
     ) -> None:
         self.name = config.name
         self.path = config.path
@@ -92,7 +96,9 @@ class CompiledRoute:
         self._dedup_scope = config.dedup_scope
         self._dedup_fields = key_fields(config.dedup.key)
         self.sessions = (
-            RewardSessions(config.name, config.sessions) if config.sessions is not None else None
+            RewardSessions(config.name, config.sessions, session_limits)
+            if config.sessions is not None
+            else None
         )
 
     def verify(self, arrival: Arrival, record: RequestRecord) -> Postback:

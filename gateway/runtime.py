@@ -35,6 +35,7 @@ from .logs import configure_logging
 from .metrics import RESTART_ONLY, Metrics
 from .pipeline import Gateway
 from .record import UpstreamAttempt
+from .reward_sessions import SessionLimits
 from .senders import SendersSeen
 from .ymid_status import StatusWatch
 
@@ -115,6 +116,8 @@ class Runtime:
         self._started_with = config  # what the listeners, the store and TLS were built from
         self.restart_pending: list[str] = []  # RESTART_ONLY keys reloaded but not in force
         self.journal = Journal(config.server.recent_postbacks)  # for the inspector
+        # reward sessions' rate limits by route, across reloads
+        self._session_limits: dict[str, SessionLimits] = {}
         # where postbacks with a valid key came from (`allowlist suggest`, the inspector)
         self.senders = SendersSeen(metrics)
         self.loaded_at = time.time()  # when the running config was loaded
@@ -263,11 +266,17 @@ class Runtime:
             )
         self.dedup = dedup
         self._forget_retired_scopes({route.dedup_scope for route in config.routes})
+        limits: dict[str, SessionLimits] = {}
         for route in config.routes:
             if route.sessions is not None:
                 self.metrics.sessions_configured(route.name, route.sessions.placements)
+                kept = self._session_limits.get(route.name)
+                if kept is None or not kept.fit(route.sessions):
+                    kept = SessionLimits.of(route.sessions)  # new, or its rates changed
+                limits[route.name] = kept
+        self._session_limits = limits  # a route's buckets outlive a reload, not its removal
         client = UpstreamClient(MAX_UPSTREAM_CONNECTIONS)
-        return Gateway(config, client, self.metrics, self.dedup, self.store)
+        return Gateway(config, client, self.metrics, self.dedup, self.store, limits)
 
     def _dedup_for(self, route: RouteConfig) -> RouteDedup:
         """The dedup of the route's scope, kept across reloads, renames and removals."""

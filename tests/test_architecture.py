@@ -48,13 +48,13 @@ RULES = {
     # a ymid's status, read from the history, and the watch that holds `?wait=` requests
     "ymid_status": "durable errors history",
     "runtime": "config deadline dedup durable forwarding history journal logs metrics pipeline "
-    "record senders ymid_status",
+    "record reward_sessions senders ymid_status",
     "reload": "config runtime tls",
     "inspector": "allowlist config durable errors history journal record route runtime verdicts",
     "serving": "access_log checks config deadline durable errors inspector logs metrics pipeline "
     "record reload reward_sessions runtime sessions tls ymid_status",
     "summary": "config postback",
-    "fire": "checks config dedup errors postback record route sessions verdicts",
+    "fire": "checks config dedup errors postback record reward_sessions route verdicts",
     "queue_cli": "config durable shown",
     "history_cli": "config durable history shown",
     "allowlist": "checks config senders",

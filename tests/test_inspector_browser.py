@@ -404,6 +404,7 @@ async def test_a_postback_page_tells_each_step_and_never_shows_the_key(
             "secret": "failed",
             "normalize": "skipped",
             "validate": "skipped",
+            "session": "skipped",
             "match": "skipped",
         }
         assert browser.find_elements(By.ID, "attempts") == []

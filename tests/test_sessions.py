@@ -124,9 +124,16 @@ async def start(
     return await start_gateway(sessions_config(app.url, store, **sessions), env=SESSIONS_ENV)
 
 
-def signed(user: int, expires: float, key: str = SIGNING_KEY, placement: str | None = None) -> str:
-    """A ymid as the gateway would sign it, with an expiry of the test's choosing."""
-    return YmidSigner([key.encode()]).issue(user, expires=int(expires), request_var=placement)
+def signed(
+    user: int,
+    expires: float,
+    key: str = SIGNING_KEY,
+    placement: str | None = None,
+    route: str = "tapper",
+) -> str:
+    """A ymid as the gateway would sign it for the route, with an expiry of the test's choosing."""
+    signer = YmidSigner([key.encode()], context=route)
+    return signer.issue(user, expires=int(expires), request_var=placement)
 
 
 # -- issued and paid once ----------------------------------------------------------------------

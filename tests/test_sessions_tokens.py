@@ -164,3 +164,12 @@ def test_a_key_sharing_the_key_id_is_still_a_wrong_signature():
     assert refused_ymid(YmidSigner([KEY]), YmidSigner([twin]).issue(5, expires=EXPIRES)) == (
         "ymid_forged"
     )
+
+
+def test_a_ymid_of_one_route_is_a_wrong_signature_on_another_with_the_same_key():
+    """The MAC covers the context (the route): the same key on two routes pays each its own."""
+    tapper, runner = YmidSigner([KEY], context="tapper"), YmidSigner([KEY], context="runner")
+    ymid = tapper.issue(5, expires=EXPIRES)
+    assert tapper.verify(ymid, now=NOW).user_id == 5
+    assert refused_ymid(runner, ymid) == "ymid_forged"
+    assert refused_ymid(YmidSigner([KEY]), ymid) == "ymid_forged"

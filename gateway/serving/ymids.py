@@ -15,6 +15,7 @@ the bot token or a signing key.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import time
@@ -74,7 +75,10 @@ async def answer_ymid(
         if refused.status == 405:
             headers["Allow"] = refused.detail.removeprefix("allowed: ")
         body = {"error": refused.reason, "detail": refused.detail}
-        return web.json_response(body, status=refused.status, headers=headers, dumps=_dumps)
+        response = web.json_response(body, status=refused.status, headers=headers, dumps=_dumps)
+        if refused.status in (408, 413):  # the rest of the body is not read: no keep-alive
+            response.force_close()
+        return response
 
 
 def _method(method: str, allowed: str) -> IssueRefused:
@@ -98,7 +102,13 @@ async def _issue(
     now = time.time()
     client = _client(runtime, request)
     sessions.take_address(client, now)
-    init_data, placement = await _read_body(request)
+    try:  # a body that never ends must not hold the connection: the headers' own bound
+        async with asyncio.timeout(runtime.config.server.client_timeout):
+            init_data, placement = await _read_body(request)
+    except TimeoutError:
+        raise IssueRefused(
+            408, "body_timeout", "the body did not arrive within server.client_timeout"
+        ) from None
     issued = sessions.issue(init_data, placement, now)
     runtime.metrics.ymids_issued.labels(sessions.route, placement or "").inc()
     if runtime.history is not None:
@@ -157,7 +167,7 @@ async def _read_body(request: web.BaseRequest) -> tuple[str, str | None]:
     placement = body.get("placement")
     if placement is not None and not isinstance(placement, str):
         raise IssueRefused(400, "body_invalid", "placement: expected a string")
-    return body["init_data"], placement or None
+    return body["init_data"], placement  # "" is a placement too: listed, or refused
 
 
 async def _status(

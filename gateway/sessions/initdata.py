@@ -19,6 +19,7 @@ from init_data_py import errors, validate_by_hash
 
 MAX_INIT_DATA_BYTES = 8192  # Telegram's are well under 1 KB; more is refused unread
 CLOCK_SKEW = 300.0  # seconds Telegram's clock may be ahead of ours
+MAX_USER_ID = 2**64  # a ymid holds the user id in 8 unsigned bytes
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,8 @@ def telegram_user(init_data: str, bot_token: str, *, max_age: float, now: float)
         raise InitDataRefused("init_data_malformed", _what(error)) from None
     if data.user is None:
         raise InitDataRefused("init_data_no_user", "it names no user")
+    if not 0 < data.user.id < MAX_USER_ID:  # Telegram's are positive, well below 2^52
+        raise InitDataRefused("init_data_malformed", "its user id is no Telegram user id")
     # signed for a time ahead of ours by more than the skew: one clock is wrong, and such
     # data would stay usable for longer than max_age
     if data.auth_date > now + CLOCK_SKEW:

@@ -18,6 +18,7 @@ class RateLimit:
     def __init__(self, per_minute: int, keys: int = MAX_KEYS) -> None:
         if per_minute <= 0:
             raise ValueError("per_minute must be positive")
+        self.per_minute = per_minute
         self._burst = float(per_minute)
         self._per_second = per_minute / 60.0
         self._keys = keys

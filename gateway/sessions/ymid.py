@@ -66,9 +66,16 @@ def key_id(key: bytes) -> int:
 
 
 class YmidSigner:
-    def __init__(self, keys: Sequence[bytes]) -> None:
+    """Issues and verifies ymids under `keys` (the first signs, all verify) for one `context`
+    (the route): the MAC covers it, so a ymid issued for one route never verifies on another,
+    even where both routes have the same key (a postback for it there would pay again, under
+    that route's own dedup)."""
+
+    def __init__(self, keys: Sequence[bytes], context: str = "") -> None:
         if not keys:
             raise ValueError("at least one signing key")
+        encoded = context.encode()
+        self._domain = DOMAIN + len(encoded).to_bytes(2, "big") + encoded
         self._signing = keys[0]
         self._by_id: dict[int, list[bytes]] = {}
         for key in keys:
@@ -79,7 +86,7 @@ class YmidSigner:
         body = _BODY.pack(version, key_id(self._signing), user_id, secrets.token_bytes(8), expires)
         if request_var is not None:
             body += placement_hash(request_var)
-        return _text(body + _mac(self._signing, body))
+        return _text(body + self._mac(self._signing, body))
 
     def verify(self, ymid: str, *, now: float) -> Claims:
         """The claims of a ymid this gateway issued and that has not expired, or YmidRefused:
@@ -107,16 +114,17 @@ class YmidSigner:
             raise YmidRefused(
                 "ymid_not_issued", "signed with a key this gateway does not have (rotated out?)"
             )
-        if not any(hmac.compare_digest(_mac(key, body), mac) for key in keys):
-            raise YmidRefused("ymid_forged", "its signature is wrong: altered, or not ours")
+        if not any(hmac.compare_digest(self._mac(key, body), mac) for key in keys):
+            raise YmidRefused(
+                "ymid_forged", "its signature is wrong: altered, not ours, or another route's"
+            )
         if expires < now:
             raise YmidRefused("ymid_expired", "it expired: the ad was shown too late")
         placement = body[_BODY.size :] if placed else None
         return Claims(user_id, nonce, expires, placement)
 
-
-def _mac(key: bytes, body: bytes) -> bytes:
-    return hmac.digest(key, DOMAIN + body, hashlib.sha256)[:MAC_BYTES]
+    def _mac(self, key: bytes, body: bytes) -> bytes:
+        return hmac.digest(key, self._domain + body, hashlib.sha256)[:MAC_BYTES]
 
 
 def _text(raw: bytes) -> str:
