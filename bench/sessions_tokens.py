@@ -32,7 +32,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--number", type=int, default=20_000)
     args = parser.parse_args()
-    signer = YmidSigner([b"k" * 32])
+    signer = YmidSigner([b"k" * 32], context="tapper")  # as a route signs
     ymid = signer.issue(279058397, expires=int(NOW) + 3600)
     init_data = signed_init_data(279058397, int(NOW) - 60)
     body = bytes(34)
