@@ -75,7 +75,6 @@ class RewardSessions:
         self.origins = OriginPolicy(config.allowed_origins)
         self._signer = signer_of(route, config)
         self._bot_token = config.bot_token.reveal().decode()
-        self._placements = {placement_hash(name): name for name in config.placements}
         self.limits = (
             limits if limits is not None and limits.fit(config) else SessionLimits.of(config)
         )
@@ -121,10 +120,6 @@ class RewardSessions:
         """What a ymid of ours says, expired or not (the status endpoint's question), or
         YmidRefused (not ours, forged)."""
         return self._signer.verify(ymid, now=float("-inf"))
-
-    def placement_of(self, claims: Claims) -> str | None:
-        """The placement name a ymid was bound to (None: none, or one no longer listed)."""
-        return None if claims.placement is None else self._placements.get(claims.placement)
 
     # -- the postback ---------------------------------------------------------------------
 

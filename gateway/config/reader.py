@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import urllib.parse
+from collections.abc import Callable
 from dataclasses import replace
 from types import MappingProxyType
 from typing import Any
@@ -547,38 +548,41 @@ class DocumentReader(ValueReader):
         return None if short else keys
 
     def origins(self, value: Any, path: str) -> tuple[str, ...] | None:
-        items = self.sequence(value, path)
-        if items is None:
-            return None
-        origins: list[str] = []
-        for index, item in enumerate(items):
-            text = self.string(item, f"{path}[{index}]")
-            if text is None:
-                continue
+        def origin(text: str, where: str) -> str | None:
             try:
-                origins.append(parse_origin(text))
+                return parse_origin(text)
             except ValueError as error:
-                self.problem(f"{path}[{index}]", f"{quoted(text)} {error}")
-        return tuple(dict.fromkeys(origins)) if len(origins) == len(items) else None
+                self.problem(where, f"{quoted(text)} {error}")
+                return None
+
+        return self.distinct_strings(value, path, origin)
 
     def placements(self, value: Any, path: str) -> tuple[str, ...] | None:
+        def placement(text: str, where: str) -> str | None:
+            if not text or len(text) > MAX_PLACEMENT or value_problem(REQUEST_VAR, text):
+                self.problem(
+                    where, f"a placement is a request_var value of 1 to {MAX_PLACEMENT} characters"
+                )
+                return None
+            return text
+
+        return self.distinct_strings(value, path, placement)
+
+    def distinct_strings(
+        self, value: Any, path: str, read: Callable[[str, str], str | None]
+    ) -> tuple[str, ...] | None:
+        """A list of strings, each as `read` makes it (None: it said the problem), repeats
+        dropped; None if any item is wrong."""
         items = self.sequence(value, path)
         if items is None:
             return None
-        names: list[str] = []
+        read_items: list[str] = []
         for index, item in enumerate(items):
             text = self.string(item, f"{path}[{index}]")
-            if text is None:
-                continue
-            problem = value_problem(REQUEST_VAR, text)
-            if not text or len(text) > MAX_PLACEMENT or problem is not None:
-                self.problem(
-                    f"{path}[{index}]",
-                    f"a placement is a request_var value of 1 to {MAX_PLACEMENT} characters",
-                )
-                continue
-            names.append(text)
-        return tuple(dict.fromkeys(names)) if len(names) == len(items) else None
+            made = None if text is None else read(text, f"{path}[{index}]")
+            if made is not None:
+                read_items.append(made)
+        return tuple(dict.fromkeys(read_items)) if len(read_items) == len(items) else None
 
     def check_template(self, route: RouteConfig, template: PostbackTemplate, path: str) -> None:
         """The registered URL must reach this route and carry a key this route accepts."""

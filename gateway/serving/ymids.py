@@ -189,8 +189,10 @@ async def _status(
         status = await watch.status(ymid, sessions.route, claims.expires)
         if wait and status.state == "pending" and not watch.full:
             status = await watch.changed(ymid, sessions.route, claims.expires, status, wait)
-    except StoreError as error:
-        raise IssueRefused(503, "store_unavailable", str(error) or "the store failed") from None
+    except StoreError:  # told in the watch's log line; the public port says no more
+        raise IssueRefused(
+            503, "store_unavailable", "the store did not answer: ask again"
+        ) from None
     return _status_answer(sessions, origin, ymid, claims.expires, status)
 
 
