@@ -239,7 +239,7 @@ def test_check_prints_no_secret_and_no_static_value(summary: tuple[str, str, str
             id="secret-parameter-twice",
         ),
         pytest.param(
-            "&zone={zone_id}", "", "routes.tapper.dedup.key[2]", id="dedup-field-not-carried"
+            "&zone={zone_id}", "", "routes.tapper.dedup.key", id="dedup-field-not-carried"
         ),
         pytest.param(
             "version: 2}",

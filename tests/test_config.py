@@ -435,8 +435,8 @@ OTHER_ROUTE = {"path": "/postback/other", "insecure": True, "upstreams": [{"url"
                 "routes.tapper.dedup": {"key": ["ymid"]},
             },
             ENV,
-            "routes.tapper.required[1]",
-            "can never be present",
+            "routes.tapper.required",  # the default [ymid, event_type]: named as the cause
+            "the default [ymid, event_type] names 'event_type', which can never be present",
             id="required-field-renamed-away-by-alias",
         ),
         pytest.param(

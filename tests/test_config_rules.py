@@ -646,14 +646,17 @@ T = "routes.tapper.template"
         ),
         pytest.param(
             {T: template_for(FILE_KEY).replace("&zone={zone_id}", "")},
-            "routes.tapper.dedup.key[2]",
-            "'zone_id' can never be present: the template does not carry it",
+            "routes.tapper.dedup.key",  # never written: the default is the cause, and the fix
+            "the default [ymid, event_type, zone_id] names 'zone_id', which can never be present: "
+            "the template does not carry it; set dedup.key: [ymid, event_type] on the route, or "
+            "add zone_id={zone_id} to the template",
             id="default-dedup-key-field-not-carried",
         ),
         pytest.param(
             {T: template_for(FILE_KEY).replace("event={event_type}", "ev=impression")},
-            "routes.tapper.required[1]",
-            "'event_type' can never be present: the template does not carry it",
+            "routes.tapper.required",
+            "the default [ymid, event_type] names 'event_type', which can never be present: the "
+            "template does not carry it; set required: [ymid] on the route",
             id="default-required-field-not-carried",
         ),
         pytest.param(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 import urllib.parse
-from collections.abc import Callable
+from collections.abc import Callable, Set
 from dataclasses import replace
 from types import MappingProxyType
 from typing import Any
@@ -420,15 +420,24 @@ class DocumentReader(ValueReader):
             delivers=delivers,
             **values,
         )
-        self.check_route_consistency(route, path)
+        written_key = isinstance(value.get("dedup"), dict) and "key" in value["dedup"]
+        defaulted = {
+            "required": "required" not in value,
+            "dedup.key": not written_key and "key" not in self.dedup_defaults,
+        }
+        self.check_route_consistency(route, path, {k for k, unset in defaulted.items() if unset})
         if route.sessions is not None:
             self.check_sessions(route, path)
         if template is not None:
             self.check_template(route, template, key_path(path, "template"))
         return route
 
-    def check_route_consistency(self, route: RouteConfig, path: str) -> None:
-        """Combinations that are each valid alone but can never work together."""
+    def check_route_consistency(
+        self, route: RouteConfig, path: str, defaulted: Set[str] = frozenset()
+    ) -> None:
+        """Combinations that are each valid alone but can never work together. `defaulted`:
+        the lists (`required`, `dedup.key`) the config left to their defaults, so a problem
+        with one says the default is the cause, not a key the operator never wrote."""
         enforced = route.allow_ips_mode == AllowIpsMode.ENFORCE
         everyone = route.allow_ips is not None and route.allow_ips.covers_every_address
         enforced_allowlist = route.allow_ips is not None and enforced and not everyone
@@ -456,18 +465,33 @@ class DocumentReader(ValueReader):
                 f"{quoted(secret_param)} is also a postback field name; the secret must have its "
                 "own",
             )
+        lists = {"required": route.required, "dedup.key": route.dedup.key}
         needed = [
-            *((f"required[{index}]", name) for index, name in enumerate(route.required)),
-            *((f"dedup.key[{index}]", name) for index, name in enumerate(route.dedup.key)),
-            *((f"match.{name}", name) for name in route.match),
+            *(
+                (key, index, name)
+                for key, names in lists.items()
+                for index, name in enumerate(names)
+            ),
+            *((f"match.{name}", None, name) for name in route.match),
         ]
-        for where, name in needed:
+        for key, index, name in needed:
             if name in route.delivers:
                 continue
             if route.from_template:
                 why = "the template does not carry it"
+                fix = f", or add {name}={{{name}}} to the template"
             else:
                 why = f"aliases rename incoming {quoted(name)} to {quoted(route.aliases[name])}"
+                fix = ""
+            if key in defaulted:  # not written: the default is what to change
+                rest = ", ".join(other for other in lists[key] if other in route.delivers)
+                self.problem(
+                    f"{path}.{key}",
+                    f"the default [{', '.join(lists[key])}] names {quoted(name)}, which can "
+                    f"never be present: {why}; set {key}: [{rest}] on the route{fix}",
+                )
+                continue
+            where = f"{key}[{index}]" if index is not None else key
             self.problem(f"{path}.{where}", f"{quoted(name)} can never be present: {why}")
 
     def check_sessions(self, route: RouteConfig, path: str) -> None:
