@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from . import allowlist_cli, history_cli, queue_cli
 from .config import ConfigError, ListenAddress, load_config
 from .durable.outbox import StoreError
-from .fire import FireError, fire
+from .fire import FireError, fire, tls_context
 from .serving.event_loop import UnknownEventLoop, loop_factory
 from .serving.server import serve
 from .summary import summarize
@@ -50,7 +50,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             allowlist_cli.add_arguments(command)
         if name == "fire":
             command.add_argument("--route", required=True, help="route name from the config")
-            command.add_argument("--url", help="gateway base URL (default: from server.listen)")
+            command.add_argument(
+                "--url", help="gateway base URL (default: server.listen, https with server.tls)"
+            )
+            command.add_argument(
+                "--dry-run", action="store_true", help="every check, nothing sent to the gateway"
+            )
+            command.add_argument("--cacert", help="CA file to trust an https gateway with")
+            command.add_argument(
+                "--insecure", action="store_true", help="https without checking the certificate"
+            )
             command.add_argument(
                 "fields", nargs="*", metavar="field=value", help="canonical field values"
             )
@@ -77,7 +86,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return allowlist_cli.run(config, args)
     if args.command == "fire":
         try:
-            return fire(config, args.route, args.fields, args.url)
+            tls = tls_context(args.cacert, args.insecure)
+            return fire(config, args.route, args.fields, args.url, dry_run=args.dry_run, tls=tls)
         except FireError as error:
             print(f"fire: {error}", file=sys.stderr)
             return EXIT_CONFIG_ERROR

@@ -8,6 +8,7 @@ gateway's outcome and the upstream's answer.
 
 from __future__ import annotations
 
+import ssl
 import time
 import urllib.error
 import urllib.request
@@ -46,8 +47,16 @@ class FireError(Exception):
 
 
 def fire(
-    config: GatewayConfig, route_name: str, assignments: Sequence[str], url: str | None
+    config: GatewayConfig,
+    route_name: str,
+    assignments: Sequence[str],
+    url: str | None,
+    *,
+    dry_run: bool = False,
+    tls: ssl.SSLContext | None = None,
 ) -> int:
+    """Predict each check's verdict, then (unless `dry_run`) send the postback: a real one,
+    which the app acts on. `tls`: how to trust an https gateway (None: the system's CAs)."""
     routes = {route.name: route for route in config.routes}
     route = routes.get(route_name)
     if route is None:
@@ -59,9 +68,17 @@ def fire(
     if route.secret is not None and route.secret.query_param is not None:
         shown = target.update_query({route.secret.query_param: "****"})
     print(f"route {route.name}: GET {shown}")
-    for line in _predict(config, route, target, headers):
+    lines, passes = _predict(config, route, target, headers)
+    for line in lines:
         print(f"  {line}")
-    return _send(target, headers)
+    if dry_run:
+        print("dry run: nothing sent" + ("" if passes else "; it would be refused"))
+        return 0 if passes else 1
+    print(
+        f"sending it: a real postback, which the app behind route {route.name} acts on (a "
+        f"reward for ymid {fields.get('ymid')}); --dry-run checks without sending"
+    )
+    return _send(target, headers, tls)
 
 
 def _fields_for(route: RouteConfig, assignments: Sequence[str]) -> dict[str, str]:
@@ -118,8 +135,9 @@ def _as_monetag_sends(
 
 def _predict(
     config: GatewayConfig, route: RouteConfig, target: URL, headers: dict[str, str]
-) -> list[str]:
-    """Each check's verdict, from the gateway's own `CompiledRoute.verify`."""
+) -> tuple[list[str], bool]:
+    """Each check's verdict, from the gateway's own `CompiledRoute.verify`, and whether it
+    passes them all."""
     addresses = ClientAddressResolver(config.server.trusted_proxies)
     compiled = CompiledRoute(route, RouteDedup(1, 1), addresses)
     host = target.host or "127.0.0.1"
@@ -140,13 +158,13 @@ def _predict(
                 f"{number} {step:<10} {failure.detail or failure.reason}; "
                 f"expect {failure.status} {failure.outcome} ({failure.reason})"
             )
-    return lines
+    return lines, failure is None
 
 
-def _send(target: URL, headers: dict[str, str]) -> int:
+def _send(target: URL, headers: dict[str, str], tls: ssl.SSLContext | None) -> int:
     request = urllib.request.Request(str(target), headers=headers)
     try:
-        with urllib.request.urlopen(request, timeout=60) as response:
+        with urllib.request.urlopen(request, timeout=60, context=tls) as response:
             status, answer_headers, body = response.status, response.headers, response.read()
     except urllib.error.HTTPError as error:
         status, answer_headers, body = error.code, error.headers, error.read()
@@ -160,4 +178,22 @@ def _send(target: URL, headers: dict[str, str]) -> int:
 
 
 def _public_url(config: GatewayConfig) -> str:
-    return f"http://{config.server.listen.from_here}"
+    """Where this config's public port answers from this machine: https with server.tls."""
+    scheme = "https" if config.server.tls is not None else "http"
+    return f"{scheme}://{config.server.listen.from_here}"
+
+
+def tls_context(cafile: str | None, insecure: bool) -> ssl.SSLContext | None:
+    """How `fire` trusts an https gateway: the system's CAs (None), a CA file (`--cacert`,
+    for a private CA), or nothing at all (`--insecure`, a self-signed test certificate)."""
+    if insecure:
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        return context
+    if cafile is None:
+        return None
+    try:
+        return ssl.create_default_context(cafile=cafile)
+    except (OSError, ssl.SSLError) as error:
+        raise FireError(f"--cacert {cafile}: not a CA file it can read ({error})") from None

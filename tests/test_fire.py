@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 import sys
 from pathlib import Path
 
@@ -10,8 +11,10 @@ import pytest
 
 from tests.conftest import SECRET
 from tests.support.gatewayconfig import gateway_config
-from tests.support.processes import REPO
+from tests.support.processes import REPO, command_env, free_port, spawn_gateway
 from tests.support.sessionsconfig import SESSIONS_ENV, SIGNING_KEY, sessions_config
+from tests.support.tlscerts import make_certificate
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.process
 
@@ -96,3 +99,73 @@ async def test_fire_on_a_route_with_sessions_brings_a_ymid_issued_for_its_user(
     received = upstream.received[0].query
     assert (received["user_id"], received["request_var"]) == ("777", "shop")
     assert len(received["ymid"]) == 51
+
+
+async def test_fire_says_it_sends_a_real_postback_and_dry_run_sends_nothing(
+    start_upstream, start_gateway, tmp_path
+):
+    upstream = start_upstream()
+    yaml_text = gateway_config(upstream.url)
+    gateway = await start_gateway(yaml_text)
+    config_file = tmp_path / "config.yaml"
+    config_file.write_text(yaml_text)
+    code, out, _ = await fire(config_file, "--route", "tapper", "--url", gateway.url, "--dry-run")
+    assert code == 0, out
+    assert "6 validate   ok" in out and "dry run: nothing sent" in out
+    assert "answer:" not in out
+    code, out, _ = await fire(
+        config_file, "--route", "tapper", "--url", gateway.url, "--dry-run", "zone_id=x"
+    )
+    assert code == 1 and "it would be refused" in out
+    assert upstream.received == []  # neither reached the gateway, so not the app
+    code, out, _ = await fire(config_file, "--route", "tapper", "--url", gateway.url)
+    assert code == 0, out
+    assert "sending it: a real postback, which the app behind route tapper acts on" in out
+    assert len(upstream.received) == 1
+
+
+async def test_fire_follows_server_tls_and_trusts_a_ca_file_or_nothing(start_upstream, tmp_path):
+    """With server.tls the default URL is https: the certificate checked against --cacert (a
+    private CA's), or not at all with --insecure; the system's CAs refuse a self-signed one."""
+    upstream = start_upstream()
+    certificate = make_certificate(tmp_path, "gateway")
+    public = free_port()
+    tls = {"cert_file": str(certificate.cert_file), "key_file": str(certificate.key_file)}
+    yaml_text = gateway_config(
+        upstream.url,
+        server={
+            "listen": f"127.0.0.1:{public}",
+            "admin_listen": f"127.0.0.1:{free_port()}",
+            "tls": tls,
+        },
+    )
+    config_file = tmp_path / "config.yaml"
+    config_file.write_text(yaml_text)
+    process = spawn_gateway(config_file, command_env(SECRET), tmp_path / "out", tmp_path / "err")
+    try:
+        await asyncio.to_thread(eventually, lambda: port_open(public), 30)
+        code, out, _ = await fire(
+            config_file, "--route", "tapper", "--cacert", str(certificate.cert_file)
+        )
+        assert code == 0, out
+        assert f"GET https://127.0.0.1:{public}/postback/tapper?" in out
+        code, out, _ = await fire(config_file, "--route", "tapper", "--insecure")
+        assert code == 0, out
+        code, out, _ = await fire(config_file, "--route", "tapper")
+        assert code == 2 and "CERTIFICATE_VERIFY_FAILED" in out
+        code, _, err = await fire(
+            config_file, "--route", "tapper", "--cacert", str(tmp_path / "none.pem")
+        )
+        assert code == 2 and "--cacert" in err
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+    assert len(upstream.received) == 2
+
+
+def port_open(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1):
+            return True
+    except OSError:
+        return False
