@@ -12,6 +12,11 @@ never waits for the history, and readiness never depends on it.
 Retention runs beside: every EXPIRE_EVERY_SECONDS it deletes rows older than
 `history.retention` in batches of EXPIRE_BATCH, pausing between them so writes go first.
 
+Reward sessions: each ymid issued (`session_issued`) and each postback that verified against
+one go into the same batches as `history_sessions` rows; a sweep every SWEEP_EVERY_SECONDS
+(or a quarter of the shortest `sessions.no_postback_after`) marks, per route, the issued
+ymids that got no postback in time, each once across replicas, and counts them.
+
 At shutdown, after the last postback was answered, what is buffered is written within what is
 left of the shutdown deadline; what cannot be is counted (why="shutdown") and logged.
 """
@@ -257,6 +262,8 @@ class Recorder:
                 await self.sweep(windows)
             except StoreError as error:
                 log.warning("no_postback sweep failed", extra={"detail": str(error)})
+            except Exception:  # a bug: said loudly, and the next sweep is tried all the same
+                log.exception("no_postback sweep failed")
             shortest = min(windows.values(), default=SWEEP_EVERY_SECONDS * 4)
             await asyncio.sleep(max(0.2, min(SWEEP_EVERY_SECONDS, shortest / 4)))
 

@@ -195,9 +195,9 @@ def session_events(among: str) -> str:
 def no_postback(
     route: str, issued_before: float, now: float, limit: int, lock: str, placeholder: Placeholder
 ) -> Statement:
-    """Mark the oldest ymids of the route issued by the cutoff (each route has its own
-    `no_postback_after`) and still waiting for a postback as missed,
-    at most `limit`, and return them. `lock` keeps two sweeps from taking the same rows:
+    """Mark the oldest ymids of the route (each route has its own `no_postback_after`)
+    issued by the cutoff and still waiting for a postback as missed, at most `limit`, and
+    return them. `lock` keeps two sweeps from taking the same rows:
     PostgreSQL's ` FOR UPDATE SKIP LOCKED` (each replica takes the rows no other has
     locked), nothing in SQLite (its one writer runs one sweep at a time).
 
