@@ -75,9 +75,8 @@ class RewardSessions:
         self.origins = OriginPolicy(config.allowed_origins)
         self._signer = signer_of(route, config)
         self._bot_token = config.bot_token.reveal().decode()
-        self.limits = (
-            limits if limits is not None and limits.fit(config) else SessionLimits.of(config)
-        )
+        # the runtime's, kept across reloads while their rates stay (Runtime._build decides)
+        self.limits = limits or SessionLimits.of(config)
 
     # -- issuing ----------------------------------------------------------------------------
 

@@ -398,10 +398,15 @@ class DocumentReader(ValueReader):
             values["dedup"] = self.dedup({}, key_path(path, "dedup"))
             if values["dedup"] is None:
                 return None
-        if values.get("sessions") is not None:
-            given = isinstance(value.get("dedup"), dict) and "key" in value["dedup"]
-            if not given and "key" not in self.dedup_defaults:
-                values["dedup"] = replace(values["dedup"], key=SESSION_DEDUP_KEY)
+        # the lists the config leaves to their defaults: with sessions, the dedup key's is
+        # SESSION_DEDUP_KEY; a problem with either names the default as its cause
+        written_key = isinstance(value.get("dedup"), dict) and "key" in value["dedup"]
+        defaulted = {
+            "required": "required" not in value,
+            "dedup.key": not written_key and "key" not in self.dedup_defaults,
+        }
+        if values.get("sessions") is not None and defaulted["dedup.key"]:
+            values["dedup"] = replace(values["dedup"], key=SESSION_DEDUP_KEY)
         template: PostbackTemplate | None = values.pop("template", None)
         given_aliases = "aliases" in values
         aliases: dict[str, str] = values.pop("aliases", {})
@@ -420,11 +425,6 @@ class DocumentReader(ValueReader):
             delivers=delivers,
             **values,
         )
-        written_key = isinstance(value.get("dedup"), dict) and "key" in value["dedup"]
-        defaulted = {
-            "required": "required" not in value,
-            "dedup.key": not written_key and "key" not in self.dedup_defaults,
-        }
         self.check_route_consistency(route, path, {k for k, unset in defaulted.items() if unset})
         if route.sessions is not None:
             self.check_sessions(route, path)
