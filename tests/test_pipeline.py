@@ -481,7 +481,7 @@ async def test_a_hung_app_is_answered_504_within_the_routes_deadline(
 def test_the_default_deadline_stays_below_what_senders_wait():
     config = parse_config(gateway_config("http://127.0.0.1:3000/cb"), {"MONETAG_SECRET": SECRET})
     (route,) = config.routes
-    assert route.deadline == 10.0  # README: senders commonly give 5-30 s
+    assert route.deadline == 10.0  # docs/request-path.md: senders commonly give 5-30 s
 
 
 @pytest.mark.slow

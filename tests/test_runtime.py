@@ -100,7 +100,7 @@ async def test_readyz_reports_the_live_checksum(start_upstream, start_gateway, h
         await runner.cleanup()
 
 
-# -- the event's identity across config edits (README: which edits start a new dedup window) ---
+# -- the event's identity across config edits (docs/request-path.md: what starts a new window) --
 
 
 def tapper_at(
