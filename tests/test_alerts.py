@@ -2,7 +2,9 @@
 fired and kept quiet by its unit tests (tests/prometheus/alerts_test.yml), each with a
 summary and a runbook section in docs/operations.md, and every metric and label they name
 exported by a live gateway (a real process with TLS, a store, a queued route and Redis
-dedup falling back), so a renamed metric cannot leave an alert that never fires."""
+dedup falling back), so a renamed metric cannot leave an alert that never fires. The same
+gateway holds the metric table of docs/observability.md to what it exports: every family
+in it has a row, and every row's labels are the ones its samples carry."""
 
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ from tests.conftest import UpstreamFactory
 from tests.support.alertrules import RULES, alerts
 from tests.support.gatewayconfig import gateway_config, route, upstream
 from tests.support.metrics import Scrape
+from tests.support.metrictable import documented_metrics, exported_families
 from tests.support.processes import (
     SECRET,
     command_env,
@@ -203,7 +206,7 @@ def https_get(port: int, target: str, context: Any, source: str = "127.0.0.1") -
 
 
 @pytest.mark.process
-def test_every_metric_and_label_the_rules_name_is_on_a_live_gateway(
+def test_every_metric_the_rules_and_the_docs_name_is_on_a_live_gateway(
     start_upstream: UpstreamFactory, tmp_path: Path
 ) -> None:
     app = start_upstream()
@@ -262,14 +265,38 @@ def test_every_metric_and_label_the_rules_name_is_on_a_live_gateway(
         # the queued delivery happens in the background, the queue's gauges every few seconds
         queue_metrics = {"gateway_deliveries_total", "gateway_queue_oldest_pending_age_seconds"}
         eventually(lambda: queue_metrics <= set(scraped()), 20)
-        live = scraped()
+        exposition = http_get(admin, "/metrics").body.decode()
+        live = Scrape.parse(exposition).label_names
     finally:
         process.terminate()
         process.wait(timeout=10)
 
+    assert_the_metric_table_matches(exposition, live)
     live["up"] = set()  # Prometheus's own, per target
     problems = {rule["alert"]: unknown_names(rule["expr"], live) for rule in alerts()}
     assert not {alert: found for alert, found in problems.items() if found}
+
+
+def assert_the_metric_table_matches(exposition: str, live: dict[str, set[str]]) -> None:
+    table = documented_metrics()
+    exported = exported_families(exposition)
+    assert sorted(exported - table.keys()) == [], "exported, but no row in observability.md"
+    assert sorted(table.keys() - exported) == [], "a row in observability.md nobody exports"
+    for name, labels in table.items():
+        carried = set().union(*(live.get(name + suffix, set()) for suffix in SAMPLE_SUFFIXES))
+        if carried:  # a family with no series yet says nothing of its labels
+            assert carried - {"le"} == labels, f"{name}: the table says {sorted(labels)}"
+
+
+SAMPLE_SUFFIXES = ("", "_bucket", "_count", "_sum")
+
+
+def test_the_metric_table_reader_reads_names_and_labels_not_their_examples() -> None:
+    table = documented_metrics()
+    assert table["gateway_rejections_total"] == {"route", "reason"}
+    assert table["gateway_upstream_attempts_total"] == {"route", "upstream", "status_class"}
+    assert table["gateway_store_commits_total"] == table["gateway_store_failures_total"] == set()
+    assert table["gateway_connections_refused_total"] == {"port", "reason"}
 
 
 def _ready(admin: int, process: subprocess.Popen[bytes]) -> bool:
