@@ -1,5 +1,5 @@
-"""The operator's commands: `monetag-gateway run | check | health | fire | queue | history |
-allowlist`."""
+"""The operator's commands: `monetag-gateway init | run | check | health | fire | queue |
+history | allowlist`. Every one but init reads the config named by --config."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import sys
 import urllib.request
 from collections.abc import Sequence
 
-from . import allowlist_cli, history_cli, queue_cli
+from . import allowlist_cli, history_cli, init_cli, queue_cli
 from .config import ConfigError, ListenAddress, load_config
 from .durable.outbox import StoreError
 from .fire import FireError, fire, tls_context
@@ -27,6 +27,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         prog="monetag-gateway", description="Verification gateway for Monetag postbacks."
     )
     commands = parser.add_subparsers(dest="command", required=True)
+    # init writes a config (its --config is where), so it is not one of those that read it
+    init = commands.add_parser("init", help=init_cli.SUMMARY, description=init_cli.SUMMARY)
+    init_cli.add_arguments(init)
     for name, summary in (
         ("run", "start the gateway"),
         ("check", "validate a config and summarize its routes"),
@@ -64,6 +67,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "fields", nargs="*", metavar="field=value", help="canonical field values"
             )
     args = parser.parse_args(argv)
+    if args.command == "init":
+        return init_cli.run(args)
     if not args.config:
         parser.error("no config: pass --config PATH or set GATEWAY_CONFIG")
     try:

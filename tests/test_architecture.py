@@ -59,7 +59,10 @@ RULES = {
     "history_cli": "config durable history shown",
     "allowlist": "checks config senders",
     "allowlist_cli": "allowlist config history history_cli shown",
-    "cli": "allowlist_cli config durable fire history_cli queue_cli serving summary tls",
+    # a first config from the URL registered with Monetag, and the command that writes it
+    "init_config": "config postback shown",
+    "init_cli": "config init_config",
+    "cli": "allowlist_cli config durable fire history_cli init_cli queue_cli serving summary tls",
     "__main__": "cli",
 }
 MAY_IMPORT = {
