@@ -259,12 +259,15 @@ def write_and_tell(
     args: argparse.Namespace, files: Files, answers: Answers, *, show_key: bool
 ) -> int:
     config_file, env_file = files.config, files.env
+    store = os.path.abspath(args.store or config_file.parent / STORE_FILE_NAME)
+    if "}" in store:
+        raise ChangeFirst("--store: a path with '}' cannot stand in ${GATEWAY_STORE:-...}")
     setup = Setup(
         url=answers.url,
         app_url=answers.app_url,
         route=args.route or route_name_for(answers.url.template.path),
         ymid=answers.ymid,
-        store=os.path.abspath(args.store or config_file.parent / STORE_FILE_NAME),
+        store=store,
         env_file=_shell_path(env_file),
         config_file=shlex.quote(str(config_file)),
         listen=args.listen,
@@ -278,7 +281,7 @@ def write_and_tell(
     key = new_key()
     text = config_text(setup)
     try:
-        config = loaded(text, key)
+        config = loaded(text, key, os.environ)  # ${APP_KEY} in the app URL: set, say
     except ConfigError as error:
         raise ChangeFirst(
             "the answers make a config the gateway would refuse:\n  " + "\n  ".join(error.problems)

@@ -13,6 +13,7 @@ import re
 import secrets
 import textwrap
 import urllib.parse
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -208,10 +209,10 @@ class Setup:
         return USER_ID_DEDUP_TTL if self.ymid == YmidUse.USER_ID else UNIQUE_DEDUP_TTL
 
 
-def loaded(text: str, key: str) -> GatewayConfig:
-    """The config as the gateway reads `text` with `key` as the secret; ConfigError if it
-    would not: init writes no config that `check` would refuse."""
-    return parse_config(text, {SECRET_VARIABLE: key})
+def loaded(text: str, key: str, environ: Mapping[str, str]) -> GatewayConfig:
+    """The config as the gateway reads `text` in `environ` with `key` as the secret;
+    ConfigError if it would not: init writes no config that `check` would refuse."""
+    return parse_config(text, {**environ, SECRET_VARIABLE: key})
 
 
 def env_file_text(key: str, config_file: str, env_file: str) -> str:

@@ -358,7 +358,25 @@ def test_a_bad_answer_to_the_config_is_exit_2_naming_the_key(capsys, tmp_path):
     assert "server.admin_listen: must not share server.listen's port" in err
     code, _, err = init(capsys, tmp_path, "--tls-cert", "cert.pem")
     assert code == 2 and "--tls-cert and --tls-key go together" in err
+    code, _, err = init(capsys, tmp_path, "--store", str(tmp_path / "a}b.db"))
+    assert code == 2 and "--store: a path with '}'" in err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_app_url_may_name_an_environment_variable(capsys, monkeypatch, tmp_path):
+    """An app's own key stays out of the config too: `?api_key=${APP_KEY}`, read at start."""
+    app_url = "http://127.0.0.1:8000/postback.php?api_key=${APP_KEY}"
+    flags = ["init", "--config", str(tmp_path / "config.yaml"), "--template", WITH_ZONE]
+    monkeypatch.delenv("APP_KEY", raising=False)
+    assert main([*flags, "--app-url", app_url]) == 2
+    err = capsys.readouterr().err
+    assert "the answers make a config the gateway would refuse" in err and "APP_KEY" in err
+    monkeypatch.setenv("APP_KEY", "the-apps-own-key")
+    assert main([*flags, "--app-url", app_url]) == 0
+    out = capsys.readouterr().out
+    assert "the-apps-own-key" not in out + (tmp_path / "config.yaml").read_text()
+    assert "api_key" not in out  # the app URL is named by its host:port only
+    assert "127.0.0.1:8000" in out
 
 
 def test_without_a_terminal_a_missing_flag_is_exit_2_naming_it(capsys, tmp_path):
