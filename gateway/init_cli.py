@@ -79,6 +79,7 @@ def add_arguments(command: argparse.ArgumentParser) -> None:
     command.add_argument(
         "--config",
         default=DEFAULT_CONFIG,
+        metavar="PATH",
         help=f"the config file to write (default: {DEFAULT_CONFIG})",
     )
     command.add_argument(
@@ -114,9 +115,17 @@ def add_arguments(command: argparse.ArgumentParser) -> None:
         help=f"the SQLite store (default: {STORE_FILE_NAME} beside the config; $GATEWAY_STORE "
         "overrides it at run time)",
     )
-    command.add_argument("--listen", default=DEFAULT_LISTEN, help="the public port's address")
     command.add_argument(
-        "--admin-listen", default=DEFAULT_ADMIN_LISTEN, help="the admin port's address"
+        "--listen",
+        default=DEFAULT_LISTEN,
+        metavar="HOST:PORT",
+        help=f"where Monetag's postbacks arrive (default: {DEFAULT_LISTEN})",
+    )
+    command.add_argument(
+        "--admin-listen",
+        default=DEFAULT_ADMIN_LISTEN,
+        metavar="HOST:PORT",
+        help=f"health, metrics and the inspector (default: {DEFAULT_ADMIN_LISTEN})",
     )
     command.add_argument("--tls-cert", metavar="PEM", help="TLS on the public port: certificate")
     command.add_argument("--tls-key", metavar="PEM", help="TLS on the public port: private key")
