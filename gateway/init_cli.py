@@ -89,7 +89,11 @@ def add_arguments(command: argparse.ArgumentParser) -> None:
         "'https://yourdomain.com/postback?uid={ymid}&event={event_type}'",
     )
     command.add_argument(
-        "--app-url", metavar="URL", help="your app's postback handler, which the gateway calls"
+        "--app",
+        "--app-url",
+        dest="app_url",
+        metavar="URL",
+        help="your app's postback handler, which the gateway calls",
     )
     command.add_argument(
         "--ymid",
@@ -180,10 +184,10 @@ def gather(args: argparse.Namespace, terminal: Terminal | None) -> Answers:
         url = _ask_template(_needed(terminal, "--template"), args.secret_param)
     if args.app_url is not None:
         if (problem := app_url_problem(args.app_url)) is not None:
-            raise ChangeFirst(f"--app-url {problem}")
+            raise ChangeFirst(f"--app {problem}")
         app_url = args.app_url.strip()
     else:
-        app_url = _ask_app_url(_needed(terminal, "--app-url"))
+        app_url = _ask_app_url(_needed(terminal, "--app"))
     if args.ymid is not None:
         ymid = YmidUse(args.ymid)
     elif terminal is not None:
@@ -209,7 +213,7 @@ def _ask_template(terminal: Terminal, secret_param: str | None) -> RegisteredUrl
 
 def _ask_app_url(terminal: Terminal) -> str:
     while True:
-        answer = terminal.ask(APP_URL_QUESTION, "--app-url")
+        answer = terminal.ask(APP_URL_QUESTION, "--app")
         if (problem := app_url_problem(answer)) is None:
             return answer
         terminal.tell(f"that URL {problem}; try again")

@@ -412,7 +412,8 @@ def _allowlist(document: _Document, setup: Setup) -> None:
         "the valid key came from, as an `allow_ips:` block;",
         "2. paste it here. Under log_only an address it does not list is still let in, and "
         "logged and counted (gateway_allowlist_log_only_total);",
-        "3. when only strangers show up there, switch to allow_ips_mode: enforce.",
+        "3. when only strangers show up there, switch to allow_ips_mode: enforce "
+        "(docs/allowlist.md).",
     ]
     for step in steps:
         document.comment(2, f"  {step}", hang=5)

@@ -58,7 +58,7 @@ def init(
     capsys: pytest.CaptureFixture[str], directory: Path, *args: str, template: str = WITH_ZONE
 ) -> tuple[int, str, str]:
     """`monetag-gateway init` writing directory/config.yaml: its exit status, stdout, stderr."""
-    flags = ["--config", str(directory / "config.yaml"), "--app-url", APP_URL]
+    flags = ["--config", str(directory / "config.yaml"), "--app", APP_URL]
     code = main(["init", *flags, "--template", template, *args])
     out, err = capsys.readouterr()
     return code, out, err
@@ -368,11 +368,11 @@ def test_the_app_url_may_name_an_environment_variable(capsys, monkeypatch, tmp_p
     app_url = "http://127.0.0.1:8000/postback.php?api_key=${APP_KEY}"
     flags = ["init", "--config", str(tmp_path / "config.yaml"), "--template", WITH_ZONE]
     monkeypatch.delenv("APP_KEY", raising=False)
-    assert main([*flags, "--app-url", app_url]) == 2
+    assert main([*flags, "--app", app_url]) == 2
     err = capsys.readouterr().err
     assert "the answers make a config the gateway would refuse" in err and "APP_KEY" in err
     monkeypatch.setenv("APP_KEY", "the-apps-own-key")
-    assert main([*flags, "--app-url", app_url]) == 0
+    assert main([*flags, "--app-url", app_url]) == 0  # the longer name says the same
     out = capsys.readouterr().out
     assert "the-apps-own-key" not in out + (tmp_path / "config.yaml").read_text()
     assert "api_key" not in out  # the app URL is named by its host:port only
@@ -381,19 +381,19 @@ def test_the_app_url_may_name_an_environment_variable(capsys, monkeypatch, tmp_p
 
 def test_without_a_terminal_a_missing_flag_is_exit_2_naming_it(capsys, tmp_path):
     config = str(tmp_path / "config.yaml")
-    assert main(["init", "--config", config, "--app-url", APP_URL]) == 2
+    assert main(["init", "--config", config, "--app", APP_URL]) == 2
     assert "init: --template is required" in capsys.readouterr().err
     assert main(["init", "--config", config, "--template", WITH_ZONE]) == 2
-    assert "init: --app-url is required" in capsys.readouterr().err
-    assert main(["init", "--config", config, "--template", WITH_ZONE, "--app-url", "ftp://x"]) == 2
-    assert "init: --app-url must be an http:// or https:// URL" in capsys.readouterr().err
+    assert "init: --app is required" in capsys.readouterr().err
+    assert main(["init", "--config", config, "--template", WITH_ZONE, "--app", "ftp://x"]) == 2
+    assert "init: --app must be an http:// or https:// URL" in capsys.readouterr().err
 
 
 def test_init_reads_no_config(capsys, monkeypatch, tmp_path):
     """GATEWAY_CONFIG names the config the other commands read; init writes its own."""
     monkeypatch.setenv("GATEWAY_CONFIG", str(tmp_path / "missing.yaml"))
     monkeypatch.chdir(tmp_path)
-    assert main(["init", "--template", WITH_ZONE, "--app-url", APP_URL]) == 0
+    assert main(["init", "--template", WITH_ZONE, "--app", APP_URL]) == 0
     assert (tmp_path / "config.yaml").exists() and (tmp_path / "monetag-gateway.env").exists()
     assert ". ./monetag-gateway.env; set +a" in capsys.readouterr().out
 
@@ -411,7 +411,7 @@ async def test_the_printed_url_rewards_a_click_once(capsys, tmp_path, start_gate
     try:
         app_url = f"http://127.0.0.1:{runner.addresses[0][1]}/postback"
         config_file = tmp_path / "config.yaml"
-        flags = ["--config", str(config_file), "--app-url", app_url, "--template", WITHOUT_ZONE]
+        flags = ["--config", str(config_file), "--app", app_url, "--template", WITHOUT_ZONE]
         assert main(["init", *flags, "--show-key"]) == 0
         url = register_url(capsys.readouterr().out)
         key = key_in(tmp_path / "monetag-gateway.env")
@@ -479,7 +479,7 @@ def test_questions_skip_what_the_flags_say_and_ymid_defaults_to_unique(
 
 
 def test_input_ending_before_an_answer_names_the_flag():
-    with pytest.raises(NoAnswer, match="--app-url answers it"):
+    with pytest.raises(NoAnswer, match="--app answers it"):
         gather(init_arguments("--template", WITH_ZONE), Terminal(io.StringIO(""), io.StringIO()))
 
 
