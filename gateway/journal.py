@@ -16,6 +16,7 @@ from __future__ import annotations
 import itertools
 import time
 from collections import Counter, deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from .errors import OUTCOME_WHEN_UNSET
@@ -103,7 +104,8 @@ class Minute:
 
 
 class Journal:
-    def __init__(self, capacity: int) -> None:
+    def __init__(self, capacity: int, clock: Callable[[], float] = time.time) -> None:
+        self.clock = clock  # the wall clock its minutes and entries are timed by
         self._numbers = itertools.count(1)
         self._entries: deque[Entry] = deque(maxlen=capacity or 1)
         self._by_request: dict[str, Entry] = {}
@@ -113,7 +115,7 @@ class Journal:
     # -- recording (the hot path) ------------------------------------------------------------
 
     def add(self, record: RequestRecord, status: int, seconds: float) -> None:
-        now = time.time()
+        now = self.clock()
         latency_ms = round(seconds * 1000, 2)
         self._count(record, now, latency_ms)
         if not self.capacity:
@@ -191,7 +193,7 @@ class Journal:
 
     def last_hour(self, route: str, now: float | None = None) -> list[Minute]:
         """A Minute for each of the last 60 (empty ones included), oldest first."""
-        current = int((now if now is not None else time.time()) // 60)
+        current = int((now if now is not None else self.clock()) // 60)
         kept = {minute.minute: minute for minute in self._minutes.get(route, ())}
         return [
             kept.get(number) or Minute(number)

@@ -18,7 +18,10 @@ from __future__ import annotations
 
 import asyncio
 import http.client
+import itertools
+import math
 import shlex
+from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from http.cookies import SimpleCookie
@@ -33,6 +36,7 @@ from selenium.webdriver.remote.webelement import WebElement
 from selenium.webdriver.support import expected_conditions
 from selenium.webdriver.support.ui import Select
 
+from gateway.journal import MINUTES
 from tests.conftest import SECRET, UpstreamFactory
 from tests.support.browser import (
     REBOUND_NAME,
@@ -43,6 +47,7 @@ from tests.support.browser import (
     save_screenshot,
     wait_for,
 )
+from tests.support.clock import FakeClock
 from tests.support.gatewayconfig import gateway_config, route, upstream
 from tests.support.inspectorsite import (
     ADMIN_TOKEN,
@@ -631,15 +636,20 @@ class Busy:
 
     site: Site
     runner_app: RecordingUpstream
-    sent: dict[str, int] = field(default_factory=dict)  # outcome -> postbacks
+    sent: dict[str, int] = field(default_factory=dict)  # outcome -> postbacks, this minute
+    earlier: Counter[str] = field(default_factory=Counter)  # outcome -> postbacks, the hour before
 
 
 async def busy_site(
-    start_upstream: UpstreamFactory, start_site: SiteFactory, tmp_path: Path
+    start_upstream: UpstreamFactory,
+    start_site: SiteFactory,
+    tmp_path: Path,
+    hour: bool = False,
 ) -> Busy:
     """`tapper` (sync) and `runner` (queued, max_attempts 1 so refusals die at once) after
     forwarded postbacks, duplicates, wrong and missing keys, invalid fields and queued ones,
-    some of which the app refused."""
+    some of which the app refused. With `hour`, tapper's postbacks of the hour before come
+    first (`an_hour_before`)."""
     tapper_app, runner_app = start_upstream(), start_upstream(default=busy_app)
     routes = {
         "tapper": route([upstream(tapper_app.url, retries=0)]),
@@ -654,6 +664,8 @@ async def busy_site(
 
     def send_mix() -> None:
         site = busy.site
+        if hour:
+            busy.earlier = an_hour_before(site)
         postbacks: list[tuple[str, dict[str, Any]]] = [
             *[
                 (f"u{n:04d}-{kind}", {"telegram_id": str(5550100 + n), "event": kind})
@@ -688,14 +700,44 @@ async def busy_site(
     return busy
 
 
+def an_hour_before(site: Site) -> Counter[str]:
+    """The hour before now on `tapper`, as its chart counts it: a few postbacks a minute,
+    rising and falling, with a copy every third minute and a wrong key every seventh. Real
+    postbacks through the gateway (blocking); only the journal's clock is set back, a minute
+    at a time, while they are sent, and given back after. Returns outcome -> postbacks."""
+    assert site.runtime is not None
+    journal = site.runtime.journal
+    real = journal.clock
+    clock = FakeClock(real() - (MINUTES - 1) * 60)
+    journal.clock = clock
+    sent: Counter[str] = Counter()
+    try:
+        for minute in range(MINUTES - 1):
+            users = [f"h{minute:02d}-{n}" for n in range(4 + round(3 * math.sin(minute / 5)))]
+            copies = users[:1] if minute % 3 == 0 else []
+            for ymid in users + copies:
+                sent[site.send(ymid, telegram_id=str(5550200 + minute)).outcome or "?"] += 1
+            if minute % 7 == 3:
+                sent[site.send(f"h{minute:02d}-x", key=WRONG_KEY).outcome or "?"] += 1
+            clock.advance(60)
+    finally:
+        journal.clock = real
+    return sent
+
+
 async def test_overview_screenshot(
     browser: webdriver.Chrome,
     start_upstream: UpstreamFactory,
     start_site: SiteFactory,
     tmp_path: Path,
 ) -> None:
-    """Each route's chart has a bar per outcome seen, and its figures add up."""
-    busy = await busy_site(start_upstream, start_site, tmp_path)
+    """Each route's chart has a bar per outcome seen, its figures add up, and it has its
+    axes: tapper's hour (a burst this minute, 20 postbacks, over a few a minute before) on
+    a value axis up to 20 in fives, clock labels every ten minutes up to "now", all legible
+    and inside the drawing."""
+    busy = await busy_site(start_upstream, start_site, tmp_path, hour=True)
+    earlier = busy.earlier
+    assert set(earlier) == {"forwarded", "duplicate", "rejected"}, earlier
 
     def scenario() -> None:
         sign_in(browser, busy.site, "/")
@@ -708,11 +750,35 @@ async def test_overview_screenshot(
             "bar invalid",
         }
         assert all(float(bar.get_attribute("height")) > 0 for bar in bars)
-        assert tapper.find_element(By.CLASS_NAME, "total").text == "20"
+        assert len({bar.get_attribute("x") for bar in bars}) >= MINUTES - 2  # the whole hour
+        total = 20 + sum(earlier.values())
+        assert tapper.find_element(By.CLASS_NAME, "total").text == str(total)
         reasons = tapper.find_element(By.CLASS_NAME, "reasons").text
-        assert "secret_wrong 2" in reasons and "secret_missing 1" in reasons
+        assert f"secret_wrong {2 + earlier['rejected']}" in reasons, reasons
+        assert "secret_missing 1" in reasons
+
+        chart = tapper.find_element(By.CSS_SELECTOR, "svg.chart")
+        assert chart.get_attribute("role") == "img"
+        assert "postbacks per minute by outcome" in chart.get_attribute("aria-label")
+        texts = drawn_texts(browser, chart)
+        assert [text.label for text in texts if text.axis == "values"] == [
+            "0",
+            "5",
+            "10",
+            "15",
+            "20",
+        ]
+        clock = [text.label for text in texts if text.axis == "times"]
+        assert clock[-1] == "now" and len(clock) in (6, 7), clock
+        minutes = [int(label[:2]) * 60 + int(label[3:]) for label in clock[:-1]]
+        assert all(minute % 10 == 0 for minute in minutes), clock
+        steps = {(later - sooner) % (24 * 60) for sooner, later in itertools.pairwise(minutes)}
+        assert steps == {10}, clock
+        fits_and_reads(texts)
+
         runner = browser.find_element(By.ID, "route-runner")
         assert runner.find_element(By.CSS_SELECTOR, "rect.bar.queued")
+        fits_and_reads(drawn_texts(browser, runner.find_element(By.CSS_SELECTOR, "svg.chart")))
         wait_for(browser, lambda b: dead_count(b) == "2")
         assert console_errors(browser) == []
         save_screenshot(browser, "overview")
@@ -722,6 +788,84 @@ async def test_overview_screenshot(
         return str(browser.find_element(By.CSS_SELECTOR, "#route-runner dd.dead").text)
 
     await in_browser(scenario)
+
+
+async def test_an_hour_without_postbacks_is_a_chart_that_says_so(
+    browser: webdriver.Chrome, start_upstream: UpstreamFactory, start_site: SiteFactory
+) -> None:
+    """(Not named for "screenshot": a page of nothing is no picture for the README.)"""
+    app = start_upstream()
+    site = await start_site(tapper_config(app), app)
+
+    def scenario() -> None:
+        sign_in(browser, site, "/")
+        chart = browser.find_element(By.CSS_SELECTOR, "#route-tapper svg.chart")
+        assert browser.find_elements(By.CSS_SELECTOR, "#route-tapper rect.bar") == []
+        texts = drawn_texts(browser, chart)
+        assert [text.label for text in texts if text.axis == "values"] == ["0", "1"]
+        assert [text.label for text in texts if text.axis is None] == [
+            "no postbacks in the last hour"
+        ]
+        fits_and_reads(texts)
+        assert console_errors(browser) == []
+
+    await in_browser(scenario)
+
+
+@dataclass(frozen=True)
+class Drawn:
+    """One text of a chart as Chromium laid it out: its box in the SVG's own units (the
+    viewBox's) and its height on the screen, in CSS pixels."""
+
+    label: str
+    axis: str | None  # the class of the group it is in: "values", "times", or None
+    x: float
+    y: float
+    width: float
+    height: float
+    on_screen: float
+    view: tuple[float, float]  # the viewBox's width and height
+
+
+# One round trip for every text of one chart.
+_TEXTS = """
+const svg = arguments[0], view = svg.viewBox.baseVal;
+return Array.from(svg.querySelectorAll("text")).map(text => {
+  const box = text.getBBox();
+  const axis = text.closest("g")?.getAttribute("class") ?? null;
+  return [text.textContent, axis, box.x, box.y, box.width, box.height,
+          text.getBoundingClientRect().height, view.width, view.height];
+});
+"""
+
+
+def drawn_texts(browser: webdriver.Chrome, chart: WebElement) -> list[Drawn]:
+    return [
+        Drawn(label, axis, x, y, width, height, on_screen, (view_width, view_height))
+        for label, axis, x, y, width, height, on_screen, view_width, view_height in (
+            browser.execute_script(_TEXTS, chart)
+        )
+    ]
+
+
+def fits_and_reads(texts: list[Drawn]) -> None:
+    """Every text is drawn whole inside the viewBox (none clipped at an edge), is at least
+    11 CSS pixels high on the screen, and overlaps no other text."""
+    assert texts
+    for text in texts:
+        width, height = text.view
+        assert text.width > 0 and text.height > 0, text
+        assert text.x >= 0 and text.x + text.width <= width, text
+        assert text.y >= 0 and text.y + text.height <= height, text
+        assert text.on_screen >= 11, text
+    for one, other in itertools.combinations(texts, 2):
+        apart = (
+            one.x + one.width <= other.x
+            or other.x + other.width <= one.x
+            or one.y + one.height <= other.y
+            or other.y + other.height <= one.y
+        )
+        assert apart, (one, other)
 
 
 async def test_recent_postbacks_screenshot(

@@ -133,7 +133,7 @@ def test_chart_bars_stack_to_the_busiest_minute_and_percentiles_read_buckets() -
     chart = outcome_chart(journal.last_hour("tapper"), [Outcome.FORWARDED, Outcome.DUPLICATE])
     assert chart.peak == 5
     assert {bar.outcome for bar in chart.bars} == {Outcome.FORWARDED, Outcome.DUPLICATE}
-    assert sum(bar.height for bar in chart.bars) == pytest.approx(chart.height)
+    assert sum(bar.height for bar in chart.bars) == pytest.approx(chart.plot.height)
     [minute] = [m for m in journal.last_hour("tapper") if m.outcomes]
     assert percentile(minute.latency, 0.5) == "≤ 5 ms"
     assert percentile(minute.latency, 0.99) == "≤ 500 ms"

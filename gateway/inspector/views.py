@@ -97,7 +97,7 @@ class Inspector:
     async def overview(self, request: web.Request) -> web.Response:
         runtime = self._runtime
         journal = runtime.journal
-        now = time.time()
+        now = journal.clock()  # the minutes' clock: the chart's window ends at its minute
         stats = await self._queue_stats()
         routes = []
         for route in runtime.config.routes:
