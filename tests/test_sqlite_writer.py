@@ -100,6 +100,33 @@ async def test_open_creates_the_file_and_its_directories(tmp_path: Path) -> None
     assert {"events", "deliveries", "dedup_keys"} <= tables
 
 
+async def test_a_new_store_and_its_companions_are_the_owners_alone(tmp_path: Path) -> None:
+    """The file holds ymids, user ids and client addresses: 0600 whatever the umask, and so
+    are the write-ahead log, its index and the lock beside them."""
+    path = tmp_path / "gateway.db"
+    previous = os.umask(0o022)  # the usual umask, which would make the files world-readable
+    try:
+        store = SqliteWriter(str(path), STORE_SCHEMA, exclusive=True)
+        await asyncio.wait_for(store.open(), PATIENCE)
+        await _run(store, _execute("INSERT INTO dedup_keys (key, expires_at) VALUES ('k', 1)"))
+        companions = [path, Path(f"{path}-wal"), Path(f"{path}-shm"), Path(f"{path}.lock")]
+        modes = {file.name: oct(file.stat().st_mode & 0o777) for file in companions}
+        await asyncio.wait_for(store.close(), PATIENCE)
+    finally:
+        os.umask(previous)
+    assert modes == {file.name: "0o600" for file in companions}
+
+
+async def test_an_existing_store_keeps_the_mode_its_operator_gave_it(tmp_path: Path) -> None:
+    path = tmp_path / "gateway.db"
+    path.touch(mode=0o640)  # e.g. readable by a backup group
+    path.chmod(0o640)
+    store = SqliteWriter(str(path), STORE_SCHEMA)
+    await asyncio.wait_for(store.open(), PATIENCE)
+    await asyncio.wait_for(store.close(), PATIENCE)
+    assert path.stat().st_mode & 0o777 == 0o640
+
+
 @pytest.mark.parametrize(
     ("pragma", "expected"),
     [

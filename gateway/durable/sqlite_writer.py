@@ -49,6 +49,7 @@ INTEGRITY_CHECK_SECONDS = 10.0  # a larger file starts unchecked, with a warning
 def connect(path: str, schema: str) -> sqlite3.Connection:
     """A connection with the settings every user of the file needs (the CLI too). `schema` is
     what a new file is given: the tables' CREATE statements, from the modules that use them."""
+    _create_private(path)
     connection = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     connection.execute("PRAGMA busy_timeout=5000")
     # Check whose file this is before changing anything in it (even its journal mode).
@@ -70,6 +71,17 @@ def connect(path: str, schema: str) -> sqlite3.Connection:
             f"BEGIN IMMEDIATE; {schema} PRAGMA user_version={SCHEMA_VERSION}; COMMIT;"
         )
     return connection
+
+
+def _create_private(path: str) -> None:
+    """A new store file readable by its owner only: it holds ymids, user ids and client
+    addresses (never a key). SQLite gives its -wal and -shm files the same mode."""
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except FileExistsError:
+        pass  # an existing file keeps the mode its operator gave it
+    except OSError:
+        pass  # sqlite3.connect says what is wrong with the path, in the store's words
 
 
 @dataclass
@@ -253,7 +265,7 @@ def _take_lock(path: str) -> int:
     pid and host written in it; StoreError naming the holder if another gateway has it."""
     lock_path = f"{path}.lock"
     try:
-        descriptor = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        descriptor = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
     except OSError as error:
         raise StoreError(f"cannot open store {path!r}: {lock_path}: {error}") from None
     try:
