@@ -116,7 +116,12 @@ def probe_health(admin: ListenAddress) -> int:
     url = f"http://{admin.from_here}/healthz"
     try:
         with urllib.request.urlopen(url, timeout=3) as response:
-            return 0 if response.status == 200 else 1
-    except OSError as error:
+            status = response.status
+    except OSError as error:  # an answer other than 2xx too (urllib's HTTPError)
         print(f"unhealthy: {url}: {error}", file=sys.stderr)
         return 1
+    if status != 200:
+        print(f"unhealthy: {url} answered {status}", file=sys.stderr)
+        return 1
+    print(f"alive: {url} answered 200")
+    return 0

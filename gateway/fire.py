@@ -169,7 +169,15 @@ def _send(target: URL, headers: dict[str, str], tls: ssl.SSLContext | None) -> i
     except urllib.error.HTTPError as error:
         status, answer_headers, body = error.code, error.headers, error.read()
     except OSError as error:
-        print(f"gateway not reachable at {target.origin()}: {error}")
+        cause = getattr(error, "reason", error)  # urllib wraps what the socket or TLS said
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            print(
+                f"TLS: the certificate of {target.origin()} is not trusted "
+                f"({cause.verify_message}): --cacert FILE trusts the CA that signed it, "
+                "--insecure skips the check (a self-signed test certificate only)"
+            )
+        else:
+            print(f"gateway not reachable at {target.origin()}: {cause}")
         return 2
     outcome = answer_headers.get("X-Gateway-Outcome", "?")
     print(f"answer: {status}, outcome {outcome}, request id {answer_headers.get('X-Request-ID')}")

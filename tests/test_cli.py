@@ -277,6 +277,7 @@ def running(tmp_path: Path) -> Iterator[RunningGateway]:
 def test_running_gateway_is_healthy_and_ready(running: RunningGateway) -> None:
     health = gateway("health", "--config", str(running.config))
     assert health.returncode == 0, health.stderr
+    assert health.stdout == f"alive: http://127.0.0.1:{running.admin_port}/healthz answered 200\n"
 
     check = gateway("check", "--config", str(running.config))
     checksum = re.search(r"checksum ([0-9a-f]{16})", check.stdout)
