@@ -43,6 +43,7 @@ DEFAULT_CONFIG = "config.yaml"
 ENV_FILE_NAME = "monetag-gateway.env"  # beside the config unless --env-file
 STORE_FILE_NAME = "gateway.db"  # beside the config unless --store
 DEFAULT_LISTEN = "0.0.0.0:8080"
+DEFAULT_TLS_LISTEN = "0.0.0.0:8443"  # with --tls-cert: the gateway speaks https itself
 DEFAULT_ADMIN_LISTEN = "127.0.0.1:9090"
 EXIT_WRITTEN, EXIT_NOT_WRITTEN, EXIT_CHANGE_FIRST = 0, 1, 2
 
@@ -121,9 +122,9 @@ def add_arguments(command: argparse.ArgumentParser) -> None:
     )
     command.add_argument(
         "--listen",
-        default=DEFAULT_LISTEN,
         metavar="HOST:PORT",
-        help=f"where Monetag's postbacks arrive (default: {DEFAULT_LISTEN})",
+        help=f"where Monetag's postbacks arrive (default: {DEFAULT_LISTEN}, "
+        f"{DEFAULT_TLS_LISTEN} with --tls-cert)",
     )
     command.add_argument(
         "--admin-listen",
@@ -283,7 +284,7 @@ def write_and_tell(
         store=store,
         env_file=_shell_path(env_file),
         config_file=shlex.quote(str(config_file)),
-        listen=args.listen,
+        listen=args.listen or (DEFAULT_TLS_LISTEN if args.tls_cert else DEFAULT_LISTEN),
         admin_listen=args.admin_listen,
         tls=(
             TlsFiles(os.path.abspath(args.tls_cert), os.path.abspath(args.tls_key))
@@ -317,6 +318,14 @@ def write_and_tell(
     )
     print(f"wrote {env_file} (mode 0600): {SECRET_VARIABLE}, the route's new key")
     print(_next_steps(setup, key if show_key else None))
+    called = setup.url.port
+    if called is not None and called != config.server.listen.port:
+        print(
+            f"note: Monetag will call port {called}, the URL's; the gateway listens on "
+            f"{config.server.listen.port}. Forward {called} to it (a proxy, a port mapping), "
+            f"or register the URL with :{config.server.listen.port} "
+            "(docs/deployment.md, 'Port 443')"
+        )
     if setup.url.insecure:
         print(
             "warning: the postback URL is http://, so Monetag would send the key across the "

@@ -75,6 +75,11 @@ class RegisteredUrl:
         return URL(self.text).scheme == "http"
 
     @property
+    def port(self) -> int | None:
+        """The port Monetag will call: the URL's own, or its scheme's (443 for https)."""
+        return URL(self.text).port
+
+    @property
     def fixed_params(self) -> list[str]:
         """The literal parameters other than the key's: passed to the app as they are."""
         return [name for name in self.template.fixed if name != self.secret_param]
@@ -377,15 +382,18 @@ def _route(document: _Document, setup: Setup) -> None:
     document.key(3, f'keys: ["{KEY_REFERENCE}"]')
     document.comment(2, f"The postback URL registered with Monetag, the key as {KEY_REFERENCE}:")
     document.example(2, f"  {url.with_key(KEY_REFERENCE)}")
+    renamed = {name: field for name, field in url.template.aliases.items() if name != field}
     document.comment(
         2,
-        "Its parameters -> the canonical names (Monetag's macro names). The app receives the "
-        "canonical names, as Monetag's sample handlers read them ($_GET['ymid'], "
-        "$_GET['event_type']); an upstream's `rename:` gives an app names of its own.",
+        ("Its parameters -> the canonical names (Monetag's macro names). " if renamed else "")
+        + "The app receives the canonical names, as Monetag's sample handlers read them "
+        "($_GET['ymid'], $_GET['event_type']); an upstream's `rename:` gives an app names of "
+        "its own." + ("" if renamed else " The URL already uses the canonical names: no aliases."),
     )
-    document.key(2, "aliases:")
-    for name, field_name in url.template.aliases.items():
-        document.key(3, f"{scalar(name)}: {field_name}")
+    if renamed:
+        document.key(2, "aliases:")
+        for name, field_name in renamed.items():
+            document.key(3, f"{scalar(name)}: {field_name}")
     if url.fixed_params:
         document.comment(
             2, f"fixed parameters, passed to the app as they are: {', '.join(url.fixed_params)}"

@@ -29,7 +29,7 @@ def summarize(config: GatewayConfig, path: str) -> str:
 
 def _route_lines(route: RouteConfig, store: StoreConfig | None) -> list[str]:
     allow = f"{len(route.allow_ips)} entr(ies)" if route.allow_ips else "any address"
-    if route.allow_ips and route.allow_ips_mode != AllowIpsMode.ENFORCE:
+    if route.allow_ips_mode != AllowIpsMode.ENFORCE:
         allow += f" ({route.allow_ips_mode}: not enforced)"
     secret = route.secret
     secret_at = f"{secret.location}, {len(secret.keys)} key(s)" if secret else "none"
@@ -41,7 +41,7 @@ def _route_lines(route: RouteConfig, store: StoreConfig | None) -> list[str]:
         f"  path      {route.path}",
         f"  allow_ips {allow}",
         f"  secret    {secret_at}",
-        f"  aliases   {dict(route.aliases) or 'none'} ({source})",
+        f"  aliases   {dict(route.aliases) or 'none: the URL uses the canonical names'} ({source})",
         f"  never delivered: {', '.join(never) or 'none'}",
         f"  required  {', '.join(route.required)}",
         f"  match     {match or 'everything'}",

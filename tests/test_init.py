@@ -174,6 +174,7 @@ def test_the_config_written_passes_check(
     assert (
         f"warning: routes.{route.name}: no allow_ips" in summary
     )  # said, and the comments say why
+    assert "allow_ips any address (log_only: not enforced)" in summary
     if "user-id" in args:
         assert "docs/sessions.md" in (tmp_path / "config.yaml").read_text()
         assert "dedup.ttl is 10m" in out
@@ -181,6 +182,25 @@ def test_the_config_written_passes_check(
         assert "warning: the postback URL is http://" in err
     else:
         assert "http://" not in err
+
+
+def test_a_url_with_the_canonical_names_gets_no_aliases(capsys, monkeypatch, tmp_path):
+    """`ymid=ymid`-style aliases say nothing, and `check` printed them as `none`: a reader
+    who saw three aliases in the file took the summary for a bug."""
+    template = "https://gw.example.com/postback?ymid={ymid}&event_type={event_type}&zone={zone_id}"
+    code, _, err = init(capsys, tmp_path, template=template)
+    assert code == 0, err
+    assert dict(written(tmp_path).routes[0].aliases) == {"zone": "zone_id"}
+    code, _, err = init(
+        capsys,
+        tmp_path,
+        "--force",
+        template="https://gw.example.com/postback?ymid={ymid}&event_type={event_type}",
+    )
+    assert code == 0, err
+    assert "aliases:" not in (tmp_path / "config.yaml").read_text()
+    summary = check(capsys, monkeypatch, tmp_path)
+    assert "aliases   none: the URL uses the canonical names" in summary
 
 
 def test_every_macro_route_is_named_from_the_path_and_keeps_the_fixed_parameter(capsys, tmp_path):
@@ -194,11 +214,21 @@ def test_every_macro_route_is_named_from_the_path_and_keeps_the_fixed_parameter(
 def test_tls_files_are_written_in_and_loaded_by_check(capsys, monkeypatch, tmp_path):
     certificate = make_certificate(tmp_path / "tls", "gateway")
     tls = ["--tls-cert", str(certificate.cert_file), "--tls-key", str(certificate.key_file)]
-    code, _, err = init(capsys, tmp_path, *tls)
+    code, out, err = init(capsys, tmp_path, *tls)
     assert code == 0, err
     summary = check(capsys, monkeypatch, tmp_path)
     assert f"tls on, certificate {certificate.cert_file}" in summary
     assert "plain HTTP" not in summary
+    # https on the gateway's own port: Monetag calls the URL's, 443, and is told so
+    assert written(tmp_path).server.listen.port == 8443
+    assert "note: Monetag will call port 443, the URL's; the gateway listens on 8443" in out
+
+
+def test_no_port_note_when_the_url_names_the_port_the_gateway_listens_on(capsys, tmp_path):
+    template = "https://gw.example.com:8080/postback?uid={ymid}&event={event_type}"
+    code, out, err = init(capsys, tmp_path, template=template)
+    assert code == 0, err
+    assert "note: Monetag will call port" not in out
 
 
 def test_without_tls_check_warns_that_the_key_travels_in_clear(capsys, monkeypatch, tmp_path):
