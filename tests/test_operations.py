@@ -19,6 +19,8 @@ import signal
 import socket
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -45,6 +47,7 @@ from tests.support.processes import (
     http_get,
     spawn_gateway,
 )
+from tests.support.sessionsconfig import SESSIONS_ENV, sessions_route
 from tests.support.upstream import Answer
 from tests.support.waiting import eventually
 
@@ -179,7 +182,8 @@ def launch(tmp_path: Path) -> Iterator[Launcher]:
 
         config.write_text(builder(public_port, admin_port), encoding="utf-8")
         stdout, stderr = tmp_path / f"stdout{index}.log", tmp_path / f"stderr{index}.log"
-        process = spawn_gateway(config, processes.command_env(), stdout, stderr)
+        env = processes.command_env(**SESSIONS_ENV)  # a route may have sessions
+        process = spawn_gateway(config, env, stdout, stderr)
         running = GatewayProcess(process, config, public_port, admin_port, stdout, stderr, builder)
         started.append(running)
         eventually(running.is_ready, START_TIMEOUT, interval=0.05, explain=stderr.read_text)
@@ -483,6 +487,24 @@ REQUIRED_ROWS: dict[str, dict[str, PanelSpec]] = {
             ("rate(gateway_dedup_fallbacks_total{", ROUTE_FILTER),
         ),
     },
+    "Reward sessions (routes with sessions:)": {
+        "Ymids issued/s by placement": (
+            "reqps",
+            ("by (placement)", "rate(gateway_ymids_issued_total{", ROUTE_FILTER),
+        ),
+        "Ymid requests refused/s by reason": (
+            "reqps",
+            ("by (reason)", "rate(gateway_ymid_requests_refused_total{", ROUTE_FILTER),
+        ),
+        "Postback ymid checks/s by result": (
+            "reqps",
+            ("by (result, mode)", "rate(gateway_ymid_checks_total{", ROUTE_FILTER),
+        ),
+        "Ymids with no postback (1h) by placement": (
+            "short",
+            ("by (placement)", "increase(gateway_ymids_no_postback_total{", ROUTE_FILTER),
+        ),
+    },
 }
 
 
@@ -666,8 +688,9 @@ def test_every_dashboard_metric_is_exposed(
     launch: Launcher, start_upstream: UpstreamFactory, redis_server: RedisServer, tmp_path: Path
 ) -> None:
     """A gateway with every feature the dashboard shows (a log_only route, a queued route on
-    a store, a route deduplicating through Redis with fail_open) and traffic through each has a
-    sample of every metric the dashboard reads, with the labels its queries use."""
+    a store, a route deduplicating through Redis with fail_open, a route with reward
+    sessions) and traffic through each has a sample of every metric the dashboard reads, with
+    the labels its queries use."""
     app = start_upstream()
     once = [{"url": app.postback_url, "retries": 0}]
     spinner = route(once, allow_ips=["10.9.9.9"], allow_ips_mode="log_only", aliases=None)
@@ -678,7 +701,12 @@ def test_every_dashboard_metric_is_exposed(
     gw = launch(
         app.postback_url,
         store=str(tmp_path / "gateway.db"),
-        extra_routes={"spinner": spinner, "queued": queued, "shared": shared},
+        extra_routes={
+            "spinner": spinner,
+            "queued": queued,
+            "shared": shared,
+            "miniapp": sessions_route(app.postback_url),
+        },
     )
     valued = click("dash-1", reward_event_type="valued", estimated_price="0.01")
     assert gw.postback(**valued).outcome == "forwarded"
@@ -691,6 +719,14 @@ def test_every_dashboard_metric_is_exposed(
     assert gw.postback("/postback/shared", **click("dash-7")).outcome == "forwarded"
     redis_server.stop()  # fail_open: Redis errors, then dedup by this replica's memory only
     assert gw.postback("/postback/shared", **click("dash-8")).outcome == "forwarded"
+    # reward sessions: a ymid the gateway never issued, and a request for one that is no JSON
+    assert gw.postback("/postback/miniapp", **click("dash-9")).outcome == "rejected"
+    asked = urllib.request.Request(
+        f"http://127.0.0.1:{gw.public_port}/ymid/miniapp", data=b"not json", method="POST"
+    )
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(asked, timeout=10)
+    assert refused.value.code == 400
 
     dashboard = load_dashboard()
     exprs = target_exprs(dashboard)
