@@ -9,15 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.docpages import PAGES
 from tests.support.processes import REPO
 
-PAGES = [
-    REPO / "README.md",
-    REPO / "CHANGELOG.md",
-    REPO / "bench" / "README.md",
-    REPO / "deploy" / "kubernetes" / "README.md",
-    *sorted((REPO / "docs").glob("*.md")),
-]
 LINK = re.compile(r"\]\((?P<target>[^)\s]+)\)")
 FENCE = re.compile(r"^```.*?^```", re.S | re.M)
 

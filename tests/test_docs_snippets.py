@@ -11,12 +11,9 @@ import pytest
 import yaml
 
 from gateway.config import parse_config
-from tests.support.processes import REPO
+from tests.support import docpages
 from tests.support.telegram import TEST_BOT_TOKEN
 
-PAGES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
-# a fenced block, its opening fence possibly indented (inside a list item)
-FENCED = re.compile(r"^(?P<indent>[ \t]*)```ya?ml\n(?P<body>.*?)^(?P=indent)```", re.S | re.M)
 # values of the shape each variable the docs use must have; any other gets a plain key
 ENVIRONMENT = {
     "TELEGRAM_BOT_TOKEN": TEST_BOT_TOKEN,
@@ -29,17 +26,7 @@ PLAIN_VALUE = "docs-value-0123456789abcdef"
 
 
 def blocks() -> list[Any]:
-    found = []
-    for page in PAGES:
-        text = page.read_text(encoding="utf-8")
-        for match in FENCED.finditer(text):
-            indent = match.group("indent")
-            body = "".join(
-                line.removeprefix(indent) for line in match.group("body").splitlines(True)
-            )
-            line = text[: match.start()].count("\n") + 1
-            found.append(pytest.param(body, id=f"{page.relative_to(REPO)}:{line}"))
-    return found
+    return [pytest.param(block.body, id=block.where) for block in docpages.blocks("yaml", "yml")]
 
 
 def is_whole_config(document: Any) -> bool:
