@@ -40,6 +40,7 @@ NEEDS_MARKER = {
     "own_postgres": "postgres",
     "redis_server": "process",
     "harness": "process",
+    "docs_environment": "process",  # tests/test_docs_commands.py's gateway, for every docs line
     "browser": "browser",
 }
 

@@ -104,11 +104,13 @@ class Reply:
         return json.loads(self.body)
 
 
-def http_get(port: int, target: str, timeout: float = 10.0) -> Reply:
+def http_get(
+    port: int, target: str, timeout: float = 10.0, headers: dict[str, str] | None = None
+) -> Reply:
     """One GET to the gateway on 127.0.0.1 with the standard library (no event loop needed)."""
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
     try:
-        connection.request("GET", target)
+        connection.request("GET", target, headers=headers or {})
         response = connection.getresponse()
         return Reply(response.status, response.headers, response.read())
     finally:
