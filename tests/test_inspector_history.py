@@ -8,8 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import html
+import os
 import re
+import shlex
 import sqlite3
+import subprocess
+import time
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
@@ -22,7 +26,9 @@ from gateway.history.budget import PER_ADDRESS
 from gateway.history.recorder import Recorder
 from gateway.history.search import Recorded, Search
 from gateway.history.sqlite_history import history_path
+from gateway.inspector.present import NOT_REPLAYABLE
 from gateway.inspector.recorded import original_of
+from gateway.sessions.ymid import YmidSigner
 from tests.conftest import SECRET, UpstreamFactory
 from tests.support.gatewayconfig import gateway_config, route, upstream
 from tests.support.inspectorsite import (
@@ -36,6 +42,8 @@ from tests.support.inspectorsite import (
     tapper_config,
 )
 from tests.support.processes import Reply
+from tests.support.sessionsconfig import SIGNING_KEY, sessions_route
+from tests.support.tlscerts import make_certificate
 from tests.support.waiting import eventually_async
 from tests.test_inspector_access import BEARER, HTML, form_token_of, get, post
 
@@ -106,6 +114,18 @@ def step_states(body: str) -> dict[str, str]:
         (name, state)
         for state, name in re.findall(r'<li class="(\w+)"><span class="name">(\w+)</span>', body)
     )
+
+
+def steps_told(body: str) -> list[str]:
+    """Each step's line as the page tells it: name, state and verdict."""
+    return [
+        html.unescape(" ".join(step))
+        for step in re.findall(
+            r'<span class="name">(\w+)</span> <span class="state">(\w+)</span> '
+            r'<span class="what">([^<]*)</span>',
+            body,
+        )
+    ]
 
 
 # -- which delivery a duplicate repeats, and how a window is said --------------------------------
@@ -393,6 +413,116 @@ async def test_markup_from_senders_is_text_on_every_history_page(
     for body in pages:
         assert "<img" not in body
         assert html.escape(IMG_ONERROR) in body
+
+
+# -- the replay line ------------------------------------------------------------------------
+
+
+def replay_of(body: str) -> str:
+    """A postback page's replay section: its curl line, or the sentence that says why none."""
+    line = re.search(r'<pre id="curl">([^<]*)</pre>', body)
+    withheld = re.search(r'id="not-replayable">([^<]*)</p>', body)
+    found = line or withheld
+    assert found is not None and (line is None or withheld is None), "one of the two"
+    return html.unescape(found.group(1))
+
+
+async def test_only_a_postback_that_authenticated_is_offered_for_replay_on_either_page(
+    http: aiohttp.ClientSession,
+    start_upstream: UpstreamFactory,
+    start_site: SiteFactory,
+    tmp_path: Path,
+) -> None:
+    """A postback refused by the allowlist, the key or the ymid check, or let in by a
+    sessions rollout in log_only, was never authenticated: replaying it with the real key
+    would grant what a stranger asked for, so neither its live page nor its recorded one has
+    a curl line, only the sentence that says so. What passed the key keeps its line: a
+    delivery, a duplicate, a refusal of its fields."""
+    app = start_upstream()
+    app_route = upstream(app.url, retries=0)
+    config = gateway_config(
+        routes={
+            "tapper": route([app_route]),
+            "fenced": route([app_route], allow_ips=["192.0.2.0/24"]),  # never 127.0.0.1
+            "shielded": sessions_route(app.url),
+            "rollout": sessions_route(app.url, mode="log_only"),
+        },
+        server=server_settings(),
+        store=tmp_path / "gw.db",
+    )
+    site = await start_site(config, app)
+    issued = YmidSigner([SIGNING_KEY.encode()], context="shielded").issue(
+        424242, expires=int(time.time()) + 600
+    )
+    sent = [  # (the postback, its outcome and reason, whether it may be replayed)
+        (dict(ymid="rp-1"), "forwarded", True),
+        (dict(ymid="rp-1"), "duplicate", True),
+        (dict(ymid="rp-2", event="view"), "invalid (invalid_fields)", True),
+        (dict(ymid=issued, route="shielded"), "forwarded", True),
+        (dict(ymid="rp-3", key=WRONG_KEY), "rejected (secret_wrong)", False),
+        (dict(ymid="rp-4", key=None), "rejected (secret_missing)", False),
+        (dict(ymid="rp-5", route="fenced"), "rejected (ip_not_allowed)", False),
+        (dict(ymid="rp-6", route="shielded"), "rejected (ymid_not_issued)", False),
+        (dict(ymid="rp-7", route="rollout"), "forwarded", False),  # a refusal let in
+    ]
+    replies = [await send(site, **postback) for postback, _, _ in sent]
+    await history_of(site).flush()
+
+    for number, ((_, outcome, replayable), reply) in enumerate(zip(sent, replies, strict=True)):
+        live = await page(http, site, f"/postbacks/{number + 1}")
+        kept = await page(http, site, f"/history/{reply.headers['X-Request-ID']}")
+        for body in (live, kept):
+            assert f'id="verdict">{outcome}' in body, (number, outcome)
+        told = replay_of(live)
+        assert replay_of(kept) == told, outcome  # one rule, one line, for both pages
+        assert steps_told(kept) == steps_told(live), outcome  # from what the history keeps
+        if replayable:
+            assert told.startswith("curl -sS 'http://127.0.0.1:"), told
+        else:
+            assert told == NOT_REPLAYABLE, (outcome, told)
+        assert SECRET not in live + kept and WRONG_KEY not in live + kept
+
+
+def curl(line: str, *options: str) -> tuple[int, str | None]:
+    """A curl line as a shell runs it, the key in $MONETAG_SECRET, `options` after `curl`:
+    its exit code and the gateway's X-Gateway-Outcome."""
+    assert line.startswith("curl "), line
+    asked = shlex.join(["curl", "-o", "/dev/null", "-D", "-", *options])
+    environment = {"PATH": os.environ["PATH"], "MONETAG_SECRET": SECRET}
+    done = subprocess.run(
+        ["bash", "-c", asked + line.removeprefix("curl")],
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    found = re.search(r"^x-gateway-outcome: *(\w+)", done.stdout, re.IGNORECASE | re.MULTILINE)
+    return done.returncode, found.group(1) if found else None
+
+
+async def test_over_tls_the_replay_line_is_https_and_a_test_certificate_needs_cacert(
+    http: aiohttp.ClientSession,
+    start_upstream: UpstreamFactory,
+    start_site: SiteFactory,
+    tmp_path: Path,
+) -> None:
+    """As docs/inspector.md says: with server.tls the line is https, and against a
+    certificate the system does not trust curl stops (60) until given it with --cacert."""
+    certificate = make_certificate(tmp_path, "gateway")
+    tls = {"cert_file": str(certificate.cert_file), "key_file": str(certificate.key_file)}
+    app = start_upstream()
+    site = await start_site(tapper_config(app, tls=tls), app)
+    port = site.config.server.listen.port
+    trusting = ("--cacert", str(certificate.cert_file))
+    first = f"curl -sS 'https://127.0.0.1:{port}/postback/tapper?uid=tls-1&event=click&zone=42"
+    sent = await asyncio.to_thread(curl, first + '&token=\'"$MONETAG_SECRET"', *trusting)
+    assert sent == (0, "forwarded")
+
+    line = replay_of(await page(http, site, "/postbacks/1"))
+    assert line.startswith(f"curl -sS 'https://127.0.0.1:{port}/postback/tapper?"), line
+    assert await asyncio.to_thread(curl, line) == (60, None)  # curl: (60) SSL certificate
+    assert await asyncio.to_thread(curl, line, *trusting) == (0, "duplicate")
+    assert len(app.for_ymid("tls-1")) == 1
 
 
 # -- what a wrong question and a failing store are answered ------------------------------------

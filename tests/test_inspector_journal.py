@@ -13,7 +13,15 @@ import pytest
 from gateway.config import GatewayConfig, load_config
 from gateway.errors import Outcome
 from gateway.inspector.charts import outcome_chart, percentile
-from gateway.inspector.present import FAILED, PASSED, SKIPPED, curl_line, steps
+from gateway.inspector.present import (
+    FAILED,
+    NOT_REPLAYABLE,
+    PASSED,
+    SKIPPED,
+    curl_line,
+    replay,
+    steps,
+)
 from gateway.journal import MINUTES, Filters, Journal
 from gateway.record import RequestRecord, UpstreamAttempt
 from gateway.route import STEPS
@@ -202,6 +210,80 @@ def test_curl_line_sends_a_header_key_from_the_shell(tmp_path: Path) -> None:
     assert line is not None
     assert "-H 'X-Monetag-Key: '\"$MONETAG_SECRET\"" in line
     assert SECRET not in line
+
+
+REFUSED_BEFORE_AUTHENTICATING = [
+    ("client", Outcome.REJECTED, "no_peer"),
+    ("client", Outcome.REJECTED, "xff_unparseable"),
+    ("allowlist", Outcome.REJECTED, "ip_not_allowed"),
+    ("secret", Outcome.REJECTED, "secret_missing"),
+    ("secret", Outcome.REJECTED, "secret_repeated"),
+    ("secret", Outcome.REJECTED, "secret_wrong"),
+    ("session", Outcome.REJECTED, "ymid_not_issued"),
+    ("session", Outcome.REJECTED, "ymid_forged"),
+    ("session", Outcome.REJECTED, "ymid_expired"),
+    ("session", Outcome.REJECTED, "telegram_id_mismatch"),
+    ("session", Outcome.REJECTED, "placement_mismatch"),
+]
+REFUSED_AFTER_THE_KEY = [
+    ("normalize", Outcome.INVALID, "ambiguous_fields"),
+    ("validate", Outcome.INVALID, "invalid_fields"),
+    ("match", Outcome.FILTERED, "filtered"),
+]
+
+
+@pytest.mark.parametrize(("check", "outcome", "reason"), REFUSED_BEFORE_AUTHENTICATING)
+def test_a_postback_refused_before_it_authenticated_gets_no_replay_line(
+    tmp_path: Path, check: str, outcome: str, reason: str
+) -> None:
+    """Replayed with the operator's key, a stranger's postback would become a real reward."""
+    config = config_with(tmp_path, query_param="token")
+    journal = Journal(10)
+    refused = record(1, outcome=outcome, reason=reason, passed=STEPS[: STEPS.index(check)])
+    if check == "session":
+        refused.ymid_check = reason
+    journal.add(refused, 403, 0.001)
+    entry = journal.recent()[0]
+    told = replay(entry, config)
+    assert told is not None and told.curl is None and told.withheld == NOT_REPLAYABLE
+    assert curl_line(entry, config) is None  # nor is the line built for anyone else
+
+
+@pytest.mark.parametrize(("check", "outcome", "reason"), REFUSED_AFTER_THE_KEY)
+def test_a_postback_refused_after_the_key_keeps_its_replay_line(
+    tmp_path: Path, check: str, outcome: str, reason: str
+) -> None:
+    config = config_with(tmp_path, query_param="token")
+    journal = Journal(10)
+    journal.add(
+        record(1, outcome=outcome, reason=reason, passed=STEPS[: STEPS.index(check)]), 400, 0
+    )
+    told = replay(journal.recent()[0], config)
+    assert told is not None and told.withheld is None
+    assert told.curl is not None and told.curl.endswith('&token=\'"$MONETAG_SECRET"')
+
+
+@pytest.mark.parametrize(
+    ("let_in", "key_valid", "ymid_check", "replayable"),
+    [
+        (True, True, None, True),  # allow_ips_mode: log_only, and the key vouches for it
+        (True, False, None, False),  # log_only on a route without a key: nobody vouches
+        (False, True, "verified", True),
+        (False, True, "ymid_forged", False),  # sessions.mode: log_only let a refusal in
+    ],
+)
+def test_what_log_only_lets_in_is_replayable_only_when_it_authenticated(
+    tmp_path: Path, let_in: bool, key_valid: bool, ymid_check: str | None, replayable: bool
+) -> None:
+    config = config_with(tmp_path, query_param="token")
+    forwarded = record(1)
+    forwarded.let_in_by_log_only = let_in
+    forwarded.key_valid = key_valid
+    forwarded.ymid_check = ymid_check
+    journal = Journal(10)
+    journal.add(forwarded, 200, 0.01)
+    told = replay(journal.recent()[0], config)
+    assert told is not None and (told.curl is not None) is replayable
 
 
 def test_a_postback_refused_before_normalizing_is_found_by_its_query_values() -> None:

@@ -52,6 +52,10 @@ def row_of(
         detail["as_sent"] = True
     if record.let_in_by_log_only:
         detail["let_in_by_log_only"] = True
+    if record.key_valid:  # with the two below: whether the inspector may offer a replay
+        detail["key_valid"] = True
+    if record.ymid_check is not None:
+        detail["ymid_check"] = record.ymid_check
     values: list[Any] = [
         at,
         replica,

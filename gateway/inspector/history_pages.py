@@ -28,7 +28,7 @@ from ..history.store import HistoryStore
 from ..history.trace import user_trace
 from ..runtime import Runtime
 from .asked import BadParameter, search_asked, since_asked, user_asked
-from .present import OUTCOMES, curl_line, steps
+from .present import OUTCOMES, replay, steps
 from .recorded import entry_of, original_of, page_of, query_of, row_of, trace_of
 
 log = logging.getLogger("gateway.inspector")
@@ -162,7 +162,7 @@ class HistoryPages:
         context: dict[str, Any] = {
             "row": row,
             "steps": steps(entry, config, later_attempts=sum(d.state != "redriven" for d in later)),
-            "curl": curl_line(entry, config),
+            "replay": replay(entry, config),
             "fields": sorted(row.fields.items()),
             "query": query_of(row),
             "attempts": row.attempts,

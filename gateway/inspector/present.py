@@ -2,7 +2,8 @@
 
 Everything here is data for the templates, which escape it; nothing here builds HTML. The
 checks' verdicts come from `verdicts.py` (shared with `fire`); the curl line leaves the key
-to the shell as `$MONETAG_SECRET`.
+to the shell as `$MONETAG_SECRET`, and is offered only for a postback that authenticated
+(`replay`): the live page and the recorded one decide it here, from the record's steps.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from .. import verdicts
 from ..config import GatewayConfig, RouteConfig
 from ..errors import Outcome
 from ..journal import Entry
+from ..record import RequestRecord
 from ..route import STEPS
 
 PASSED, FAILED, SKIPPED, NOTED = "passed", "failed", "skipped", "noted"
@@ -100,8 +102,47 @@ def _route_of(entry: Entry, config: GatewayConfig) -> RouteConfig | None:
     return next((r for r in config.routes if r.name == entry.record.route), None)
 
 
+NOT_REPLAYABLE = (
+    "not replayable: nobody authenticated this postback; replaying it with the key would "
+    "grant what a stranger asked for"
+)
+
+
+@dataclass(frozen=True)
+class Replay:
+    """A postback page's replay section: the curl line, or why there is none."""
+
+    curl: str | None
+    withheld: str | None = None  # NOT_REPLAYABLE, when the postback never authenticated
+
+
+def replay(entry: Entry, config: GatewayConfig) -> Replay | None:
+    """The replay section of this postback's page (None: nothing to replay, e.g. no route)."""
+    if not authenticated(entry.record):
+        return Replay(None, NOT_REPLAYABLE)
+    line = curl_line(entry, config)
+    return Replay(line) if line is not None else None
+
+
+def authenticated(record: RequestRecord) -> bool:
+    """Whether someone with the right to send this postback sent it: its address passed the
+    allowlist (or, let in by `allow_ips_mode: log_only`, it held the key), the key passed, and
+    on a route with reward sessions its ymid was not refused (a refusal `sessions.mode:
+    log_only` let in counts as one). Replayed with the key from the operator's shell, any
+    other postback would turn a stranger's request into a real reward."""
+    if "allowlist" not in record.passed or "secret" not in record.passed:
+        return False  # refused by the client address, the allowlist or the key
+    if record.let_in_by_log_only and not record.key_valid:
+        return False  # an address allow_ips refuses, and no key to vouch for it
+    # ymid_check: None on a route without sessions, "verified" for a ymid that pays
+    return record.failed_check != "session" and record.ymid_check in (None, "verified")
+
+
 def curl_line(entry: Entry, config: GatewayConfig) -> str | None:
-    """The command that sends this postback to the gateway again, the key from the shell."""
+    """The command that sends this postback to the gateway again, the key from the shell
+    (https when the gateway serves TLS); None for a postback that never `authenticated`."""
+    if not authenticated(entry.record):
+        return None
     record = entry.record
     route = _route_of(entry, config)
     if route is None or record.query is None:

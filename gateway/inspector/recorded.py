@@ -93,6 +93,8 @@ def entry_of(row: Recorded) -> Entry:
         failed_check=detail.get("failed_check"),
         dedup_key=bytes.fromhex(row.dedup_key) if row.dedup_key else None,
         let_in_by_log_only=bool(detail.get("let_in_by_log_only")),
+        key_valid=bool(detail.get("key_valid")),
+        ymid_check=detail.get("ymid_check"),
         attempts=[_attempt(attempt) for attempt in row.attempts],
     )
     status = row.status if row.status is not None else 0

@@ -26,7 +26,7 @@ from ..runtime import Runtime
 from .access import COOKIE, Access, locked_out, safe_next, same_site
 from .charts import outcome_chart, percentile
 from .history_pages import HistoryPages
-from .present import OUTCOMES, curl_line, steps
+from .present import OUTCOMES, replay, steps
 from .recorded import clock_ms, page_of
 
 log = logging.getLogger("gateway.inspector")
@@ -188,7 +188,7 @@ class Inspector:
                 "entry": entry,
                 "row": _row(entry),
                 "steps": steps(entry, config),
-                "curl": curl_line(entry, config),
+                "replay": replay(entry, config),
                 "fields": sorted((record.fields or {}).items()),
                 "query": record.query or [],
                 "attempts": entry.attempts,

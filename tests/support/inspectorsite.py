@@ -25,6 +25,7 @@ from gateway.deadline import Deadline
 from gateway.metrics import Metrics
 from gateway.runtime import Runtime
 from gateway.serving.app import admin_runner, public_runner
+from gateway.tls import server_context
 from tests.conftest import SECRET
 from tests.support.gatewayconfig import gateway_config, upstream
 from tests.support.processes import Reply, free_port, http_get
@@ -78,11 +79,16 @@ async def start_site() -> AsyncIterator[SiteFactory]:
         await runtime.start()
         runners: list[web.BaseRunner] = [public_runner(runtime), admin_runner(runtime)]
         started.append((runtime, runners))
-        for runner, address in zip(
-            runners, (config.server.listen, config.server.admin_listen), strict=True
+        # the public port serves TLS when the config says so, as `run` serves it
+        tls = server_context(config.server.tls) if config.server.tls else None
+        for runner, address, context in zip(
+            runners,
+            (config.server.listen, config.server.admin_listen),
+            (tls, None),
+            strict=True,
         ):
             await runner.setup()
-            await web.TCPSite(runner, address.host, address.port).start()
+            await web.TCPSite(runner, address.host, address.port, ssl_context=context).start()
         return Site(config, f"http://127.0.0.1:{config.server.admin_listen.port}", app, runtime)
 
     yield start
