@@ -110,3 +110,24 @@ async def test_the_latest_event_leads_and_earlier_ones_are_counted(
     said = await verdict(gateway, telegram_id="123456")
     assert said.startswith("refused: invalid_fields"), said
     assert said.endswith("(1 earlier event: 1 rewarded, 0 not)"), said
+
+
+async def test_a_click_and_the_impression_after_it_are_each_said_by_their_type(
+    start_upstream, start_gateway: GatewayFactory, http: aiohttp.ClientSession, store_at
+):
+    """One ad view (one ymid): the click the app rewarded, then its impression, which the
+    app also took. The headline says both, the click first as it came first: the latest
+    postback's event alone would read as if the impression were the reward."""
+    gateway = await start_gateway(config(start_upstream(), store_at))
+    await get(http, gateway.postback_url(), {**USER, "uid": "earlier"})
+    await get(http, gateway.postback_url(), USER)
+    await get(http, gateway.postback_url(), {**USER, "event": "impression"})
+    said = await verdict(gateway, telegram_id="123456")
+    assert re.fullmatch(
+        rf"click: rewarded once at {CLOCK} \(zone 42\); impression: rewarded once at {CLOCK} "
+        r"\(zone 42\) \(1 earlier event: 1 rewarded, 0 not\)",
+        said,
+    ), said
+    assert await verdict(gateway, ymid="user-1") == said.removesuffix(
+        " (1 earlier event: 1 rewarded, 0 not)"
+    )

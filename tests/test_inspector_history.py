@@ -392,6 +392,27 @@ async def test_the_trace_says_the_verdict_and_links_each_moment(
     assert 'id="overview-trace"' in overview and 'id="nav-trace"' in overview
 
 
+async def test_the_traces_headline_says_the_click_and_the_impression_after_it(
+    http: aiohttp.ClientSession,
+    start_upstream: UpstreamFactory,
+    start_site: SiteFactory,
+    tmp_path: Path,
+) -> None:
+    app = start_upstream()
+    site = await start_site(history_config(app, tmp_path / "gw.db"), app)
+    await send(site, "tr-2", telegram_id="8002", zone="1")
+    await send(site, "tr-2", telegram_id="8002", zone="1", event="impression")
+    await history_of(site).flush()
+    body = await page(http, site, "/trace?telegram_id=8002")
+    verdict = re.search(r'<p class="trace-verdict rewarded" id="trace-verdict">([^<]+)</p>', body)
+    assert verdict, body
+    assert re.fullmatch(
+        r"click: rewarded once at \d\d:\d\d:\d\d \(zone 1\); "
+        r"impression: rewarded once at \d\d:\d\d:\d\d \(zone 1\)",
+        verdict.group(1),
+    )
+
+
 async def test_markup_from_senders_is_text_on_every_history_page(
     http: aiohttp.ClientSession,
     start_upstream: UpstreamFactory,

@@ -2,11 +2,15 @@
 sentence support reads first, e.g. "rewarded once at 12:01:07 (click, zone 8790478); 2 later
 copies were duplicates".
 
-The postbacks of one *event* (its dedup key: Monetag retries and copies of one ad view) are
-judged together: rewarded if the app took one of them (forwarded and answered 2xx, or queued
-and later delivered); else what went wrong last, the app's fault or the gateway's refusal,
-with a hint at the usual cause. The headline is the latest event's verdict, with a count of
-the earlier ones.
+The postbacks of one *event* (its ymid, event type and zone: Monetag's retries and copies)
+are judged together: rewarded if the app took one of them (forwarded and answered 2xx, or
+queued and later delivered); else what went wrong last, the app's fault or the gateway's
+refusal, with a hint at the usual cause. "Rewarded" is all the gateway knows: the app
+accepted the event, not that it granted the user something for it (which event types earn a
+reward is the app's rule). So the headline is the latest ad view's, every event of its ymid
+(an impression and a click of one ad), each named by its event type when there are several,
+so a click is never hidden behind the impression that came after it; then a count of the
+earlier ones.
 """
 
 from __future__ import annotations
@@ -64,6 +68,7 @@ class Trace:
     verdict: str
     events: list[EventVerdict] = field(default_factory=list)  # newest first
     timeline: list[Moment] = field(default_factory=list)  # oldest first
+    rewarded: bool = False  # the app took an event of the ad view the verdict is about
 
 
 async def user_trace(
@@ -99,23 +104,55 @@ def trace(
     groups: dict[object, list[Recorded]] = {}
     for row in sorted(rows, key=lambda r: (r.at, r.id)):
         groups.setdefault(_event_of(row), []).append(row)
-    events = sorted(
-        (_judge(group, later, today) for group in groups.values()),
-        key=lambda event: event.first_at,
+    judged = sorted(
+        ((_judge(group, later, today), group) for group in groups.values()),
+        key=lambda pair: pair[0].first_at,
         reverse=True,
     )
-    headline = events[0].sentence
-    if len(events) > 1:
-        rewarded = sum(event.rewarded for event in events[1:])
-        headline += (
-            f" ({_count(len(events) - 1, 'earlier event')}: {rewarded} rewarded, "
-            f"{len(events) - 1 - rewarded} not)"
+    headline, rewarded = _headline(judged, later, today)
+    events = [event for event, _ in judged]
+    return Trace(headline, events, _timeline(rows, later, today), rewarded)
+
+
+def _headline(
+    judged: list[tuple[EventVerdict, list[Recorded]]],
+    later: dict[str, list[LaterDelivery]],
+    today: tuple[int, ...],
+) -> tuple[str, bool]:
+    """The verdict of the latest ad view, every event of its ymid (one ad's impression and
+    click, oldest first), each led by its event type when there are several, then a count of
+    the earlier events; and whether the app took any of the view's events. `judged`: every
+    event with its postbacks, newest first."""
+    latest = judged[0][0]
+    view = sorted(
+        (
+            (event, group)
+            for event, group in judged
+            if event is latest or (latest.ymid is not None and event.ymid == latest.ymid)
+        ),
+        key=lambda pair: pair[1][0].at,
+    )
+    if len(view) == 1:
+        headline = latest.sentence
+    else:  # which of them the app rewards is the app's rule: each is said
+        headline = "; ".join(
+            f"{event.event_type or 'no event_type'}: "
+            + _judge(group, later, today, typed=False).sentence
+            for event, group in view
         )
-    return Trace(headline, events, _timeline(rows, later, today))
+    shown = {id(event) for event, _ in view}
+    earlier = [event for event, _ in judged if id(event) not in shown]
+    if earlier:
+        rewarded = sum(event.rewarded for event in earlier)
+        headline += (
+            f" ({_count(len(earlier), 'earlier event')}: {rewarded} rewarded, "
+            f"{len(earlier) - rewarded} not)"
+        )
+    return headline, any(event.rewarded for event, _ in view)
 
 
 def _event_of(row: Recorded) -> object:
-    """Which ad view a postback is about: its ymid, event type and zone, normalized or as
+    """Which event a postback is about: its ymid, event type and zone, normalized or as
     sent (a refused copy of a rewarded click belongs to that click)."""
     fields = row.fields
     event_type = fields.get("event_type")
@@ -123,10 +160,14 @@ def _event_of(row: Recorded) -> object:
 
 
 def _judge(
-    group: list[Recorded], later: dict[str, list[LaterDelivery]], today: tuple[int, ...]
+    group: list[Recorded],
+    later: dict[str, list[LaterDelivery]],
+    today: tuple[int, ...],
+    typed: bool = True,
 ) -> EventVerdict:
+    """The verdict of one event's postbacks (`typed`: its sentence names the event type)."""
     first = group[0]
-    what = _what(first)
+    what = _what(first, typed)
     duplicates = sum(row.repeats for row in group if row.outcome == Outcome.DUPLICATE)
     taken = [row for row in group if _took(row, later)]
     if taken:
@@ -244,9 +285,10 @@ def _keys(row: Recorded) -> tuple[str | None, str | None, str | None]:
     return row.fields.get("ymid"), row.fields.get("event_type"), row.fields.get("zone_id")
 
 
-def _what(row: Recorded) -> str:
-    """ " (click, zone 8790478)": what the postback was about, as far as known."""
-    parts = [row.fields.get("event_type") or ""]
+def _what(row: Recorded, typed: bool = True) -> str:
+    """ " (click, zone 8790478)": what the postback was about, as far as known (`typed`:
+    with its event type)."""
+    parts = [(row.fields.get("event_type") or "") if typed else ""]
     if zone := row.fields.get("zone_id"):
         parts.append(f"zone {zone}")
     shown = ", ".join(part for part in parts if part)
