@@ -357,6 +357,13 @@ async def test_a_duplicate_whose_delivery_is_not_kept_says_so(
 # -- the trace ---------------------------------------------------------------------------------
 
 
+def rewarded_verdict(body: str) -> str:
+    """The trace page's verdict sentence, which must be shown as a reward."""
+    verdict = re.search(r'<p class="trace-verdict rewarded" id="trace-verdict">([^<]+)</p>', body)
+    assert verdict, body
+    return verdict.group(1)
+
+
 async def test_the_trace_says_the_verdict_and_links_each_moment(
     http: aiohttp.ClientSession,
     start_upstream: UpstreamFactory,
@@ -370,12 +377,11 @@ async def test_the_trace_says_the_verdict_and_links_each_moment(
     ids = [row.request_id for row in await recorded(site, telegram_id="8001")]
 
     body = await page(http, site, "/trace?telegram_id=8001")
-    verdict = re.search(r'<p class="trace-verdict rewarded" id="trace-verdict">([^<]+)</p>', body)
-    assert verdict, body
+    verdict = rewarded_verdict(body)
     assert re.fullmatch(
         r"rewarded once at \d\d:\d\d:\d\d \(click, zone 8790478\); 2 later copies were "
         r"duplicates",
-        verdict.group(1),
+        verdict,
     )
     timeline = body.partition('<table id="timeline">')[2]
     assert sorted(re.findall(r'href="/history/([0-9a-f]+)"', timeline)) == sorted(ids)
@@ -404,12 +410,11 @@ async def test_the_traces_headline_says_the_click_and_the_impression_after_it(
     await send(site, "tr-2", telegram_id="8002", zone="1", event="impression")
     await history_of(site).flush()
     body = await page(http, site, "/trace?telegram_id=8002")
-    verdict = re.search(r'<p class="trace-verdict rewarded" id="trace-verdict">([^<]+)</p>', body)
-    assert verdict, body
+    verdict = rewarded_verdict(body)
     assert re.fullmatch(
         r"click: rewarded once at \d\d:\d\d:\d\d \(zone 1\); "
         r"impression: rewarded once at \d\d:\d\d:\d\d \(zone 1\)",
-        verdict.group(1),
+        verdict,
     )
 
 
