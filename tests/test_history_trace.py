@@ -11,6 +11,7 @@ import aiohttp
 from gateway.history.trace import user_trace
 from tests.conftest import GatewayFactory, RunningGateway
 from tests.support.gatewayconfig import gateway_config, route, upstream
+from tests.support.processes import SECRET
 from tests.support.upstream import RecordingUpstream
 from tests.support.waiting import eventually_async
 from tests.test_history import USER, history_of
@@ -42,6 +43,24 @@ async def verdict(gateway: RunningGateway, **user: str) -> str:
 async def test_no_postback_for_the_user(start_upstream, start_gateway: GatewayFactory, store_at):
     gateway = await start_gateway(config(start_upstream(), store_at))
     assert await verdict(gateway, telegram_id="1") == (
+        "no postback arrived for this user in the last 7 days"
+    )
+
+
+async def test_a_user_id_sent_as_the_ymid_is_pointed_to(
+    start_upstream, start_gateway: GatewayFactory, http: aiohttp.ClientSession, store_at
+):
+    """An app that passes the user's Telegram id as ymid (Monetag's samples reward_user(ymid))
+    sends no telegram_id: a trace by telegram_id found nothing and said no postback arrived,
+    which the newcomer trial read as "Monetag sent nothing"."""
+    gateway = await start_gateway(config(start_upstream(), store_at))
+    await get(http, gateway.postback_url(), {"uid": "111", "event": "click", "token": SECRET})
+    assert await verdict(gateway, telegram_id="111") == (
+        "no postback with this telegram_id arrived in the last 7 days, but some carry it as "
+        "their ymid (an app that passes the user's id as ymid): trace the ymid instead"
+    )
+    assert (await verdict(gateway, ymid="111")).startswith("rewarded once at ")
+    assert await verdict(gateway, telegram_id="112") == (
         "no postback arrived for this user in the last 7 days"
     )
 

@@ -84,6 +84,14 @@ async def user_trace(
     rows = await store.search(
         Search(telegram_id=telegram_id, ymid=ymid, since=since, limit=MAX_LIMIT)
     )
+    if not rows and telegram_id is not None:
+        as_ymid = await store.search(Search(ymid=telegram_id, since=since, limit=1))
+        if as_ymid:
+            return Trace(
+                f"no postback with this telegram_id arrived in the last {window}, but some "
+                "carry it as their ymid (an app that passes the user's id as ymid): trace "
+                "the ymid instead"
+            )
     queued = [row.request_id for row in rows if row.outcome == Outcome.QUEUED]
     return trace(rows, await store.deliveries(queued) if queued else [], window)
 
