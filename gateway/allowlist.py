@@ -125,13 +125,15 @@ def allow_ips_text(advice: Advice, seen: str) -> str:
 def proxy_lines(advice: Advice) -> list[str]:
     """A block no sender on the internet has (private, loopback, shared) is most often a
     proxy in front that `server.trusted_proxies` does not list: then every postback seems to
-    come from it, and listing it would let in whoever reaches the proxy."""
+    come from it, and listing it would let in whoever reaches the proxy. Or it is the
+    operator's own test postbacks, sent with the key from this machine."""
     private = [str(block.network) for block in advice.blocks if not block.network.is_global]
     if not private:
         return []
     return [
         f"{', '.join(private)}: not a public network. If a proxy or load balancer is in "
-        "front, list it in server.trusted_proxies instead (then the senders behind it show)"
+        "front, list it in server.trusted_proxies instead (then the senders behind it show); "
+        "if these were your own tests (fire, curl with the key), leave them out"
     ]
 
 

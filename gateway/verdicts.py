@@ -24,7 +24,7 @@ def failed(record: RequestRecord) -> str:
 def _client(record: RequestRecord, route: RouteConfig | None) -> str:
     if record.peer and record.peer != record.client:
         return f"{record.client}, from X-Forwarded-For: the peer {record.peer} is a trusted proxy"
-    return f"{record.client}, the TCP peer (no trusted proxy in between)"
+    return f"{record.client}, the TCP peer (no X-Forwarded-For from a trusted proxy)"
 
 
 def _allowlist(record: RequestRecord, route: RouteConfig | None) -> str:
