@@ -23,6 +23,15 @@ EXIT_CONFIG_ERROR = 2
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        return _command(argv)
+    except BrokenPipeError:  # `history search ... | head`: the reader has what it wanted
+        # Python would print a traceback flushing stdout at exit: point it at nothing
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+
+
+def _command(argv: Sequence[str] | None) -> int:
     parser = argparse.ArgumentParser(
         prog="monetag-gateway", description="Verification gateway for Monetag postbacks."
     )

@@ -132,6 +132,14 @@ def add_arguments(command: argparse.ArgumentParser) -> None:
         metavar="HOST:PORT",
         help=f"health, metrics and the inspector (default: {DEFAULT_ADMIN_LISTEN})",
     )
+    command.add_argument(
+        "--trusted-proxy",
+        action="append",
+        default=[],
+        metavar="CIDR",
+        help="a proxy in front whose X-Forwarded-For is believed (nginx on this host: "
+        "127.0.0.1); repeat for several",
+    )
     command.add_argument("--tls-cert", metavar="PEM", help="TLS on the public port: certificate")
     command.add_argument("--tls-key", metavar="PEM", help="TLS on the public port: private key")
     command.add_argument(
@@ -286,6 +294,7 @@ def write_and_tell(
         config_file=shlex.quote(str(config_file)),
         listen=args.listen or (DEFAULT_TLS_LISTEN if args.tls_cert else DEFAULT_LISTEN),
         admin_listen=args.admin_listen,
+        trusted_proxies=tuple(args.trusted_proxy),
         tls=(
             TlsFiles(os.path.abspath(args.tls_cert), os.path.abspath(args.tls_key))
             if args.tls_cert

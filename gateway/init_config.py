@@ -203,6 +203,7 @@ class Setup:
     listen: str
     admin_listen: str
     tls: TlsFiles | None
+    trusted_proxies: tuple[str, ...] = ()  # a TLS proxy in front, on this host or next to it
 
     @property
     def dedup_key(self) -> list[str]:
@@ -332,7 +333,7 @@ def _server(document: _Document, setup: Setup) -> None:
         "a load balancer or TLS proxy in front: list its address, or every postback seems to "
         "come from it (and `allowlist suggest` sees only the proxy)",
     )
-    document.key(1, "trusted_proxies: []")
+    document.key(1, f"trusted_proxies: {_flow(list(setup.trusted_proxies))}")
     if setup.tls is None:
         document.comment(
             1,

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
+import sys
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -354,3 +356,24 @@ def test_run_logs_json_lines_with_listening_and_config_warnings(running: Running
     assert any("routes.spinner" in json.dumps(line) for line in warnings), lines
     log_text = running.stdout.read_text(encoding="utf-8")
     assert_no_secret(log_text, running.stderr.read_text(encoding="utf-8"))
+
+
+def test_output_into_a_closed_pipe_ends_quietly() -> None:
+    """`monetag-gateway history search ... | head -3`: the reader stops, and the command
+    printed a BrokenPipeError traceback. The pipe here is closed before the command writes."""
+    reader, writer = os.pipe()
+    os.close(reader)  # nobody reads: the first write fails with EPIPE
+    try:
+        finished = subprocess.run(
+            [sys.executable, "-m", "gateway", "check", "--config", "config.yaml"],
+            cwd=processes.REPO,
+            env=command_env(),
+            stdout=writer,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=COMMAND_TIMEOUT,
+        )
+    finally:
+        os.close(writer)
+    assert "Traceback" not in finished.stderr and "BrokenPipe" not in finished.stderr
+    assert finished.returncode == 1

@@ -65,6 +65,30 @@ async def test_a_user_id_sent_as_the_ymid_is_pointed_to(
     )
 
 
+async def test_the_same_event_paid_again_after_the_dedup_window_is_counted(
+    start_upstream, start_gateway: GatewayFactory, http: aiohttp.ClientSession, store_at
+):
+    """With the user's id as ymid and a short dedup.ttl, a user's next click is the same event
+    and is paid again: the trace said "rewarded once" of a user the app paid three times."""
+    app = start_upstream()
+    short = route([upstream(app.url, retries=0)], dedup={"ttl": "200ms"})
+    gateway = await start_gateway(gateway_config(routes={"tapper": short}, store=store_at))
+    click = {"uid": "111", "event": "click", "zone": "1", "token": SECRET}
+    assert (await get(http, gateway.postback_url(), click))[1] == "forwarded"
+
+    async def paid_again() -> bool:
+        return (await get(http, gateway.postback_url(), click))[1] == "forwarded"
+
+    await eventually_async(paid_again, 10)  # duplicates until the window has passed
+    said = await verdict(gateway, ymid="111")
+    assert re.match(
+        rf"rewarded 2 times \(click, zone 1\), the first at {CLOCK}, the last at {CLOCK} "
+        r"\(each after the dedup window of the one before\)",
+        said,
+    ), said
+    assert len(app.received) == 2
+
+
 async def test_rewarded_once_and_later_copies_were_duplicates(
     start_upstream, start_gateway: GatewayFactory, http: aiohttp.ClientSession, store_at
 ):

@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
+import ipaddress
 import os
 import re
 import select
@@ -222,6 +223,19 @@ def test_tls_files_are_written_in_and_loaded_by_check(capsys, monkeypatch, tmp_p
     # https on the gateway's own port: Monetag calls the URL's, 443, and is told so
     assert written(tmp_path).server.listen.port == 8443
     assert "note: Monetag will call port 443, the URL's; the gateway listens on 8443" in out
+
+
+def test_a_tls_proxy_in_front_is_written_as_trusted(capsys, monkeypatch, tmp_path):
+    """nginx on this host terminating TLS: its X-Forwarded-For names the real sender, and
+    the key no longer travels in clear to the gateway (the second trial edited this in)."""
+    code, _, err = init(capsys, tmp_path, "--trusted-proxy", "127.0.0.1")
+    assert code == 0, err
+    trusted = written(tmp_path).server.trusted_proxies
+    assert ipaddress.ip_address("127.0.0.1") in trusted
+    assert ipaddress.ip_address("127.0.0.2") not in trusted
+    assert "plain HTTP" not in check(capsys, monkeypatch, tmp_path)
+    code, _, err = init(capsys, tmp_path, "--force", "--trusted-proxy", "10.0.0.300")
+    assert code == 2 and "server.trusted_proxies[0]" in err, err
 
 
 def test_no_port_note_when_the_url_names_the_port_the_gateway_listens_on(capsys, tmp_path):

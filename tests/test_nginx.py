@@ -12,10 +12,12 @@ address gets requests again without restarting nginx.
 
 from __future__ import annotations
 
+import re
 import shutil
 import socket
 import struct
 import subprocess
+import textwrap
 import threading
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -32,7 +34,8 @@ from gateway.runtime import Runtime
 from gateway.serving.app import public_runner
 from tests.conftest import SECRET, UpstreamFactory
 from tests.support.gatewayconfig import gateway_config, route
-from tests.support.processes import REPO
+from tests.support.processes import REPO, free_port
+from tests.support.tlscerts import make_certificate
 from tests.support.upstream import RecordingUpstream
 from tests.support.waiting import eventually, eventually_async
 
@@ -276,3 +279,29 @@ async def test_a_replica_back_on_a_new_address_gets_requests_without_restarting_
     await eventually_async(reached, timeout=RESOLVE_EVERY + 5, interval=0.2)
     answers = [await postback(http, nginx, f"after-{number}") for number in range(6)]
     assert set(answers) == {(200, "forwarded")}
+
+
+def test_the_same_host_nginx_of_the_deployment_docs_is_valid(tmp_path: Path) -> None:
+    """docs/deployment.md's nginx in front of one gateway on this host, as nginx reads it
+    (its certificate loaded), with the key cut from the access line as deploy/nginx.conf's."""
+    page = (REPO / "docs" / "deployment.md").read_text()
+    block = re.search(r"^( *)```nginx\n(.*?)^\1```", page, re.S | re.M)
+    assert block, "docs/deployment.md has no nginx block"
+    text = textwrap.dedent(block.group(2))
+    assert "$path_only" in text and "error_log /var/log/nginx/error.log crit" in text
+    certificate = make_certificate(tmp_path, "localhost")
+    text = (
+        text.replace("/etc/monetag-gateway/tls/fullchain.pem", str(certificate.cert_file))
+        .replace("/etc/monetag-gateway/tls/privkey.pem", str(certificate.key_file))
+        .replace("/var/log/nginx/", f"{tmp_path}/")
+        .replace("listen 443 ssl", f"listen 127.0.0.1:{free_port()} ssl")
+    )
+    (tmp_path / "nginx.conf").write_text(f"pid {tmp_path}/nginx.pid;\n{text}")
+    checked = subprocess.run(
+        [nginx_binary(), "-t", "-c", str(tmp_path / "nginx.conf"), "-e", f"{tmp_path}/e.log"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert checked.returncode == 0, checked.stderr

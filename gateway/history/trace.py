@@ -181,7 +181,14 @@ def _judge(
     if taken:
         row = taken[0]
         at = _delivered_at(row, later)
-        sentence = f"rewarded once at {_when(at, today)}{what}"
+        if len(taken) == 1:
+            sentence = f"rewarded once at {_when(at, today)}{what}"
+        else:  # the same event again after dedup.ttl: an app whose ymid is the user's id
+            last_at = _delivered_at(taken[-1], later)
+            sentence = (
+                f"rewarded {len(taken)} times{what}, the first at {_when(at, today)}, the last "
+                f"at {_when(last_at, today)} (each after the dedup window of the one before)"
+            )
         if row.outcome == Outcome.QUEUED:
             sentence += f", queued at {_when(row.at, today)}"
         if duplicates:
