@@ -451,7 +451,7 @@ def _dedup(document: _Document, setup: Setup) -> None:
         document.comment(
             3,
             "ymid is the user's id (init --ymid user-id), so each click of one user looks like "
-            "the last: ttl only has to outlast Monetag's retries of one postback (minutes), and "
+            "the last: ttl only has to outlast a quick repeat of one postback (minutes), and "
             f"the user's next ad after it pays. The cost: a genuine click within {ttl} of the "
             f"last is dropped, and a postback replayed after {ttl} pays again. The real fix: a "
             "unique ymid per ad call, which reward sessions issue (docs/sessions.md); then "
