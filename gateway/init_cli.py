@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TextIO
 
 from .config import ConfigError
+from .config.model import TlsConfig
 from .init_config import (
     KEY_REFERENCE,
     SECRET_VARIABLE,
@@ -27,7 +28,6 @@ from .init_config import (
     USER_ID_DEDUP_TTL,
     RegisteredUrl,
     Setup,
-    TlsFiles,
     YmidUse,
     app_url_problem,
     config_text,
@@ -296,7 +296,7 @@ def write_and_tell(
         admin_listen=args.admin_listen,
         trusted_proxies=tuple(args.trusted_proxy),
         tls=(
-            TlsFiles(os.path.abspath(args.tls_cert), os.path.abspath(args.tls_key))
+            TlsConfig(os.path.abspath(args.tls_cert), os.path.abspath(args.tls_key))
             if args.tls_cert
             else None
         ),

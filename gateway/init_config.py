@@ -21,7 +21,7 @@ import yaml
 from yarl import URL
 
 from .config import GatewayConfig, parse_config
-from .config.model import AllowIpsMode
+from .config.model import AllowIpsMode, TlsConfig
 from .config.template import PostbackTemplate, parse_template
 from .postback import CANONICAL_FIELDS, EVENT_TYPE, YMID, ZONE_ID
 from .shown import quoted
@@ -184,12 +184,6 @@ def route_name_for(path: str) -> str:
 
 
 @dataclass(frozen=True)
-class TlsFiles:
-    cert_file: str
-    key_file: str
-
-
-@dataclass(frozen=True)
 class Setup:
     """Everything the config is written from; paths as they go into the file."""
 
@@ -202,7 +196,7 @@ class Setup:
     config_file: str  # as the comments name it
     listen: str
     admin_listen: str
-    tls: TlsFiles | None
+    tls: TlsConfig | None
     trusted_proxies: tuple[str, ...] = ()  # a TLS proxy in front, on this host or next to it
 
     @property
